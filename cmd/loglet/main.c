@@ -1,0 +1,233 @@
+/*
+ * loglet — tails the kubelet's container logs and ships them to Loki (or
+ * prints them). This file only parses flags, wires the modules together and
+ * turns signals into an orderly shutdown.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "collector/collector.h"
+#include "config/config.h"
+#include "httpd/httpd.h"
+#include "log/log.h"
+#include "metrics/metrics.h"
+#include "output/output.h"
+#include "ring/ring.h"
+
+/* A thread silent for this long fails /healthz (each beats at least every 500 ms). */
+#define LIVENESS_MAX_SILENCE_MS 15000
+
+struct options {
+    const char *config_path;
+    bool check_config;
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: loglet [-config FILE] [-check-config] [-version] [-help]\n"
+            "\n"
+            "Tails Kubernetes container logs (/var/log/containers/*.log) and ships each line,\n"
+            "labelled with namespace, pod and container, to Grafana Loki; prints them to\n"
+            "stdout when no Loki URL is configured.\n"
+            "\n"
+            "  -config FILE     YAML configuration (also --config FILE, -config=FILE)\n"
+            "  -check-config    validate the configuration, print the effective one, exit 0 or 1\n"
+            "  -version         print the version and exit\n"
+            "  -help            this text\n");
+}
+
+/* Returns -1 to exit 2 (usage error), 1 to exit 0 (help/version), 0 to run. */
+static int parse_flags(int argc, char **argv, struct options *opts)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        if (arg[0] == '-' && arg[1] == '-') arg++; /* --flag == -flag */
+        if (strcmp(arg, "-config") == 0) {
+            if (++i >= argc) {
+                fprintf(stderr, "loglet: -config needs a file name\n");
+                return -1;
+            }
+            opts->config_path = argv[i];
+        } else if (strncmp(arg, "-config=", 8) == 0) {
+            opts->config_path = arg + 8;
+        } else if (strcmp(arg, "-check-config") == 0) {
+            opts->check_config = true;
+        } else if (strcmp(arg, "-version") == 0) {
+            printf("loglet %s\n", LOGLET_VERSION);
+            return 1;
+        } else if (strcmp(arg, "-help") == 0 || strcmp(arg, "-h") == 0) {
+            usage(stdout);
+            return 1;
+        } else {
+            fprintf(stderr, "loglet: unknown flag %s\n", argv[i]);
+            usage(stderr);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+struct agent {
+    struct config cfg;
+    struct ring *ring;
+    struct collector *collector;
+    struct output *output;
+    struct httpd *httpd;
+};
+
+static int probe_healthy(void *ctx, char *reason, size_t len)
+{
+    (void)ctx;
+    const char *stalled = metrics_stalled(LIVENESS_MAX_SILENCE_MS);
+    if (!stalled) return 1;
+    snprintf(reason, len, "%s thread made no progress for %d s", stalled, LIVENESS_MAX_SILENCE_MS / 1000);
+    return 0;
+}
+
+static int probe_ready(void *ctx, char *reason, size_t len)
+{
+    struct agent *agent = ctx;
+    if (agent->collector && collector_is_watching(agent->collector)) return 1;
+    snprintf(reason, len, "collector is not watching yet");
+    return 0;
+}
+
+static size_t probe_metrics(void *ctx, char *buf, size_t cap)
+{
+    (void)ctx;
+    return metrics_render(buf, cap);
+}
+
+static int setup_logging(const struct config *cfg)
+{
+    enum log_level level;
+    if (log_level_parse(cfg->log.level, &level) != 0) {
+        fprintf(stderr, "loglet: log.level: unknown level '%s'\n", cfg->log.level);
+        return -1;
+    }
+    log_setup(level, strcmp(cfg->log.format, "json") == 0 ? LOG_FORMAT_JSON : LOG_FORMAT_LOGFMT);
+    return 0;
+}
+
+static int start(struct agent *agent, char *err, size_t errlen)
+{
+    const struct config *cfg = &agent->cfg;
+    agent->ring = ring_create((size_t)cfg->buffer.max_bytes);
+    if (!agent->ring) {
+        snprintf(err, errlen, "cannot allocate the %lld-byte ring buffer", (long long)cfg->buffer.max_bytes);
+        return -1;
+    }
+    metrics_set(ring_capacity_bytes, (int64_t)ring_capacity(agent->ring));
+    agent->output = output_create(cfg, agent->ring, err, errlen);
+    if (!agent->output) return -1;
+    agent->collector = collector_create(cfg, agent->ring, err, errlen);
+    if (!agent->collector) return -1;
+
+    struct httpd_options http = {
+        .address = cfg->server.http_listen_address,
+        .port = (int)cfg->server.http_listen_port,
+        .max_connections = (int)cfg->server.max_connections,
+        .request_timeout_ms = (int)cfg->server.request_timeout_ms,
+    };
+    struct httpd_handlers handlers = {agent, probe_healthy, probe_ready, probe_metrics};
+    agent->httpd = httpd_start(&http, &handlers, err, errlen);
+    if (!agent->httpd) return -1;
+    log_info("probes and metrics on http://%s:%d", cfg->server.http_listen_address, httpd_port(agent->httpd));
+
+    if (output_start(agent->output, err, errlen) != 0) return -1;
+    if (collector_start(agent->collector, err, errlen) != 0) return -1;
+    return 0;
+}
+
+/* Stop reading, let the output deliver what the ring holds, then close. */
+static int stop(struct agent *agent)
+{
+    int rc = 0;
+    if (agent->collector) collector_stop(agent->collector);
+    if (agent->ring) ring_close(agent->ring);
+    if (agent->output && output_finish(agent->output, agent->cfg.output.shutdown_grace_ms) != 0) {
+        log_warn("shutdown grace period (%lld ms) ended before every line was delivered; the rest is sent "
+                 "after the next start",
+                 (long long)agent->cfg.output.shutdown_grace_ms);
+        rc = 0; /* not an error of ours: the unacknowledged lines are still on disk */
+    }
+    if (agent->httpd) httpd_stop(agent->httpd);
+    collector_destroy(agent->collector);
+    output_destroy(agent->output);
+    ring_destroy(agent->ring);
+    return rc;
+}
+
+static int wait_for_signal(const sigset_t *signals)
+{
+    for (;;) {
+        struct timespec tick = {1, 0};
+        siginfo_t info;
+        int sig = sigtimedwait(signals, &info, &tick);
+        if (sig == SIGTERM || sig == SIGINT) return sig;
+        if (sig < 0 && errno != EAGAIN && errno != EINTR) {
+            log_error("waiting for signals: %s", strerror(errno));
+            return -1;
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    struct options opts = {0};
+    int flags = parse_flags(argc, argv, &opts);
+    if (flags != 0) return flags < 0 ? 2 : 0;
+
+    struct agent agent = {0};
+    char err[1024];
+    config_defaults(&agent.cfg);
+    if (opts.config_path && config_load(&agent.cfg, opts.config_path, err, sizeof err) != 0) {
+        fprintf(stderr, "loglet: invalid configuration: %s\n", err);
+        config_free(&agent.cfg);
+        return 1;
+    }
+    if (setup_logging(&agent.cfg) != 0) {
+        config_free(&agent.cfg);
+        return 1;
+    }
+    if (opts.check_config) {
+        printf("# configuration is valid; effective values:\n");
+        config_print(&agent.cfg, stdout);
+        config_free(&agent.cfg);
+        return 0;
+    }
+
+    /* Every thread inherits this mask; only the main thread takes the
+     * signals, synchronously, so no handler runs in the middle of a write. */
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGHUP);
+    if (pthread_sigmask(SIG_BLOCK, &signals, NULL) != 0 || signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
+        fprintf(stderr, "loglet: cannot set up signal handling\n");
+        config_free(&agent.cfg);
+        return 1;
+    }
+
+    log_info("loglet %s starting, config %s, output %s", LOGLET_VERSION,
+             opts.config_path ? opts.config_path : "(defaults)",
+             agent.cfg.output.loki.url[0] ? agent.cfg.output.loki.url : "stdout");
+    int rc = 0;
+    if (start(&agent, err, sizeof err) != 0) {
+        log_error("cannot start: %s", err);
+        rc = 1;
+    } else {
+        int sig = wait_for_signal(&signals);
+        log_info("received %s, shutting down", sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "error");
+    }
+    if (stop(&agent) != 0) rc = 1;
+    config_free(&agent.cfg);
+    log_info("stopped");
+    return rc;
+}

@@ -1,0 +1,232 @@
+/*
+ * The collector's thread: one loop that waits on inotify (or a short
+ * timeout), turns events into a FIFO of files with something to read, and
+ * reads each of them one buffer per turn so that one busy file cannot starve
+ * the others.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "collector_internal.h"
+#include "log/log.h"
+#include "metrics/metrics.h"
+
+/* How often the globs are expanded again even though inotify is watching:
+ * a safety net for events the kernel could not deliver. */
+#define RESCAN_INTERVAL_MS 10000
+/* How long a rotated file stays open after its end for the writer's last
+ * lines (containerd reopens its log right after the kubelet's rename). */
+#define ROTATE_WAIT_MS 2000
+#define IDLE_POLL_MS 250
+
+bool collector_stopping(struct collector *c) { return atomic_load_explicit(&c->stop, memory_order_relaxed); }
+
+void collector_mark_pending(struct collector *c, struct tailed_file *f)
+{
+    if (f->pending) return;
+    f->pending = true;
+    f->pending_next = NULL;
+    if (c->pending_tail) c->pending_tail->pending_next = f;
+    else c->pending_head = f;
+    c->pending_tail = f;
+}
+
+static struct tailed_file *pop_pending(struct collector *c)
+{
+    struct tailed_file *f = c->pending_head;
+    if (!f) return NULL;
+    c->pending_head = f->pending_next;
+    if (!c->pending_head) c->pending_tail = NULL;
+    f->pending = false;
+    return f;
+}
+
+static pcre2_code *compile_filter(const char *key, const char *pattern, char *err, size_t errlen)
+{
+    if (!pattern || !*pattern) return NULL;
+    int code;
+    PCRE2_SIZE offset;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_MATCH_INVALID_UTF,
+                                   &code, &offset, NULL);
+    if (!re) {
+        PCRE2_UCHAR msg[256];
+        pcre2_get_error_message(code, msg, sizeof msg);
+        snprintf(err, errlen, "%s: invalid regular expression at offset %zu: %s", key, (size_t)offset, msg);
+        return NULL;
+    }
+    /* JIT is an optimisation; without it (e.g. no executable memory) matching still works. */
+    (void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
+    return re;
+}
+
+struct collector *collector_create(const struct config *cfg, struct ring *ring, char *err, size_t errlen)
+{
+    struct collector *c = calloc(1, sizeof *c);
+    if (!c) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    c->cfg = cfg;
+    c->ring = ring;
+    c->inotify_fd = -1;
+    c->wake_fd = -1;
+    c->max_line = (size_t)cfg->collection.max_line_bytes;
+    /* A logical line up to max_line_bytes, with its CRI prefixes, must fit in
+     * one read so it can be joined without keeping it per file. */
+    c->buf_size = (size_t)cfg->collection.read_buffer_bytes;
+    if (c->buf_size < c->max_line + c->max_line / 4) c->buf_size = c->max_line + c->max_line / 4;
+    size_t record_max = sizeof(struct source_record) + 3 * c->max_line + 16;
+    if (sizeof(struct source_chunk) + record_max > ring_max_block(ring)) {
+        snprintf(err, errlen, "buffer.max_bytes (%zu) is too small for collection.max_line_bytes (%zu): "
+                 "it must be at least 8 times larger", ring_capacity(ring), c->max_line);
+        collector_destroy(c);
+        return NULL;
+    }
+    c->buf = malloc(c->buf_size);
+    c->docker_buf = malloc(c->buf_size);
+    c->scratch = malloc(record_max);
+    c->utf8_buf = malloc(3 * c->max_line + 16);
+    c->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (!c->buf || !c->docker_buf || !c->scratch || !c->utf8_buf || c->wake_fd < 0) {
+        snprintf(err, errlen, "cannot allocate the collector's buffers: %s", strerror(errno ? errno : ENOMEM));
+        collector_destroy(c);
+        return NULL;
+    }
+    err[0] = '\0';
+    c->include_lines = compile_filter("collection.include_lines", cfg->collection.include_lines, err, errlen);
+    if (!c->include_lines && err[0]) {
+        collector_destroy(c);
+        return NULL;
+    }
+    c->exclude_lines = compile_filter("collection.exclude_lines", cfg->collection.exclude_lines, err, errlen);
+    if (!c->exclude_lines && err[0]) {
+        collector_destroy(c);
+        return NULL;
+    }
+    if ((c->include_lines || c->exclude_lines) && !(c->match_data = pcre2_match_data_create(4, NULL))) {
+        snprintf(err, errlen, "out of memory");
+        collector_destroy(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* Once a second: polled files, flush timeouts, closing drained files. */
+static void periodic_sweep(struct collector *c, int64_t now)
+{
+    bool poll_all = c->inotify_fd < 0;
+    int64_t flush_after = c->cfg->collection.partial_flush_timeout_ms;
+    for (struct tailed_file *f = c->all_files; f; f = f->all_next) {
+        if (poll_all || !f->dir || f->dir->wd < 0) collector_mark_pending(c, f);
+        if (f->incomplete_since_ms && now - f->incomplete_since_ms >= flush_after) collector_mark_pending(c, f);
+        if (f->state == FILE_DRAINING) collector_mark_pending(c, f);
+    }
+}
+
+static bool should_close(const struct tailed_file *f, int64_t now)
+{
+    if (f->state != FILE_DRAINING) return false;
+    if (f->incomplete_since_ms) return false; /* wait for the rest of its last line, or the flush */
+    struct stat st;
+    /* Deleted: nobody can write to it any more, and holding it keeps the disk space. */
+    if (fstat(f->fd, &st) == 0 && st.st_nlink == 0) return true;
+    return now - f->draining_since_ms >= ROTATE_WAIT_MS;
+}
+
+static void service_pending(struct collector *c)
+{
+    /* One turn over the files pending now; files still busy go to the back. */
+    struct tailed_file *last = c->pending_tail;
+    while (c->pending_head && !collector_stopping(c)) {
+        struct tailed_file *f = pop_pending(c);
+        int64_t now = metrics_now_ms();
+        bool flush = f->incomplete_since_ms && now - f->incomplete_since_ms >= c->cfg->collection.partial_flush_timeout_ms;
+        if (flush && f->state == FILE_DRAINING && now - f->draining_since_ms < ROTATE_WAIT_MS) flush = false;
+        enum read_result r = tail_read(c, f, flush);
+        if (r == READ_STOPPED) return;
+        if (r == READ_MORE) collector_mark_pending(c, f);
+        else if (r == READ_ERROR) watch_file_close(c, f);
+        else if (should_close(f, now)) watch_file_close(c, f);
+        metrics_beat(METRICS_THREAD_COLLECTOR);
+        if (f == last) break;
+    }
+}
+
+static void *collector_main(void *arg)
+{
+    struct collector *c = arg;
+    int64_t last_sweep = 0;
+    while (!collector_stopping(c)) {
+        metrics_beat(METRICS_THREAD_COLLECTOR);
+        struct pollfd fds[2] = {{.fd = c->wake_fd, .events = POLLIN}, {.fd = c->inotify_fd, .events = POLLIN}};
+        int nfds = c->inotify_fd >= 0 ? 2 : 1;
+        int rc = poll(fds, (nfds_t)nfds, c->pending_head ? 0 : IDLE_POLL_MS);
+        if (rc < 0 && errno != EINTR) {
+            log_error("collector poll: %s", strerror(errno));
+            break;
+        }
+        if (nfds == 2 && (fds[1].revents & POLLIN)) {
+            watch_handle_events(c);
+            watch_check_identities(c);
+        }
+        int64_t now = metrics_now_ms();
+        int64_t rescan_every = c->inotify_fd < 0 ? c->cfg->collection.poll_interval_ms : RESCAN_INTERVAL_MS;
+        if (c->rescan_needed || now - c->last_rescan_ms >= rescan_every) watch_scan(c, false);
+        if (now - last_sweep >= c->cfg->collection.poll_interval_ms) {
+            periodic_sweep(c, now);
+            last_sweep = now;
+        }
+        service_pending(c);
+    }
+    return NULL;
+}
+
+int collector_start(struct collector *c, char *err, size_t errlen)
+{
+    if (watch_setup(c, err, errlen) != 0) return -1;
+    watch_scan(c, true);
+    metrics_beat(METRICS_THREAD_COLLECTOR);
+    int rc = pthread_create(&c->thread, NULL, collector_main, c);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot start the collector thread: %s", strerror(rc));
+        return -1;
+    }
+    c->thread_started = true;
+    atomic_store(&c->watching, true);
+    return 0;
+}
+
+bool collector_is_watching(struct collector *c) { return atomic_load(&c->watching); }
+
+void collector_stop(struct collector *c)
+{
+    if (!c->thread_started) return;
+    atomic_store(&c->stop, true);
+    uint64_t one = 1;
+    if (write(c->wake_fd, &one, sizeof one) < 0 && errno != EAGAIN)
+        log_warn("waking the collector: %s", strerror(errno));
+    pthread_join(c->thread, NULL);
+    c->thread_started = false;
+    atomic_store(&c->watching, false);
+}
+
+void collector_destroy(struct collector *c)
+{
+    if (!c) return;
+    collector_stop(c);
+    watch_teardown(c);
+    pcre2_code_free(c->include_lines);
+    pcre2_code_free(c->exclude_lines);
+    pcre2_match_data_free(c->match_data);
+    if (c->wake_fd >= 0) close(c->wake_fd);
+    free(c->buf);
+    free(c->docker_buf);
+    free(c->scratch);
+    free(c->utf8_buf);
+    free(c);
+}

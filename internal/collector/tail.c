@@ -1,0 +1,329 @@
+/*
+ * The hot path: one pread() per buffer, then a loop that cuts lines with
+ * memchr, parses them in place and copies their content into the ring.
+ *
+ * What it must never do per line: allocate, make a syscall, take a lock, or
+ * touch the line more than a constant number of times. Counters are added
+ * once per chunk.
+ *
+ * Offsets: a file's `offset` only moves past lines that are in a committed
+ * chunk. A logical line still being assembled when the buffer ends is not
+ * kept in memory: the next read starts again at its first byte. Only a line
+ * longer than the whole buffer is emitted in pieces (flagged SPLIT).
+ */
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "collector_internal.h"
+#include "log/log.h"
+#include "metrics/metrics.h"
+
+struct assembly {
+    bool open;         /* a record is being built at the writer's end */
+    bool continuing;   /* the line began before this read or was already split */
+    bool split_emitted;
+    const char *start; /* its first byte in the read buffer (NULL: an earlier read) */
+    uint64_t last_piece_end;
+    size_t len;
+    int64_t ts;
+    uint8_t stream;
+};
+
+static int64_t realtime_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static struct source_record *record_at_end(struct chunk_writer *w)
+{
+    return (struct source_record *)((char *)w->chunk + w->len);
+}
+
+void tail_commit(struct collector *c, struct tailed_file *f)
+{
+    struct chunk_writer *w = &c->writer;
+    if (!w->chunk) return;
+    if (w->chunk->records == 0 && w->end_offset == f->offset) {
+        source_unref(w->chunk->source); /* nothing to say: give the space back */
+    } else {
+        w->chunk->end_offset = w->end_offset;
+        ring_commit(c->ring, w->len);
+        f->offset = w->end_offset;
+        metrics_add(lines_read, w->lines);
+        metrics_add(bytes_read, w->bytes);
+    }
+    w->chunk = NULL;
+    w->lines = w->bytes = 0;
+}
+
+/* Makes room for `extra` more bytes after the `keep` bytes of an unfinished
+ * record at the writer's end; when the chunk is too small it is committed and
+ * the unfinished record moves into a fresh one. Waits while the ring is full
+ * (back-pressure). Returns false when the collector is stopping. */
+static bool writer_room(struct collector *c, struct tailed_file *f, size_t keep, size_t extra)
+{
+    struct chunk_writer *w = &c->writer;
+    if (w->chunk && w->cap - w->len >= keep + extra) return true;
+    if (keep) memcpy(c->scratch, (char *)w->chunk + w->len, keep);
+    tail_commit(c, f);
+
+    size_t want = sizeof(struct source_chunk) + keep + extra;
+    size_t target = c->buf_size * 2 + 65536;
+    if (want < target) want = target;
+    if (want > ring_max_block(c->ring)) want = ring_max_block(c->ring);
+    void *space;
+    while (!(space = ring_reserve(c->ring, want, 250))) {
+        metrics_beat(METRICS_THREAD_COLLECTOR);
+        if (collector_stopping(c) || ring_is_closed(c->ring)) return false;
+    }
+    w->chunk = space;
+    w->cap = want;
+    w->len = sizeof(struct source_chunk);
+    w->end_offset = f->offset;
+    source_ref(f->src);
+    *w->chunk = (struct source_chunk){.source = f->src, .end_offset = f->offset};
+    if (keep) memcpy((char *)w->chunk + w->len, c->scratch, keep);
+    return true;
+}
+
+static bool line_filtered_out(struct collector *c, const char *content, size_t len)
+{
+    if (c->include_lines &&
+        pcre2_match(c->include_lines, (PCRE2_SPTR)content, len, 0, 0, c->match_data, NULL) < 0)
+        return true;
+    if (c->exclude_lines &&
+        pcre2_match(c->exclude_lines, (PCRE2_SPTR)content, len, 0, 0, c->match_data, NULL) >= 0)
+        return true;
+    return false;
+}
+
+/* Closes the record being built. `line_end` is the file offset after the
+ * last byte of the logical line, or 0 when only a piece of it is out (the
+ * acknowledgement point must then stay before the line). */
+static bool finish_record(struct collector *c, struct tailed_file *f, struct assembly *a, uint64_t line_end,
+                          uint8_t flags)
+{
+    struct chunk_writer *w = &c->writer;
+    struct source_record *rec = record_at_end(w);
+    rec->len = (uint32_t)a->len;
+    rec->flags |= flags;
+    a->open = false;
+    char *content = (char *)(rec + 1);
+    if (parser_utf8_valid_prefix(content, a->len) != a->len) {
+        size_t replaced = 0;
+        size_t fixed = parser_utf8_sanitize(content, a->len, c->utf8_buf, &replaced);
+        if (!writer_room(c, f, sizeof *rec, fixed)) return false;
+        rec = record_at_end(w);
+        memcpy(rec + 1, c->utf8_buf, fixed);
+        rec->len = (uint32_t)fixed;
+        rec->flags |= SOURCE_RECORD_UTF8_FIXED;
+        metrics_add(lines_utf8_fixed, 1);
+    }
+    if (rec->flags & SOURCE_RECORD_SPLIT) metrics_add(lines_split, 1);
+    if (rec->flags & SOURCE_RECORD_FLUSHED) metrics_add(lines_flushed_incomplete, 1);
+    if ((c->include_lines || c->exclude_lines) && line_filtered_out(c, (char *)(rec + 1), rec->len)) {
+        metrics_add(lines_excluded, 1);
+    } else {
+        w->len += SOURCE_RECORD_SIZE(rec->len);
+        w->chunk->records++;
+        w->lines++;
+        w->bytes += rec->len;
+    }
+    if (line_end) w->end_offset = line_end;
+    return true;
+}
+
+/* The longest prefix of at most `max` bytes that does not cut a UTF-8
+ * sequence (when the text is UTF-8 at all). */
+static size_t utf8_cut(const char *s, size_t max)
+{
+    size_t cut = max;
+    for (int back = 0; back < 3 && cut > 0 && ((unsigned char)s[cut] & 0xC0) == 0x80; back++) cut--;
+    return cut ? cut : max;
+}
+
+/* Appends content to the logical line being built, starting it if needed
+ * and emitting max_line_bytes-sized pieces when it grows past the limit. */
+static bool append_piece(struct collector *c, struct tailed_file *f, struct assembly *a, const char *content,
+                         size_t len, int64_t ts, uint8_t stream, uint8_t flags)
+{
+    for (;;) {
+        size_t keep = a->open ? sizeof(struct source_record) + a->len : 0;
+        size_t room_needed = (len < c->max_line ? len : c->max_line) + sizeof(struct source_record) + 8;
+        if (!writer_room(c, f, keep, room_needed)) return false;
+        struct source_record *rec = record_at_end(&c->writer);
+        if (!a->open) {
+            *rec = (struct source_record){.ts_ns = ts, .stream = stream,
+                                          .flags = (uint8_t)(flags | (a->continuing ? SOURCE_RECORD_SPLIT : 0))};
+            a->open = true;
+            a->len = 0;
+            a->ts = ts;
+            a->stream = stream;
+        } else if (c->cfg->collection.partial_timestamp == CONFIG_PARTIAL_TS_LAST) {
+            rec->ts_ns = ts;
+        }
+        size_t room = c->max_line - a->len;
+        if (len <= room) {
+            memcpy((char *)(rec + 1) + a->len, content, len);
+            a->len += len;
+            return true;
+        }
+        size_t cut = room ? utf8_cut(content, room) : 0;
+        memcpy((char *)(rec + 1) + a->len, content, cut);
+        a->len += cut;
+        content += cut;
+        len -= cut;
+        if (!finish_record(c, f, a, 0, SOURCE_RECORD_SPLIT)) return false;
+        a->continuing = true;
+        a->split_emitted = true;
+    }
+}
+
+static bool emit_raw(struct collector *c, struct tailed_file *f, struct assembly *a, const char *line, size_t len,
+                     uint64_t line_end, int64_t read_ns, uint8_t flags)
+{
+    return append_piece(c, f, a, line, len, read_ns, PARSER_STREAM_UNKNOWN, flags) &&
+           finish_record(c, f, a, line_end, 0);
+}
+
+/* Ends an assembly that the next line cannot continue (another stream, a
+ * malformed line): what was gathered goes out as a piece. */
+static bool interrupt_assembly(struct collector *c, struct tailed_file *f, struct assembly *a)
+{
+    bool ok = true;
+    if (a->open) ok = finish_record(c, f, a, a->last_piece_end, SOURCE_RECORD_SPLIT);
+    a->continuing = false;
+    a->split_emitted = false;
+    return ok;
+}
+
+static bool process_line(struct collector *c, struct tailed_file *f, struct assembly *a, const char *line,
+                         size_t len, uint64_t line_end, int64_t read_ns, uint8_t flags)
+{
+    if (f->format == CONFIG_FORMAT_AUTO) f->format = (len && line[0] == '{') ? CONFIG_FORMAT_DOCKER : CONFIG_FORMAT_CRI;
+
+    struct parser_line parsed;
+    int rc;
+    if (f->format == CONFIG_FORMAT_CRI) {
+        rc = parser_cri_line(line, len, &parsed);
+    } else {
+        bool truncated = false;
+        rc = parser_docker_line(line, len, c->docker_buf, c->buf_size, &parsed, &truncated);
+    }
+    if (rc != 0) {
+        if (!interrupt_assembly(c, f, a)) return false;
+        metrics_add(lines_malformed, 1);
+        return emit_raw(c, f, a, line, len, line_end, read_ns, (uint8_t)(flags | SOURCE_RECORD_MALFORMED));
+    }
+    if ((a->open || a->continuing) && parsed.stream != a->stream && !interrupt_assembly(c, f, a)) return false;
+    if (!a->open && !a->continuing) a->start = line;
+    bool keep_first_ts = c->cfg->collection.partial_timestamp == CONFIG_PARTIAL_TS_FIRST;
+    int64_t ts = (a->continuing && !a->open && keep_first_ts) ? a->ts : parsed.ts_ns;
+    if (!append_piece(c, f, a, parsed.content, parsed.content_len, ts, (uint8_t)parsed.stream, flags)) return false;
+    a->last_piece_end = line_end;
+    if (parsed.partial) return true;
+    if (!finish_record(c, f, a, line_end, 0)) return false;
+    a->continuing = false;
+    a->split_emitted = false;
+    return true;
+}
+
+static enum read_result check_truncation(struct collector *c, struct tailed_file *f)
+{
+    (void)c;
+    struct stat st;
+    if (fstat(f->fd, &st) != 0 || (uint64_t)st.st_size >= f->offset) return READ_EOF;
+    log_warn("%s was truncated (size %lld, read up to %llu): reading it again from the start",
+             f->src->path, (long long)st.st_size, (unsigned long long)f->offset);
+    metrics_add(truncations, 1);
+    f->offset = 0;
+    f->continuing = false;
+    f->incomplete_since_ms = 0;
+    return READ_MORE;
+}
+
+enum read_result tail_read(struct collector *c, struct tailed_file *f, bool flush_incomplete)
+{
+    ssize_t n;
+    do n = pread(f->fd, c->buf, c->buf_size, (off_t)f->offset);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) {
+        if (errno == EAGAIN) return READ_EOF;
+        log_error("cannot read %s (%s): %s", f->src->path, f->src->real_path, strerror(errno));
+        metrics_add(file_errors, 1);
+        return READ_ERROR;
+    }
+    if (n == 0) return check_truncation(c, f);
+
+    const bool buffer_full = (size_t)n == c->buf_size;
+    const int64_t read_ns = realtime_ns();
+    const uint64_t base = f->offset;
+    struct assembly a = {.continuing = f->continuing, .ts = f->continuing_ts, .stream = f->continuing_stream};
+    const char *p = c->buf, *end = c->buf + n, *nl;
+    c->writer.end_offset = f->offset;
+
+    /* The hot loop. */
+    while ((nl = memchr(p, '\n', (size_t)(end - p)))) {
+        uint64_t line_end = base + (uint64_t)(nl + 1 - c->buf);
+        if (!process_line(c, f, &a, p, (size_t)(nl - p), line_end, read_ns, 0)) goto stopped;
+        p = nl + 1;
+    }
+
+    if (p == c->buf && buffer_full) {
+        /* A physical line longer than the buffer: out it goes, in pieces. */
+        if (!interrupt_assembly(c, f, &a)) goto stopped;
+        a.continuing = true;
+        if (!emit_raw(c, f, &a, p, (size_t)n, base + (uint64_t)n, read_ns,
+                      SOURCE_RECORD_MALFORMED | SOURCE_RECORD_SPLIT))
+            goto stopped;
+        metrics_add(lines_malformed, 1);
+        f->continuing = false;
+        tail_commit(c, f);
+        return READ_MORE;
+    }
+    if (p < end && !buffer_full && flush_incomplete) {
+        if (!process_line(c, f, &a, p, (size_t)(end - p), base + (uint64_t)n, read_ns, SOURCE_RECORD_FLUSHED))
+            goto stopped;
+    }
+    if (a.open) {
+        bool cannot_reread = a.split_emitted || !a.start || (a.start == c->buf && buffer_full);
+        if (cannot_reread || (flush_incomplete && !buffer_full)) {
+            uint8_t flag = cannot_reread ? SOURCE_RECORD_SPLIT : SOURCE_RECORD_FLUSHED;
+            if (!finish_record(c, f, &a, a.last_piece_end, flag)) goto stopped;
+            f->continuing = cannot_reread;
+            f->continuing_ts = a.ts;
+            f->continuing_stream = a.stream;
+        } else {
+            f->continuing = false; /* dropped here, read again from its first piece */
+        }
+    } else {
+        f->continuing = a.continuing;
+        f->continuing_ts = a.ts;
+        f->continuing_stream = a.stream;
+    }
+    tail_commit(c, f);
+
+    if (buffer_full) return READ_MORE;
+    if (f->offset < base + (uint64_t)n) {
+        if (!f->incomplete_since_ms || f->incomplete_offset != f->offset) {
+            f->incomplete_since_ms = metrics_now_ms();
+            f->incomplete_offset = f->offset;
+        }
+    } else {
+        f->incomplete_since_ms = 0;
+    }
+    return READ_EOF;
+
+stopped:
+    /* Whatever was not committed is read again after the restart. */
+    if (c->writer.chunk) {
+        source_unref(c->writer.chunk->source);
+        c->writer.chunk = NULL;
+    }
+    return READ_STOPPED;
+}

@@ -1,0 +1,465 @@
+/*
+ * Discovery and identity: which files to tail, and when the file behind a
+ * path changed. inotify watches directories, not files: the glob's directory
+ * (new and removed symlinks) and each target's directory (writes, renames,
+ * creations, deletions). When a watch cannot be had (inotify limits), the
+ * file is polled on collection.poll_interval instead — same code, no event.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <glob.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "collector_internal.h"
+#include "log/log.h"
+#include "metrics/metrics.h"
+
+#define DIR_EVENTS (IN_MODIFY | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF)
+
+/* Paths already reported as unusable, so that a dangling link or an
+ * unreadable file is said once, not at every rescan. */
+struct reported_path {
+    char *path;
+    int reason;
+};
+
+static void report_once(struct collector *c, const char *path, int reason, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void report_once(struct collector *c, const char *path, int reason, const char *fmt, ...)
+{
+    struct reported_path *r = table_get_str(&c->reported, path);
+    if (r && r->reason == reason) return;
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        if (r && !(r->path = strdup(path))) {
+            free(r);
+            r = NULL;
+        }
+        if (r && table_put_str(&c->reported, r->path, r) != 0) {
+            free(r->path);
+            free(r);
+            r = NULL;
+        }
+    }
+    if (r) r->reason = reason;
+    va_list ap;
+    va_start(ap, fmt);
+    log_vwrite(LOG_LEVEL_WARN, fmt, ap);
+    va_end(ap);
+}
+
+static void forget_report(struct collector *c, const char *path)
+{
+    struct reported_path *r = table_get_str(&c->reported, path);
+    if (!r) return;
+    table_del_str(&c->reported, path);
+    free(r->path);
+    free(r);
+}
+
+static struct watch_dir *dir_watch(struct collector *c, const char *path, bool holds_links)
+{
+    if (c->inotify_fd < 0) return NULL;
+    int wd = inotify_add_watch(c->inotify_fd, path, DIR_EVENTS | IN_ONLYDIR);
+    if (wd < 0) {
+        if (errno == ENOSPC && !c->inotify_exhausted_reported) {
+            log_warn("inotify watch limit reached (fs.inotify.max_user_watches) at %s: polling files without "
+                     "a watch every %lld ms instead",
+                     path, (long long)c->cfg->collection.poll_interval_ms);
+            c->inotify_exhausted_reported = true;
+            metrics_add(inotify_fallbacks, 1);
+        } else if (errno != ENOSPC) {
+            report_once(c, path, errno, "cannot watch directory %s: %s", path, strerror(errno));
+        }
+        return NULL;
+    }
+    struct watch_dir *dir = table_get_int(&c->dirs_by_wd, wd);
+    if (dir) {
+        dir->holds_links |= holds_links;
+        return dir;
+    }
+    dir = calloc(1, sizeof *dir);
+    if (!dir || !(dir->path = strdup(path)) || table_put_int(&c->dirs_by_wd, wd, dir) != 0) {
+        log_error("out of memory watching %s", path);
+        if (dir) free(dir->path);
+        free(dir);
+        inotify_rm_watch(c->inotify_fd, wd);
+        return NULL;
+    }
+    dir->wd = wd;
+    dir->holds_links = holds_links;
+    return dir;
+}
+
+static void dir_release_if_unused(struct collector *c, struct watch_dir *dir)
+{
+    if (dir->files || dir->holds_links) return;
+    if (dir->wd >= 0) {
+        table_del_int(&c->dirs_by_wd, dir->wd);
+        inotify_rm_watch(c->inotify_fd, dir->wd);
+    }
+    free(dir->path);
+    free(dir);
+}
+
+static bool name_excluded(const struct config_strlist *patterns, const char *name)
+{
+    for (size_t i = 0; i < patterns->count; i++)
+        if (fnmatch(patterns->items[i], name, 0) == 0) return true;
+    return false;
+}
+
+static bool file_excluded(const struct collector *c, const struct parser_path_meta *meta)
+{
+    const struct config *cfg = c->cfg;
+    return name_excluded(&cfg->collection.exclude_namespaces, meta->namespace_) ||
+           name_excluded(&cfg->collection.exclude_pods, meta->pod) ||
+           name_excluded(&cfg->collection.exclude_containers, meta->container);
+}
+
+static void file_link(struct collector *c, struct tailed_file *f)
+{
+    f->all_next = c->all_files;
+    if (c->all_files) c->all_files->all_prev = f;
+    c->all_files = f;
+    if (f->dir) {
+        f->dir_next = f->dir->files;
+        f->dir->files = f;
+    }
+}
+
+static void file_unlink(struct collector *c, struct tailed_file *f)
+{
+    if (f->all_prev) f->all_prev->all_next = f->all_next;
+    else c->all_files = f->all_next;
+    if (f->all_next) f->all_next->all_prev = f->all_prev;
+    if (f->dir) {
+        struct tailed_file **pp = &f->dir->files;
+        while (*pp && *pp != f) pp = &(*pp)->dir_next;
+        if (*pp) *pp = f->dir_next;
+    }
+    if (f->in_path_index) table_del_str(&c->files_by_path, f->src->path);
+}
+
+/* Opens the file a glob match names. Files seen at start-up begin at the
+ * configured end; later ones at their start, since all of them is new. */
+static void file_open(struct collector *c, const char *link_path, bool at_startup)
+{
+    if (table_get_str(&c->files_by_path, link_path)) return;
+
+    char real[PATH_MAX];
+    if (!realpath(link_path, real)) {
+        if (errno == ENOENT)
+            report_once(c, link_path, ENOENT, "skipping %s: it is a dangling symlink or vanished", link_path);
+        else
+            report_once(c, link_path, errno, "skipping %s: %s", link_path, strerror(errno));
+        return;
+    }
+    struct parser_path_meta meta;
+    parser_path_meta(link_path, real, &meta);
+    if (file_excluded(c, &meta)) {
+        if (!table_get_str(&c->reported, link_path)) metrics_add(files_excluded, 1);
+        report_once(c, link_path, -1, "not tailing %s: excluded by namespace/pod/container pattern", link_path);
+        return;
+    }
+    int fd = open(real, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+        metrics_add(file_errors, 1);
+        report_once(c, link_path, errno, "cannot open %s (%s): %s", link_path, real, strerror(errno));
+        return;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        report_once(c, link_path, EINVAL, "skipping %s (%s): not a regular file", link_path, real);
+        close(fd);
+        return;
+    }
+    struct tailed_file *f = calloc(1, sizeof *f);
+    struct source *src = f ? source_new(link_path, real, &meta, st.st_dev, st.st_ino) : NULL;
+    if (!src) {
+        log_error("out of memory opening %s", link_path);
+        free(f);
+        close(fd);
+        return;
+    }
+    f->src = src;
+    f->fd = fd;
+    f->format = c->cfg->collection.format;
+    f->offset = (at_startup && c->cfg->collection.read_from == CONFIG_READ_FROM_END) ? (uint64_t)st.st_size : 0;
+    atomic_store(&src->acked_offset, f->offset);
+
+    char real_dir[PATH_MAX];
+    memcpy(real_dir, real, sizeof real_dir);
+    f->dir = dir_watch(c, dirname(real_dir), false);
+    if (table_put_str(&c->files_by_path, src->path, f) != 0) {
+        log_error("out of memory indexing %s", link_path);
+        source_unref(src);
+        close(fd);
+        free(f);
+        return;
+    }
+    f->in_path_index = true;
+    file_link(c, f);
+    forget_report(c, link_path);
+    metrics_add(files_opened, 1);
+    metrics_add(files_tailed, 1);
+    log_info("tailing %s (%s) from offset %llu%s", link_path, real, (unsigned long long)f->offset,
+             f->dir ? "" : ", polled");
+    collector_mark_pending(c, f);
+}
+
+void watch_file_close(struct collector *c, struct tailed_file *f)
+{
+    file_unlink(c, f);
+    if (close(f->fd) != 0) log_warn("closing %s: %s", f->src->real_path, strerror(errno));
+    log_info("closed %s (%s) at offset %llu", f->src->path, f->src->real_path, (unsigned long long)f->offset);
+    source_unref(f->src);
+    metrics_add(files_closed, 1);
+    metrics_add(files_tailed, -1);
+    struct watch_dir *dir = f->dir;
+    free(f);
+    if (dir) dir_release_if_unused(c, dir);
+}
+
+/* The path no longer leads to this file: read what is left, then close. */
+static void begin_draining(struct collector *c, struct tailed_file *f, const char *why)
+{
+    if (f->state == FILE_DRAINING) return;
+    log_debug("%s (%s): %s, draining", f->src->path, f->src->real_path, why);
+    f->state = FILE_DRAINING;
+    f->draining_since_ms = metrics_now_ms();
+    if (f->in_path_index) {
+        table_del_str(&c->files_by_path, f->src->path);
+        f->in_path_index = false;
+    }
+    collector_mark_pending(c, f);
+}
+
+/* Rotation: the old file is read to its end before the new one is opened,
+ * so lines keep their order across it. */
+static void rotate(struct collector *c, struct tailed_file *old)
+{
+    begin_draining(c, old, "rotated");
+    metrics_add(rotations, 1);
+    enum read_result r;
+    do r = tail_read(c, old, false);
+    while (r == READ_MORE);
+    file_open(c, old->src->path, false);
+}
+
+/* Returns true when it changed the directory's file list. */
+static bool check_identity(struct collector *c, struct tailed_file *f)
+{
+    if (f->state == FILE_DRAINING) {
+        /* Renamed away before a new file appeared at the path: open it now that it exists. */
+        if (!table_get_str(&c->files_by_path, f->src->path) && access(f->src->path, F_OK) == 0) {
+            file_open(c, f->src->path, false);
+            return table_get_str(&c->files_by_path, f->src->path) != NULL;
+        }
+        return false;
+    }
+    struct stat st;
+    if (stat(f->src->real_path, &st) != 0) {
+        begin_draining(c, f, errno == ENOENT ? "renamed or deleted" : strerror(errno));
+        return true;
+    }
+    if (st.st_ino != f->src->ino || st.st_dev != f->src->dev) {
+        rotate(c, f);
+        return true;
+    }
+    return false;
+}
+
+void watch_check_identities(struct collector *c)
+{
+    for (struct watch_dir *dir = c->check_head; dir; dir = c->check_head) {
+        c->check_head = dir->check_next;
+        dir->check_next = NULL;
+        dir->check_identity = false;
+        /* A change re-walks the list from the top: rotated files are then
+         * draining and new ones match their path, so this ends. */
+        bool changed;
+        do {
+            changed = false;
+            for (struct tailed_file *f = dir->files; f && !changed; f = f->dir_next) changed = check_identity(c, f);
+        } while (changed);
+    }
+}
+
+static void schedule_identity_check(struct collector *c, struct watch_dir *dir)
+{
+    if (dir->check_identity) return;
+    dir->check_identity = true;
+    dir->check_next = c->check_head;
+    c->check_head = dir;
+}
+
+static void handle_link_event(struct collector *c, struct watch_dir *dir, const struct inotify_event *ev)
+{
+    char path[PATH_MAX];
+    if ((size_t)snprintf(path, sizeof path, "%s/%s", dir->path, ev->name) >= sizeof path) return;
+    if (ev->mask & (IN_CREATE | IN_MOVED_TO)) {
+        for (size_t i = 0; i < c->nglobs; i++) {
+            const struct glob_spec *g = &c->globs[i];
+            if (!g->dir_has_wildcards && strcmp(g->dir, dir->path) == 0 && fnmatch(g->base, ev->name, 0) == 0) {
+                file_open(c, path, false);
+                break;
+            }
+        }
+    }
+    if (ev->mask & (IN_DELETE | IN_MOVED_FROM)) {
+        forget_report(c, path);
+        struct tailed_file *f = table_get_str(&c->files_by_path, path);
+        if (f) begin_draining(c, f, "its path was removed");
+    }
+}
+
+static void handle_dir_gone(struct collector *c, struct watch_dir *dir, uint32_t mask)
+{
+    for (struct tailed_file *f = dir->files; f; f = f->dir_next) begin_draining(c, f, "its directory was removed");
+    if (mask & IN_IGNORED) {
+        /* The kernel dropped the watch: the wd may be reused, so forget it. */
+        table_del_int(&c->dirs_by_wd, dir->wd);
+        dir->wd = -1;
+        dir->holds_links = false;
+        if (!dir->files) dir_release_if_unused(c, dir);
+    }
+}
+
+static void handle_event(struct collector *c, const struct inotify_event *ev)
+{
+    if (ev->mask & IN_Q_OVERFLOW) {
+        log_warn("inotify queue overflowed: rescanning every watched path");
+        c->rescan_needed = true;
+        for (struct tailed_file *f = c->all_files; f; f = f->all_next) collector_mark_pending(c, f);
+        return;
+    }
+    struct watch_dir *dir = table_get_int(&c->dirs_by_wd, ev->wd);
+    if (!dir) return;
+    if (ev->mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED)) {
+        handle_dir_gone(c, dir, ev->mask);
+        return;
+    }
+    if (dir->holds_links && ev->len) handle_link_event(c, dir, ev);
+    if (!dir->files) return;
+    for (struct tailed_file *f = dir->files; f; f = f->dir_next) collector_mark_pending(c, f);
+    if (ev->mask & (IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE)) schedule_identity_check(c, dir);
+}
+
+void watch_handle_events(struct collector *c)
+{
+    char buf[64 * 1024] __attribute__((aligned(__alignof__(struct inotify_event))));
+    for (;;) {
+        ssize_t n = read(c->inotify_fd, buf, sizeof buf);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno != EAGAIN) log_error("reading inotify events: %s", strerror(errno));
+            return;
+        }
+        for (char *p = buf; p < buf + n;) {
+            const struct inotify_event *ev = (const struct inotify_event *)p;
+            handle_event(c, ev);
+            p += sizeof *ev + ev->len;
+        }
+    }
+}
+
+static void scan_glob(struct collector *c, struct glob_spec *g, bool at_startup)
+{
+    if (!g->dir_has_wildcards) dir_watch(c, g->dir, true);
+    glob_t matches;
+    int rc = glob(g->pattern, GLOB_NOSORT, NULL, &matches);
+    if (rc == GLOB_NOMATCH) return;
+    if (rc != 0) {
+        report_once(c, g->pattern, rc, "cannot expand %s: %s", g->pattern,
+                    rc == GLOB_NOSPACE ? "out of memory" : "read error");
+        return;
+    }
+    for (size_t i = 0; i < matches.gl_pathc; i++) file_open(c, matches.gl_pathv[i], at_startup);
+    globfree(&matches);
+}
+
+void watch_scan(struct collector *c, bool at_startup)
+{
+    for (size_t i = 0; i < c->nglobs; i++) scan_glob(c, &c->globs[i], at_startup);
+    c->rescan_needed = false;
+    c->last_rescan_ms = metrics_now_ms();
+}
+
+int watch_setup(struct collector *c, char *err, size_t errlen)
+{
+    const struct config_strlist *paths = &c->cfg->collection.paths;
+    c->globs = calloc(paths->count ? paths->count : 1, sizeof *c->globs);
+    if (!c->globs) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < paths->count; i++) {
+        const char *pattern = paths->items[i];
+        const char *slash = strrchr(pattern, '/');
+        if (pattern[0] != '/' || !slash) {
+            snprintf(err, errlen, "collection.paths: '%s' is not an absolute path", pattern);
+            return -1;
+        }
+        struct glob_spec *g = &c->globs[c->nglobs++];
+        g->pattern = strdup(pattern);
+        g->dir = slash == pattern ? strdup("/") : strndup(pattern, (size_t)(slash - pattern));
+        g->base = strdup(slash + 1);
+        if (!g->pattern || !g->dir || !g->base) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        g->dir_has_wildcards = strpbrk(g->dir, "*?[") != NULL;
+    }
+    c->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (c->inotify_fd < 0) {
+        log_warn("inotify unavailable (%s; see fs.inotify.max_user_instances): polling every %lld ms instead",
+                 strerror(errno), (long long)c->cfg->collection.poll_interval_ms);
+        metrics_add(inotify_fallbacks, 1);
+    }
+    return 0;
+}
+
+void watch_teardown(struct collector *c)
+{
+    while (c->all_files) {
+        struct tailed_file *f = c->all_files;
+        struct watch_dir *dir = f->dir;
+        file_unlink(c, f);
+        close(f->fd);
+        source_unref(f->src);
+        metrics_add(files_tailed, -1);
+        free(f);
+        if (dir) dir_release_if_unused(c, dir);
+    }
+    for (size_t i = 0; i < c->dirs_by_wd.capacity; i++) {
+        struct watch_dir *dir = c->dirs_by_wd.slots[i].hash >= 2 ? c->dirs_by_wd.slots[i].value : NULL;
+        if (!dir) continue;
+        free(dir->path);
+        free(dir);
+    }
+    table_free(&c->dirs_by_wd);
+    table_free(&c->files_by_path);
+    for (size_t i = 0; i < c->reported.capacity; i++) {
+        struct reported_path *r = c->reported.slots[i].hash >= 2 ? c->reported.slots[i].value : NULL;
+        if (!r) continue;
+        free(r->path);
+        free(r);
+    }
+    table_free(&c->reported);
+    for (size_t i = 0; i < c->nglobs; i++) {
+        free(c->globs[i].pattern);
+        free(c->globs[i].dir);
+        free(c->globs[i].base);
+    }
+    free(c->globs);
+    if (c->inotify_fd >= 0) close(c->inotify_fd);
+}

@@ -1,0 +1,134 @@
+/*
+ * config — the agent's settings: one table of keys drives the YAML walk,
+ * defaults, validation, `-check-config` printing and the README's table.
+ *
+ * Contract:
+ *  - config_defaults() fills every field with its documented default.
+ *  - config_load() reads a YAML file (libyaml) over those defaults. Every
+ *    scalar first gets `${VAR}` / `${VAR:-default}` environment expansion,
+ *    then is converted by the key's type. It fails — returning -1 and writing
+ *    one message "FILE:LINE: key a.b.c: what is wrong" into `err` — on a
+ *    missing/unreadable file, YAML syntax error, unknown key, wrong type
+ *    (mapping where a scalar is expected…), unparseable size/duration/bool/
+ *    int, a value outside its enum, an invalid regular expression, or values
+ *    that contradict each other. It never exits and never crashes.
+ *  - Sizes accept B/KiB/MiB/GiB (and KB/MB/GB as powers of 1000); durations
+ *    ms/s/m/h (a bare 0 is allowed).
+ *  - config_print() writes the effective configuration as YAML that
+ *    config_load() accepts again; secrets are never in the struct (only the
+ *    paths of files holding them), so nothing needs masking.
+ *  - config_free() releases everything config_load()/config_defaults() made.
+ *  - Aliases: collection.logPaths == collection.paths.
+ */
+#ifndef LOGLET_CONFIG_H
+#define LOGLET_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+struct config_strlist {
+    char **items;
+    size_t count;
+};
+
+struct config_strmap {
+    char **keys;
+    char **values;
+    size_t count;
+};
+
+enum config_format { CONFIG_FORMAT_AUTO, CONFIG_FORMAT_CRI, CONFIG_FORMAT_DOCKER };
+enum config_read_from { CONFIG_READ_FROM_END, CONFIG_READ_FROM_BEGINNING };
+enum config_stdout_format { CONFIG_STDOUT_TEXT, CONFIG_STDOUT_JSON };
+enum config_partial_ts { CONFIG_PARTIAL_TS_FIRST, CONFIG_PARTIAL_TS_LAST };
+
+struct config {
+    char *source_path; /* the file it was loaded from, or "" for defaults */
+
+    struct {
+        char *http_listen_address;
+        int64_t http_listen_port;
+        int64_t max_connections;
+        int64_t request_timeout_ms;
+    } server;
+
+    struct {
+        struct config_strlist paths;
+        enum config_format format;
+        enum config_read_from read_from;
+        char *positions_file;
+        int64_t positions_sync_period_ms;
+        int64_t max_line_bytes;
+        int64_t read_buffer_bytes;
+        int64_t partial_flush_timeout_ms;
+        enum config_partial_ts partial_timestamp;
+        int64_t poll_interval_ms;
+        struct config_strlist exclude_namespaces;
+        struct config_strlist exclude_pods;
+        struct config_strlist exclude_containers;
+        char *include_lines; /* PCRE2 pattern or "" */
+        char *exclude_lines; /* PCRE2 pattern or "" */
+    } collection;
+
+    struct {
+        int64_t max_bytes;
+    } buffer;
+
+    struct {
+        struct {
+            char *url;
+            char *tenant_id;
+            int64_t batch_bytes;
+            int64_t batch_wait_ms;
+            int64_t timeout_ms;
+            int64_t min_backoff_ms;
+            int64_t max_backoff_ms;
+            int64_t max_retries;
+            char *basic_auth_username;
+            char *basic_auth_password_file;
+            char *bearer_token_file;
+            char *tls_ca_file;
+            char *tls_cert_file;
+            char *tls_key_file;
+            bool tls_insecure_skip_verify;
+            struct config_strmap headers;
+            bool structured_metadata;
+        } loki;
+        struct {
+            enum config_stdout_format format;
+        } stdout_;
+        int64_t shutdown_grace_ms;
+    } output;
+
+    struct {
+        struct config_strmap static_labels;
+        bool stream;
+    } labels;
+
+    struct {
+        char *level;  /* debug | info | warn | error */
+        char *format; /* logfmt | json */
+    } log;
+};
+
+void config_defaults(struct config *cfg);
+/* Same as config_defaults() but reports failure (only allocation can fail):
+ * returns -1 with "out of memory" in `err`; `cfg` can then still be freed. */
+int config_init(struct config *cfg, char *err, size_t errlen);
+int config_load(struct config *cfg, const char *path, char *err, size_t errlen);
+void config_print(const struct config *cfg, FILE *out);
+void config_free(struct config *cfg);
+
+/* Parsers shared with tests (and with anything else reading human units). */
+int config_parse_size(const char *text, int64_t *out);
+int config_parse_duration_ms(const char *text, int64_t *out);
+/* Expands ${VAR} and ${VAR:-default}; returns a malloc'd string or NULL with
+ * `err` set (unterminated "${", allocation failure). "$$" is a literal "$". */
+char *config_expand_env(const char *text, char *err, size_t errlen);
+
+/* Prints the table of settings as Markdown (used to keep README in sync). */
+void config_print_reference(FILE *out);
+
+#endif

@@ -1,0 +1,58 @@
+/*
+ * metrics — the agent's counters and gauges, and the liveness heartbeats.
+ *
+ * Contract:
+ *  - One process-wide set (`metrics`), updated with relaxed atomics from any
+ *    thread. Hot loops add their counts once per buffer or batch, not per
+ *    line, so the cost is a handful of atomic adds per 256 KiB.
+ *  - No per-file or per-pod labels: cardinality is fixed, so /metrics stays
+ *    small however many pods a node runs.
+ *  - metrics_render() writes the Prometheus text exposition format (0.0.4).
+ *  - Heartbeats: each long-running thread calls metrics_beat() at least once
+ *    per second of its loop, including while it waits; metrics_stalled()
+ *    names a thread whose last beat is older than the given age.
+ */
+#ifndef LOGLET_METRICS_H
+#define LOGLET_METRICS_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum metrics_thread { METRICS_THREAD_COLLECTOR, METRICS_THREAD_OUTPUT, METRICS_THREAD_COUNT };
+
+struct metrics {
+    _Atomic uint64_t lines_read;
+    _Atomic uint64_t bytes_read;
+    _Atomic uint64_t lines_malformed;
+    _Atomic uint64_t lines_split;
+    _Atomic uint64_t lines_utf8_fixed;
+    _Atomic uint64_t lines_flushed_incomplete;
+    _Atomic uint64_t lines_excluded;
+    _Atomic uint64_t lines_sent;
+    _Atomic uint64_t bytes_sent;
+    _Atomic uint64_t files_opened;
+    _Atomic uint64_t files_closed;
+    _Atomic uint64_t files_excluded;
+    _Atomic uint64_t file_errors;
+    _Atomic uint64_t rotations;
+    _Atomic uint64_t truncations;
+    _Atomic uint64_t inotify_fallbacks;
+    _Atomic int64_t files_tailed;
+    _Atomic int64_t ring_used_bytes;
+    _Atomic int64_t ring_capacity_bytes;
+    _Atomic int64_t last_beat_ms[METRICS_THREAD_COUNT];
+};
+
+extern struct metrics metrics;
+
+#define metrics_add(field, n) atomic_fetch_add_explicit(&metrics.field, (n), memory_order_relaxed)
+#define metrics_set(field, v) atomic_store_explicit(&metrics.field, (v), memory_order_relaxed)
+
+int64_t metrics_now_ms(void); /* CLOCK_MONOTONIC */
+void metrics_beat(enum metrics_thread thread);
+/* Returns the name of a thread silent for longer than max_age_ms, or NULL. */
+const char *metrics_stalled(int64_t max_age_ms);
+size_t metrics_render(char *buf, size_t cap);
+
+#endif

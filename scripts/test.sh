@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite: unit, integration and tool self-tests, first on the
+# optimised -Werror build, then again under AddressSanitizer + UBSan with
+# LeakSanitizer on. Exits non-zero when anything fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+jobs=$(nproc)
+echo "== build (release, -Werror)"
+scripts/build.sh release >/dev/null
+echo "== tests (release)"
+(cd build && ctest --output-on-failure -j"$jobs")
+
+echo "== build (ASan+UBSan)"
+scripts/build.sh sanitize >/dev/null
+echo "== tests (ASan+UBSan, LeakSanitizer)"
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+(cd build-sanitize && ctest --output-on-failure -j"$jobs")
