@@ -156,6 +156,7 @@ static int stop(struct agent *agent)
                  (long long)agent->cfg.output.shutdown_grace_ms);
         rc = 0; /* not an error of ours: the unacknowledged lines are still on disk */
     }
+    if (agent->collector) collector_save_positions(agent->collector);
     if (agent->httpd) httpd_stop(agent->httpd);
     collector_destroy(agent->collector);
     output_destroy(agent->output);

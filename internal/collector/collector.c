@@ -5,6 +5,7 @@
  * the others.
  */
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,7 +29,7 @@ bool collector_stopping(struct collector *c) { return atomic_load_explicit(&c->s
 
 void collector_mark_pending(struct collector *c, struct tailed_file *f)
 {
-    if (f->pending) return;
+    if (f->pending || f->waiting) return;
     f->pending = true;
     f->pending_next = NULL;
     if (c->pending_tail) c->pending_tail->pending_next = f;
@@ -181,15 +182,37 @@ static void *collector_main(void *arg)
             periodic_sweep(c, now);
             last_sweep = now;
         }
+        if (now - c->last_positions_save_ms >= c->cfg->collection.positions_sync_period_ms) watch_save_positions(c);
         service_pending(c);
     }
     return NULL;
 }
 
+/* mkdir -p for the positions file's directory (0750: only the agent writes there). */
+static int make_parent_dirs(const char *file, char *err, size_t errlen)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s", file);
+    for (char *p = path + 1; (p = strchr(p, '/')); p++) {
+        *p = '\0';
+        if (mkdir(path, 0750) != 0 && errno != EEXIST) {
+            snprintf(err, errlen, "collection.positions_file: cannot create directory %s: %s", path, strerror(errno));
+            return -1;
+        }
+        *p = '/';
+    }
+    return 0;
+}
+
 int collector_start(struct collector *c, char *err, size_t errlen)
 {
+    if (make_parent_dirs(c->cfg->collection.positions_file, err, errlen) != 0) return -1;
     if (watch_setup(c, err, errlen) != 0) return -1;
+    watch_load_positions(c);
     watch_scan(c, true);
+    watch_free_positions(c);
+    c->scanned = true;
+    c->last_positions_save_ms = metrics_now_ms();
     metrics_beat(METRICS_THREAD_COLLECTOR);
     int rc = pthread_create(&c->thread, NULL, collector_main, c);
     if (rc != 0) {
@@ -202,6 +225,13 @@ int collector_start(struct collector *c, char *err, size_t errlen)
 }
 
 bool collector_is_watching(struct collector *c) { return atomic_load(&c->watching); }
+
+int collector_save_positions(struct collector *c)
+{
+    if (c->thread_started) return -1; /* the thread owns the files while it runs */
+    if (!c->scanned) return 0;        /* never started: nothing known, keep the old file */
+    return watch_save_positions(c);
+}
 
 void collector_stop(struct collector *c)
 {

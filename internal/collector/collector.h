@@ -19,6 +19,10 @@
  *    shipped as-is with the read time and counted, never dropped.
  *  - Back-pressure: when the ring is full the collector waits and reads
  *    nothing more; the files on disk are the buffer.
+ *  - Positions: each file's acknowledged offset is saved (see positions.h);
+ *    at start every known file resumes exactly there, including files that
+ *    were rotated (and gzip-compressed) while the agent was stopped, which
+ *    are read to their end, oldest first, before the current file.
  *  - collector_stop() makes the loop finish the chunk it is writing, commit
  *    nothing further, and join; lines it had read but not committed are
  *    simply read again next time (they are past no acknowledged offset).
@@ -42,6 +46,10 @@ int collector_start(struct collector *collector, char *err, size_t errlen);
 /* True once the initial scan is done and the directories are watched. */
 bool collector_is_watching(struct collector *collector);
 void collector_stop(struct collector *collector);
+/* Writes the positions file (acknowledged offsets). The thread does this
+ * every positions_sync_period; call it once more after collector_stop() and
+ * after the output finished, so the final acknowledgements are kept. */
+int collector_save_positions(struct collector *collector);
 void collector_destroy(struct collector *collector);
 
 #endif

@@ -14,7 +14,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <zlib.h>
+
 #include "collector.h"
+#include "positions.h"
 #include "source/source.h"
 #include "table.h"
 
@@ -28,6 +31,7 @@ struct watch_dir;
 struct tailed_file {
     struct source *src;
     int fd;
+    gzFile gz; /* a rotated, compressed file being caught up after downtime */
     uint64_t offset; /* the first byte no committed chunk covers */
     enum config_format format; /* AUTO until the first line decides */
     enum file_state state;
@@ -44,6 +48,10 @@ struct tailed_file {
     struct tailed_file *all_prev, *all_next;
     struct tailed_file *pending_next;
     bool pending;
+    /* Catch-up after downtime: older files of the same path are read first;
+     * this one waits until its predecessor is closed. */
+    bool waiting;
+    struct tailed_file *successor;
     bool in_path_index; /* src->path maps to this file in collector.files_by_path */
 };
 
@@ -77,6 +85,7 @@ struct collector {
     struct ring *ring;
     pthread_t thread;
     bool thread_started;
+    bool scanned; /* the start-up scan ran: positions are ours to write */
     atomic_bool stop;
     atomic_bool watching;
     int inotify_fd;
@@ -93,6 +102,15 @@ struct collector {
     bool rescan_needed;
     int64_t last_rescan_ms;
     bool inotify_exhausted_reported;
+
+    /* Positions: what was saved at the last run (by path), and sources of
+     * closed files whose lines are still in flight (saved until delivered). */
+    struct positions saved;
+    struct table saved_by_path; /* path -> struct saved_list */
+    bool positions_lost;        /* unreadable at start: files are read from the beginning */
+    struct source **retired;
+    size_t nretired, retired_cap;
+    int64_t last_positions_save_ms;
 
     /* Exclusion patterns and line filters, compiled once. */
     pcre2_code *include_lines;
@@ -122,6 +140,11 @@ void watch_handle_events(struct collector *c);
 void watch_check_identities(struct collector *c);
 void watch_file_close(struct collector *c, struct tailed_file *f);
 void watch_teardown(struct collector *c);
+
+/* positions use, in watch.c */
+void watch_load_positions(struct collector *c);
+int watch_save_positions(struct collector *c);
+void watch_free_positions(struct collector *c);
 
 /* collector.c */
 void collector_mark_pending(struct collector *c, struct tailed_file *f);

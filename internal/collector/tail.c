@@ -237,21 +237,29 @@ static enum read_result check_truncation(struct collector *c, struct tailed_file
 {
     (void)c;
     struct stat st;
-    if (fstat(f->fd, &st) != 0 || (uint64_t)st.st_size >= f->offset) return READ_EOF;
+    if (f->gz || fstat(f->fd, &st) != 0 || (uint64_t)st.st_size >= f->offset) return READ_EOF;
     log_warn("%s was truncated (size %lld, read up to %llu): reading it again from the start",
              f->src->path, (long long)st.st_size, (unsigned long long)f->offset);
     metrics_add(truncations, 1);
     f->offset = 0;
     f->continuing = false;
     f->incomplete_since_ms = 0;
+    f->src->fp_len = 0; /* new content: fingerprint it again */
     return READ_MORE;
 }
 
 enum read_result tail_read(struct collector *c, struct tailed_file *f, bool flush_incomplete)
 {
     ssize_t n;
-    do n = pread(f->fd, c->buf, c->buf_size, (off_t)f->offset);
-    while (n < 0 && errno == EINTR);
+    if (f->gz) {
+        /* Compressed files are read once, start to end; a seek back (a line
+         * read again) makes zlib decompress from the start, which is rare. */
+        if ((uint64_t)gztell(f->gz) != f->offset && gzseek(f->gz, (z_off_t)f->offset, SEEK_SET) < 0) n = -1;
+        else n = gzread(f->gz, c->buf, (unsigned)c->buf_size);
+    } else {
+        do n = pread(f->fd, c->buf, c->buf_size, (off_t)f->offset);
+        while (n < 0 && errno == EINTR);
+    }
     if (n < 0) {
         if (errno == EAGAIN) return READ_EOF;
         log_error("cannot read %s (%s): %s", f->src->path, f->src->real_path, strerror(errno));

@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <dirent.h>
 #include <fnmatch.h>
 #include <glob.h>
 #include <libgen.h>
@@ -149,8 +150,233 @@ static void file_unlink(struct collector *c, struct tailed_file *f)
     if (f->in_path_index) table_del_str(&c->files_by_path, f->src->path);
 }
 
-/* Opens the file a glob match names. Files seen at start-up begin at the
- * configured end; later ones at their start, since all of them is new. */
+/* Reads the first bytes of a file (plain or gzip) for its fingerprint. */
+static ssize_t read_head(int fd, gzFile gz, char *buf, size_t len)
+{
+    if (gz) {
+        if (gzseek(gz, 0, SEEK_SET) < 0) return -1;
+        return gzread(gz, buf, (unsigned)len);
+    }
+    ssize_t n;
+    do n = pread(fd, buf, len, 0);
+    while (n < 0 && errno == EINTR);
+    return n;
+}
+
+static bool fingerprint_matches(int fd, gzFile gz, uint64_t fp, uint32_t fp_len)
+{
+    char head[POSITIONS_FP_MAX];
+    ssize_t n = read_head(fd, gz, head, fp_len);
+    return n == (ssize_t)fp_len && positions_fingerprint(head, fp_len) == fp;
+}
+
+static void take_fingerprint(struct tailed_file *f)
+{
+    char head[POSITIONS_FP_MAX];
+    ssize_t n = read_head(f->fd, f->gz, head, sizeof head);
+    if (n < 0) n = 0;
+    f->src->fp = positions_fingerprint(head, (size_t)n);
+    f->src->fp_len = (uint32_t)n;
+}
+
+/* Creates the state for one open file (current or caught-up). */
+static struct tailed_file *file_track(struct collector *c, const char *link_path, const char *real, int fd, gzFile gz,
+                                      const struct stat *st, uint64_t offset)
+{
+    struct parser_path_meta meta;
+    parser_path_meta(link_path, real, &meta);
+    struct tailed_file *f = calloc(1, sizeof *f);
+    struct source *src = f ? source_new(link_path, real, &meta, st->st_dev, st->st_ino) : NULL;
+    if (!src) {
+        log_error("out of memory opening %s", link_path);
+        free(f);
+        return NULL;
+    }
+    f->src = src;
+    f->fd = fd;
+    f->gz = gz;
+    f->format = c->cfg->collection.format;
+    f->offset = offset;
+    atomic_store(&src->acked_offset, offset);
+    take_fingerprint(f);
+    char real_dir[PATH_MAX];
+    snprintf(real_dir, sizeof real_dir, "%s", real);
+    f->dir = dir_watch(c, dirname(real_dir), false);
+    file_link(c, f);
+    metrics_add(files_opened, 1);
+    metrics_add(files_tailed, 1);
+    return f;
+}
+
+struct saved_range {
+    size_t first, count; /* indexes into collector.saved, sorted by path */
+};
+
+static bool same_file(const struct position *p, const struct stat *st)
+{
+    return p->dev == (uint64_t)st->st_dev && p->ino == (uint64_t)st->st_ino;
+}
+
+/* Rotation order: by name with any ".gz" ignored, since compressing a
+ * rotated file does not make it newer. */
+static int compare_names(const void *a, const void *b)
+{
+    const char *x = *(char *const *)a, *y = *(char *const *)b;
+    size_t lx = strlen(x), ly = strlen(y);
+    if (lx > 3 && strcmp(x + lx - 3, ".gz") == 0) lx -= 3;
+    if (ly > 3 && strcmp(y + ly - 3, ".gz") == 0) ly -= 3;
+    int c = strncmp(x, y, lx < ly ? lx : ly);
+    return c ? c : (lx > ly) - (lx < ly);
+}
+
+/* The kubelet's rotated siblings of `real` (`0.log.<stamp>`, `0.log.<stamp>.gz`), oldest first. */
+static size_t list_rotated(const char *real, char ***out)
+{
+    char dir_buf[PATH_MAX];
+    snprintf(dir_buf, sizeof dir_buf, "%s", real);
+    const char *dir = dirname(dir_buf);
+    const char *base = strrchr(real, '/') + 1;
+    size_t base_len = strlen(base);
+    *out = NULL;
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    size_t n = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, base, base_len) != 0 || e->d_name[base_len] != '.') continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 8;
+            char **grown = realloc(*out, cap * sizeof **out);
+            if (!grown) break;
+            *out = grown;
+        }
+        if (asprintf(&(*out)[n], "%s/%s", dir, e->d_name) < 0) break;
+        n++;
+    }
+    closedir(d);
+    if (n) qsort(*out, n, sizeof **out, compare_names);
+    return n;
+}
+
+static void free_names(char **names, size_t n)
+{
+    for (size_t i = 0; i < n; i++) free(names[i]);
+    free(names);
+}
+
+static bool open_any(const char *path, int *fd, gzFile *gz, struct stat *st)
+{
+    *gz = NULL;
+    *fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (*fd < 0) return false;
+    if (fstat(*fd, st) != 0) {
+        close(*fd);
+        return false;
+    }
+    size_t len = strlen(path);
+    if (len > 3 && strcmp(path + len - 3, ".gz") == 0) {
+        int dup_fd = dup(*fd); /* gzclose closes the descriptor it was given */
+        *gz = dup_fd >= 0 ? gzdopen(dup_fd, "rb") : NULL;
+        if (!*gz) {
+            if (dup_fd >= 0) close(dup_fd);
+            close(*fd);
+            return false;
+        }
+        gzbuffer(*gz, 128 * 1024);
+    }
+    return true;
+}
+
+/* After downtime the file a position names may have been rotated (and
+ * compressed). Finds the oldest rotated sibling that a saved position
+ * identifies and opens it and every newer sibling, chained so that they are
+ * read in order before the current file. Returns the last file of the chain
+ * (the current file's predecessor) or NULL when there is nothing to catch up. */
+static struct tailed_file *catch_up(struct collector *c, const char *link_path, const char *real,
+                                    const struct saved_range *range)
+{
+    char **names;
+    size_t n = list_rotated(real, &names);
+    struct tailed_file *first = NULL, *last = NULL;
+    bool found = false;
+    for (size_t i = 0; i < n; i++) {
+        int fd;
+        gzFile gz;
+        struct stat st;
+        if (!open_any(names[i], &fd, &gz, &st)) continue;
+        uint64_t offset = 0;
+        if (!found) {
+            for (size_t k = range->first; k < range->first + range->count && !found; k++) {
+                const struct position *p = &c->saved.items[k];
+                bool identity = gz ? true : same_file(p, &st);
+                if (identity && p->fp_len && fingerprint_matches(fd, gz, p->fp, p->fp_len)) {
+                    found = true;
+                    offset = p->offset;
+                }
+            }
+            if (!found) {
+                if (gz) gzclose(gz);
+                close(fd);
+                continue;
+            }
+        }
+        struct tailed_file *f = file_track(c, link_path, names[i], fd, gz, &st, offset);
+        if (!f) {
+            if (gz) gzclose(gz);
+            close(fd);
+            break;
+        }
+        f->state = FILE_DRAINING;
+        f->draining_since_ms = 0; /* long rotated: close at its end */
+        log_info("catching up %s from rotated %s at offset %llu", link_path, names[i], (unsigned long long)offset);
+        if (last) {
+            last->successor = f;
+            f->waiting = true;
+        } else {
+            first = f;
+        }
+        last = f;
+    }
+    free_names(names, n);
+    if (!found)
+        log_warn("%s: the file its saved position names is gone (rotated away and deleted while loglet was "
+                 "stopped); its unread lines cannot be recovered",
+                 link_path);
+    if (first) collector_mark_pending(c, first);
+    return last;
+}
+
+/* Decides where a file found at start-up begins, from its saved positions. */
+static uint64_t resume_offset(struct collector *c, const char *link_path, const char *real, int fd,
+                              const struct stat *st, struct tailed_file **predecessor)
+{
+    *predecessor = NULL;
+    const struct saved_range *range = table_get_str(&c->saved_by_path, link_path);
+    if (!range) {
+        bool from_end = c->cfg->collection.read_from == CONFIG_READ_FROM_END && !c->positions_lost;
+        return from_end ? (uint64_t)st->st_size : 0;
+    }
+    const struct position *current = NULL;
+    bool others = false;
+    for (size_t k = range->first; k < range->first + range->count; k++) {
+        const struct position *p = &c->saved.items[k];
+        if (!current && same_file(p, st) && fingerprint_matches(fd, NULL, p->fp, p->fp_len)) current = p;
+        else others = true;
+    }
+    if (others) *predecessor = catch_up(c, link_path, real, range);
+    if (!current) return 0; /* created while loglet was stopped: all of it is new */
+    if (current->offset > (uint64_t)st->st_size) {
+        log_warn("%s shrank below its saved offset (%llu > %lld) while loglet was stopped: reading it from the start",
+                 link_path, (unsigned long long)current->offset, (long long)st->st_size);
+        metrics_add(truncations, 1);
+        return 0;
+    }
+    return current->offset;
+}
+
+/* Opens the file a glob match names. Files seen at start-up resume at their
+ * saved position, or begin at the configured end; later ones at their start,
+ * since all of them is new. */
 static void file_open(struct collector *c, const char *link_path, bool at_startup)
 {
     if (table_get_str(&c->files_by_path, link_path)) return;
@@ -182,46 +408,63 @@ static void file_open(struct collector *c, const char *link_path, bool at_startu
         close(fd);
         return;
     }
-    struct tailed_file *f = calloc(1, sizeof *f);
-    struct source *src = f ? source_new(link_path, real, &meta, st.st_dev, st.st_ino) : NULL;
-    if (!src) {
-        log_error("out of memory opening %s", link_path);
-        free(f);
+    struct tailed_file *predecessor = NULL;
+    uint64_t offset = at_startup ? resume_offset(c, link_path, real, fd, &st, &predecessor) : 0;
+    struct tailed_file *f = file_track(c, link_path, real, fd, NULL, &st, offset);
+    if (!f) {
         close(fd);
         return;
     }
-    f->src = src;
-    f->fd = fd;
-    f->format = c->cfg->collection.format;
-    f->offset = (at_startup && c->cfg->collection.read_from == CONFIG_READ_FROM_END) ? (uint64_t)st.st_size : 0;
-    atomic_store(&src->acked_offset, f->offset);
-
-    char real_dir[PATH_MAX];
-    memcpy(real_dir, real, sizeof real_dir);
-    f->dir = dir_watch(c, dirname(real_dir), false);
-    if (table_put_str(&c->files_by_path, src->path, f) != 0) {
+    if (table_put_str(&c->files_by_path, f->src->path, f) != 0) {
         log_error("out of memory indexing %s", link_path);
-        source_unref(src);
-        close(fd);
-        free(f);
-        return;
+        f->state = FILE_DRAINING;
+    } else {
+        f->in_path_index = true;
     }
-    f->in_path_index = true;
-    file_link(c, f);
     forget_report(c, link_path);
-    metrics_add(files_opened, 1);
-    metrics_add(files_tailed, 1);
     log_info("tailing %s (%s) from offset %llu%s", link_path, real, (unsigned long long)f->offset,
              f->dir ? "" : ", polled");
-    collector_mark_pending(c, f);
+    if (predecessor) {
+        predecessor->successor = f;
+        f->waiting = true;
+    } else {
+        collector_mark_pending(c, f);
+    }
+}
+
+/* A closed file whose lines are still in flight keeps its position in the
+ * positions file until they are delivered (see watch_save_positions). */
+static void retire_source(struct collector *c, struct source *src)
+{
+    if (atomic_load(&src->refs) == 1) {
+        source_unref(src);
+        return;
+    }
+    if (c->nretired == c->retired_cap) {
+        size_t cap = c->retired_cap ? c->retired_cap * 2 : 16;
+        struct source **grown = realloc(c->retired, cap * sizeof *grown);
+        if (!grown) {
+            log_error("out of memory: the position of %s is not kept until its last lines are delivered", src->path);
+            source_unref(src);
+            return;
+        }
+        c->retired = grown;
+        c->retired_cap = cap;
+    }
+    c->retired[c->nretired++] = src;
 }
 
 void watch_file_close(struct collector *c, struct tailed_file *f)
 {
     file_unlink(c, f);
+    if (f->gz) gzclose(f->gz);
     if (close(f->fd) != 0) log_warn("closing %s: %s", f->src->real_path, strerror(errno));
     log_info("closed %s (%s) at offset %llu", f->src->path, f->src->real_path, (unsigned long long)f->offset);
-    source_unref(f->src);
+    if (f->successor) {
+        f->successor->waiting = false;
+        collector_mark_pending(c, f->successor);
+    }
+    retire_source(c, f->src);
     metrics_add(files_closed, 1);
     metrics_add(files_tailed, -1);
     struct watch_dir *dir = f->dir;
@@ -434,6 +677,7 @@ void watch_teardown(struct collector *c)
         struct tailed_file *f = c->all_files;
         struct watch_dir *dir = f->dir;
         file_unlink(c, f);
+        if (f->gz) gzclose(f->gz);
         close(f->fd);
         source_unref(f->src);
         metrics_add(files_tailed, -1);
@@ -455,6 +699,9 @@ void watch_teardown(struct collector *c)
         free(r);
     }
     table_free(&c->reported);
+    for (size_t i = 0; i < c->nretired; i++) source_unref(c->retired[i]);
+    free(c->retired);
+    watch_free_positions(c);
     for (size_t i = 0; i < c->nglobs; i++) {
         free(c->globs[i].pattern);
         free(c->globs[i].dir);
@@ -462,4 +709,96 @@ void watch_teardown(struct collector *c)
     }
     free(c->globs);
     if (c->inotify_fd >= 0) close(c->inotify_fd);
+}
+
+static int compare_positions(const void *a, const void *b)
+{
+    return strcmp(((const struct position *)a)->path, ((const struct position *)b)->path);
+}
+
+void watch_load_positions(struct collector *c)
+{
+    const char *file = c->cfg->collection.positions_file;
+    char err[1024];
+    if (access(file, F_OK) != 0 && errno == ENOENT) {
+        log_info("no positions file at %s yet: files present now start at their %s", file,
+                 c->cfg->collection.read_from == CONFIG_READ_FROM_END ? "end" : "beginning");
+        return;
+    }
+    if (positions_read(file, &c->saved, err, sizeof err) != 0) {
+        char aside[PATH_MAX];
+        snprintf(aside, sizeof aside, "%s.corrupt", file);
+        bool moved = rename(file, aside) == 0;
+        log_error("positions file unusable: %s; every file present now is read from the beginning (duplicates "
+                  "rather than loss)%s%s",
+                  err, moved ? "; the bad file was kept as " : "", moved ? aside : "");
+        c->positions_lost = true;
+        return;
+    }
+    qsort(c->saved.items, c->saved.count, sizeof *c->saved.items, compare_positions);
+    for (size_t i = 0; i < c->saved.count;) {
+        size_t j = i + 1;
+        while (j < c->saved.count && strcmp(c->saved.items[j].path, c->saved.items[i].path) == 0) j++;
+        struct saved_range *range = malloc(sizeof *range);
+        if (!range || table_put_str(&c->saved_by_path, c->saved.items[i].path, range) != 0) {
+            free(range);
+            log_error("out of memory loading positions: files without theirs are read from the beginning");
+            c->positions_lost = true;
+            break;
+        }
+        *range = (struct saved_range){i, j - i};
+        i = j;
+    }
+    log_info("loaded %zu positions from %s", c->saved.count, file);
+}
+
+/* Saved positions are only needed to place the files found at start-up. */
+void watch_free_positions(struct collector *c)
+{
+    for (size_t i = 0; i < c->saved_by_path.capacity; i++)
+        if (c->saved_by_path.slots[i].hash >= 2) free(c->saved_by_path.slots[i].value);
+    table_free(&c->saved_by_path);
+    positions_free(&c->saved);
+}
+
+static int add_position(struct positions *ps, struct source *src)
+{
+    struct position p = {
+        .path = src->path, .real_path = src->real_path, .dev = (uint64_t)src->dev, .ino = (uint64_t)src->ino,
+        .fp = src->fp, .fp_len = src->fp_len,
+        .offset = atomic_load_explicit(&src->acked_offset, memory_order_acquire),
+    };
+    return positions_add(ps, &p);
+}
+
+int watch_save_positions(struct collector *c)
+{
+    struct positions ps = {0};
+    int rc = 0;
+    for (struct tailed_file *f = c->all_files; f && rc == 0; f = f->all_next) {
+        if (f->src->fp_len < POSITIONS_FP_MAX) take_fingerprint(f); /* it may have grown */
+        rc = add_position(&ps, f->src);
+    }
+    size_t kept = 0;
+    for (size_t i = 0; i < c->nretired; i++) {
+        struct source *src = c->retired[i];
+        if (atomic_load(&src->refs) == 1) { /* every chunk delivered: nothing left to resume */
+            source_unref(src);
+            continue;
+        }
+        c->retired[kept++] = src;
+        if (rc == 0) rc = add_position(&ps, src);
+    }
+    c->nretired = kept;
+    char err[1024];
+    if (rc != 0) {
+        log_error("out of memory saving positions");
+    } else if ((rc = positions_write(c->cfg->collection.positions_file, &ps, err, sizeof err)) != 0) {
+        log_error("saving positions: %s", err);
+    }
+    metrics_add(positions_writes, 1);
+    if (rc != 0) metrics_add(positions_errors, 1);
+    positions_free(&ps);
+    c->last_positions_save_ms = metrics_now_ms();
+    return rc;
 }

@@ -82,6 +82,8 @@ size_t metrics_render(char *buf, size_t cap)
     counter(&w, "loglet_rotations_total", "File rotations seen.", &metrics.rotations);
     counter(&w, "loglet_truncations_total", "Files truncated in place (copytruncate).", &metrics.truncations);
     counter(&w, "loglet_inotify_fallbacks_total", "Times inotify could not be used and polling took over.", &metrics.inotify_fallbacks);
+    counter(&w, "loglet_positions_writes_total", "Times the positions file was written.", &metrics.positions_writes);
+    counter(&w, "loglet_positions_errors_total", "Failed writes of the positions file.", &metrics.positions_errors);
     gauge(&w, "loglet_files_tailed", "Files currently open.", &metrics.files_tailed);
     gauge(&w, "loglet_ring_used_bytes", "Bytes held in the ring buffer.", &metrics.ring_used_bytes);
     gauge(&w, "loglet_ring_capacity_bytes", "Capacity of the ring buffer.", &metrics.ring_capacity_bytes);

@@ -38,6 +38,8 @@ struct metrics {
     _Atomic uint64_t rotations;
     _Atomic uint64_t truncations;
     _Atomic uint64_t inotify_fallbacks;
+    _Atomic uint64_t positions_writes;
+    _Atomic uint64_t positions_errors;
     _Atomic int64_t files_tailed;
     _Atomic int64_t ring_used_bytes;
     _Atomic int64_t ring_capacity_bytes;

@@ -12,7 +12,8 @@
  *    `acked_offset` changes, written by the output thread (the offset up to
  *    which every line is delivered: stdout written, or Loki answered 2xx) and
  *    read by the collector when it saves positions. Per source, chunks are
- *    acknowledged in order, so acked_offset only grows.
+ *    acknowledged in order, so acked_offset only grows (except after a
+ *    copytruncate, when the file itself starts again at 0).
  *
  * Chunk layout, one ring block:
  *    struct source_chunk | record | content (padded to 8) | record | …
@@ -36,6 +37,10 @@ struct source {
     char *real_path; /* what it pointed to when opened */
     dev_t dev;
     ino_t ino;
+    /* Fingerprint of the first fp_len bytes (collector-owned: only the
+     * collector thread reads or updates these two). */
+    uint64_t fp;
+    uint32_t fp_len;
     _Atomic uint64_t acked_offset;
 };
 

@@ -1,0 +1,54 @@
+/*
+ * positions — where each file was acknowledged up to, kept across restarts.
+ *
+ * Contract:
+ *  - A file is identified by device + inode + a fingerprint (FNV-1a of its
+ *    first `fp_len` bytes, at most POSITIONS_FP_MAX), so a reused inode is
+ *    not mistaken for the file it replaced.
+ *  - The offset saved is the *acknowledged* one (source->acked_offset): a
+ *    kill -9 at any moment loses nothing and re-sends only what was in flight.
+ *  - positions_write() is atomic: temp file in the same directory (mode 0600),
+ *    fsync, rename, fsync of the directory.
+ *  - positions_read() never crashes on a corrupt file: it returns -1 with
+ *    "FILE:LINE: what is wrong" and the caller decides the fallback.
+ *
+ * Format (YAML, one flow mapping per file, so a human can read it):
+ *    version: 1
+ *    positions:
+ *      - {path: "/var/log/containers/…", real_path: "/var/log/pods/…", dev: 2049, ino: 131, fp: "9c3e…", fp_len: 256, offset: 4096}
+ */
+#ifndef LOGLET_COLLECTOR_POSITIONS_H
+#define LOGLET_COLLECTOR_POSITIONS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define POSITIONS_FP_MAX 256
+
+struct position {
+    char *path;
+    char *real_path;
+    uint64_t dev;
+    uint64_t ino;
+    uint64_t fp;
+    uint32_t fp_len;
+    uint64_t offset;
+};
+
+struct positions {
+    struct position *items;
+    size_t count;
+    size_t cap;
+};
+
+int positions_read(const char *file, struct positions *out, char *err, size_t errlen);
+/* Appends a copy of p; returns -1 on allocation failure. */
+int positions_add(struct positions *ps, const struct position *p);
+int positions_write(const char *file, const struct positions *ps, char *err, size_t errlen);
+void positions_free(struct positions *ps);
+
+/* FNV-1a 64 of buf. */
+uint64_t positions_fingerprint(const void *buf, size_t len);
+
+#endif

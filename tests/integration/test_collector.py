@@ -1,0 +1,216 @@
+"""Issue 3: never miss and never duplicate a line through rotation, restarts,
+pod churn and bad input — the real binary against a writer that imitates the
+kubelet (rename + create + gzip + delete), checking every line by its id."""
+import collections
+import json
+import os
+import signal
+import threading
+import time
+import unittest
+
+from harness import AgentTestCase, base_config, cri_line, http_get
+
+FAST_SYNC = "  positions_sync_period: 200ms\n"
+
+
+def ids_of(lines):
+    """Ids of `id=<name>-<n>` markers in text-format output lines."""
+    out = []
+    for line in lines:
+        i = line.find("id=")
+        if i >= 0:
+            out.append(line[i + 3:].split(" ", 1)[0])
+    return out
+
+
+def assert_exactly_once(test, got, expected, allow_dups=0):
+    counts = collections.Counter(got)
+    missing = [x for x in expected if counts[x] == 0]
+    dups = sum(c - 1 for c in counts.values() if c > 1)
+    unexpected = set(counts) - set(expected)
+    test.assertEqual(missing[:10], [], f"{len(missing)} lines lost")
+    test.assertFalse(unexpected, f"unexpected ids {sorted(unexpected)[:10]}")
+    test.assertLessEqual(dups, allow_dups, f"{dups} duplicated lines")
+    return dups
+
+
+def fd_targets(pid):
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return out
+
+
+class RestartTest(AgentTestCase):
+    def config(self, extra=""):
+        return base_config(self.tree, self.workdir, "  read_from: beginning\n" + FAST_SYNC + extra)
+
+    def test_sigterm_restart_resumes_exactly(self):
+        web = self.tree.container("shop", "web-0", "app")
+        for i in range(100):
+            web.write(f"id=a-{i}")
+        a = self.agent(self.config()).start()
+        a.wait_lines(100)
+        self.assertEqual(a.stop(), 0)
+        with open(os.path.join(self.workdir, "positions.yaml")) as f:
+            positions = f.read()
+        self.assertIn(web.link_path, positions)
+        for i in range(100, 150):
+            web.write(f"id=a-{i}")
+        b = self.agent(self.config(), name="b.yaml").start()
+        b.wait_lines(50)
+        time.sleep(0.5)
+        self.assertEqual(b.stop(), 0)
+        assert_exactly_once(self, ids_of(a.lines() + b.lines()), [f"a-{i}" for i in range(150)])
+
+    def test_sigkill_while_writing_loses_nothing(self):
+        web = self.tree.container("shop", "web-0", "app")
+        stop = threading.Event()
+        written = []
+
+        def writer():
+            i = 0
+            while not stop.is_set():
+                web.write(f"id=k-{i}")
+                written.append(f"k-{i}")
+                i += 1
+                if i % 200 == 0:
+                    time.sleep(0.01)
+
+        t = threading.Thread(target=writer)
+        t.start()
+        seen = []
+        try:
+            for round_ in range(4):
+                a = self.agent(self.config(), name=f"r{round_}.yaml").start()
+                time.sleep(1.0)
+                a.proc.send_signal(signal.SIGKILL)
+                a.proc.wait()
+                time.sleep(0.1)
+                seen += a.lines()
+        finally:
+            stop.set()
+            t.join()
+        last = self.agent(self.config(), name="last.yaml").start()
+        deadline = time.time() + 20
+        while time.time() < deadline and len(set(ids_of(seen + last.lines()))) < len(written):
+            time.sleep(0.2)
+        self.assertEqual(last.stop(), 0)
+        got = ids_of(seen + last.lines())
+        # Duplicates: only lines delivered after the last positions save of each killed run.
+        dups = assert_exactly_once(self, got, written, allow_dups=len(written))
+        print(f"sigkill: {len(written)} lines, {dups} duplicates after 4 kills")
+
+    def test_rotated_and_compressed_while_stopped_is_caught_up(self):
+        web = self.tree.container("shop", "web-0", "app")
+        for i in range(50):
+            web.write(f"id=r-{i}")
+        a = self.agent(self.config()).start()
+        a.wait_lines(50)
+        self.assertEqual(a.stop(), 0)
+        # While stopped: more lines, a rotation, more lines, another rotation (the
+        # first rotated file is gzip-compressed then), and lines in the new file.
+        n = 50
+        for _ in range(2):
+            for _ in range(30):
+                web.write(f"id=r-{n}")
+                n += 1
+            web.rotate(compress=True)
+        for _ in range(30):
+            web.write(f"id=r-{n}")
+            n += 1
+        self.assertTrue(any(r.endswith(".gz") for r in os.listdir(web.dir)), os.listdir(web.dir))
+        b = self.agent(self.config(), name="b.yaml").start()
+        b.wait_lines(n - 50, timeout=15)
+        time.sleep(0.5)
+        self.assertEqual(b.stop(), 0)
+        got = ids_of(a.lines() + b.lines())
+        assert_exactly_once(self, got, [f"r-{i}" for i in range(n)])
+        self.assertEqual(ids_of(b.lines()), [f"r-{i}" for i in range(50, n)], "out of order")
+
+    def test_corrupt_positions_file_is_reported_and_not_fatal(self):
+        web = self.tree.container("shop", "web-0", "app")
+        web.write("id=c-0")
+        with open(os.path.join(self.workdir, "positions.yaml"), "w") as f:
+            f.write("version: 1\npositions:\n  - {path: [unclosed\n")
+        a = self.agent(base_config(self.tree, self.workdir)).start()
+        self.assertEqual(ids_of(a.wait_lines(1)), ["c-0"])  # read from the beginning despite read_from: end
+        self.assertIn("positions file unusable", a.stderr_text())
+        self.assertTrue(os.path.exists(os.path.join(self.workdir, "positions.yaml.corrupt")))
+        self.assertEqual(a.stop(), 0)
+
+
+class RotationTest(AgentTestCase):
+    def test_rotation_every_megabyte_at_20k_lines_per_second(self):
+        web = self.tree.container("shop", "web-0", "app")
+        cfg = base_config(self.tree, self.workdir, FAST_SYNC)
+        a = self.agent(cfg).start()
+        pad = "p" * 120
+        written, size, rotations = 0, 0, 0
+        t0 = time.time()
+        while time.time() - t0 < 10:
+            batch = []
+            for _ in range(200):
+                batch.append(cri_line(f"id=x-{written} {pad}"))
+                written += 1
+            data = "".join(batch).encode()
+            web.write_raw(data)
+            size += len(data)
+            if size >= 1 << 20:
+                web.rotate(compress=True)
+                size = 0
+                rotations += 1
+            # pace to ~25k lines/s
+            ahead = written / 25000 - (time.time() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+        rate = written / (time.time() - t0)
+        self.assertGreaterEqual(rate, 20000)
+        deadline = time.time() + 20
+        while time.time() < deadline and len(a.lines()) < written:
+            time.sleep(0.2)
+        self.assertEqual(a.stop(), 0)
+        assert_exactly_once(self, ids_of(a.lines()), [f"x-{i}" for i in range(written)])
+        print(f"rotation: {written} lines at {rate:.0f}/s, {rotations} rotations")
+
+    def test_copytruncate_is_detected(self):
+        web = self.tree.container("shop", "web-0", "app")
+        a = self.agent(base_config(self.tree, self.workdir)).start()
+        for i in range(20):
+            web.write(f"id=t-{i}")
+        a.wait_lines(20)
+        os.truncate(web.log_path, 0)
+        time.sleep(0.3)
+        for i in range(20, 25):
+            web.write(f"id=t-{i}")
+        a.wait_lines(25)
+        self.assertEqual(a.stop(), 0)
+        assert_exactly_once(self, ids_of(a.lines()), [f"t-{i}" for i in range(25)])
+        self.assertIn("truncated", a.stderr_text())
+
+    def test_deleted_pod_is_drained_and_its_descriptor_closed(self):
+        web = self.tree.container("shop", "web-0", "app")
+        a = self.agent(base_config(self.tree, self.workdir)).start()
+        for i in range(10):
+            web.write(f"id=d-{i}")
+        a.wait_lines(10)
+        self.assertIn(web.log_path, fd_targets(a.proc.pid))
+        web.remove()
+        deadline = time.time() + 5
+        while time.time() < deadline and any(web.log_path in t for t in fd_targets(a.proc.pid)):
+            time.sleep(0.1)
+        self.assertFalse([t for t in fd_targets(a.proc.pid) if web.log_path in t], "deleted file still open")
+        # The same pod name again: a new file, read from its start.
+        again = self.tree.container("shop", "web-0", "app")
+        again.write("id=d-new")
+        a.wait_lines(11)
+        self.assertEqual(a.stop(), 0)
+        assert_exactly_once(self, ids_of(a.lines()), [f"d-{i}" for i in range(10)] + ["d-new"])
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
