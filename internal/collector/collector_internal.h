@@ -19,7 +19,7 @@
 #include "collector.h"
 #include "positions.h"
 #include "source/source.h"
-#include "table.h"
+#include "table/table.h"
 
 enum file_state {
     FILE_ACTIVE,   /* the file its path names now */

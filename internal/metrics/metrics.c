@@ -6,6 +6,42 @@
 
 struct metrics metrics;
 
+/* A fixed-bucket histogram, updated with relaxed atomics (the sum in
+ * micro-units so it stays an integer). */
+#define HIST_MAX_BUCKETS 12
+struct histogram {
+    const double *bounds;
+    int nbounds;
+    _Atomic uint64_t counts[HIST_MAX_BUCKETS + 1];
+    _Atomic uint64_t sum_micro;
+};
+
+static const double push_seconds_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+static const double batch_entries_bounds[] = {1, 10, 100, 1000, 5000, 10000, 50000, 100000};
+static struct histogram push_seconds = {push_seconds_bounds, 11, {0}, 0};
+static struct histogram batch_entries = {batch_entries_bounds, 8, {0}, 0};
+
+static void observe(struct histogram *h, double value)
+{
+    int i = 0;
+    while (i < h->nbounds && value > h->bounds[i]) i++;
+    atomic_fetch_add_explicit(&h->counts[i], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&h->sum_micro, (uint64_t)(value * 1e6), memory_order_relaxed);
+}
+
+void metrics_observe_push(double seconds, size_t body_bytes)
+{
+    (void)body_bytes;
+    observe(&push_seconds, seconds);
+}
+
+void metrics_observe_batch(size_t entries, size_t raw_bytes)
+{
+    (void)raw_bytes;
+    observe(&batch_entries, (double)entries);
+}
+
+
 static const char *const thread_names[METRICS_THREAD_COUNT] = {"collector", "output"};
 
 int64_t metrics_now_ms(void)
@@ -47,6 +83,19 @@ static void emit(struct writer *w, const char *fmt, ...)
     if (n > 0) w->len += (size_t)n < w->cap - w->len ? (size_t)n : w->cap - w->len - 1;
 }
 
+static void emit_histogram(struct writer *w, const char *name, const char *help, struct histogram *h)
+{
+    emit(w, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    uint64_t total = 0;
+    for (int i = 0; i <= h->nbounds; i++) {
+        total += atomic_load_explicit(&h->counts[i], memory_order_relaxed);
+        if (i < h->nbounds) emit(w, "%s_bucket{le=\"%g\"} %llu\n", name, h->bounds[i], (unsigned long long)total);
+        else emit(w, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)total);
+    }
+    emit(w, "%s_sum %.6f\n%s_count %llu\n", name,
+         (double)atomic_load_explicit(&h->sum_micro, memory_order_relaxed) / 1e6, name, (unsigned long long)total);
+}
+
 static void counter(struct writer *w, const char *name, const char *help, _Atomic uint64_t *value)
 {
     emit(w, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name,
@@ -75,6 +124,20 @@ size_t metrics_render(char *buf, size_t cap)
     counter(&w, "loglet_lines_excluded_total", "Lines dropped by the include/exclude line filters.", &metrics.lines_excluded);
     counter(&w, "loglet_lines_sent_total", "Lines delivered to the output.", &metrics.lines_sent);
     counter(&w, "loglet_bytes_sent_total", "Line bytes delivered to the output.", &metrics.bytes_sent);
+    counter(&w, "loglet_bytes_sent_compressed_total", "Loki request body bytes sent (snappy).", &metrics.bytes_sent_compressed);
+    counter(&w, "loglet_bytes_sent_uncompressed_total", "Loki request bytes before compression.", &metrics.bytes_sent_uncompressed);
+    emit(&w, "# HELP loglet_lines_dropped_total Lines given up on, by reason.\n# TYPE loglet_lines_dropped_total counter\n"
+             "loglet_lines_dropped_total{reason=\"rejected\"} %llu\nloglet_lines_dropped_total{reason=\"max_retries\"} %llu\n",
+         (unsigned long long)atomic_load(&metrics.lines_dropped_rejected),
+         (unsigned long long)atomic_load(&metrics.lines_dropped_retries));
+    counter(&w, "loglet_push_retries_total", "Pushes retried after 429, 5xx or no answer.", &metrics.push_retries);
+    static const char *const classes[] = {"none", "2xx", "4xx", "429", "5xx"};
+    emit(&w, "# HELP loglet_push_requests_total Push requests by answer.\n# TYPE loglet_push_requests_total counter\n");
+    for (int i = 0; i < 5; i++)
+        emit(&w, "loglet_push_requests_total{status=\"%s\"} %llu\n", classes[i],
+             (unsigned long long)atomic_load(&metrics.push_requests[i]));
+    emit_histogram(&w, "loglet_push_duration_seconds", "Push request latency.", &push_seconds);
+    emit_histogram(&w, "loglet_batch_entries", "Entries per pushed batch.", &batch_entries);
     counter(&w, "loglet_files_opened_total", "Log files opened.", &metrics.files_opened);
     counter(&w, "loglet_files_closed_total", "Log files closed.", &metrics.files_closed);
     counter(&w, "loglet_files_excluded_total", "Files not opened because of exclusions.", &metrics.files_excluded);

@@ -31,6 +31,15 @@ struct metrics {
     _Atomic uint64_t lines_excluded;
     _Atomic uint64_t lines_sent;
     _Atomic uint64_t bytes_sent;
+    _Atomic uint64_t bytes_sent_compressed;   /* Loki request bodies */
+    _Atomic uint64_t bytes_sent_uncompressed; /* the same, before snappy */
+    _Atomic uint64_t lines_dropped_rejected;  /* Loki answered 4xx */
+    _Atomic uint64_t lines_dropped_retries;   /* output.loki.max_retries ran out */
+    _Atomic uint64_t push_retries;
+    /* By HTTP status class: [0] no answer, [1] 2xx, [2] 4xx but 429, [3] 429, [4] 5xx. */
+    _Atomic uint64_t push_requests[5];
+    _Atomic int64_t last_push_ok_ms;
+    _Atomic int64_t push_failing_since_ms; /* 0 while pushes succeed */
     _Atomic uint64_t files_opened;
     _Atomic uint64_t files_closed;
     _Atomic uint64_t files_excluded;
@@ -52,6 +61,9 @@ extern struct metrics metrics;
 #define metrics_set(field, v) atomic_store_explicit(&metrics.field, (v), memory_order_relaxed)
 
 int64_t metrics_now_ms(void); /* CLOCK_MONOTONIC */
+/* Histograms: push latency and body size, batch entries. */
+void metrics_observe_push(double seconds, size_t body_bytes);
+void metrics_observe_batch(size_t entries, size_t raw_bytes);
 void metrics_beat(enum metrics_thread thread);
 /* Returns the name of a thread silent for longer than max_age_ms, or NULL. */
 const char *metrics_stalled(int64_t max_age_ms);

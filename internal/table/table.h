@@ -1,11 +1,11 @@
 /*
- * table — a small open-addressing hash table for the collector's indexes
- * (watch descriptor → directory, path → file). Keys are owned by the values.
+ * table — a small open-addressing hash table for the agent's indexes
+ * (watch descriptor → directory, path → file, label set → stream). Keys are owned by the values.
  * Lookups, inserts and deletes are O(1) on average; it grows by doubling and
  * never shrinks, so its size follows the peak number of entries, not churn.
  */
-#ifndef LOGLET_COLLECTOR_TABLE_H
-#define LOGLET_COLLECTOR_TABLE_H
+#ifndef LOGLET_TABLE_H
+#define LOGLET_TABLE_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,0 +1,330 @@
+#include "aggregator.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "loki/loki.h"
+#include "metrics/metrics.h"
+#include "table/table.h"
+
+/* What an entry costs in a batch besides its line: protobuf framing and
+ * timestamp, roughly — counted so tiny lines cannot make a batch huge. */
+#define ENTRY_OVERHEAD 16
+#define MAX_LABELS 48
+#define LABELS_MAX_BYTES 8192
+
+struct batch_entry {
+    int64_t ts_ns;
+    size_t off; /* line bytes in the arena */
+    uint32_t len;
+    uint32_t stream;
+    uint32_t meta; /* index into metas, or UINT32_MAX */
+};
+
+struct batch_stream {
+    char *labels;
+    size_t count;
+    size_t start; /* first of its entries once sorted */
+};
+
+struct batch_meta {
+    size_t pod_uid_off, container_id_off; /* NUL-terminated strings in the arena */
+};
+
+struct aggregator_batch_state {
+    char *arena;
+    size_t arena_len, arena_cap;
+    struct batch_entry *entries;
+    size_t nentries, entries_cap;
+    struct batch_stream *streams;
+    size_t nstreams, streams_cap;
+    struct table by_labels;
+    struct batch_meta *metas;
+    size_t nmetas, metas_cap;
+    struct aggregator_ack *acks;
+    size_t nacks, acks_cap;
+    /* Encoding views, rebuilt at each seal. */
+    struct loki_entry *lentries;
+    size_t lentries_cap;
+    struct loki_stream *lstreams;
+    size_t lstreams_cap;
+    struct loki_label *meta_labels;
+    size_t meta_labels_cap;
+    size_t *fill;
+    size_t fill_cap;
+    struct loki_encoder *encoder;
+    size_t size; /* lines + per-entry overhead, against batch_bytes */
+    int64_t first_ms;
+    int64_t oldest_ns;
+};
+
+struct aggregator {
+    const struct config *cfg;
+    struct aggregator_batch batches[2];
+    struct aggregator_batch_state states[2];
+    int current;
+    const char *node_name;
+    char label_buf[LABELS_MAX_BYTES];
+    /* Per chunk: stream index of each record stream kind, or -1. */
+    const struct source_chunk *cached_chunk;
+    int64_t cached_stream[3];
+    uint32_t cached_meta;
+};
+
+/* Grows *array to hold `need` items of `size` bytes (doubling). */
+static int reserve(void **array, size_t *cap, size_t need, size_t size)
+{
+    if (need <= *cap) return 0;
+    size_t n = *cap ? *cap : 64;
+    while (n < need) n *= 2;
+    void *grown = realloc(*array, n * size);
+    if (!grown) return -1;
+    *array = grown;
+    *cap = n;
+    return 0;
+}
+#define RESERVE(arr, cap, need) reserve((void **)&(arr), &(cap), (need), sizeof *(arr))
+
+struct aggregator *aggregator_create(const struct config *cfg, char *err, size_t errlen)
+{
+    struct aggregator *agg = calloc(1, sizeof *agg);
+    if (!agg) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    agg->cfg = cfg;
+    const char *node = getenv("NODE_NAME");
+    agg->node_name = node && *node ? node : NULL;
+    for (int i = 0; i < 2; i++) {
+        agg->batches[i].state = &agg->states[i];
+        agg->states[i].encoder = loki_encoder_create();
+        if (!agg->states[i].encoder) {
+            snprintf(err, errlen, "out of memory");
+            aggregator_destroy(agg);
+            return NULL;
+        }
+    }
+    return agg;
+}
+
+static void state_clear(struct aggregator_batch_state *st)
+{
+    for (size_t i = 0; i < st->nstreams; i++) free(st->streams[i].labels);
+    table_free(&st->by_labels);
+    st->nstreams = st->nentries = st->nmetas = st->nacks = 0;
+    st->arena_len = 0;
+    st->size = 0;
+    st->first_ms = 0;
+    st->oldest_ns = 0;
+}
+
+void aggregator_destroy(struct aggregator *agg)
+{
+    if (!agg) return;
+    for (int i = 0; i < 2; i++) {
+        struct aggregator_batch_state *st = &agg->states[i];
+        state_clear(st);
+        free(st->arena);
+        free(st->entries);
+        free(st->streams);
+        free(st->metas);
+        free(st->acks);
+        free(st->lentries);
+        free(st->lstreams);
+        free(st->meta_labels);
+        free(st->fill);
+        loki_encoder_destroy(st->encoder);
+    }
+    free(agg);
+}
+
+struct aggregator_batch *aggregator_current(struct aggregator *agg) { return &agg->batches[agg->current]; }
+
+static const char *const stream_names[] = {"stdout", "stderr", "unknown"};
+
+/* Renders the label set of (source, stream kind) into agg->label_buf. */
+static size_t render_labels(struct aggregator *agg, const struct source *src, unsigned stream)
+{
+    struct loki_label labels[MAX_LABELS];
+    size_t n = 0;
+    const struct parser_path_meta *m = &src->meta;
+    if (m->namespace_[0]) labels[n++] = (struct loki_label){"namespace", m->namespace_};
+    if (m->pod[0]) labels[n++] = (struct loki_label){"pod", m->pod};
+    if (m->container[0]) labels[n++] = (struct loki_label){"container", m->container};
+    if (!m->namespace_[0] || !m->pod[0] || !m->container[0]) labels[n++] = (struct loki_label){"filename", src->path};
+    if (agg->node_name) labels[n++] = (struct loki_label){"node_name", agg->node_name};
+    if (agg->cfg->labels.stream) labels[n++] = (struct loki_label){"stream", stream_names[stream < 3 ? stream : 2]};
+    const struct config_strmap *st = &agg->cfg->labels.static_labels;
+    for (size_t i = 0; i < st->count && n < MAX_LABELS; i++) {
+        /* A static label never overrides one that describes the line's origin. */
+        bool taken = false;
+        for (size_t k = 0; k < n && !taken; k++) taken = strcmp(labels[k].name, st->keys[i]) == 0;
+        if (!taken) labels[n++] = (struct loki_label){st->keys[i], st->values[i]};
+    }
+    return loki_render_labels(labels, n, agg->label_buf, sizeof agg->label_buf);
+}
+
+static int64_t stream_index(struct aggregator *agg, struct aggregator_batch_state *st, const struct source *src,
+                            unsigned stream)
+{
+    if (render_labels(agg, src, stream) == 0) return -1;
+    size_t idx = (size_t)(uintptr_t)table_get_str(&st->by_labels, agg->label_buf);
+    if (idx) return (int64_t)idx - 1; /* stored +1 so that 0 means absent */
+    if (RESERVE(st->streams, st->streams_cap, st->nstreams + 1) != 0) return -1;
+    char *labels = strdup(agg->label_buf);
+    if (!labels) return -1;
+    if (table_put_str(&st->by_labels, labels, (void *)(uintptr_t)(st->nstreams + 1)) != 0) {
+        free(labels);
+        return -1;
+    }
+    st->streams[st->nstreams] = (struct batch_stream){labels, 0, 0};
+    return (int64_t)st->nstreams++;
+}
+
+static int arena_put(struct aggregator_batch_state *st, const void *data, size_t len, size_t *off)
+{
+    if (reserve((void **)&st->arena, &st->arena_cap, st->arena_len + len, 1) != 0) return -1;
+    memcpy(st->arena + st->arena_len, data, len);
+    *off = st->arena_len;
+    st->arena_len += len;
+    return 0;
+}
+
+static uint32_t chunk_meta(struct aggregator *agg, struct aggregator_batch_state *st, const struct source *src)
+{
+    if (!agg->cfg->output.loki.structured_metadata) return UINT32_MAX;
+    if (RESERVE(st->metas, st->metas_cap, st->nmetas + 1) != 0) return UINT32_MAX;
+    struct batch_meta *meta = &st->metas[st->nmetas];
+    if (arena_put(st, src->meta.pod_uid, strlen(src->meta.pod_uid) + 1, &meta->pod_uid_off) != 0 ||
+        arena_put(st, src->meta.container_id, strlen(src->meta.container_id) + 1, &meta->container_id_off) != 0)
+        return UINT32_MAX;
+    return (uint32_t)st->nmetas++;
+}
+
+bool aggregator_add(struct aggregator *agg, const struct source_chunk *chunk, const struct source_record **next,
+                    uint32_t *done)
+{
+    struct aggregator_batch_state *st = &agg->states[agg->current];
+    size_t limit = (size_t)agg->cfg->output.loki.batch_bytes;
+    if (!*next) {
+        *next = source_chunk_first(chunk);
+        *done = 0;
+    }
+    if (agg->cached_chunk != chunk || st->nentries == 0) {
+        agg->cached_chunk = chunk;
+        agg->cached_stream[0] = agg->cached_stream[1] = agg->cached_stream[2] = -1;
+        agg->cached_meta = UINT32_MAX;
+        if (chunk->records > *done) agg->cached_meta = chunk_meta(agg, st, chunk->source);
+    }
+    const struct source_record *rec = *next;
+    for (; *done < chunk->records; (*done)++, rec = source_record_next(rec)) {
+        size_t cost = rec->len + ENTRY_OVERHEAD;
+        if (st->nentries && st->size + cost > limit) {
+            *next = rec;
+            agg->cached_chunk = NULL; /* the next batch needs its own stream indexes */
+            return false;
+        }
+        unsigned kind = rec->stream < 3 ? rec->stream : 2;
+        if (agg->cached_stream[kind] < 0) agg->cached_stream[kind] = stream_index(agg, st, chunk->source, kind);
+        size_t off;
+        if (agg->cached_stream[kind] < 0 || RESERVE(st->entries, st->entries_cap, st->nentries + 1) != 0 ||
+            arena_put(st, source_record_content(rec), rec->len, &off) != 0) {
+            *next = rec; /* out of memory: the caller seals what is there and retries */
+            agg->cached_chunk = NULL;
+            return false;
+        }
+        st->entries[st->nentries++] = (struct batch_entry){rec->ts_ns, off, rec->len,
+                                                           (uint32_t)agg->cached_stream[kind], agg->cached_meta};
+        st->streams[agg->cached_stream[kind]].count++;
+        st->size += cost;
+        if (!st->first_ms) st->first_ms = metrics_now_ms();
+        if (!st->oldest_ns || rec->ts_ns < st->oldest_ns) st->oldest_ns = rec->ts_ns;
+    }
+    if (RESERVE(st->acks, st->acks_cap, st->nacks + 1) != 0) {
+        *next = rec;
+        return false;
+    }
+    st->acks[st->nacks++] = (struct aggregator_ack){chunk->source, chunk->end_offset};
+    if (!st->first_ms) st->first_ms = metrics_now_ms(); /* an ack alone must not wait forever */
+    return true;
+}
+
+bool aggregator_has_data(struct aggregator *agg)
+{
+    const struct aggregator_batch_state *st = &agg->states[agg->current];
+    return st->nentries || st->nacks;
+}
+
+int64_t aggregator_due_ms(struct aggregator *agg)
+{
+    const struct aggregator_batch_state *st = &agg->states[agg->current];
+    if (!st->first_ms) return INT64_MAX;
+    return st->first_ms + agg->cfg->output.loki.batch_wait_ms;
+}
+
+/* Groups entries per stream (stable counting sort) and encodes. */
+static int encode(struct aggregator_batch_state *st, struct aggregator_batch *b)
+{
+    if (RESERVE(st->lentries, st->lentries_cap, st->nentries) != 0 ||
+        RESERVE(st->lstreams, st->lstreams_cap, st->nstreams) != 0 ||
+        RESERVE(st->meta_labels, st->meta_labels_cap, st->nmetas * 2) != 0)
+        return -1;
+    for (size_t i = 0; i < st->nmetas; i++) {
+        st->meta_labels[2 * i] = (struct loki_label){"pod_uid", st->arena + st->metas[i].pod_uid_off};
+        st->meta_labels[2 * i + 1] = (struct loki_label){"container_id", st->arena + st->metas[i].container_id_off};
+    }
+    size_t start = 0;
+    for (size_t s = 0; s < st->nstreams; s++) {
+        st->streams[s].start = start;
+        start += st->streams[s].count;
+    }
+    if (RESERVE(st->fill, st->fill_cap, st->nstreams ? st->nstreams : 1) != 0) return -1;
+    size_t *fill = st->fill;
+    memset(fill, 0, st->nstreams * sizeof *fill);
+    size_t line_bytes = 0;
+    for (size_t i = 0; i < st->nentries; i++) {
+        const struct batch_entry *e = &st->entries[i];
+        struct loki_entry *out = &st->lentries[st->streams[e->stream].start + fill[e->stream]++];
+        *out = (struct loki_entry){e->ts_ns, st->arena + e->off, e->len, NULL, 0};
+        if (e->meta != UINT32_MAX) {
+            out->metadata = &st->meta_labels[2 * e->meta];
+            out->nmetadata = 2;
+        }
+        line_bytes += e->len;
+    }
+    for (size_t s = 0; s < st->nstreams; s++)
+        st->lstreams[s] = (struct loki_stream){st->streams[s].labels, st->lentries + st->streams[s].start,
+                                               st->streams[s].count};
+    if (loki_encode(st->encoder, st->lstreams, st->nstreams, &b->body, &b->body_len, &b->raw_len) != 0) return -1;
+    b->entries = st->nentries;
+    b->line_bytes = line_bytes;
+    b->oldest_entry_ns = st->oldest_ns;
+    b->acks = st->acks;
+    b->nacks = st->nacks;
+    return 0;
+}
+
+struct aggregator_batch *aggregator_seal(struct aggregator *agg)
+{
+    struct aggregator_batch *b = &agg->batches[agg->current];
+    if (encode(b->state, b) != 0) return NULL;
+    agg->current ^= 1;
+    agg->cached_chunk = NULL;
+    return b;
+}
+
+struct aggregator_ack *aggregator_pending_acks(struct aggregator *agg, size_t *n)
+{
+    struct aggregator_batch_state *st = &agg->states[agg->current];
+    *n = st->nacks;
+    return st->acks;
+}
+
+void aggregator_release(struct aggregator *agg, struct aggregator_batch *batch)
+{
+    (void)agg;
+    state_clear(batch->state);
+    batch->body = NULL;
+    batch->body_len = batch->raw_len = batch->entries = batch->line_bytes = batch->nacks = 0;
+    batch->acks = NULL;
+}

@@ -1,0 +1,188 @@
+/* Standard output: a chunk is acknowledged once its lines were written. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log/log.h"
+#include "metrics/metrics.h"
+#include "output_internal.h"
+
+static const char *const stream_names[] = {"stdout", "stderr", "unknown"};
+
+size_t output_stdout_max(size_t content_len)
+{
+    /* JSON escapes a byte into at most 6 (\u00XX); metadata is bounded by the
+     * fixed-size fields of parser_path_meta plus the path. */
+    return content_len * 6 + 4096 + 2 * 4096;
+}
+
+static size_t put(char *dst, const char *s, size_t n)
+{
+    memcpy(dst, s, n);
+    return n;
+}
+
+static size_t put_json_string(char *dst, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    dst[o++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch >= 0x20 && ch != '"' && ch != '\\' && ch != 0x7f) {
+            dst[o++] = (char)ch;
+            continue;
+        }
+        dst[o++] = '\\';
+        switch (ch) {
+        case '"': dst[o++] = '"'; break;
+        case '\\': dst[o++] = '\\'; break;
+        case '\n': dst[o++] = 'n'; break;
+        case '\r': dst[o++] = 'r'; break;
+        case '\t': dst[o++] = 't'; break;
+        default:
+            dst[o++] = 'u';
+            dst[o++] = '0';
+            dst[o++] = '0';
+            dst[o++] = hex[ch >> 4];
+            dst[o++] = hex[ch & 15];
+        }
+    }
+    dst[o++] = '"';
+    return o;
+}
+
+size_t output_format_text(const struct source *src, const struct source_record *rec, char *dst)
+{
+    size_t o = parser_format_rfc3339(rec->ts_ns, dst);
+    dst[o++] = ' ';
+    const struct parser_path_meta *m = &src->meta;
+    if (m->namespace_[0] && m->pod[0] && m->container[0])
+        o += (size_t)sprintf(dst + o, "%s/%s/%s", m->namespace_, m->pod, m->container);
+    else
+        o += put(dst + o, src->path, strnlen(src->path, 4000));
+    dst[o++] = ' ';
+    const char *stream = stream_names[rec->stream < 3 ? rec->stream : 2];
+    o += put(dst + o, stream, strlen(stream));
+    dst[o++] = ' ';
+    o += put(dst + o, source_record_content(rec), rec->len);
+    dst[o++] = '\n';
+    return o;
+}
+
+size_t output_format_json(const struct source *src, const struct source_record *rec, char *dst)
+{
+    const struct parser_path_meta *m = &src->meta;
+    size_t o = put(dst, "{\"time\":\"", 9);
+    o += parser_format_rfc3339(rec->ts_ns, dst + o);
+    o += put(dst + o, "\",\"namespace\":", 14);
+    o += put_json_string(dst + o, m->namespace_, strlen(m->namespace_));
+    o += put(dst + o, ",\"pod\":", 7);
+    o += put_json_string(dst + o, m->pod, strlen(m->pod));
+    o += put(dst + o, ",\"container\":", 13);
+    o += put_json_string(dst + o, m->container, strlen(m->container));
+    o += put(dst + o, ",\"stream\":\"", 11);
+    const char *stream = stream_names[rec->stream < 3 ? rec->stream : 2];
+    o += put(dst + o, stream, strlen(stream));
+    o += put(dst + o, "\",\"line\":", 9);
+    o += put_json_string(dst + o, source_record_content(rec), rec->len);
+    if (!m->namespace_[0]) {
+        o += put(dst + o, ",\"file\":", 8);
+        o += put_json_string(dst + o, src->path, strnlen(src->path, 4000));
+    }
+    dst[o++] = '}';
+    dst[o++] = '\n';
+    return o;
+}
+
+int stdout_sink_init(struct output *out, char *err, size_t errlen)
+{
+    out->buf = malloc(STDOUT_BUFFER_BYTES);
+    out->line_buf = malloc(output_stdout_max((size_t)out->cfg->collection.max_line_bytes * 3 + 64));
+    if (!out->buf || !out->line_buf) {
+        snprintf(err, errlen, "cannot allocate the output buffers");
+        return -1;
+    }
+    return 0;
+}
+
+void stdout_sink_free(struct output *out)
+{
+    output_forget(out->acks, out->nacks);
+    out->nacks = 0;
+    free(out->buf);
+    free(out->line_buf);
+}
+
+bool stdout_sink_idle(struct output *out) { return out->len == 0 && out->nacks == 0; }
+
+/* Writes the whole buffer to stdout, retrying transient failures; a broken
+ * stdout is retried (lines are never thrown away) until the shutdown grace
+ * period ends. */
+bool stdout_sink_flush(struct output *out)
+{
+    size_t done = 0;
+    int64_t last_report = 0;
+    while (done < out->len) {
+        ssize_t n = write(STDOUT_FILENO, out->buf + done, out->len - done);
+        if (n > 0) {
+            done += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        int saved = errno;
+        int64_t now = metrics_now_ms();
+        if (now - last_report >= 10000) {
+            log_error("cannot write to stdout: %s; retrying, lines stay unacknowledged",
+                      n < 0 ? strerror(saved) : "wrote nothing");
+            last_report = now;
+        }
+        if (output_giving_up(out)) {
+            memmove(out->buf, out->buf + done, out->len - done);
+            out->len -= done;
+            return false;
+        }
+        metrics_beat(METRICS_THREAD_OUTPUT);
+        struct timespec pause = {0, saved == EAGAIN ? 10000000L : 200000000L};
+        nanosleep(&pause, NULL);
+    }
+    out->len = 0;
+    output_ack(out->acks, out->nacks);
+    out->nacks = 0;
+    metrics_add(lines_sent, out->unflushed_lines);
+    metrics_add(bytes_sent, out->unflushed_bytes);
+    out->unflushed_lines = out->unflushed_bytes = 0;
+    return true;
+}
+
+static bool append(struct output *out, const char *data, size_t n)
+{
+    while (n) {
+        if (out->len == STDOUT_BUFFER_BYTES && !stdout_sink_flush(out)) return false;
+        size_t take = STDOUT_BUFFER_BYTES - out->len;
+        if (take > n) take = n;
+        memcpy(out->buf + out->len, data, take);
+        out->len += take;
+        data += take;
+        n -= take;
+    }
+    return true;
+}
+
+bool stdout_sink_deliver(struct output *out, const struct source_chunk *chunk)
+{
+    bool json = out->cfg->output.stdout_.format == CONFIG_STDOUT_JSON;
+    const struct source_record *rec = source_chunk_first(chunk);
+    for (uint32_t i = 0; i < chunk->records; i++, rec = source_record_next(rec)) {
+        size_t n = json ? output_format_json(chunk->source, rec, out->line_buf)
+                        : output_format_text(chunk->source, rec, out->line_buf);
+        if (!append(out, out->line_buf, n)) return false;
+        out->unflushed_lines++;
+        out->unflushed_bytes += rec->len;
+    }
+    if (out->nacks == MAX_UNFLUSHED_ACKS && !stdout_sink_flush(out)) return false;
+    out->acks[out->nacks++] = (struct aggregator_ack){chunk->source, chunk->end_offset};
+    return true;
+}
