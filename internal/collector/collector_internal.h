@@ -52,6 +52,7 @@ struct tailed_file {
      * this one waits until its predecessor is closed. */
     bool waiting;
     struct tailed_file *successor;
+    bool successor_opened; /* after a rotation: the files that followed it are open */
     bool in_path_index; /* src->path maps to this file in collector.files_by_path */
 };
 

@@ -244,6 +244,8 @@ static size_t list_rotated(const char *real, char ***out)
     struct dirent *e;
     while ((e = readdir(d))) {
         if (strncmp(e->d_name, base, base_len) != 0 || e->d_name[base_len] != '.') continue;
+        size_t len = strlen(e->d_name);
+        if (len > 4 && strcmp(e->d_name + len - 4, ".tmp") == 0) continue; /* the kubelet compressing */
         if (n == cap) {
             cap = cap ? cap * 2 : 8;
             char **grown = realloc(*out, cap * sizeof **out);
@@ -255,7 +257,24 @@ static size_t list_rotated(const char *real, char ***out)
     }
     closedir(d);
     if (n) qsort(*out, n, sizeof **out, compare_names);
-    return n;
+    /* While the kubelet compresses, X and X.gz both exist for a moment: they
+     * hold the same lines, so keep only the uncompressed one. */
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (kept && compare_names(&(*out)[kept - 1], &(*out)[i]) == 0) {
+            char *cur = (*out)[i];
+            size_t len = strlen(cur);
+            if (len > 3 && strcmp(cur + len - 3, ".gz") == 0) {
+                free(cur);
+            } else {
+                free((*out)[kept - 1]);
+                (*out)[kept - 1] = cur;
+            }
+            continue;
+        }
+        (*out)[kept++] = (*out)[i];
+    }
+    return kept;
 }
 
 static void free_names(char **names, size_t n)
@@ -287,39 +306,52 @@ static bool open_any(const char *path, int *fd, gzFile *gz, struct stat *st)
     return true;
 }
 
-/* After downtime the file a position names may have been rotated (and
- * compressed). Finds the oldest rotated sibling that a saved position
- * identifies and opens it and every newer sibling, chained so that they are
- * read in order before the current file. Returns the last file of the chain
- * (the current file's predecessor) or NULL when there is nothing to catch up. */
+/* The file a position names may have been rotated (and compressed) while
+ * loglet was stopped or paused by back-pressure. Finds the oldest rotated
+ * sibling that one of `known` identifies and opens it (at its offset) and
+ * every newer sibling (from 0), chained so that they are read in order before
+ * the current file. When none is identified, the known file was deleted —
+ * and since the kubelet deletes the oldest first, every sibling left is
+ * newer, so all of them are read. `skip_known`: the identified file was
+ * already read to its end (a live rotation), start after it.
+ * Returns the last file of the chain (the current file's predecessor). */
 static struct tailed_file *catch_up(struct collector *c, const char *link_path, const char *real,
-                                    const struct saved_range *range)
+                                    const struct position *known, size_t nknown, bool skip_known)
 {
     char **names;
     size_t n = list_rotated(real, &names);
-    struct tailed_file *first = NULL, *last = NULL;
+    size_t start = 0, i;
+    uint64_t offset = 0;
     bool found = false;
-    for (size_t i = 0; i < n; i++) {
+    for (i = 0; i < n && !found; i++) {
         int fd;
         gzFile gz;
         struct stat st;
         if (!open_any(names[i], &fd, &gz, &st)) continue;
-        uint64_t offset = 0;
-        if (!found) {
-            for (size_t k = range->first; k < range->first + range->count && !found; k++) {
-                const struct position *p = &c->saved.items[k];
-                bool identity = gz ? true : same_file(p, &st);
-                if (identity && p->fp_len && fingerprint_matches(fd, gz, p->fp, p->fp_len)) {
-                    found = true;
-                    offset = p->offset;
-                }
-            }
-            if (!found) {
-                if (gz) gzclose(gz);
-                close(fd);
-                continue;
+        for (size_t k = 0; k < nknown && !found; k++) {
+            const struct position *p = &known[k];
+            bool identity = gz ? true : same_file(p, &st);
+            if (identity && p->fp_len && fingerprint_matches(fd, gz, p->fp, p->fp_len)) {
+                found = true;
+                start = skip_known ? i + 1 : i;
+                offset = skip_known ? 0 : p->offset;
             }
         }
+        if (gz) gzclose(gz);
+        close(fd);
+    }
+    if (!found) {
+        if (!skip_known && n)
+            log_warn("%s: the file its saved position names was deleted by rotation before loglet could finish "
+                     "it; its unread lines are lost, reading the %zu newer rotated files",
+                     link_path, n);
+    }
+    struct tailed_file *first = NULL, *last = NULL;
+    for (i = start; i < n; i++, offset = 0) {
+        int fd;
+        gzFile gz;
+        struct stat st;
+        if (!open_any(names[i], &fd, &gz, &st)) continue;
         struct tailed_file *f = file_track(c, link_path, names[i], fd, gz, &st, offset);
         if (!f) {
             if (gz) gzclose(gz);
@@ -328,6 +360,7 @@ static struct tailed_file *catch_up(struct collector *c, const char *link_path, 
         }
         f->state = FILE_DRAINING;
         f->draining_since_ms = 0; /* long rotated: close at its end */
+        f->successor_opened = true;  /* its successors are the rest of this chain */
         log_info("catching up %s from rotated %s at offset %llu", link_path, names[i], (unsigned long long)offset);
         if (last) {
             last->successor = f;
@@ -338,10 +371,6 @@ static struct tailed_file *catch_up(struct collector *c, const char *link_path, 
         last = f;
     }
     free_names(names, n);
-    if (!found)
-        log_warn("%s: the file its saved position names is gone (rotated away and deleted while loglet was "
-                 "stopped); its unread lines cannot be recovered",
-                 link_path);
     if (first) collector_mark_pending(c, first);
     return last;
 }
@@ -363,7 +392,7 @@ static uint64_t resume_offset(struct collector *c, const char *link_path, const 
         if (!current && same_file(p, st) && fingerprint_matches(fd, NULL, p->fp, p->fp_len)) current = p;
         else others = true;
     }
-    if (others) *predecessor = catch_up(c, link_path, real, range);
+    if (others) *predecessor = catch_up(c, link_path, real, &c->saved.items[range->first], range->count, false);
     if (!current) return 0; /* created while loglet was stopped: all of it is new */
     if (current->offset > (uint64_t)st->st_size) {
         log_warn("%s shrank below its saved offset (%llu > %lld) while loglet was stopped: reading it from the start",
@@ -377,7 +406,7 @@ static uint64_t resume_offset(struct collector *c, const char *link_path, const 
 /* Opens the file a glob match names. Files seen at start-up resume at their
  * saved position, or begin at the configured end; later ones at their start,
  * since all of them is new. */
-static void file_open(struct collector *c, const char *link_path, bool at_startup)
+static void file_open(struct collector *c, const char *link_path, bool at_startup, struct tailed_file *predecessor)
 {
     if (table_get_str(&c->files_by_path, link_path)) return;
 
@@ -408,7 +437,6 @@ static void file_open(struct collector *c, const char *link_path, bool at_startu
         close(fd);
         return;
     }
-    struct tailed_file *predecessor = NULL;
     uint64_t offset = at_startup ? resume_offset(c, link_path, real, fd, &st, &predecessor) : 0;
     struct tailed_file *f = file_track(c, link_path, real, fd, NULL, &st, offset);
     if (!f) {
@@ -486,16 +514,27 @@ static void begin_draining(struct collector *c, struct tailed_file *f, const cha
     collector_mark_pending(c, f);
 }
 
-/* Rotation: the old file is read to its end before the new one is opened,
- * so lines keep their order across it. */
-static void rotate(struct collector *c, struct tailed_file *old)
+/* The path now names a new file: read the old one to its end, then every
+ * file rotated after it that we have not seen (several rotations can pass
+ * while the collector waits on a full ring), then the new one — in order. */
+static void open_successor(struct collector *c, struct tailed_file *old)
 {
-    begin_draining(c, old, "rotated");
-    metrics_add(rotations, 1);
     enum read_result r;
     do r = tail_read(c, old, false);
     while (r == READ_MORE);
-    file_open(c, old->src->path, false);
+    if (old->src->fp_len < POSITIONS_FP_MAX) take_fingerprint(old); /* it was young when opened */
+    struct position me = {.dev = (uint64_t)old->src->dev, .ino = (uint64_t)old->src->ino,
+                          .fp = old->src->fp, .fp_len = old->src->fp_len, .offset = old->offset};
+    struct tailed_file *chain = catch_up(c, old->src->path, old->src->real_path, &me, 1, true);
+    file_open(c, old->src->path, false, chain);
+}
+
+static void rotate(struct collector *c, struct tailed_file *old)
+{
+    begin_draining(c, old, "rotated");
+    old->successor_opened = true;
+    metrics_add(rotations, 1);
+    open_successor(c, old);
 }
 
 /* Returns true when it changed the directory's file list. */
@@ -503,8 +542,10 @@ static bool check_identity(struct collector *c, struct tailed_file *f)
 {
     if (f->state == FILE_DRAINING) {
         /* Renamed away before a new file appeared at the path: open it now that it exists. */
-        if (!table_get_str(&c->files_by_path, f->src->path) && access(f->src->path, F_OK) == 0) {
-            file_open(c, f->src->path, false);
+        if (!f->successor_opened && !table_get_str(&c->files_by_path, f->src->path) &&
+            access(f->src->path, F_OK) == 0) {
+            f->successor_opened = true;
+            open_successor(c, f);
             return table_get_str(&c->files_by_path, f->src->path) != NULL;
         }
         return false;
@@ -553,7 +594,7 @@ static void handle_link_event(struct collector *c, struct watch_dir *dir, const 
         for (size_t i = 0; i < c->nglobs; i++) {
             const struct glob_spec *g = &c->globs[i];
             if (!g->dir_has_wildcards && strcmp(g->dir, dir->path) == 0 && fnmatch(g->base, ev->name, 0) == 0) {
-                file_open(c, path, false);
+                file_open(c, path, false, NULL);
                 break;
             }
         }
@@ -626,7 +667,7 @@ static void scan_glob(struct collector *c, struct glob_spec *g, bool at_startup)
                     rc == GLOB_NOSPACE ? "out of memory" : "read error");
         return;
     }
-    for (size_t i = 0; i < matches.gl_pathc; i++) file_open(c, matches.gl_pathv[i], at_startup);
+    for (size_t i = 0; i < matches.gl_pathc; i++) file_open(c, matches.gl_pathv[i], at_startup, NULL);
     globfree(&matches);
 }
 

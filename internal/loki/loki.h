@@ -41,7 +41,8 @@ struct loki_label {
 
 /* Renders labels (any order in, sorted out) into dst. Returns the length
  * (excluding the NUL), or 0 when it does not fit in cap (a NUL is always
- * written when cap > 0). */
+ * written when cap > 0). At most 64 labels (it sorts on the stack); more
+ * also returns 0. */
 size_t loki_render_labels(const struct loki_label *labels, size_t n, char *dst, size_t cap);
 
 struct loki_entry {

@@ -67,10 +67,13 @@ class Container:
         self._file.close()
         self._file = open(self.log_path, "ab", buffering=0)
         if compress:
+            # As the kubelet's compressLog: write <name>.tmp, rename it to
+            # <name>.gz, then remove the uncompressed file.
             for older in self.rotations:
-                if os.path.exists(older):
-                    with open(older, "rb") as src, gzip.open(older + ".gz", "wb") as dst:
+                if os.path.exists(older) and not older.endswith(".gz"):
+                    with open(older, "rb") as src, gzip.open(older + ".tmp", "wb") as dst:
                         shutil.copyfileobj(src, dst)
+                    os.rename(older + ".tmp", older + ".gz")
                     os.unlink(older)
             self.rotations = [r + ".gz" if not r.endswith(".gz") else r for r in self.rotations]
         self.rotations.append(rotated)

@@ -567,6 +567,10 @@ static void srv_stop(struct srv *s)
     close(s->lfd);
     close(s->stop[0]);
     close(s->stop[1]);
+}
+
+static void srv_free(struct srv *s)
+{
     for (int i = 0; i < SRV_MAX; i++) free(s->head[i]);
     free(s);
 }
@@ -667,7 +671,6 @@ static void test_client_headers_bearer_and_body(void **state)
     assert_int_equal(s->nreq, 2);
     assert_int_equal(s->accepts, 1);
     const char *h = s->head[0];
-    fprintf(stderr, "%s", h);
     assert_true(strncmp(h, "POST /loki/api/v1/push HTTP/1.1\r\n", 33) == 0);
     assert_true(has_header(h, "Content-Type: application/x-protobuf"));
     assert_true(has_header(h, "User-Agent: loglet/" LOGLET_VERSION));
@@ -683,6 +686,7 @@ static void test_client_headers_bearer_and_body(void **state)
     free(body);
     unlink(tok);
     free(tok);
+    srv_free(s);
     config_free(&cfg);
 }
 
@@ -707,6 +711,7 @@ static void test_client_basic_auth(void **state)
     assert_null(strstr(s->head[0], "X-Scope-OrgID")); /* no tenant configured */
     unlink(pw);
     free(pw);
+    srv_free(s);
     config_free(&cfg);
 }
 
@@ -745,6 +750,7 @@ static void test_client_classifies_answers(void **state)
     loki_client_destroy(c);
     srv_stop(s);
     assert_int_equal(s->accepts, 1);
+    srv_free(s);
     config_free(&cfg);
 }
 
@@ -784,6 +790,7 @@ static void test_client_long_body_and_http_date(void **state)
 
     loki_client_destroy(c);
     srv_stop(s);
+    srv_free(s);
     config_free(&cfg);
 }
 
@@ -801,6 +808,7 @@ static void test_client_redirect_is_rejected(void **state)
     assert_int_equal(o.http_status, 301);
     loki_client_destroy(c);
     srv_stop(s);
+    srv_free(s);
     config_free(&cfg);
 }
 
@@ -844,6 +852,7 @@ static void test_client_timeout(void **state)
     assert_true(o.detail[0] != '\0');
     loki_client_destroy(c);
     srv_stop(s);
+    srv_free(s);
     config_free(&cfg);
 }
 
