@@ -89,12 +89,22 @@ static int probe_healthy(void *ctx, char *reason, size_t len)
     return 0;
 }
 
+/* Ready: the collector watches its paths, and the output is not failing
+ * persistently (pushes failing without a break for output.loki.unready_after). */
 static int probe_ready(void *ctx, char *reason, size_t len)
 {
     struct agent *agent = ctx;
-    if (agent->collector && collector_is_watching(agent->collector)) return 1;
-    snprintf(reason, len, "collector is not watching yet");
-    return 0;
+    if (!agent->collector || !collector_is_watching(agent->collector)) {
+        snprintf(reason, len, "collector is not watching yet");
+        return 0;
+    }
+    int64_t since = atomic_load(&metrics.push_failing_since_ms);
+    int64_t limit = agent->cfg.output.loki.unready_after_ms;
+    if (since && limit && metrics_now_ms() - since >= limit) {
+        snprintf(reason, len, "pushes to Loki have been failing for %lld s", (long long)(metrics_now_ms() - since) / 1000);
+        return 0;
+    }
+    return 1;
 }
 
 static size_t probe_metrics(void *ctx, char *buf, size_t cap)

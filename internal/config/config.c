@@ -121,7 +121,7 @@ static const struct config_key keys[] = {
     K_DURATION("collection.positions_sync_period", collection.positions_sync_period_ms, "5s", 1,
                "How often the positions file is written."),
     K_SIZE("collection.max_line_bytes", collection.max_line_bytes, "256KiB", 1,
-           "Longest log line kept; longer lines are cut."),
+           "Longest log line sent as one entry; longer lines are split into pieces of this size (none is dropped)."),
     K_SIZE("collection.read_buffer_bytes", collection.read_buffer_bytes, "256KiB", 4 * KIB,
            "Bytes read from a file at a time (at least 4KiB)."),
     K_DURATION("collection.partial_flush_timeout", collection.partial_flush_timeout_ms, "5s", 0,
@@ -141,14 +141,14 @@ static const struct config_key keys[] = {
              "Lines matching this PCRE2 pattern are dropped.", .check = check_regex),
 
     K_SIZE("buffer.max_bytes", buffer.max_bytes, "16MiB", 1,
-           "Memory for lines waiting to be sent (at least 4 * max_line_bytes + 64KiB); when full, reading pauses."),
+           "Memory for lines waiting to be sent (at least 8 * max_line_bytes + 64KiB); when full, reading pauses."),
 
     K_STRING("output.loki.url", output.loki.url, "",
              "Loki push URL (http:// or https://…/loki/api/v1/push); empty disables the Loki output.",
              .check = check_url),
     K_STRING("output.loki.tenant_id", output.loki.tenant_id, "", "Tenant sent as X-Scope-OrgID, if set."),
     K_SIZE("output.loki.batch_bytes", output.loki.batch_bytes, "1MiB", 1,
-           "A batch is sent when it holds this many bytes of log lines…"),
+           "A batch is sent when it holds this many bytes (lines plus 16 bytes per entry)…"),
     K_DURATION("output.loki.batch_wait", output.loki.batch_wait_ms, "1s", 0,
                "…or when its oldest line has waited this long."),
     K_DURATION("output.loki.timeout", output.loki.timeout_ms, "10s", 1, "Timeout of one push request."),
@@ -174,6 +174,8 @@ static const struct config_key keys[] = {
     K_MAP("output.loki.headers", output.loki.headers, "Extra HTTP headers sent with every push."),
     K_BOOL("output.loki.structured_metadata", output.loki.structured_metadata, "false",
            "Send per-line metadata as Loki structured metadata."),
+    K_DURATION("output.loki.unready_after", output.loki.unready_after_ms, "2m", 0,
+               "/ready answers 503 once pushes have failed without a break for this long (0: never)."),
     K_ENUM("output.stdout.format", output.stdout_.format, "text", stdout_format_values,
            "Format of lines written to stdout."),
     K_DURATION("output.shutdown_grace", output.shutdown_grace_ms, "10s", 0,
@@ -875,17 +877,19 @@ static bool nonempty(const char *s) { return s && *s; }
 static int rel_buffer(const struct config *cfg, char *why, size_t whylen)
 {
     int64_t line = cfg->collection.max_line_bytes, need;
-    if (line > (INT64_MAX - 64 * KIB) / 4)
+    /* The ring hands out blocks of at most half its size, and one block must
+     * hold a whole line even after UTF-8 repair (3x): 8x leaves room. */
+    if (line > (INT64_MAX - 64 * KIB) / 8)
         need = INT64_MAX;
     else
-        need = 4 * line + 64 * KIB;
+        need = 8 * line + 64 * KIB;
     if (cfg->buffer.max_bytes >= need) return 0;
     char have[32], want[32], l[32];
     format_size(cfg->buffer.max_bytes, have, sizeof have);
     format_size(need, want, sizeof want);
     format_size(line, l, sizeof l);
     setf(why, whylen,
-         "buffer.max_bytes (%s) must be at least 4 * collection.max_line_bytes (%s) + 64KiB = %s", have, l, want);
+         "buffer.max_bytes (%s) must be at least 8 * collection.max_line_bytes (%s) + 64KiB = %s", have, l, want);
     return -1;
 }
 

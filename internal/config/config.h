@@ -95,6 +95,7 @@ struct config {
             bool tls_insecure_skip_verify;
             struct config_strmap headers;
             bool structured_metadata;
+            int64_t unready_after_ms;
         } loki;
         struct {
             enum config_stdout_format format;

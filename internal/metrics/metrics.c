@@ -2,7 +2,10 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <dirent.h>
+#include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 struct metrics metrics;
 
@@ -108,6 +111,55 @@ static void gauge(struct writer *w, const char *name, const char *help, _Atomic 
          (long long)atomic_load_explicit(value, memory_order_relaxed));
 }
 
+/* Read from /proc at scrape time: nothing on the hot path. */
+static void process_metrics(struct writer *w)
+{
+    long rss_pages = 0, ticks = sysconf(_SC_CLK_TCK);
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        long size;
+        if (fscanf(f, "%ld %ld", &size, &rss_pages) != 2) rss_pages = 0;
+        fclose(f);
+    }
+    unsigned long utime = 0, stime = 0;
+    f = fopen("/proc/self/stat", "r");
+    if (f) {
+        char line[1024];
+        if (fgets(line, sizeof line, f)) {
+            const char *p = strrchr(line, ')'); /* the command name may hold spaces */
+            if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime, &stime) != 2)
+                utime = stime = 0;
+        }
+        fclose(f);
+    }
+    long fds = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (d) {
+        for (struct dirent *e; (e = readdir(d));) fds += e->d_name[0] != '.';
+        closedir(d);
+        fds--; /* the directory stream itself */
+    }
+    emit(w, "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\n"
+            "process_resident_memory_bytes %ld\n", rss_pages * sysconf(_SC_PAGESIZE));
+    emit(w, "# HELP process_cpu_seconds_total User and system CPU time in seconds.\n# TYPE process_cpu_seconds_total counter\n"
+            "process_cpu_seconds_total %.2f\n", ticks > 0 ? (double)(utime + stime) / (double)ticks : 0.0);
+    emit(w, "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds %ld\n", fds);
+    int64_t oldest = atomic_load(&metrics.oldest_unacked_ns);
+    double lag = 0;
+    if (oldest) {
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        lag = ((double)now.tv_sec * 1e9 + (double)now.tv_nsec - (double)oldest) / 1e9;
+        if (lag < 0) lag = 0;
+    }
+    emit(w, "# HELP loglet_lag_seconds Age of the oldest line being pushed (0 when nothing waits).\n"
+            "# TYPE loglet_lag_seconds gauge\nloglet_lag_seconds %.3f\n", lag);
+    int64_t since = atomic_load(&metrics.push_failing_since_ms);
+    emit(w, "# HELP loglet_push_failing_seconds How long pushes have failed without a break.\n"
+            "# TYPE loglet_push_failing_seconds gauge\nloglet_push_failing_seconds %.3f\n",
+         since ? (double)(metrics_now_ms() - since) / 1000.0 : 0.0);
+}
+
 size_t metrics_render(char *buf, size_t cap)
 {
     struct writer w = {buf, cap, 0};
@@ -150,5 +202,6 @@ size_t metrics_render(char *buf, size_t cap)
     gauge(&w, "loglet_files_tailed", "Files currently open.", &metrics.files_tailed);
     gauge(&w, "loglet_ring_used_bytes", "Bytes held in the ring buffer.", &metrics.ring_used_bytes);
     gauge(&w, "loglet_ring_capacity_bytes", "Capacity of the ring buffer.", &metrics.ring_capacity_bytes);
+    process_metrics(&w);
     return w.len;
 }

@@ -40,6 +40,7 @@ struct metrics {
     _Atomic uint64_t push_requests[5];
     _Atomic int64_t last_push_ok_ms;
     _Atomic int64_t push_failing_since_ms; /* 0 while pushes succeed */
+    _Atomic int64_t oldest_unacked_ns;     /* timestamp of the oldest line being pushed, 0 when none */
     _Atomic uint64_t files_opened;
     _Atomic uint64_t files_closed;
     _Atomic uint64_t files_excluded;

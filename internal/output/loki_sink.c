@@ -69,6 +69,7 @@ static bool push_batch(struct output *out, struct aggregator_batch *batch)
 {
     const struct config *cfg = out->cfg;
     int64_t last_report = 0;
+    metrics_set(oldest_unacked_ns, batch->oldest_entry_ns);
     for (int attempt = 0;; attempt++) {
         struct loki_push_outcome o;
         loki_push(out->client, batch->body, batch->body_len, &o);
@@ -80,6 +81,7 @@ static bool push_batch(struct output *out, struct aggregator_batch *batch)
             metrics_add(bytes_sent_compressed, batch->body_len);
             metrics_set(last_push_ok_ms, metrics_now_ms());
             metrics_set(push_failing_since_ms, 0);
+            metrics_set(oldest_unacked_ns, 0);
             if (attempt > 0) log_info("push succeeded after %d retries", attempt);
             output_ack(batch->acks, batch->nacks);
             return true;
@@ -126,6 +128,7 @@ static void *sender_main(void *arg)
             output_forget(batch->acks, batch->nacks);
             atomic_store(&out->result, -1);
         }
+        metrics_set(oldest_unacked_ns, 0);
         aggregator_release(out->agg, batch);
         pthread_mutex_lock(&out->lock);
         out->in_flight = NULL;

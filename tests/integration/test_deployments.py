@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 import unittest
+import warnings
 
 import yaml
 
@@ -747,14 +748,21 @@ class ImageTest(unittest.TestCase):
         cls.timings["import"] = time.time() - t0
 
     def setUp(self):
+        warnings.simplefilter("ignore", ResourceWarning)  # files the simulated runtime leaves open
         self._tmp = tempfile.TemporaryDirectory(prefix="loglet-image-")
         self.root = os.path.join(self._tmp.name, "log")
         self.tree = KubeletTree(self.root)
-        self.names = []
+        self.names, self.procs = [], []
 
     def tearDown(self):
         for name in self.names:
             subprocess.run(self.podman + ["rm", "-f", "-t", "0", name], capture_output=True)
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
         self._tmp.cleanup()
 
     def run_image(self, extra_flags, args=()):
@@ -765,6 +773,7 @@ class ImageTest(unittest.TestCase):
                # The kubelet's symlinks are absolute: mount the tree where they point, too.
                + ["-v", f"{self.root}:/var/log:ro", "-v", f"{self.root}:{self.root}:ro", IMAGE] + list(args))
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.procs.append(proc)
         out, err = [], []
         for stream, sink in ((proc.stdout, out), (proc.stderr, err)):
             threading.Thread(target=lambda s=stream, k=sink: [k.append(l.rstrip("\n")) for l in s],
