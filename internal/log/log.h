@@ -27,7 +27,7 @@ const char *log_level_name(enum log_level level);
 
 /* The message is free text (printf-style); it is quoted/escaped for the format. */
 void log_write(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void log_vwrite(enum log_level level, const char *fmt, va_list ap);
+void log_vwrite(enum log_level level, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 
 #define log_debug(...) do { if (log_enabled(LOG_LEVEL_DEBUG)) log_write(LOG_LEVEL_DEBUG, __VA_ARGS__); } while (0)
 #define log_info(...)  log_write(LOG_LEVEL_INFO, __VA_ARGS__)
