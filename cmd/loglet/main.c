@@ -37,6 +37,7 @@ static void usage(FILE *out)
             "\n"
             "  -config FILE     YAML configuration (also --config FILE, -config=FILE)\n"
             "  -check-config    validate the configuration, print the effective one, exit 0 or 1\n"
+            "  -config-reference  print every setting with its default as a Markdown table\n"
             "  -version         print the version and exit\n"
             "  -help            this text\n");
 }
@@ -57,6 +58,9 @@ static int parse_flags(int argc, char **argv, struct options *opts)
             opts->config_path = arg + 8;
         } else if (strcmp(arg, "-check-config") == 0) {
             opts->check_config = true;
+        } else if (strcmp(arg, "-config-reference") == 0) {
+            config_print_reference(stdout);
+            return 1;
         } else if (strcmp(arg, "-version") == 0) {
             printf("loglet %s\n", LOGLET_VERSION);
             return 1;
