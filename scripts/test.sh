@@ -19,5 +19,8 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 (cd build-sanitize && ctest --output-on-failure -j"$jobs")
 
+echo "== soak under faults (short form, ASan+UBSan binary)"
+LOGLET_BIN=build-sanitize/loglet /usr/bin/python3 tests/soak/soak.py --duration "${LOGLET_SOAK_SECONDS:-150}"
+
 echo "== fuzzing (${LOGLET_FUZZ_SECONDS:-20} s per harness, clang + ASan + UBSan)"
 scripts/fuzz.sh "${LOGLET_FUZZ_SECONDS:-20}"
