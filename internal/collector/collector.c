@@ -201,6 +201,18 @@ static int make_parent_dirs(const char *file, char *err, size_t errlen)
         }
         *p = '/';
     }
+    /* Anyone able to write there could swap the positions file or plant a
+     * symlink at its temporary name: refuse rather than trust it. */
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", file);
+    char *slash = strrchr(dir, '/');
+    if (slash) *(slash == dir ? slash + 1 : slash) = '\0';
+    struct stat st;
+    if (slash && stat(dir, &st) == 0 && (st.st_mode & S_IWOTH)) {
+        snprintf(err, errlen, "collection.positions_file: directory %s is world-writable (mode %04o); "
+                 "use a directory only loglet can write to", dir, (unsigned)(st.st_mode & 07777));
+        return -1;
+    }
     return 0;
 }
 

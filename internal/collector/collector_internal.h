@@ -94,6 +94,9 @@ struct collector {
 
     struct glob_spec *globs;
     size_t nglobs;
+    /* Where matched files may resolve to (collection.symlink_roots), resolved. */
+    char **roots;
+    size_t nroots;
     struct table dirs_by_wd;
     struct table files_by_path;
     struct tailed_file *all_files;

@@ -111,6 +111,69 @@ static void dir_release_if_unused(struct collector *c, struct watch_dir *dir)
     free(dir);
 }
 
+/* A planted symlink (to /etc/shadow, say) must not make the agent read and
+ * ship a file outside the log directories. */
+static bool inside_roots(const struct collector *c, const char *real)
+{
+    for (size_t i = 0; i < c->nroots; i++) {
+        size_t len = strlen(c->roots[i]);
+        if (len == 1 && c->roots[i][0] == '/') return true;
+        if (strncmp(real, c->roots[i], len) == 0 && (real[len] == '/' || real[len] == '\0')) return true;
+    }
+    return false;
+}
+
+static int add_root(struct collector *c, const char *dir)
+{
+    char resolved[PATH_MAX];
+    const char *use = realpath(dir, resolved) ? resolved : dir; /* may not exist yet */
+    for (size_t i = 0; i < c->nroots; i++)
+        if (strcmp(c->roots[i], use) == 0) return 0;
+    char **grown = realloc(c->roots, (c->nroots + 1) * sizeof *grown);
+    if (!grown) return -1;
+    c->roots = grown;
+    if (!(c->roots[c->nroots] = strdup(use))) return -1;
+    c->nroots++;
+    return 0;
+}
+
+/* Default roots: each glob's directory (up to its first wildcard) and the
+ * `pods` directory beside it, where the kubelet's symlinks point. */
+static int setup_roots(struct collector *c, char *err, size_t errlen)
+{
+    const struct config_strlist *roots = &c->cfg->collection.symlink_roots;
+    for (size_t i = 0; i < roots->count; i++) {
+        if (roots->items[i][0] != '/') {
+            snprintf(err, errlen, "collection.symlink_roots: '%s' is not an absolute path", roots->items[i]);
+            return -1;
+        }
+        if (add_root(c, roots->items[i]) != 0) goto oom;
+    }
+    if (roots->count) return 0;
+    for (size_t i = 0; i < c->nglobs; i++) {
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof dir, "%s", c->globs[i].dir);
+        char *wild = strpbrk(dir, "*?[");
+        if (wild) {
+            *wild = '\0';
+            char *slash = strrchr(dir, '/');
+            if (slash) *(slash == dir ? slash + 1 : slash) = '\0';
+        }
+        if (add_root(c, dir) != 0) goto oom;
+        char pods[PATH_MAX + 8];
+        char *slash = strrchr(dir, '/');
+        if (slash && slash != dir) {
+            *slash = '\0';
+            snprintf(pods, sizeof pods, "%s/pods", dir);
+            if (add_root(c, pods) != 0) goto oom;
+        }
+    }
+    return 0;
+oom:
+    snprintf(err, errlen, "out of memory");
+    return -1;
+}
+
 static bool name_excluded(const struct config_strlist *patterns, const char *name)
 {
     for (size_t i = 0; i < patterns->count; i++)
@@ -418,6 +481,12 @@ static void file_open(struct collector *c, const char *link_path, bool at_startu
             report_once(c, link_path, errno, "skipping %s: %s", link_path, strerror(errno));
         return;
     }
+    if (!inside_roots(c, real)) {
+        metrics_add(file_errors, 1);
+        report_once(c, link_path, EPERM, "refusing %s: it resolves to %s, outside collection.symlink_roots (%s%s)",
+                    link_path, real, c->nroots ? c->roots[0] : "", c->nroots > 1 ? ", …" : "");
+        return;
+    }
     struct parser_path_meta meta;
     parser_path_meta(link_path, real, &meta);
     if (file_excluded(c, &meta)) {
@@ -703,6 +772,7 @@ int watch_setup(struct collector *c, char *err, size_t errlen)
         }
         g->dir_has_wildcards = strpbrk(g->dir, "*?[") != NULL;
     }
+    if (setup_roots(c, err, errlen) != 0) return -1;
     c->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (c->inotify_fd < 0) {
         log_warn("inotify unavailable (%s; see fs.inotify.max_user_instances): polling every %lld ms instead",
@@ -749,6 +819,8 @@ void watch_teardown(struct collector *c)
         free(c->globs[i].base);
     }
     free(c->globs);
+    for (size_t i = 0; i < c->nroots; i++) free(c->roots[i]);
+    free(c->roots);
     if (c->inotify_fd >= 0) close(c->inotify_fd);
 }
 

@@ -135,6 +135,8 @@ static const struct config_key keys[] = {
     K_LIST("collection.exclude_pods", collection.exclude_pods, "", "Pods whose logs are not collected."),
     K_LIST("collection.exclude_containers", collection.exclude_containers, "",
            "Containers whose logs are not collected."),
+    K_LIST("collection.symlink_roots", collection.symlink_roots, "",
+           "Directories a matched file may resolve into; empty: each glob's directory and the pods directory beside it."),
     K_STRING("collection.include_lines", collection.include_lines, "",
              "If set, only lines matching this PCRE2 pattern are sent.", .check = check_regex),
     K_STRING("collection.exclude_lines", collection.exclude_lines, "",

@@ -68,6 +68,7 @@ struct config {
         struct config_strlist exclude_namespaces;
         struct config_strlist exclude_pods;
         struct config_strlist exclude_containers;
+        struct config_strlist symlink_roots; /* empty: derived from the globs */
         char *include_lines; /* PCRE2 pattern or "" */
         char *exclude_lines; /* PCRE2 pattern or "" */
     } collection;

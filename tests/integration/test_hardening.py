@@ -1,12 +1,14 @@
 """Issue 6's attack surface, with the real binary: the probe server survives
 malformed, oversized and slow requests and too many clients, and echoes
 nothing back."""
+import os
 import socket
+import subprocess
 import threading
 import time
 import unittest
 
-from harness import AgentTestCase, base_config, http_get
+from harness import LOGLET_BIN, AgentTestCase, base_config, http_get
 
 
 def raw_request(port, data, timeout=5, read=True):
@@ -104,6 +106,56 @@ class ProbeServerTest(AgentTestCase):
         self.assertTrue(all(r in (200, 503) for r in results), set(results))
         self.assertGreater(results.count(200), 60)
         self.assertEqual(a.stop(), 0)
+
+
+class FileHandlingTest(AgentTestCase):
+    def test_symlink_outside_the_roots_is_refused_once_and_never_read(self):
+        web = self.tree.container("shop", "web-0", "app")
+        web.write("legit")
+        secret = os.path.join(self.workdir, "secret.txt")
+        with open(secret, "w") as f:
+            f.write("root:SECRET-HASH:19000:0:99999:7:::\n")
+        planted = os.path.join(self.tree.root, "containers", "evil_default_x-" + "a" * 64 + ".log")
+        os.symlink(secret, planted)
+        a = self.agent(base_config(self.tree, self.workdir, "  read_from: beginning\n")).start()
+        a.wait_lines(1)
+        web.write("still working")
+        a.wait_lines(2)
+        # A new planted link while running is refused too.
+        os.symlink("/etc/passwd", os.path.join(self.tree.root, "containers", "evil2_default_x-" + "b" * 64 + ".log"))
+        time.sleep(0.5)
+        self.assertEqual(a.stop(), 0)
+        out = "\n".join(a.lines())
+        self.assertNotIn("SECRET-HASH", out)
+        self.assertNotIn("root:", out)
+        log = a.stderr_text()
+        self.assertEqual(log.count(f"refusing {planted}"), 1, log)
+        self.assertIn("outside collection.symlink_roots", log)
+        self.assertIn("evil2_default", log)
+        fds = a.lines()
+        self.assertEqual(len(fds), 2)
+
+    def test_world_writable_positions_directory_is_refused(self):
+        shared = os.path.join(self.workdir, "shared")
+        os.mkdir(shared)
+        os.chmod(shared, 0o777)
+        cfg = base_config(self.tree, self.workdir).replace(
+            os.path.join(self.workdir, "positions.yaml"), os.path.join(shared, "positions.yaml"))
+        a = self.agent(cfg)
+        a.proc = subprocess.Popen([LOGLET_BIN, "-config", a.config_path], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        out, err = a.proc.communicate(timeout=20)
+        self.assertEqual(a.proc.returncode, 1)
+        self.assertIn("world-writable", err)
+        self.assertIn(shared, err)
+
+    def test_positions_file_is_private(self):
+        self.tree.container("shop", "web-0", "app").write("x")
+        a = self.agent(base_config(self.tree, self.workdir, "  read_from: beginning\n")).start()
+        a.wait_lines(1)
+        self.assertEqual(a.stop(), 0)
+        mode = os.stat(os.path.join(self.workdir, "positions.yaml")).st_mode & 0o777
+        self.assertEqual(mode, 0o600)
 
 
 if __name__ == "__main__":
