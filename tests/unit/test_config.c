@@ -759,16 +759,16 @@ static void test_relations(void **state)
                       "FILE:4: key output.loki.tls.key_file: output.loki.tls.cert_file and output.loki.tls.key_file "
                       "must be set together");
     assert_load_error("buffer:\n  max_bytes: 1MiB\n",
-                      "FILE:2: key buffer.max_bytes: buffer.max_bytes (1MiB) must be at least 4 * "
-                      "collection.max_line_bytes (256KiB) + 64KiB = 1088KiB");
+                      "FILE:2: key buffer.max_bytes: buffer.max_bytes (1MiB) must be at least 8 * "
+                      "collection.max_line_bytes (256KiB) + 64KiB = 2112KiB");
     assert_load_error("buffer:\n  max_bytes: 16MiB\ncollection:\n  max_line_bytes: 8MiB\n",
-                      "FILE:4: key collection.max_line_bytes: buffer.max_bytes (16MiB) must be at least 4 * "
-                      "collection.max_line_bytes (8MiB) + 64KiB = 32832KiB");
+                      "FILE:4: key collection.max_line_bytes: buffer.max_bytes (16MiB) must be at least 8 * "
+                      "collection.max_line_bytes (8MiB) + 64KiB = 65600KiB");
 
     /* The limits themselves are fine. */
     struct config c;
-    load_ok(&c, "buffer:\n  max_bytes: 1088KiB\noutput:\n  loki:\n    min_backoff: 5m\n    url: HTTPS://x\n");
-    assert_int_equal(c.buffer.max_bytes, 1088 * 1024);
+    load_ok(&c, "buffer:\n  max_bytes: 2112KiB\noutput:\n  loki:\n    min_backoff: 5m\n    url: HTTPS://x\n");
+    assert_int_equal(c.buffer.max_bytes, 2112 * 1024);
     config_free(&c);
 }
 
