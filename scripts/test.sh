@@ -24,3 +24,6 @@ LOGLET_BIN=build-sanitize/loglet /usr/bin/python3 tests/soak/soak.py --duration 
 
 echo "== fuzzing (${LOGLET_FUZZ_SECONDS:-20} s per harness, clang + ASan + UBSan)"
 scripts/fuzz.sh "${LOGLET_FUZZ_SECONDS:-20}"
+
+# Every stage above exits on failure (set -e), so reaching here means all passed.
+echo "suite: 4 passed, 0 failed (release tests, sanitizer tests, soak, fuzzing)"
