@@ -38,6 +38,27 @@ void metrics_observe_push(double seconds, size_t body_bytes)
     observe(&push_seconds, seconds);
 }
 
+void metrics_count_status(long status)
+{
+    /* Slots are claimed by the sender thread only, so a plain scan is safe;
+     * readers may see a slot's code before its first count, which is fine. */
+    int last = METRICS_MAX_STATUS_CODES - 1;
+    for (int i = 0; i < last; i++) {
+        long code = atomic_load(&metrics.push_status_codes[i]);
+        if (atomic_load(&metrics.push_status_counts[i]) && code == status) {
+            atomic_fetch_add(&metrics.push_status_counts[i], 1);
+            return;
+        }
+        if (!atomic_load(&metrics.push_status_counts[i])) {
+            atomic_store(&metrics.push_status_codes[i], status);
+            atomic_fetch_add(&metrics.push_status_counts[i], 1);
+            return;
+        }
+    }
+    atomic_store(&metrics.push_status_codes[last], -1);
+    atomic_fetch_add(&metrics.push_status_counts[last], 1);
+}
+
 void metrics_observe_batch(size_t entries, size_t raw_bytes)
 {
     (void)raw_bytes;
@@ -183,11 +204,16 @@ size_t metrics_render(char *buf, size_t cap)
          (unsigned long long)atomic_load(&metrics.lines_dropped_rejected),
          (unsigned long long)atomic_load(&metrics.lines_dropped_retries));
     counter(&w, "loglet_push_retries_total", "Pushes retried after 429, 5xx or no answer.", &metrics.push_retries);
-    static const char *const classes[] = {"none", "2xx", "4xx", "429", "5xx"};
-    emit(&w, "# HELP loglet_push_requests_total Push requests by answer.\n# TYPE loglet_push_requests_total counter\n");
-    for (int i = 0; i < 5; i++)
-        emit(&w, "loglet_push_requests_total{status=\"%s\"} %llu\n", classes[i],
-             (unsigned long long)atomic_load(&metrics.push_requests[i]));
+    emit(&w, "# HELP loglet_push_requests_total Push requests by HTTP status (none: no answer).\n"
+             "# TYPE loglet_push_requests_total counter\n");
+    for (int i = 0; i < METRICS_MAX_STATUS_CODES; i++) {
+        uint64_t n = atomic_load(&metrics.push_status_counts[i]);
+        long code = atomic_load(&metrics.push_status_codes[i]);
+        if (!n) continue;
+        if (code == 0) emit(&w, "loglet_push_requests_total{status=\"none\"} %llu\n", (unsigned long long)n);
+        else if (code < 0) emit(&w, "loglet_push_requests_total{status=\"other\"} %llu\n", (unsigned long long)n);
+        else emit(&w, "loglet_push_requests_total{status=\"%ld\"} %llu\n", code, (unsigned long long)n);
+    }
     emit_histogram(&w, "loglet_push_duration_seconds", "Push request latency.", &push_seconds);
     emit_histogram(&w, "loglet_batch_entries", "Entries per pushed batch.", &batch_entries);
     counter(&w, "loglet_files_opened_total", "Log files opened.", &metrics.files_opened);

@@ -19,6 +19,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Distinct HTTP statuses tracked; more (unlikely) are counted as "other". */
+#define METRICS_MAX_STATUS_CODES 16
+
 enum metrics_thread { METRICS_THREAD_COLLECTOR, METRICS_THREAD_OUTPUT, METRICS_THREAD_COUNT };
 
 struct metrics {
@@ -36,8 +39,9 @@ struct metrics {
     _Atomic uint64_t lines_dropped_rejected;  /* Loki answered 4xx */
     _Atomic uint64_t lines_dropped_retries;   /* output.loki.max_retries ran out */
     _Atomic uint64_t push_retries;
-    /* By HTTP status class: [0] no answer, [1] 2xx, [2] 4xx but 429, [3] 429, [4] 5xx. */
-    _Atomic uint64_t push_requests[5];
+    /* Push answers by HTTP status code (0: no answer); see metrics_count_status(). */
+    _Atomic long push_status_codes[METRICS_MAX_STATUS_CODES];
+    _Atomic uint64_t push_status_counts[METRICS_MAX_STATUS_CODES];
     _Atomic int64_t last_push_ok_ms;
     _Atomic int64_t push_failing_since_ms; /* 0 while pushes succeed */
     _Atomic int64_t oldest_unacked_ns;     /* timestamp of the oldest line being pushed, 0 when none */
@@ -65,6 +69,8 @@ int64_t metrics_now_ms(void); /* CLOCK_MONOTONIC */
 /* Histograms: push latency and body size, batch entries. */
 void metrics_observe_push(double seconds, size_t body_bytes);
 void metrics_observe_batch(size_t entries, size_t raw_bytes);
+/* Counts one push answer (status 0: no HTTP answer). One thread calls it. */
+void metrics_count_status(long status);
 void metrics_beat(enum metrics_thread thread);
 /* Returns the name of a thread silent for longer than max_age_ms, or NULL. */
 const char *metrics_stalled(int64_t max_age_ms);

@@ -57,12 +57,6 @@ static void backoff_sleep(struct output *out, int64_t ms)
     }
 }
 
-static void count_status(long status)
-{
-    int idx = status == 0 ? 0 : status < 300 ? 1 : status == 429 ? 3 : status < 500 ? 2 : 4;
-    metrics_add(push_requests[idx], 1);
-}
-
 /* Pushes one batch to the end; returns false when shutdown cut it short
  * (its lines then stay unacknowledged, to be read again after the restart). */
 static bool push_batch(struct output *out, struct aggregator_batch *batch)
@@ -73,7 +67,7 @@ static bool push_batch(struct output *out, struct aggregator_batch *batch)
     for (int attempt = 0;; attempt++) {
         struct loki_push_outcome o;
         loki_push(out->client, batch->body, batch->body_len, &o);
-        count_status(o.http_status);
+        metrics_count_status(o.http_status);
         metrics_observe_push(o.seconds, batch->body_len);
         if (o.result == LOKI_PUSH_OK) {
             metrics_add(lines_sent, batch->entries);

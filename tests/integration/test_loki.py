@@ -3,6 +3,8 @@ decodes the snappy+protobuf bodies with its own decoder (tests/tools/
 loki_receiver.py), through failures, outages, rejections and restarts."""
 import os
 import signal
+import ssl
+import subprocess
 import threading
 import time
 import unittest
@@ -194,6 +196,71 @@ class FailureTest(LokiTestCase):
         self.assertEqual(last.stop(), 0)
         self.assert_all_once(expected, allow_dups=len(expected))
         print(f"sigkill+failing: {len(expected)} lines, {len(self.ids()) - len(set(self.ids()))} duplicates")
+
+
+def make_certs(d):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, with openssl."""
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=loglet test CA")
+    with open(os.path.join(d, "san.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\n")
+    for name, ext in (("server", ["-extfile", "san.ext"]), ("client", [])):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN=loglet {name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", *ext)
+    return {n: os.path.join(d, n) for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+
+
+class TLSTest(AgentTestCase):
+    def receiver_tls(self, certs, require_client_cert=False):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(certs["server.pem"], certs["server.key"])
+        if require_client_cert:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(certs["ca.pem"])
+        r = lr.Receiver(ssl_context=ctx).start()
+        self.addCleanup(r.stop)
+        return r
+
+    def push_one(self, receiver, tls_yaml, name):
+        self.tree.container("shop", name, "app").write(f"over tls {name}")
+        cfg = base_config(self.tree, self.workdir,
+                          "  read_from: beginning\n"
+                          f"output:\n  shutdown_grace: 1s\n  loki:\n    url: {receiver.url}\n    batch_wait: 50ms\n"
+                          "    min_backoff: 50ms\n    max_backoff: 200ms\n    tls:\n" + tls_yaml)
+        return self.agent(cfg, name=f"{name}.yaml").start()
+
+    def test_ca_file_insecure_skip_verify_and_mutual_tls(self):
+        certs = make_certs(self.workdir)
+        r = self.receiver_tls(certs)
+        # Verified against the configured CA.
+        a = self.push_one(r, f"      ca_file: {certs['ca.pem']}\n", "web-0")
+        self.assertTrue(r.wait_for(1), a.stderr_text())
+        self.assertEqual(a.stop(), 0)
+        # Without the CA the certificate is refused: nothing arrives, the agent retries.
+        r.clear()
+        b = self.push_one(r, "      insecure_skip_verify: false\n", "web-1")
+        time.sleep(1.5)
+        self.assertEqual(r.entry_count(), 0)
+        self.assertIn("certificate", b.stderr_text().lower())
+        b.stop()
+        # insecure_skip_verify is an explicit, logged opt-out.
+        r.clear()
+        os.unlink(os.path.join(self.workdir, "positions.yaml"))
+        c = self.push_one(r, "      insecure_skip_verify: true\n", "web-2")
+        self.assertTrue(r.wait_for(1), c.stderr_text())
+        self.assertIn("insecure", c.stderr_text().lower())
+        self.assertEqual(c.stop(), 0)
+        # Mutual TLS: the receiver demands a client certificate.
+        m = self.receiver_tls(certs, require_client_cert=True)
+        os.unlink(os.path.join(self.workdir, "positions.yaml"))
+        d = self.push_one(m, f"      ca_file: {certs['ca.pem']}\n      cert_file: {certs['client.pem']}\n"
+                             f"      key_file: {certs['client.key']}\n", "web-3")
+        self.assertTrue(m.wait_for(1), d.stderr_text())
+        self.assertEqual(d.stop(), 0)
 
 
 if __name__ == "__main__":

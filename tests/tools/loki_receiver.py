@@ -904,7 +904,8 @@ class Receiver:
 
     def __init__(self, count_only=False, out_path=None, strict_utf8=False,
                  max_label_names=30, max_line_size=0, host="127.0.0.1", verbose=False,
-                 keep_requests=10000):
+                 keep_requests=10000, ssl_context=None):
+        self.ssl_context = ssl_context  # an ssl.SSLContext: serve HTTPS (for TLS tests)
         self.count_only = count_only
         self.out_path = out_path
         self.strict_utf8 = strict_utf8
@@ -932,11 +933,11 @@ class Receiver:
     # -- lifecycle --
     @property
     def url(self):
-        return "http://%s:%d%s" % (self.host, self.port, PUSH_PATH)
+        return "%s%s" % (self.base_url, PUSH_PATH)
 
     @property
     def base_url(self):
-        return "http://%s:%d" % (self.host, self.port)
+        return "%s://%s:%d" % ("https" if self.ssl_context else "http", self.host, self.port)
 
     def start(self, port=0):
         with self._lock:
@@ -950,6 +951,8 @@ class Receiver:
 
     def _listen(self, port):
         srv = _Server((self.host, port), _Handler, self)
+        if self.ssl_context is not None:
+            srv.socket = self.ssl_context.wrap_socket(srv.socket, server_side=True)
         self.port = srv.server_address[1]
         self._server = srv
         self._thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
