@@ -51,8 +51,10 @@ class Container:
         self.write_raw(cri_line(content, stream, partial, ts_ns))
 
     def link(self):
-        """Creates the kubelet's symlink (what the agent's glob matches)."""
-        os.symlink(self.log_path, self.link_path)
+        """Creates the kubelet's symlink (what the agent's glob matches). The kubelet's
+        points at /var/log/pods/...; a relative target resolves the same way on the
+        host and wherever the tree is mounted (a container's /var/log)."""
+        os.symlink(os.path.relpath(self.log_path, os.path.dirname(self.link_path)), self.link_path)
         return self
 
     def rotate(self, compress=True, keep=5):
