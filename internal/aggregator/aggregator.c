@@ -31,7 +31,18 @@ struct batch_meta {
     size_t pod_uid_off, container_id_off; /* NUL-terminated strings in the arena */
 };
 
+/* What a sealed batch keeps while the sender pushes it: its compressed body
+ * and its acknowledgements. The lines themselves are gone from memory by
+ * then: they live in the body. */
 struct aggregator_batch_state {
+    uint8_t *body_buf;
+    size_t body_cap;
+    struct aggregator_ack *acks;
+    size_t nacks, acks_cap;
+};
+
+/* The batch being filled, and the encoder's scratch: one of each, reused. */
+struct fill_state {
     char *arena;
     size_t arena_len, arena_cap;
     struct batch_entry *entries;
@@ -41,8 +52,6 @@ struct aggregator_batch_state {
     struct table by_labels;
     struct batch_meta *metas;
     size_t nmetas, metas_cap;
-    struct aggregator_ack *acks;
-    size_t nacks, acks_cap;
     /* Encoding views, rebuilt at each seal. */
     struct loki_entry *lentries;
     size_t lentries_cap;
@@ -52,7 +61,6 @@ struct aggregator_batch_state {
     size_t meta_labels_cap;
     size_t *fill;
     size_t fill_cap;
-    struct loki_encoder *encoder;
     size_t size; /* lines + per-entry overhead, against batch_bytes */
     int64_t first_ms;
     int64_t oldest_ns;
@@ -63,6 +71,8 @@ struct aggregator {
     struct aggregator_batch batches[2];
     struct aggregator_batch_state states[2];
     int current;
+    struct fill_state fill;
+    struct loki_encoder *encoder; /* its buffers are scratch: bodies are copied out */
     const char *node_name;
     char label_buf[LABELS_MAX_BYTES];
     /* Per chunk: stream index of each record stream kind, or -1. */
@@ -88,30 +98,23 @@ static int reserve(void **array, size_t *cap, size_t need, size_t size)
 struct aggregator *aggregator_create(const struct config *cfg, char *err, size_t errlen)
 {
     struct aggregator *agg = calloc(1, sizeof *agg);
-    if (!agg) {
+    if (!agg || !(agg->encoder = loki_encoder_create())) {
         snprintf(err, errlen, "out of memory");
+        free(agg);
         return NULL;
     }
     agg->cfg = cfg;
     const char *node = getenv("NODE_NAME");
     agg->node_name = node && *node ? node : NULL;
-    for (int i = 0; i < 2; i++) {
-        agg->batches[i].state = &agg->states[i];
-        agg->states[i].encoder = loki_encoder_create();
-        if (!agg->states[i].encoder) {
-            snprintf(err, errlen, "out of memory");
-            aggregator_destroy(agg);
-            return NULL;
-        }
-    }
+    for (int i = 0; i < 2; i++) agg->batches[i].state = &agg->states[i];
     return agg;
 }
 
-static void state_clear(struct aggregator_batch_state *st)
+static void fill_clear(struct fill_state *st)
 {
     for (size_t i = 0; i < st->nstreams; i++) free(st->streams[i].labels);
     table_free(&st->by_labels);
-    st->nstreams = st->nentries = st->nmetas = st->nacks = 0;
+    st->nstreams = st->nentries = st->nmetas = 0;
     st->arena_len = 0;
     st->size = 0;
     st->first_ms = 0;
@@ -121,20 +124,21 @@ static void state_clear(struct aggregator_batch_state *st)
 void aggregator_destroy(struct aggregator *agg)
 {
     if (!agg) return;
+    struct fill_state *st = &agg->fill;
+    fill_clear(st);
+    free(st->arena);
+    free(st->entries);
+    free(st->streams);
+    free(st->metas);
+    free(st->lentries);
+    free(st->lstreams);
+    free(st->meta_labels);
+    free(st->fill);
     for (int i = 0; i < 2; i++) {
-        struct aggregator_batch_state *st = &agg->states[i];
-        state_clear(st);
-        free(st->arena);
-        free(st->entries);
-        free(st->streams);
-        free(st->metas);
-        free(st->acks);
-        free(st->lentries);
-        free(st->lstreams);
-        free(st->meta_labels);
-        free(st->fill);
-        loki_encoder_destroy(st->encoder);
+        free(agg->states[i].acks);
+        free(agg->states[i].body_buf);
     }
+    loki_encoder_destroy(agg->encoder);
     free(agg);
 }
 
@@ -164,9 +168,9 @@ static size_t render_labels(struct aggregator *agg, const struct source *src, un
     return loki_render_labels(labels, n, agg->label_buf, sizeof agg->label_buf);
 }
 
-static int64_t stream_index(struct aggregator *agg, struct aggregator_batch_state *st, const struct source *src,
-                            unsigned stream)
+static int64_t stream_index(struct aggregator *agg, const struct source *src, unsigned stream)
 {
+    struct fill_state *st = &agg->fill;
     if (render_labels(agg, src, stream) == 0) return -1;
     size_t idx = (size_t)(uintptr_t)table_get_str(&st->by_labels, agg->label_buf);
     if (idx) return (int64_t)idx - 1; /* stored +1 so that 0 means absent */
@@ -181,7 +185,7 @@ static int64_t stream_index(struct aggregator *agg, struct aggregator_batch_stat
     return (int64_t)st->nstreams++;
 }
 
-static int arena_put(struct aggregator_batch_state *st, const void *data, size_t len, size_t *off)
+static int arena_put(struct fill_state *st, const void *data, size_t len, size_t *off)
 {
     if (reserve((void **)&st->arena, &st->arena_cap, st->arena_len + len, 1) != 0) return -1;
     memcpy(st->arena + st->arena_len, data, len);
@@ -190,8 +194,9 @@ static int arena_put(struct aggregator_batch_state *st, const void *data, size_t
     return 0;
 }
 
-static uint32_t chunk_meta(struct aggregator *agg, struct aggregator_batch_state *st, const struct source *src)
+static uint32_t chunk_meta(struct aggregator *agg, const struct source *src)
 {
+    struct fill_state *st = &agg->fill;
     if (!agg->cfg->output.loki.structured_metadata) return UINT32_MAX;
     if (RESERVE(st->metas, st->metas_cap, st->nmetas + 1) != 0) return UINT32_MAX;
     struct batch_meta *meta = &st->metas[st->nmetas];
@@ -204,7 +209,8 @@ static uint32_t chunk_meta(struct aggregator *agg, struct aggregator_batch_state
 bool aggregator_add(struct aggregator *agg, const struct source_chunk *chunk, const struct source_record **next,
                     uint32_t *done)
 {
-    struct aggregator_batch_state *st = &agg->states[agg->current];
+    struct fill_state *st = &agg->fill;
+    struct aggregator_batch_state *slot = &agg->states[agg->current];
     size_t limit = (size_t)agg->cfg->output.loki.batch_bytes;
     if (!*next) {
         *next = source_chunk_first(chunk);
@@ -214,7 +220,7 @@ bool aggregator_add(struct aggregator *agg, const struct source_chunk *chunk, co
         agg->cached_chunk = chunk;
         agg->cached_stream[0] = agg->cached_stream[1] = agg->cached_stream[2] = -1;
         agg->cached_meta = UINT32_MAX;
-        if (chunk->records > *done) agg->cached_meta = chunk_meta(agg, st, chunk->source);
+        if (chunk->records > *done) agg->cached_meta = chunk_meta(agg, chunk->source);
     }
     const struct source_record *rec = *next;
     for (; *done < chunk->records; (*done)++, rec = source_record_next(rec)) {
@@ -225,7 +231,7 @@ bool aggregator_add(struct aggregator *agg, const struct source_chunk *chunk, co
             return false;
         }
         unsigned kind = rec->stream < 3 ? rec->stream : 2;
-        if (agg->cached_stream[kind] < 0) agg->cached_stream[kind] = stream_index(agg, st, chunk->source, kind);
+        if (agg->cached_stream[kind] < 0) agg->cached_stream[kind] = stream_index(agg, chunk->source, kind);
         size_t off;
         if (agg->cached_stream[kind] < 0 || RESERVE(st->entries, st->entries_cap, st->nentries + 1) != 0 ||
             arena_put(st, source_record_content(rec), rec->len, &off) != 0) {
@@ -240,34 +246,36 @@ bool aggregator_add(struct aggregator *agg, const struct source_chunk *chunk, co
         if (!st->first_ms) st->first_ms = metrics_now_ms();
         if (!st->oldest_ns || rec->ts_ns < st->oldest_ns) st->oldest_ns = rec->ts_ns;
     }
-    if (RESERVE(st->acks, st->acks_cap, st->nacks + 1) != 0) {
+    if (RESERVE(slot->acks, slot->acks_cap, slot->nacks + 1) != 0) {
         *next = rec;
         return false;
     }
-    st->acks[st->nacks++] = (struct aggregator_ack){chunk->source, chunk->end_offset};
+    slot->acks[slot->nacks++] = (struct aggregator_ack){chunk->source, chunk->end_offset};
     if (!st->first_ms) st->first_ms = metrics_now_ms(); /* an ack alone must not wait forever */
     return true;
 }
 
 bool aggregator_has_data(struct aggregator *agg)
 {
-    const struct aggregator_batch_state *st = &agg->states[agg->current];
-    return st->nentries || st->nacks;
+    return agg->fill.nentries || agg->states[agg->current].nacks;
 }
 
 int64_t aggregator_due_ms(struct aggregator *agg)
 {
-    const struct aggregator_batch_state *st = &agg->states[agg->current];
-    if (!st->first_ms) return INT64_MAX;
-    return st->first_ms + agg->cfg->output.loki.batch_wait_ms;
+    if (!agg->fill.first_ms) return INT64_MAX;
+    return agg->fill.first_ms + agg->cfg->output.loki.batch_wait_ms;
 }
 
-/* Groups entries per stream (stable counting sort) and encodes. */
-static int encode(struct aggregator_batch_state *st, struct aggregator_batch *b)
+/* Groups entries per stream (stable counting sort), encodes, and copies the
+ * compressed body into the batch's slot. */
+static int encode(struct aggregator *agg, struct aggregator_batch *b)
 {
+    struct fill_state *st = &agg->fill;
+    struct aggregator_batch_state *slot = b->state;
     if (RESERVE(st->lentries, st->lentries_cap, st->nentries) != 0 ||
         RESERVE(st->lstreams, st->lstreams_cap, st->nstreams) != 0 ||
-        RESERVE(st->meta_labels, st->meta_labels_cap, st->nmetas * 2) != 0)
+        RESERVE(st->meta_labels, st->meta_labels_cap, st->nmetas * 2) != 0 ||
+        RESERVE(st->fill, st->fill_cap, st->nstreams ? st->nstreams : 1) != 0)
         return -1;
     for (size_t i = 0; i < st->nmetas; i++) {
         st->meta_labels[2 * i] = (struct loki_label){"pod_uid", st->arena + st->metas[i].pod_uid_off};
@@ -278,7 +286,6 @@ static int encode(struct aggregator_batch_state *st, struct aggregator_batch *b)
         st->streams[s].start = start;
         start += st->streams[s].count;
     }
-    if (RESERVE(st->fill, st->fill_cap, st->nstreams ? st->nstreams : 1) != 0) return -1;
     size_t *fill = st->fill;
     memset(fill, 0, st->nstreams * sizeof *fill);
     size_t line_bytes = 0;
@@ -295,19 +302,27 @@ static int encode(struct aggregator_batch_state *st, struct aggregator_batch *b)
     for (size_t s = 0; s < st->nstreams; s++)
         st->lstreams[s] = (struct loki_stream){st->streams[s].labels, st->lentries + st->streams[s].start,
                                                st->streams[s].count};
-    if (loki_encode(st->encoder, st->lstreams, st->nstreams, &b->body, &b->body_len, &b->raw_len) != 0) return -1;
+    const uint8_t *body;
+    size_t body_len;
+    if (loki_encode(agg->encoder, st->lstreams, st->nstreams, &body, &body_len, &b->raw_len) != 0 ||
+        reserve((void **)&slot->body_buf, &slot->body_cap, body_len, 1) != 0)
+        return -1;
+    memcpy(slot->body_buf, body, body_len);
+    b->body = slot->body_buf;
+    b->body_len = body_len;
     b->entries = st->nentries;
     b->line_bytes = line_bytes;
     b->oldest_entry_ns = st->oldest_ns;
-    b->acks = st->acks;
-    b->nacks = st->nacks;
+    b->acks = slot->acks;
+    b->nacks = slot->nacks;
     return 0;
 }
 
 struct aggregator_batch *aggregator_seal(struct aggregator *agg)
 {
     struct aggregator_batch *b = &agg->batches[agg->current];
-    if (encode(b->state, b) != 0) return NULL;
+    if (encode(agg, b) != 0) return NULL;
+    fill_clear(&agg->fill);
     agg->current ^= 1;
     agg->cached_chunk = NULL;
     return b;
@@ -315,15 +330,15 @@ struct aggregator_batch *aggregator_seal(struct aggregator *agg)
 
 struct aggregator_ack *aggregator_pending_acks(struct aggregator *agg, size_t *n)
 {
-    struct aggregator_batch_state *st = &agg->states[agg->current];
-    *n = st->nacks;
-    return st->acks;
+    struct aggregator_batch_state *slot = &agg->states[agg->current];
+    *n = slot->nacks;
+    return slot->acks;
 }
 
 void aggregator_release(struct aggregator *agg, struct aggregator_batch *batch)
 {
     (void)agg;
-    state_clear(batch->state);
+    batch->state->nacks = 0;
     batch->body = NULL;
     batch->body_len = batch->raw_len = batch->entries = batch->line_bytes = batch->nacks = 0;
     batch->acks = NULL;

@@ -17,7 +17,9 @@
  *    holds (each with the chunk's reference to its source): whoever finishes
  *    the batch acknowledges them in order.
  *  - No allocation per line: arrays and the arena grow geometrically and are
- *    reused batch after batch.
+ *    reused batch after batch. Only one batch is ever being filled; a sealed
+ *    batch keeps just its compressed body and acknowledgements, so memory is
+ *    about one batch_bytes of lines plus two compressed bodies.
  */
 #ifndef LOGLET_AGGREGATOR_H
 #define LOGLET_AGGREGATOR_H
