@@ -40,6 +40,8 @@ struct tailed_file {
     bool continuing;
     uint8_t continuing_stream;
     int64_t continuing_ts;
+    size_t continuing_skip; /* content bytes of the first piece already sent */
+    bool after_flush;       /* the last line went out without its newline */
     /* The file ends in an unterminated line since this time (0: it does not). */
     int64_t incomplete_since_ms;
     uint64_t incomplete_offset;

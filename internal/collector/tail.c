@@ -27,6 +27,16 @@ struct assembly {
     bool split_emitted;
     const char *start; /* its first byte in the read buffer (NULL: an earlier read) */
     uint64_t last_piece_end;
+    /* The piece being appended: where its line starts and ends in the file,
+     * and how many of its content bytes an earlier read already sent. */
+    uint64_t piece_start, piece_end;
+    size_t piece_skip;
+    size_t skip; /* to apply to the first piece of this read */
+    /* Where the part not yet sent begins, once a piece was split off: a read
+     * that ends mid-line goes back there instead of sending a short piece. */
+    bool resume_valid;
+    uint64_t resume_at;
+    size_t resume_skip;
     size_t len;
     int64_t ts;
     uint8_t stream;
@@ -152,6 +162,7 @@ static size_t utf8_cut(const char *s, size_t max)
 static bool append_piece(struct collector *c, struct tailed_file *f, struct assembly *a, const char *content,
                          size_t len, int64_t ts, uint8_t stream, uint8_t flags)
 {
+    size_t consumed = 0;
     for (;;) {
         size_t keep = a->open ? sizeof(struct source_record) + a->len : 0;
         size_t room_needed = (len < c->max_line ? len : c->max_line) + sizeof(struct source_record) + 8;
@@ -181,12 +192,19 @@ static bool append_piece(struct collector *c, struct tailed_file *f, struct asse
         if (!finish_record(c, f, a, 0, SOURCE_RECORD_SPLIT)) return false;
         a->continuing = true;
         a->split_emitted = true;
+        consumed += cut;
+        a->resume_valid = true;
+        a->resume_at = len ? a->piece_start : a->piece_end;
+        a->resume_skip = len ? a->piece_skip + consumed : 0;
     }
 }
 
 static bool emit_raw(struct collector *c, struct tailed_file *f, struct assembly *a, const char *line, size_t len,
                      uint64_t line_end, int64_t read_ns, uint8_t flags)
 {
+    a->piece_start = line_end - len;
+    a->piece_end = line_end;
+    a->piece_skip = 0;
     return append_piece(c, f, a, line, len, read_ns, PARSER_STREAM_UNKNOWN, flags) &&
            finish_record(c, f, a, line_end, 0);
 }
@@ -199,6 +217,7 @@ static bool interrupt_assembly(struct collector *c, struct tailed_file *f, struc
     if (a->open) ok = finish_record(c, f, a, a->last_piece_end, SOURCE_RECORD_SPLIT);
     a->continuing = false;
     a->split_emitted = false;
+    a->resume_valid = false;
     return ok;
 }
 
@@ -216,12 +235,24 @@ static bool process_line(struct collector *c, struct tailed_file *f, struct asse
         rc = parser_docker_line(line, len, c->docker_buf, c->buf_size, &parsed, &truncated);
     }
     if (rc != 0) {
+        a->skip = 0;
         if (!interrupt_assembly(c, f, a)) return false;
         metrics_add(lines_malformed, 1);
         return emit_raw(c, f, a, line, len, line_end, read_ns, (uint8_t)(flags | SOURCE_RECORD_MALFORMED));
     }
     if ((a->open || a->continuing) && parsed.stream != a->stream && !interrupt_assembly(c, f, a)) return false;
     if (!a->open && !a->continuing) a->start = line;
+    a->piece_start = line_end - len - ((flags & SOURCE_RECORD_FLUSHED) ? 0 : 1);
+    a->piece_end = line_end;
+    a->piece_skip = 0;
+    if (a->skip && a->continuing && !a->open) {
+        /* The first bytes of this piece went out before the last read ended. */
+        size_t skip = a->skip < parsed.content_len ? a->skip : parsed.content_len;
+        parsed.content += skip;
+        parsed.content_len -= skip;
+        a->piece_skip = skip;
+    }
+    a->skip = 0;
     bool keep_first_ts = c->cfg->collection.partial_timestamp == CONFIG_PARTIAL_TS_FIRST;
     int64_t ts = (a->continuing && !a->open && keep_first_ts) ? a->ts : parsed.ts_ns;
     if (!append_piece(c, f, a, parsed.content, parsed.content_len, ts, (uint8_t)parsed.stream, flags)) return false;
@@ -230,6 +261,7 @@ static bool process_line(struct collector *c, struct tailed_file *f, struct asse
     if (!finish_record(c, f, a, line_end, 0)) return false;
     a->continuing = false;
     a->split_emitted = false;
+    a->resume_valid = false;
     return true;
 }
 
@@ -271,9 +303,23 @@ enum read_result tail_read(struct collector *c, struct tailed_file *f, bool flus
     const bool buffer_full = (size_t)n == c->buf_size;
     const int64_t read_ns = realtime_ns();
     const uint64_t base = f->offset;
-    struct assembly a = {.continuing = f->continuing, .ts = f->continuing_ts, .stream = f->continuing_stream};
+    struct assembly a = {.continuing = f->continuing, .ts = f->continuing_ts, .stream = f->continuing_stream,
+                         .skip = f->continuing ? f->continuing_skip : 0,
+                         .resume_valid = f->continuing, .resume_at = base, .resume_skip = f->continuing_skip};
     const char *p = c->buf, *end = c->buf + n, *nl;
     c->writer.end_offset = f->offset;
+
+    if (f->after_flush && (nl = memchr(p, '\n', (size_t)(end - p)))) {
+        /* The rest of a line sent without its newline after the flush timeout:
+         * nothing if it is just the newline, else a piece of that line. */
+        f->after_flush = false;
+        if (nl > p && !emit_raw(c, f, &a, p, (size_t)(nl - p), base + (uint64_t)(nl + 1 - c->buf), read_ns,
+                                SOURCE_RECORD_SPLIT))
+            goto stopped;
+        c->writer.end_offset = base + (uint64_t)(nl + 1 - c->buf);
+        if (nl == p) f->offset = c->writer.end_offset; /* nothing to send: just step over it */
+        p = nl + 1;
+    }
 
     /* The hot loop. */
     while ((nl = memchr(p, '\n', (size_t)(end - p)))) {
@@ -297,15 +343,26 @@ enum read_result tail_read(struct collector *c, struct tailed_file *f, bool flus
     if (p < end && !buffer_full && flush_incomplete) {
         if (!process_line(c, f, &a, p, (size_t)(end - p), base + (uint64_t)n, read_ns, SOURCE_RECORD_FLUSHED))
             goto stopped;
+        f->after_flush = true;
     }
-    if (a.open) {
+    bool flushing = flush_incomplete && !buffer_full;
+    if (a.open && a.resume_valid && (a.resume_at > base || !buffer_full) && !flushing) {
+        /* Part of a long line is out; the rest waits, re-read from where it
+         * begins, so every piece but the last is exactly max_line_bytes. */
+        c->writer.end_offset = a.resume_at;
+        f->continuing = true;
+        f->continuing_ts = a.ts;
+        f->continuing_stream = a.stream;
+        f->continuing_skip = a.resume_skip;
+    } else if (a.open) {
         bool cannot_reread = a.split_emitted || !a.start || (a.start == c->buf && buffer_full);
-        if (cannot_reread || (flush_incomplete && !buffer_full)) {
+        if (cannot_reread || flushing) {
             uint8_t flag = cannot_reread ? SOURCE_RECORD_SPLIT : SOURCE_RECORD_FLUSHED;
             if (!finish_record(c, f, &a, a.last_piece_end, flag)) goto stopped;
             f->continuing = cannot_reread;
             f->continuing_ts = a.ts;
             f->continuing_stream = a.stream;
+            f->continuing_skip = 0;
         } else {
             f->continuing = false; /* dropped here, read again from its first piece */
         }
@@ -313,6 +370,7 @@ enum read_result tail_read(struct collector *c, struct tailed_file *f, bool flus
         f->continuing = a.continuing;
         f->continuing_ts = a.ts;
         f->continuing_stream = a.stream;
+        f->continuing_skip = 0;
     }
     tail_commit(c, f);
 
