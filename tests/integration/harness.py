@@ -24,6 +24,9 @@ sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "tools"))
 
 from kubelet import KubeletTree, cri_line  # noqa: E402
 
+__all__ = ["Agent", "AgentTestCase", "KubeletTree", "LOGLET_BIN", "SOURCE_DIR", "base_config", "cri_line",
+           "http_get", "rss_kib", "run_loglet", "yaml_quote"]
+
 LOGLET_BIN = os.environ.get("LOGLET_BIN", os.path.join(SOURCE_DIR, "build", "loglet"))
 
 
@@ -126,6 +129,15 @@ class Agent:
                     stream.close()
                 except OSError:
                     pass
+
+
+def rss_kib(pid):
+    """Resident memory of a process, from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
 
 
 def http_get(port, path, timeout=5):

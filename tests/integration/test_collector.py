@@ -2,14 +2,13 @@
 pod churn and bad input — the real binary against a writer that imitates the
 kubelet (rename + create + gzip + delete), checking every line by its id."""
 import collections
-import json
 import os
 import signal
 import threading
 import time
 import unittest
 
-from harness import AgentTestCase, base_config, cri_line, http_get
+from harness import AgentTestCase, base_config, cri_line
 
 FAST_SYNC = "  positions_sync_period: 200ms\n"
 

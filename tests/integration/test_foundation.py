@@ -9,18 +9,10 @@ import unittest
 
 import subprocess
 
-from harness import LOGLET_BIN, AgentTestCase, base_config, cri_line, http_get, run_loglet
+from harness import LOGLET_BIN, AgentTestCase, base_config, cri_line, http_get, rss_kib, run_loglet
 
 TS = 1795341600_000000001  # 2026-11-22T10:00:00.000000001Z
 TS_TEXT = "2026-11-22T10:00:00.000000001Z"
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 class TailingTest(AgentTestCase):

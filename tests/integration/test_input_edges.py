@@ -9,7 +9,7 @@ import subprocess
 import time
 import unittest
 
-from harness import AgentTestCase, base_config, cri_line, http_get
+from harness import AgentTestCase, base_config, cri_line, http_get, rss_kib
 
 TS = 1795341600_000000000
 
@@ -189,14 +189,6 @@ class SelectionTest(AgentTestCase):
         self.assertEqual(metric(a.port, "loglet_files_excluded_total"), 3)
         self.assertEqual(a.stop(), 0)
         self.assertTrue(lines)
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 class ScaleTest(AgentTestCase):

@@ -5,23 +5,14 @@ import os
 import signal
 import ssl
 import subprocess
-import threading
 import time
 import unittest
 
-from harness import AgentTestCase, SOURCE_DIR, base_config, cri_line, http_get
+from harness import AgentTestCase, SOURCE_DIR, base_config, http_get, rss_kib
 
 import loki_receiver as lr
 
 FIXTURES = os.path.join(SOURCE_DIR, "tests", "fixtures", "loki-push")
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 class LokiTestCase(AgentTestCase):
