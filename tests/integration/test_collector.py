@@ -66,19 +66,24 @@ class RestartTest(AgentTestCase):
         self.assertEqual(b.stop(), 0)
         assert_exactly_once(self, ids_of(a.lines() + b.lines()), [f"a-{i}" for i in range(150)])
 
-    def test_sigkill_while_writing_loses_nothing(self):
+    def test_sigkill_while_writing_and_rotating_loses_nothing(self):
         web = self.tree.container("shop", "web-0", "app")
         stop = threading.Event()
         written = []
 
+        rotations = [0]
+
         def writer():
             i = 0
             while not stop.is_set():
-                web.write(f"id=k-{i}")
+                web.write(f"id=k-{i} " + "p" * 100)
                 written.append(f"k-{i}")
                 i += 1
                 if i % 200 == 0:
                     time.sleep(0.01)
+                if i % 3000 == 0:  # ~400 KB: several kubelet rotations (rename, gzip) per agent run
+                    web.rotate(compress=True)
+                    rotations[0] += 1
 
         t = threading.Thread(target=writer)
         t.start()
@@ -102,7 +107,8 @@ class RestartTest(AgentTestCase):
         got = ids_of(seen + last.lines())
         # Duplicates: only lines delivered after the last positions save of each killed run.
         dups = assert_exactly_once(self, got, written, allow_dups=len(written))
-        print(f"sigkill: {len(written)} lines, {dups} duplicates after 4 kills")
+        print(f"sigkill: {len(written)} lines, {rotations[0]} rotations, {dups} duplicates after 4 kills")
+        self.assertGreater(rotations[0], 4)
 
     def test_rotated_and_compressed_while_stopped_is_caught_up(self):
         web = self.tree.container("shop", "web-0", "app")
