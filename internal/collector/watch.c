@@ -415,6 +415,15 @@ static struct tailed_file *catch_up(struct collector *c, const char *link_path, 
         gzFile gz;
         struct stat st;
         if (!open_any(names[i], &fd, &gz, &st)) continue;
+        /* A newer sibling may have its own saved position (it was the current
+         * file when the positions were written): resume it there too. */
+        for (size_t k = 0; k < nknown && i > start; k++) {
+            const struct position *p = &known[k];
+            if ((gz || same_file(p, &st)) && p->fp_len && fingerprint_matches(fd, gz, p->fp, p->fp_len)) {
+                offset = p->offset;
+                break;
+            }
+        }
         struct tailed_file *f = file_track(c, link_path, names[i], fd, gz, &st, offset);
         if (!f) {
             if (gz) gzclose(gz);

@@ -121,6 +121,11 @@ class FailureTest(LokiTestCase):
         a = self.agent(cfg).start()
         expected = self.write_ids(web, "u", 0, 100)
         self.assertTrue(self.receiver.wait_for(100))
+        # Cut only once the agent has its 204: the receiver records a push just
+        # before answering, and a push cut in between is (rightly) sent again.
+        deadline = time.time() + 10
+        while time.time() < deadline and "loglet_lines_sent_total 100\n" not in http_get(a.port, "/metrics")[1]:
+            time.sleep(0.05)
         self.receiver.set_faults(down_hard=True)
         peak = 0
         t0 = time.time()
