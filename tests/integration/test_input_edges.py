@@ -242,5 +242,31 @@ class InotifyLimitTest(AgentTestCase):
         self.assertEqual(a.stop(), 0)
 
 
+class NoInotifyTest(AgentTestCase):
+    LIMIT = "/proc/sys/fs/inotify/max_user_instances"
+
+    @unittest.skipUnless(os.geteuid() == 0 and os.access("/proc/sys/fs/inotify/max_user_instances", os.W_OK),
+                         "needs root to lower fs.inotify.max_user_instances")
+    def test_no_inotify_instance_left_means_polling(self):
+        web = self.tree.container("shop", "web-0", "app")
+        with open(self.LIMIT) as f:
+            original = f.read().strip()
+        try:
+            with open(self.LIMIT, "w") as f:
+                f.write("0")
+            a = self.agent(base_config(self.tree, self.workdir, "  poll_interval: 200ms\n")).start()
+            a.wait_stderr("inotify unavailable", timeout=10)
+        finally:
+            with open(self.LIMIT, "w") as f:
+                f.write(original)
+        web.write("found by polling")
+        new = self.tree.container("shop", "web-1", "app")
+        new.write("a new pod, found by a rescan")
+        lines = a.wait_lines(2, timeout=10)
+        self.assertEqual(sorted(l.split(" ", 3)[3] for l in lines),
+                         ["a new pod, found by a rescan", "found by polling"])
+        self.assertEqual(a.stop(), 0)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -59,6 +59,26 @@ class ReadinessTest(AgentTestCase):
         self.assertEqual(a.stop(), 0)
 
 
+class LivenessTest(AgentTestCase):
+    def test_a_wedged_output_thread_fails_healthz(self):
+        """Nobody reads the agent's stdout: its output thread blocks in write()
+        and stops beating; after 15 s /healthz says which thread is stuck."""
+        web = self.tree.container("shop", "web-0", "app")
+        a = self.agent(base_config(self.tree, self.workdir, "  read_from: beginning\n")).start(read_stdout=False)
+        line = "x" * 4000
+        for i in range(200):  # ~800 KB: far more than a pipe holds
+            web.write(f"{i} {line}")
+        self.assertEqual(http_get(a.port, "/healthz")[0], 200)
+        deadline = time.time() + 30
+        status, body = 200, ""
+        while time.time() < deadline and status == 200:
+            time.sleep(0.5)
+            status, body = http_get(a.port, "/healthz")
+        self.assertEqual(status, 503)
+        self.assertIn("output thread made no progress", body)
+        a.kill()
+
+
 class SecretsTest(AgentTestCase):
     def test_password_never_in_logs_or_metrics(self):
         receiver = lr.Receiver().start()
