@@ -10,8 +10,6 @@
 /* What an entry costs in a batch besides its line: protobuf framing and
  * timestamp, roughly — counted so tiny lines cannot make a batch huge. */
 #define ENTRY_OVERHEAD 16
-#define MAX_LABELS 48
-#define LABELS_MAX_BYTES 8192
 
 struct batch_entry {
     int64_t ts_ns;
@@ -22,7 +20,7 @@ struct batch_entry {
 };
 
 struct batch_stream {
-    char *labels;
+    const char *labels; /* the source's rendered text */
     size_t count;
     size_t start; /* first of its entries once sorted */
 };
@@ -73,12 +71,6 @@ struct aggregator {
     int current;
     struct fill_state fill;
     struct loki_encoder *encoder; /* its buffers are scratch: bodies are copied out */
-    const char *node_name;
-    char label_buf[LABELS_MAX_BYTES];
-    /* Per chunk: stream index of each record stream kind, or -1. */
-    const struct source_chunk *cached_chunk;
-    int64_t cached_stream[3];
-    uint32_t cached_meta;
 };
 
 /* Grows *array to hold `need` items of `size` bytes (doubling). */
@@ -104,15 +96,12 @@ struct aggregator *aggregator_create(const struct config *cfg, char *err, size_t
         return NULL;
     }
     agg->cfg = cfg;
-    const char *node = getenv("NODE_NAME");
-    agg->node_name = node && *node ? node : NULL;
     for (int i = 0; i < 2; i++) agg->batches[i].state = &agg->states[i];
     return agg;
 }
 
 static void fill_clear(struct fill_state *st)
 {
-    for (size_t i = 0; i < st->nstreams; i++) free(st->streams[i].labels);
     table_free(&st->by_labels);
     st->nstreams = st->nentries = st->nmetas = 0;
     st->arena_len = 0;
@@ -144,43 +133,18 @@ void aggregator_destroy(struct aggregator *agg)
 
 struct aggregator_batch *aggregator_current(struct aggregator *agg) { return &agg->batches[agg->current]; }
 
-static const char *const stream_names[] = {"stdout", "stderr", "unknown"};
-
-/* Renders the label set of (source, stream kind) into agg->label_buf. */
-static size_t render_labels(struct aggregator *agg, const struct source *src, unsigned stream)
-{
-    struct loki_label labels[MAX_LABELS];
-    size_t n = 0;
-    const struct parser_path_meta *m = &src->meta;
-    if (m->namespace_[0]) labels[n++] = (struct loki_label){"namespace", m->namespace_};
-    if (m->pod[0]) labels[n++] = (struct loki_label){"pod", m->pod};
-    if (m->container[0]) labels[n++] = (struct loki_label){"container", m->container};
-    if (!m->namespace_[0] || !m->pod[0] || !m->container[0]) labels[n++] = (struct loki_label){"filename", src->path};
-    if (agg->node_name) labels[n++] = (struct loki_label){"node_name", agg->node_name};
-    if (agg->cfg->labels.stream) labels[n++] = (struct loki_label){"stream", stream_names[stream < 3 ? stream : 2]};
-    const struct config_strmap *st = &agg->cfg->labels.static_labels;
-    for (size_t i = 0; i < st->count && n < MAX_LABELS; i++) {
-        /* A static label never overrides one that describes the line's origin. */
-        bool taken = false;
-        for (size_t k = 0; k < n && !taken; k++) taken = strcmp(labels[k].name, st->keys[i]) == 0;
-        if (!taken) labels[n++] = (struct loki_label){st->keys[i], st->values[i]};
-    }
-    return loki_render_labels(labels, n, agg->label_buf, sizeof agg->label_buf);
-}
-
-static int64_t stream_index(struct aggregator *agg, const struct source *src, unsigned stream)
+/* The stream of a label set in the batch being filled. Keyed by the text
+ * the source rendered, so two files share a stream exactly when their
+ * labels are equal, whatever memory their chunks or sources occupy. The
+ * text stays valid while the batch fills: the chunks' sources are held by
+ * acknowledgements not yet made. */
+static int64_t stream_index(struct aggregator *agg, const char *labels)
 {
     struct fill_state *st = &agg->fill;
-    if (render_labels(agg, src, stream) == 0) return -1;
-    size_t idx = (size_t)(uintptr_t)table_get_str(&st->by_labels, agg->label_buf);
+    size_t idx = (size_t)(uintptr_t)table_get_str(&st->by_labels, labels);
     if (idx) return (int64_t)idx - 1; /* stored +1 so that 0 means absent */
     if (RESERVE(st->streams, st->streams_cap, st->nstreams + 1) != 0) return -1;
-    char *labels = strdup(agg->label_buf);
-    if (!labels) return -1;
-    if (table_put_str(&st->by_labels, labels, (void *)(uintptr_t)(st->nstreams + 1)) != 0) {
-        free(labels);
-        return -1;
-    }
+    if (table_put_str(&st->by_labels, labels, (void *)(uintptr_t)(st->nstreams + 1)) != 0) return -1;
     st->streams[st->nstreams] = (struct batch_stream){labels, 0, 0};
     return (int64_t)st->nstreams++;
 }
@@ -216,32 +180,27 @@ bool aggregator_add(struct aggregator *agg, const struct source_chunk *chunk, co
         *next = source_chunk_first(chunk);
         *done = 0;
     }
-    if (agg->cached_chunk != chunk || st->nentries == 0) {
-        agg->cached_chunk = chunk;
-        agg->cached_stream[0] = agg->cached_stream[1] = agg->cached_stream[2] = -1;
-        agg->cached_meta = UINT32_MAX;
-        if (chunk->records > *done) agg->cached_meta = chunk_meta(agg, chunk->source);
-    }
+    /* Stream indexes of this call only: a batch boundary or another chunk
+     * starts afresh, so nothing outlives the batch it was looked up in. */
+    int64_t stream_of[SOURCE_STREAM_KINDS] = {-1, -1, -1};
+    uint32_t meta = chunk->records > *done ? chunk_meta(agg, chunk->source) : UINT32_MAX;
     const struct source_record *rec = *next;
     for (; *done < chunk->records; (*done)++, rec = source_record_next(rec)) {
         size_t cost = rec->len + ENTRY_OVERHEAD;
         if (st->nentries && st->size + cost > limit) {
             *next = rec;
-            agg->cached_chunk = NULL; /* the next batch needs its own stream indexes */
             return false;
         }
-        unsigned kind = rec->stream < 3 ? rec->stream : 2;
-        if (agg->cached_stream[kind] < 0) agg->cached_stream[kind] = stream_index(agg, chunk->source, kind);
+        unsigned kind = rec->stream < SOURCE_STREAM_KINDS ? rec->stream : PARSER_STREAM_UNKNOWN;
+        if (stream_of[kind] < 0) stream_of[kind] = stream_index(agg, source_stream_labels(chunk->source, kind));
         size_t off;
-        if (agg->cached_stream[kind] < 0 || RESERVE(st->entries, st->entries_cap, st->nentries + 1) != 0 ||
+        if (stream_of[kind] < 0 || RESERVE(st->entries, st->entries_cap, st->nentries + 1) != 0 ||
             arena_put(st, source_record_content(rec), rec->len, &off) != 0) {
             *next = rec; /* out of memory: the caller seals what is there and retries */
-            agg->cached_chunk = NULL;
             return false;
         }
-        st->entries[st->nentries++] = (struct batch_entry){rec->ts_ns, off, rec->len,
-                                                           (uint32_t)agg->cached_stream[kind], agg->cached_meta};
-        st->streams[agg->cached_stream[kind]].count++;
+        st->entries[st->nentries++] = (struct batch_entry){rec->ts_ns, off, rec->len, (uint32_t)stream_of[kind], meta};
+        st->streams[stream_of[kind]].count++;
         st->size += cost;
         if (!st->first_ms) st->first_ms = metrics_now_ms();
         if (!st->oldest_ns || rec->ts_ns < st->oldest_ns) st->oldest_ns = rec->ts_ns;
@@ -324,7 +283,6 @@ struct aggregator_batch *aggregator_seal(struct aggregator *agg)
     if (encode(agg, b) != 0) return NULL;
     fill_clear(&agg->fill);
     agg->current ^= 1;
-    agg->cached_chunk = NULL;
     return b;
 }
 

@@ -6,12 +6,12 @@
  *  - A batch holds copies of its lines (the ring space can be reused at once),
  *    at most `output.loki.batch_bytes` of line bytes, and is due
  *    `output.loki.batch_wait` after its first entry arrived.
- *  - Labels of a stream: namespace, pod, container; node_name from the
- *    NODE_NAME environment variable when set; the static labels; `stream`
- *    (stdout/stderr) when labels.stream is true; and `filename` for files
- *    without Kubernetes metadata. Pod uid and container id never become
- *    labels; with output.loki.structured_metadata they go to each entry's
- *    structured metadata instead.
+ *  - A stream is a label set as its source rendered it (source.h): records
+ *    go to the stream whose text equals their source's label set for their
+ *    stream kind. The aggregator renders nothing and remembers nothing of a
+ *    chunk or a source beyond the call that adds it. Pod uid and container
+ *    id never become labels; with output.loki.structured_metadata they go to
+ *    each entry's structured metadata instead.
  *  - Within a stream, entries keep the order in which they arrived.
  *  - A batch carries the acknowledgements of the chunks whose last record it
  *    holds (each with the chunk's reference to its source): whoever finishes

@@ -1,8 +1,10 @@
 /*
- * The collector's thread: one loop that waits on inotify (or a short
+ * The collector's thread: one loop that waits on the watcher (or a short
  * timeout), turns events into a FIFO of files with something to read, and
  * reads each of them one buffer per turn so that one busy file cannot starve
- * the others.
+ * the others. It never blocks on the ring: while the ring is full it keeps
+ * following the files (see rotation.c) and saving positions, and reads
+ * again when there is room.
  */
 #include <errno.h>
 #include <limits.h>
@@ -24,6 +26,9 @@
  * lines (containerd reopens its log right after the kubelet's rename). */
 #define ROTATE_WAIT_MS 2000
 #define IDLE_POLL_MS 250
+/* While the ring is full: how often to look for room again (events wake
+ * the loop sooner). */
+#define BLOCKED_POLL_MS 50
 
 bool collector_stopping(struct collector *c) { return atomic_load_explicit(&c->stop, memory_order_relaxed); }
 
@@ -35,6 +40,15 @@ void collector_mark_pending(struct collector *c, struct tailed_file *f)
     if (c->pending_tail) c->pending_tail->pending_next = f;
     else c->pending_head = f;
     c->pending_tail = f;
+}
+
+static void push_front_pending(struct collector *c, struct tailed_file *f)
+{
+    if (f->pending || f->waiting) return;
+    f->pending = true;
+    f->pending_next = c->pending_head;
+    c->pending_head = f;
+    if (!c->pending_tail) c->pending_tail = f;
 }
 
 static struct tailed_file *pop_pending(struct collector *c)
@@ -74,9 +88,9 @@ struct collector *collector_create(const struct config *cfg, struct ring *ring, 
     }
     c->cfg = cfg;
     c->ring = ring;
-    c->inotify_fd = -1;
     c->wake_fd = -1;
     c->max_line = (size_t)cfg->collection.max_line_bytes;
+    source_label_policy_init(&c->label_policy, cfg);
     /* A logical line up to max_line_bytes, with its CRI prefixes, must fit in
      * one read so it can be joined without keeping it per file. */
     c->buf_size = (size_t)cfg->collection.read_buffer_bytes;
@@ -117,16 +131,48 @@ struct collector *collector_create(const struct config *cfg, struct ring *ring, 
     return c;
 }
 
-/* Once a second: polled files, flush timeouts, closing drained files. */
+void collector_on_event(struct collector *c, struct watch_dir *dir, enum watch_event event, const char *name)
+{
+    switch (event) {
+    case WATCH_OVERFLOW:
+        log_warn("inotify queue overflowed (fs.inotify.max_queued_events): rescanning and checking every open file");
+        metrics_add(inotify_overflows, 1);
+        c->rescan_needed = true;
+        rotation_check_all(c);
+        return;
+    case WATCH_DIR_GONE:
+        rotation_dir_gone(c, dir, false);
+        return;
+    case WATCH_DROPPED:
+        rotation_dir_gone(c, dir, true);
+        return;
+    case WATCH_CREATED:
+    case WATCH_REMOVED:
+        if (dir->holds_links && name) discovery_link_event(c, dir, name, event == WATCH_CREATED);
+        if (dir->files) rotation_schedule_check(c, dir);
+        break;
+    case WATCH_POLLED:
+        if (dir->holds_links) c->rescan_needed = true;
+        if (dir->files) rotation_schedule_check(c, dir);
+        break;
+    case WATCH_APPENDED:
+        break;
+    }
+    for (struct tailed_file *f = dir->files; f; f = f->dir_next) collector_mark_pending(c, f);
+}
+
+/* Every poll_interval: polled directories, flush timeouts, closing drained
+ * files, the held-files bound. */
 static void periodic_sweep(struct collector *c, int64_t now)
 {
-    bool poll_all = c->inotify_fd < 0;
+    c->watcher->ops->tick(c->watcher, c);
+    rotation_check_identities(c);
     int64_t flush_after = c->cfg->collection.partial_flush_timeout_ms;
     for (struct tailed_file *f = c->all_files; f; f = f->all_next) {
-        if (poll_all || !f->dir || f->dir->wd < 0) collector_mark_pending(c, f);
         if (f->incomplete_since_ms && now - f->incomplete_since_ms >= flush_after) collector_mark_pending(c, f);
         if (f->state == FILE_DRAINING) collector_mark_pending(c, f);
     }
+    rotation_enforce_held(c);
 }
 
 static bool should_close(const struct tailed_file *f, int64_t now)
@@ -143,16 +189,20 @@ static void service_pending(struct collector *c)
 {
     /* One turn over the files pending now; files still busy go to the back. */
     struct tailed_file *last = c->pending_tail;
-    while (c->pending_head && !collector_stopping(c)) {
+    while (c->pending_head && !collector_stopping(c) && !c->blocked) {
         struct tailed_file *f = pop_pending(c);
         int64_t now = metrics_now_ms();
         bool flush = f->incomplete_since_ms && now - f->incomplete_since_ms >= c->cfg->collection.partial_flush_timeout_ms;
         if (flush && f->state == FILE_DRAINING && now - f->draining_since_ms < ROTATE_WAIT_MS) flush = false;
         enum read_result r = tail_read(c, f, flush);
         if (r == READ_STOPPED) return;
+        if (r == READ_BLOCKED) {
+            push_front_pending(c, f); /* first in line when the ring has room again */
+            return;
+        }
         if (r == READ_MORE) collector_mark_pending(c, f);
-        else if (r == READ_ERROR) watch_file_close(c, f);
-        else if (should_close(f, now)) watch_file_close(c, f);
+        else if (r == READ_ERROR) rotation_close(c, f);
+        else if (should_close(f, now)) rotation_close(c, f);
         metrics_beat(METRICS_THREAD_COLLECTOR);
         if (f == last) break;
     }
@@ -164,25 +214,32 @@ static void *collector_main(void *arg)
     int64_t last_sweep = 0;
     while (!collector_stopping(c)) {
         metrics_beat(METRICS_THREAD_COLLECTOR);
-        struct pollfd fds[2] = {{.fd = c->wake_fd, .events = POLLIN}, {.fd = c->inotify_fd, .events = POLLIN}};
-        int nfds = c->inotify_fd >= 0 ? 2 : 1;
-        int rc = poll(fds, (nfds_t)nfds, c->pending_head ? 0 : IDLE_POLL_MS);
+        int watch_fd = c->watcher->ops->fd(c->watcher);
+        struct pollfd fds[2] = {{.fd = c->wake_fd, .events = POLLIN}, {.fd = watch_fd, .events = POLLIN}};
+        nfds_t nfds = watch_fd >= 0 ? 2 : 1;
+        int timeout = c->blocked ? BLOCKED_POLL_MS : c->pending_head ? 0 : IDLE_POLL_MS;
+        int rc = poll(fds, nfds, timeout);
         if (rc < 0 && errno != EINTR) {
             log_error("collector poll: %s", strerror(errno));
             break;
         }
+        /* Events are handled whether or not reading is paused: a file
+         * rotated or deleted meanwhile is opened and held now. */
         if (nfds == 2 && (fds[1].revents & POLLIN)) {
-            watch_handle_events(c);
-            watch_check_identities(c);
+            c->watcher->ops->dispatch(c->watcher, c);
+            rotation_check_identities(c);
         }
         int64_t now = metrics_now_ms();
-        int64_t rescan_every = c->inotify_fd < 0 ? c->cfg->collection.poll_interval_ms : RESCAN_INTERVAL_MS;
-        if (c->rescan_needed || now - c->last_rescan_ms >= rescan_every) watch_scan(c, false);
+        bool polling = watch_fd < 0;
+        int64_t rescan_every = polling ? c->cfg->collection.poll_interval_ms : RESCAN_INTERVAL_MS;
         if (now - last_sweep >= c->cfg->collection.poll_interval_ms) {
             periodic_sweep(c, now);
             last_sweep = now;
         }
-        if (now - c->last_positions_save_ms >= c->cfg->collection.positions_sync_period_ms) watch_save_positions(c);
+        if (c->rescan_needed || now - c->last_rescan_ms >= rescan_every) discovery_scan(c, false);
+        positions_policy_tick(c, now);
+        if (c->blocked && ring_has_room(c->ring, c->blocked_want)) c->blocked = false;
+        metrics_set(collector_paused, c->blocked ? 1 : 0);
         service_pending(c);
     }
     return NULL;
@@ -219,12 +276,19 @@ static int make_parent_dirs(const char *file, char *err, size_t errlen)
 int collector_start(struct collector *c, char *err, size_t errlen)
 {
     if (make_parent_dirs(c->cfg->collection.positions_file, err, errlen) != 0) return -1;
-    if (watch_setup(c, err, errlen) != 0) return -1;
-    watch_load_positions(c);
-    watch_scan(c, true);
-    watch_free_positions(c);
+    if (discovery_setup(c, err, errlen) != 0) return -1;
+    c->watcher = c->cfg->collection.watcher == CONFIG_WATCHER_POLL ? watcher_poll_create(err, errlen)
+                                                                    : watcher_inotify_create(c, err, errlen);
+    if (!c->watcher) return -1;
+    log_info("watching files with %s%s", c->watcher->ops->name,
+             c->watcher->ops->fd(c->watcher) >= 0 ? "" : " (every collection.poll_interval)");
+    positions_policy_load(c);
+    discovery_scan(c, true);
+    positions_policy_free_saved(c);
     c->scanned = true;
-    c->last_positions_save_ms = metrics_now_ms();
+    /* Now, not a sync period later: a crash in the first seconds must find
+     * every file known, or it would take them for new ones. */
+    positions_policy_save(c);
     metrics_beat(METRICS_THREAD_COLLECTOR);
     int rc = pthread_create(&c->thread, NULL, collector_main, c);
     if (rc != 0) {
@@ -242,7 +306,7 @@ int collector_save_positions(struct collector *c)
 {
     if (c->thread_started) return -1; /* the thread owns the files while it runs */
     if (!c->scanned) return 0;        /* never started: nothing known, keep the old file */
-    return watch_save_positions(c);
+    return positions_policy_save(c);
 }
 
 void collector_stop(struct collector *c)
@@ -261,7 +325,10 @@ void collector_destroy(struct collector *c)
 {
     if (!c) return;
     collector_stop(c);
-    watch_teardown(c);
+    rotation_teardown(c);
+    discovery_teardown(c);
+    positions_policy_teardown(c);
+    if (c->watcher) c->watcher->ops->destroy(c->watcher);
     pcre2_code_free(c->include_lines);
     pcre2_code_free(c->exclude_lines);
     pcre2_match_data_free(c->match_data);

@@ -1,8 +1,16 @@
 /*
- * The collector's private state, shared by its files:
- *   collector.c — lifecycle and the event loop;
- *   watch.c     — inotify, discovery of files, rotation and deletion;
- *   tail.c      — the hot path: read a file, cut lines, fill ring chunks.
+ * The collector's private state, shared by its files, each of which states
+ * its own contract on top:
+ *   collector.c        — lifecycle, the event loop, back-pressure, periodic duties;
+ *   discovery.c        — globs, symlink roots, exclusions: which files to tail;
+ *   watcher.h          — change detection, one interface with two backends:
+ *   watcher_inotify.c  —   inotify (with polling where a watch cannot be had),
+ *   watcher_poll.c     —   stat polling only;
+ *   rotation.c         — file identity, rotation, deletion, holding and closing;
+ *   catchup.c          — rotated siblings read in order after a gap;
+ *   positions_policy.c — where a file starts, and when positions are saved;
+ *   positions.c        — the positions file format;
+ *   tail.c             — the hot path: read, assemble lines, fill ring chunks.
  */
 #ifndef LOGLET_COLLECTOR_INTERNAL_H
 #define LOGLET_COLLECTOR_INTERNAL_H
@@ -13,6 +21,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/stat.h>
 
 #include <zlib.h>
 
@@ -20,6 +29,7 @@
 #include "positions.h"
 #include "source/source.h"
 #include "table/table.h"
+#include "watcher.h"
 
 enum file_state {
     FILE_ACTIVE,   /* the file its path names now */
@@ -28,21 +38,55 @@ enum file_state {
 
 struct watch_dir;
 
+/*
+ * One open file.
+ *
+ * Invariants:
+ *  - fd is open for the struct's whole life; gz is set only for a rotated,
+ *    compressed sibling being caught up, and then reads go through it.
+ *  - offset is where the first line no committed chunk covers starts: every
+ *    byte before it is in the ring, delivered, or filtered out. It is a line
+ *    boundary except while `continuing` (see below).
+ *  - src->acked_offset <= offset, and acked_offset only grows, except that a
+ *    truncation gives the file a fresh source.
+ *  - Line assembly across reads. The read buffer is shared by every file,
+ *    so nothing of a line is kept between reads except these fields:
+ *      continuing: the logical line starting at `offset` already had pieces
+ *        emitted (it is longer than max_line_bytes); `continuing_skip`
+ *        content bytes of its first physical piece are already out, and its
+ *        next piece keeps `continuing_ts` / `continuing_stream`.
+ *      after_flush: the line ending at `offset` went out without its newline
+ *        (partial_flush_timeout); the next bytes up to a newline are its rest.
+ *    continuing and after_flush are never both set. A read that ends inside
+ *    a line not yet begun simply reads it again from its first byte.
+ *  - incomplete_since_ms != 0: the file ends, at incomplete_offset, in a line
+ *    without its newline since that time.
+ *  - state == FILE_ACTIVE iff in_path_index (src->path maps to this file),
+ *    except after an allocation failure, when the file drains.
+ *  - waiting: a predecessor (an older file of the same path) is not closed
+ *    yet; this file is not read until it is. The chain predecessor ->
+ *    successor is oldest to newest.
+ *  - held_seq orders held (draining) files oldest first, for releasing.
+ */
 struct tailed_file {
     struct source *src;
     int fd;
-    gzFile gz; /* a rotated, compressed file being caught up after downtime */
-    uint64_t offset; /* the first byte no committed chunk covers */
+    gzFile gz;
+    /* A compressed file is decompressed once, forwards: the unconsumed end
+     * of the last read (a line cut by the buffer) is kept here rather than
+     * seeking back, which would make zlib start again from the beginning. */
+    char *gz_carry;
+    size_t gz_carry_len;
+    uint64_t offset;
     enum config_format format; /* AUTO until the first line decides */
     enum file_state state;
     int64_t draining_since_ms;
-    /* A logical line longer than the read buffer continues in the next read. */
+    uint64_t held_seq;
     bool continuing;
     uint8_t continuing_stream;
     int64_t continuing_ts;
-    size_t continuing_skip; /* content bytes of the first piece already sent */
-    bool after_flush;       /* the last line went out without its newline */
-    /* The file ends in an unterminated line since this time (0: it does not). */
+    size_t continuing_skip;
+    bool after_flush;
     int64_t incomplete_since_ms;
     uint64_t incomplete_offset;
     struct watch_dir *dir;
@@ -50,21 +94,23 @@ struct tailed_file {
     struct tailed_file *all_prev, *all_next;
     struct tailed_file *pending_next;
     bool pending;
-    /* Catch-up after downtime: older files of the same path are read first;
-     * this one waits until its predecessor is closed. */
     bool waiting;
     struct tailed_file *successor;
     bool successor_opened; /* after a rotation: the files that followed it are open */
-    bool in_path_index; /* src->path maps to this file in collector.files_by_path */
+    bool in_path_index;
 };
 
+/* A directory the collector follows: a glob's directory (new and removed
+ * links) or a target's directory (writes, renames, creations, deletions).
+ * wd < 0: no watch (polling); its files are checked every poll_interval. */
 struct watch_dir {
     int wd;
     char *path;
-    bool holds_links; /* a glob's directory: new entries are candidates */
+    bool holds_links;
     struct tailed_file *files;
-    bool check_identity; /* an entry was created/renamed/deleted: re-stat its files */
+    bool check_identity; /* an entry changed: re-stat its files */
     struct watch_dir *check_next;
+    struct watch_dir *all_prev, *all_next;
 };
 
 struct glob_spec {
@@ -91,39 +137,56 @@ struct collector {
     bool scanned; /* the start-up scan ran: positions are ours to write */
     atomic_bool stop;
     atomic_bool watching;
-    int inotify_fd;
     int wake_fd; /* eventfd: collector_stop() wakes poll() */
+
+    struct watcher *watcher;
+    struct source_label_policy label_policy;
 
     struct glob_spec *globs;
     size_t nglobs;
-    /* Where matched files may resolve to (collection.symlink_roots), resolved. */
-    char **roots;
+    char **roots; /* collection.symlink_roots, resolved */
     size_t nroots;
     struct table dirs_by_wd;
+    struct table dirs_by_path;
+    struct watch_dir *all_dirs;
     struct table files_by_path;
     struct tailed_file *all_files;
+    size_t nfiles;
     struct tailed_file *pending_head, *pending_tail;
     struct watch_dir *check_head; /* directories whose files need a stat() */
     struct table reported;        /* paths already reported as unusable */
     bool rescan_needed;
     int64_t last_rescan_ms;
-    bool inotify_exhausted_reported;
+    bool watch_limit_reported;
+
+    /* Back-pressure: the ring had no room for the next chunk. The loop goes
+     * on watching (rotations, deletions, new files are followed and held)
+     * but reads nothing until the ring has room again. */
+    bool blocked;
+    size_t blocked_want;
+
+    /* Held files: rotated away or deleted, not read to their end. */
+    uint64_t next_held_seq;
+    size_t held_files;
+    uint64_t held_bytes;
 
     /* Positions: what was saved at the last run (by path), and sources of
      * closed files whose lines are still in flight (saved until delivered). */
     struct positions saved;
-    struct table saved_by_path; /* path -> struct saved_list */
+    struct table saved_by_path; /* path -> struct saved_range */
+    bool positions_existed;     /* a positions file was there at start: files not in it are new */
     bool positions_lost;        /* unreadable at start: files are read from the beginning */
     struct source **retired;
     size_t nretired, retired_cap;
     int64_t last_positions_save_ms;
+    int64_t positions_dirty_since_ms; /* a file was opened, rotated or closed: save soon */
+    uint64_t positions_last_sum;      /* what the last write held (acked_checksum) */
 
-    /* Exclusion patterns and line filters, compiled once. */
     pcre2_code *include_lines;
     pcre2_code *exclude_lines;
     pcre2_match_data *match_data;
 
-    /* The read buffer and a scratch area, allocated once for every file. */
+    /* The read buffer and scratch areas, allocated once for every file. */
     char *buf;
     size_t buf_size;
     char *scratch;    /* an unfinished record moving to a new chunk */
@@ -134,23 +197,70 @@ struct collector {
 };
 
 /* tail.c */
-enum read_result { READ_EOF, READ_MORE, READ_ERROR, READ_STOPPED };
+enum read_result {
+    READ_EOF,     /* read everything there is */
+    READ_MORE,    /* more to read: call again */
+    READ_BLOCKED, /* the ring is full: nothing was lost, read again when it has room */
+    READ_ERROR,
+    READ_STOPPED,
+};
 enum read_result tail_read(struct collector *c, struct tailed_file *f, bool flush_incomplete);
-/* Commits the chunk being filled, if any. Returns false when stopping. */
-void tail_commit(struct collector *c, struct tailed_file *f);
+/* The ring space one read may need. */
+size_t tail_chunk_bytes(const struct collector *c);
+/* Counts the lines and bytes from f->offset to the end (a file released unread). */
+void tail_count_rest(struct collector *c, struct tailed_file *f, uint64_t *lines, uint64_t *bytes);
 
-/* watch.c */
-int watch_setup(struct collector *c, char *err, size_t errlen);
-void watch_scan(struct collector *c, bool at_startup);
-void watch_handle_events(struct collector *c);
-void watch_check_identities(struct collector *c);
-void watch_file_close(struct collector *c, struct tailed_file *f);
-void watch_teardown(struct collector *c);
+/* discovery.c */
+int discovery_setup(struct collector *c, char *err, size_t errlen);
+void discovery_scan(struct collector *c, bool at_startup);
+/* A name appeared in (created) or left (!created) a directory that holds links. */
+void discovery_link_event(struct collector *c, struct watch_dir *dir, const char *name, bool created);
+void discovery_open(struct collector *c, const char *link_path, bool at_startup, struct tailed_file *predecessor);
+void discovery_forget_report(struct collector *c, const char *path);
+void discovery_report_once(struct collector *c, const char *path, int reason, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void discovery_teardown(struct collector *c);
 
-/* positions use, in watch.c */
-void watch_load_positions(struct collector *c);
-int watch_save_positions(struct collector *c);
-void watch_free_positions(struct collector *c);
+/* rotation.c */
+struct watch_dir *rotation_dir(struct collector *c, const char *path, bool holds_links);
+struct tailed_file *rotation_track(struct collector *c, const char *link_path, const char *real, int fd, gzFile gz,
+                                   const struct stat *st, uint64_t offset);
+void rotation_take_fingerprint(struct tailed_file *f);
+bool rotation_fingerprint_matches(int fd, gzFile gz, uint64_t fp, uint32_t fp_len);
+void rotation_begin_draining(struct collector *c, struct tailed_file *f, const char *why);
+void rotation_schedule_check(struct collector *c, struct watch_dir *dir);
+void rotation_check_identities(struct collector *c);
+/* Every file of every directory: after an inotify overflow, or polling. */
+void rotation_check_all(struct collector *c);
+void rotation_dir_gone(struct collector *c, struct watch_dir *dir, bool watch_dropped);
+void rotation_close(struct collector *c, struct tailed_file *f);
+/* A copytruncate: the file starts again at 0 under a fresh source. */
+void rotation_truncated(struct collector *c, struct tailed_file *f);
+/* Held files and bytes measured; beyond the bounds the oldest are released. */
+void rotation_enforce_held(struct collector *c);
+void rotation_teardown(struct collector *c);
+
+/* catchup.c */
+/* Opens the rotated siblings of `real` not open yet: from the one `known`
+ * identifies (at its offset), or after it when `after_known`; all of them
+ * when none is identified. They are chained oldest first after
+ * `predecessor` (may be NULL); returns the last of the chain (predecessor
+ * when none was opened). */
+struct tailed_file *catchup_open(struct collector *c, const char *link_path, const char *real,
+                                 const struct position *known, size_t nknown, bool after_known,
+                                 struct tailed_file *predecessor);
+bool catchup_open_any(const char *path, int *fd, gzFile *gz, struct stat *st);
+
+/* positions_policy.c */
+void positions_policy_load(struct collector *c);
+uint64_t positions_policy_resume(struct collector *c, const char *link_path, const char *real, int fd,
+                                 const struct stat *st, struct tailed_file **predecessor);
+void positions_policy_dirty(struct collector *c);
+void positions_policy_tick(struct collector *c, int64_t now);
+int positions_policy_save(struct collector *c);
+void positions_policy_retire(struct collector *c, struct source *src);
+void positions_policy_free_saved(struct collector *c);
+void positions_policy_teardown(struct collector *c);
 
 /* collector.c */
 void collector_mark_pending(struct collector *c, struct tailed_file *f);

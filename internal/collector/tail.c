@@ -9,7 +9,13 @@
  * Offsets: a file's `offset` only moves past lines that are in a committed
  * chunk. A logical line still being assembled when the buffer ends is not
  * kept in memory: the next read starts again at its first byte. Only a line
- * longer than the whole buffer is emitted in pieces (flagged SPLIT).
+ * longer than max_line_bytes is emitted in pieces (flagged SPLIT). The
+ * state kept between reads, and its invariants, are described at struct
+ * tailed_file (collector_internal.h).
+ *
+ * Back-pressure never blocks here: when the ring has no room the read stops
+ * at the last committed line and returns READ_BLOCKED, so the collector's
+ * loop goes on following rotations and deletions while the output lags.
  */
 #include <errno.h>
 #include <string.h>
@@ -71,25 +77,34 @@ void tail_commit(struct collector *c, struct tailed_file *f)
     w->lines = w->bytes = 0;
 }
 
+size_t tail_chunk_bytes(const struct collector *c)
+{
+    size_t want = c->buf_size * 2 + 65536;
+    return want > ring_max_block(c->ring) ? ring_max_block(c->ring) : want;
+}
+
 /* Makes room for `extra` more bytes after the `keep` bytes of an unfinished
  * record at the writer's end; when the chunk is too small it is committed and
- * the unfinished record moves into a fresh one. Waits while the ring is full
- * (back-pressure). Returns false when the collector is stopping. */
+ * the unfinished record moves into a fresh one. Never waits: when the ring
+ * is full it sets c->blocked and returns false, and the read stops there
+ * (what was not committed is read again). Also false when stopping. */
 static bool writer_room(struct collector *c, struct tailed_file *f, size_t keep, size_t extra)
 {
     struct chunk_writer *w = &c->writer;
     if (w->chunk && w->cap - w->len >= keep + extra) return true;
     if (keep) memcpy(c->scratch, (char *)w->chunk + w->len, keep);
     tail_commit(c, f);
+    if (collector_stopping(c) || ring_is_closed(c->ring)) return false;
 
     size_t want = sizeof(struct source_chunk) + keep + extra;
-    size_t target = c->buf_size * 2 + 65536;
+    size_t target = tail_chunk_bytes(c);
     if (want < target) want = target;
     if (want > ring_max_block(c->ring)) want = ring_max_block(c->ring);
-    void *space;
-    while (!(space = ring_reserve(c->ring, want, 250))) {
-        metrics_beat(METRICS_THREAD_COLLECTOR);
-        if (collector_stopping(c) || ring_is_closed(c->ring)) return false;
+    void *space = ring_reserve(c->ring, want, 0);
+    if (!space) {
+        c->blocked = !ring_is_closed(c->ring);
+        c->blocked_want = want;
+        return false;
     }
     w->chunk = space;
     w->cap = want;
@@ -267,31 +282,76 @@ static bool process_line(struct collector *c, struct tailed_file *f, struct asse
 
 static enum read_result check_truncation(struct collector *c, struct tailed_file *f)
 {
-    (void)c;
     struct stat st;
     if (f->gz || fstat(f->fd, &st) != 0 || (uint64_t)st.st_size >= f->offset) return READ_EOF;
-    log_warn("%s was truncated (size %lld, read up to %llu): reading it again from the start",
-             f->src->path, (long long)st.st_size, (unsigned long long)f->offset);
-    metrics_add(truncations, 1);
-    f->offset = 0;
-    f->continuing = false;
-    f->incomplete_since_ms = 0;
-    f->src->fp_len = 0; /* new content: fingerprint it again */
+    rotation_truncated(c, f);
     return READ_MORE;
+}
+
+/* Reads the next buffer: plain files by offset; compressed ones forwards
+ * only, the carried tail of the last read first. */
+static ssize_t read_buffer(struct collector *c, struct tailed_file *f)
+{
+    if (!f->gz) {
+        ssize_t n;
+        do n = pread(f->fd, c->buf, c->buf_size, (off_t)f->offset);
+        while (n < 0 && errno == EINTR);
+        return n;
+    }
+    uint64_t stream_at = f->offset + f->gz_carry_len;
+    if ((uint64_t)gztell(f->gz) != stream_at) {
+        /* First read (or after the fingerprint): position the stream once. */
+        f->gz_carry_len = 0;
+        stream_at = f->offset;
+        if (gzseek(f->gz, (z_off_t)f->offset, SEEK_SET) < 0) return -1;
+    }
+    size_t have = f->gz_carry_len;
+    if (have) memcpy(c->buf, f->gz_carry, have);
+    int n = gzread(f->gz, c->buf + have, (unsigned)(c->buf_size - have));
+    if (n < 0) return -1;
+    f->gz_carry_len = 0;
+    return (ssize_t)(have + (size_t)n);
+}
+
+/* After a read of n bytes from `base`: a compressed file keeps what is past
+ * f->offset for the next read. */
+static void keep_gz_tail(struct tailed_file *f, const char *buf, uint64_t base, size_t n)
+{
+    if (!f->gz || f->offset >= base + n) return;
+    size_t from = (size_t)(f->offset - base), len = n - from;
+    char *grown = realloc(f->gz_carry, len);
+    if (!grown) {
+        log_error("out of memory keeping the rest of a read of %s: it is decompressed again", f->src->real_path);
+        return; /* gztell no longer matches: the next read seeks (slow, correct) */
+    }
+    f->gz_carry = grown;
+    memcpy(f->gz_carry, buf + from, len);
+    f->gz_carry_len = len;
+}
+
+void tail_count_rest(struct collector *c, struct tailed_file *f, uint64_t *lines, uint64_t *bytes)
+{
+    *lines = *bytes = 0;
+    for (int guard = 0; guard < 1 << 20; guard++) {
+        ssize_t n = read_buffer(c, f);
+        if (n <= 0) break;
+        const char *p = c->buf, *end = c->buf + n, *nl;
+        while ((nl = memchr(p, '\n', (size_t)(end - p)))) {
+            (*lines)++;
+            p = nl + 1;
+        }
+        *bytes += (uint64_t)n;
+        f->offset += (uint64_t)n;
+        f->gz_carry_len = 0;
+        if ((size_t)n < c->buf_size) break;
+    }
+    if (*bytes && c->buf[0] != '\n' && !*lines) *lines = 1;
 }
 
 enum read_result tail_read(struct collector *c, struct tailed_file *f, bool flush_incomplete)
 {
-    ssize_t n;
-    if (f->gz) {
-        /* Compressed files are read once, start to end; a seek back (a line
-         * read again) makes zlib decompress from the start, which is rare. */
-        if ((uint64_t)gztell(f->gz) != f->offset && gzseek(f->gz, (z_off_t)f->offset, SEEK_SET) < 0) n = -1;
-        else n = gzread(f->gz, c->buf, (unsigned)c->buf_size);
-    } else {
-        do n = pread(f->fd, c->buf, c->buf_size, (off_t)f->offset);
-        while (n < 0 && errno == EINTR);
-    }
+    if (c->blocked) return READ_BLOCKED;
+    ssize_t n = read_buffer(c, f);
     if (n < 0) {
         if (errno == EAGAIN) return READ_EOF;
         log_error("cannot read %s (%s): %s", f->src->path, f->src->real_path, strerror(errno));
@@ -308,6 +368,7 @@ enum read_result tail_read(struct collector *c, struct tailed_file *f, bool flus
                          .resume_valid = f->continuing, .resume_at = base, .resume_skip = f->continuing_skip};
     const char *p = c->buf, *end = c->buf + n, *nl;
     c->writer.end_offset = f->offset;
+    const bool was_after_flush = f->after_flush;
 
     if (f->after_flush && (nl = memchr(p, '\n', (size_t)(end - p)))) {
         /* The rest of a line sent without its newline after the flush timeout:
@@ -338,6 +399,7 @@ enum read_result tail_read(struct collector *c, struct tailed_file *f, bool flus
         metrics_add(lines_malformed, 1);
         f->continuing = false;
         tail_commit(c, f);
+        keep_gz_tail(f, c->buf, base, (size_t)n);
         return READ_MORE;
     }
     if (p < end && !buffer_full && flush_incomplete) {
@@ -373,6 +435,7 @@ enum read_result tail_read(struct collector *c, struct tailed_file *f, bool flus
         f->continuing_skip = 0;
     }
     tail_commit(c, f);
+    keep_gz_tail(f, c->buf, base, (size_t)n);
 
     if (buffer_full) return READ_MORE;
     if (f->offset < base + (uint64_t)n) {
@@ -386,10 +449,22 @@ enum read_result tail_read(struct collector *c, struct tailed_file *f, bool flus
     return READ_EOF;
 
 stopped:
-    /* Whatever was not committed is read again after the restart. */
+    /* The ring is full, or the agent stops. Whatever was not committed is
+     * read again. The assembly state must describe f->offset: unchanged if
+     * nothing was committed; otherwise the offset is the end of a complete
+     * line (chunks end only there), so no line is in progress. Pieces of a
+     * line over max_line_bytes already committed are sent again (a
+     * duplicate, never a loss). */
     if (c->writer.chunk) {
         source_unref(c->writer.chunk->source);
         c->writer.chunk = NULL;
     }
-    return READ_STOPPED;
+    if (f->offset == base) {
+        f->after_flush = was_after_flush;
+    } else {
+        f->continuing = false;
+        f->after_flush = false;
+    }
+    keep_gz_tail(f, c->buf, base, (size_t)n);
+    return c->blocked ? READ_BLOCKED : READ_STOPPED;
 }

@@ -86,6 +86,8 @@ static const struct enum_value format_values[] = {
     {"cri", CONFIG_FORMAT_CRI}, {"docker", CONFIG_FORMAT_DOCKER}, {"auto", CONFIG_FORMAT_AUTO}, {NULL, 0}};
 static const struct enum_value read_from_values[] = {
     {"end", CONFIG_READ_FROM_END}, {"beginning", CONFIG_READ_FROM_BEGINNING}, {NULL, 0}};
+static const struct enum_value watcher_values[] = {
+    {"inotify", CONFIG_WATCHER_INOTIFY}, {"poll", CONFIG_WATCHER_POLL}, {NULL, 0}};
 static const struct enum_value partial_ts_values[] = {
     {"first", CONFIG_PARTIAL_TS_FIRST}, {"last", CONFIG_PARTIAL_TS_LAST}, {NULL, 0}};
 static const struct enum_value stdout_format_values[] = {
@@ -115,11 +117,11 @@ static const struct config_key keys[] = {
     K_ENUM("collection.format", collection.format, "auto", format_values,
            "Log file format: cri (containerd, CRI-O), docker (json-file) or auto (detected per file)."),
     K_ENUM("collection.read_from", collection.read_from, "end", read_from_values,
-           "Where to start reading a file that has no saved position."),
+           "Where a first start (no positions file yet) begins the files present; later starts read new files from their beginning."),
     K_STRING("collection.positions_file", collection.positions_file, "/var/lib/loglet/positions.yaml",
              "File recording how far each log file has been read."),
     K_DURATION("collection.positions_sync_period", collection.positions_sync_period_ms, "5s", 1,
-               "How often the positions file is written."),
+               "How often the positions file is written; also within 1s of a file being opened, rotated or closed."),
     K_SIZE("collection.max_line_bytes", collection.max_line_bytes, "256KiB", 1,
            "Longest log line sent as one entry; longer lines are split into pieces of this size (none is dropped)."),
     K_SIZE("collection.read_buffer_bytes", collection.read_buffer_bytes, "256KiB", 4 * KIB,
@@ -129,7 +131,13 @@ static const struct config_key keys[] = {
     K_ENUM("collection.partial_timestamp", collection.partial_timestamp, "first", partial_ts_values,
            "Which part's timestamp a joined partial line keeps."),
     K_DURATION("collection.poll_interval", collection.poll_interval_ms, "1s", 1,
-               "How often files are polled for changes inotify does not report."),
+               "How often polled directories and files are checked (all of them with watcher: poll)."),
+    K_ENUM("collection.watcher", collection.watcher, "inotify", watcher_values,
+           "Change detection: inotify (falls back to polling where a watch cannot be had) or poll (stat only)."),
+    K_SIZE("collection.max_held_bytes", collection.max_held_bytes, "1GiB", 0,
+           "Unread bytes of rotated or deleted files kept open while the output lags; beyond it the oldest is released (lost, counted)."),
+    K_INT("collection.max_held_files", collection.max_held_files, "1024", 1, 1000000,
+          "Most rotated or deleted files kept open while the output lags; beyond it the oldest is released."),
     K_LIST("collection.exclude_namespaces", collection.exclude_namespaces, "",
            "Kubernetes namespaces whose logs are not collected."),
     K_LIST("collection.exclude_pods", collection.exclude_pods, "", "Pods whose logs are not collected."),

@@ -43,6 +43,7 @@ enum config_format { CONFIG_FORMAT_AUTO, CONFIG_FORMAT_CRI, CONFIG_FORMAT_DOCKER
 enum config_read_from { CONFIG_READ_FROM_END, CONFIG_READ_FROM_BEGINNING };
 enum config_stdout_format { CONFIG_STDOUT_TEXT, CONFIG_STDOUT_JSON };
 enum config_partial_ts { CONFIG_PARTIAL_TS_FIRST, CONFIG_PARTIAL_TS_LAST };
+enum config_watcher { CONFIG_WATCHER_INOTIFY, CONFIG_WATCHER_POLL };
 
 struct config {
     char *source_path; /* the file it was loaded from, or "" for defaults */
@@ -65,6 +66,9 @@ struct config {
         int64_t partial_flush_timeout_ms;
         enum config_partial_ts partial_timestamp;
         int64_t poll_interval_ms;
+        enum config_watcher watcher;
+        int64_t max_held_bytes;
+        int64_t max_held_files;
         struct config_strlist exclude_namespaces;
         struct config_strlist exclude_pods;
         struct config_strlist exclude_containers;

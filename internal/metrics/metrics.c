@@ -223,6 +223,16 @@ size_t metrics_render(char *buf, size_t cap)
     counter(&w, "loglet_rotations_total", "File rotations seen.", &metrics.rotations);
     counter(&w, "loglet_truncations_total", "Files truncated in place (copytruncate).", &metrics.truncations);
     counter(&w, "loglet_inotify_fallbacks_total", "Times inotify could not be used and polling took over.", &metrics.inotify_fallbacks);
+    counter(&w, "loglet_inotify_overflows_total", "inotify queue overflows (each followed by a full rescan).", &metrics.inotify_overflows);
+    emit(&w, "# HELP loglet_lines_lost_total Lines never read, by reason (released: a held file over collection.max_held_*).\n"
+             "# TYPE loglet_lines_lost_total counter\nloglet_lines_lost_total{reason=\"released\"} %llu\n",
+         (unsigned long long)atomic_load(&metrics.lines_lost_released));
+    emit(&w, "# HELP loglet_bytes_lost_total Bytes never read, by reason.\n"
+             "# TYPE loglet_bytes_lost_total counter\nloglet_bytes_lost_total{reason=\"released\"} %llu\n",
+         (unsigned long long)atomic_load(&metrics.bytes_lost_released));
+    gauge(&w, "loglet_held_files", "Rotated or deleted files kept open until read (the files are the buffer).", &metrics.held_files);
+    gauge(&w, "loglet_held_bytes", "Unread bytes of the held files.", &metrics.held_bytes);
+    gauge(&w, "loglet_collector_paused", "1 while reading waits for room in the ring (the output lags).", &metrics.collector_paused);
     counter(&w, "loglet_positions_writes_total", "Times the positions file was written.", &metrics.positions_writes);
     counter(&w, "loglet_positions_errors_total", "Failed writes of the positions file.", &metrics.positions_errors);
     gauge(&w, "loglet_files_tailed", "Files currently open.", &metrics.files_tailed);

@@ -52,6 +52,12 @@ struct metrics {
     _Atomic uint64_t rotations;
     _Atomic uint64_t truncations;
     _Atomic uint64_t inotify_fallbacks;
+    _Atomic uint64_t inotify_overflows;
+    _Atomic uint64_t lines_lost_released; /* held files released unread (collection.max_held_*) */
+    _Atomic uint64_t bytes_lost_released;
+    _Atomic int64_t held_files;           /* rotated or deleted files kept open, not read to their end */
+    _Atomic int64_t held_bytes;
+    _Atomic int64_t collector_paused;     /* 1 while reading waits for room in the ring */
     _Atomic uint64_t positions_writes;
     _Atomic uint64_t positions_errors;
     _Atomic int64_t files_tailed;

@@ -127,6 +127,21 @@ void *ring_reserve(struct ring *ring, size_t size, int timeout_ms)
     return space;
 }
 
+bool ring_has_room(struct ring *ring, size_t size)
+{
+    if (size > ring_max_block(ring)) return false;
+    size_t need = HEADER_SIZE + align8(size);
+    pthread_mutex_lock(&ring->lock);
+    bool room;
+    if (ring->closed) room = false;
+    else if (ring->used == 0) room = true;
+    else if (ring->used == ring->capacity) room = false;
+    else if (ring->head >= ring->tail) room = ring->capacity - ring->head >= need || ring->tail >= need;
+    else room = ring->tail - ring->head >= need;
+    pthread_mutex_unlock(&ring->lock);
+    return room;
+}
+
 void ring_commit(struct ring *ring, size_t used)
 {
     if (used == 0) return;

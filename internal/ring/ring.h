@@ -8,9 +8,10 @@
  *    and never holds more than that. Units are *blocks*: the producer reserves
  *    contiguous space, fills it, and commits it as one block; the consumer
  *    sees whole blocks in commit order and releases each when done with it.
- *  - Blocking is the back-pressure: ring_reserve() waits while there is no
- *    room (the collector then simply stops reading its files — nothing is
- *    dropped), ring_peek() waits while there is nothing to read. Both take a
+ *  - Blocking is the back-pressure: ring_reserve() waits (up to its
+ *    timeout) while there is no room — the collector then stops reading its
+ *    files, nothing is dropped — and ring_peek() waits while there is
+ *    nothing to read. Both take a
  *    timeout so their threads can notice shutdown and beat their heartbeat.
  *  - Locking happens once per block, never per line: a block holds many lines.
  *  - ring_close(): the producer will commit nothing more. Reservations then
@@ -36,6 +37,10 @@ size_t ring_max_block(const struct ring *ring);
 /* Reserves `size` contiguous bytes (size <= ring_max_block()). Returns NULL
  * when the timeout expired or the ring is closed (check ring_is_closed()). */
 void *ring_reserve(struct ring *ring, size_t size, int timeout_ms);
+/* Whether ring_reserve(size) would succeed now, without reserving: a
+ * producer that must not block (it has other work while the consumer lags)
+ * asks before it reads. */
+bool ring_has_room(struct ring *ring, size_t size);
 /* Publishes the first `used` bytes of the last reservation (used may be 0:
  * then nothing is published). */
 void ring_commit(struct ring *ring, size_t used);

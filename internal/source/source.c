@@ -1,3 +1,4 @@
+/* A source's lifetime; its labels are in labels.c. */
 #include "source.h"
 
 #include <stdlib.h>
@@ -35,5 +36,6 @@ void source_unref(struct source *src)
     if (atomic_fetch_sub_explicit(&src->refs, 1, memory_order_acq_rel) != 1) return;
     free(src->path);
     free(src->real_path);
+    free(src->labels_buf);
     free(src);
 }

@@ -1,19 +1,25 @@
 /*
- * source — one tailed file as the rest of the agent sees it, and the chunk
- * format in which its lines travel from the collector to the output.
+ * source — one tailed file as the rest of the agent sees it: its identity,
+ * its metadata, its rendered label sets, and the chunk format in which its
+ * lines travel from the collector to the sinks.
  *
  * Contract:
  *  - A source is created by the collector when it opens a file and is
  *    reference-counted: the collector holds one reference while it tails the
  *    file, and every chunk in flight holds one more. It is freed by whoever
- *    drops the last reference, so the output can still label and acknowledge
+ *    drops the last reference, so a sink can still label and acknowledge
  *    lines of a file the collector has long closed (rotated, deleted).
- *  - Its identity and metadata are immutable after creation; only
- *    `acked_offset` changes, written by the output thread (the offset up to
- *    which every line is delivered: stdout written, or Loki answered 2xx) and
- *    read by the collector when it saves positions. Per source, chunks are
- *    acknowledged in order, so acked_offset only grows (except after a
- *    copytruncate, when the file itself starts again at 0).
+ *  - A source owns its metadata and its label sets. The label sets (one per
+ *    stream kind: stdout, stderr, unknown) are rendered once, when the file
+ *    is opened (source_render_labels), from the metadata and the label
+ *    policy; nothing downstream re-derives them, and sinks group lines into
+ *    streams by the rendered text, never by an address.
+ *  - Identity, metadata and labels are immutable once the source is handed
+ *    to the ring; only `acked_offset` changes, written by the output thread
+ *    (the offset up to which every line is delivered) and read by the
+ *    collector when it saves positions. Per source, chunks are acknowledged
+ *    in order, so acked_offset only grows, except when the collector resets
+ *    it after a copytruncate (the file itself starts again at 0).
  *
  * Chunk layout, one ring block:
  *    struct source_chunk | record | content (padded to 8) | record | …
@@ -24,10 +30,26 @@
 #define LOGLET_SOURCE_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "config/config.h"
 #include "parser/parser.h"
+
+/* Loki refuses nothing below this, and a label set past it is a runaway
+ * static label or path: the file is refused with an error naming it. */
+#define SOURCE_LABELS_MAX_BYTES 8192
+#define SOURCE_STREAM_KINDS 3 /* enum parser_stream */
+
+/* What every source's labels are made of besides its own metadata: decided
+ * once at start (NODE_NAME, labels.static, labels.stream). */
+struct source_label_policy {
+    const char *node_name; /* NULL: no node_name label */
+    bool stream;           /* a `stream` label per stdout/stderr */
+    const struct config_strmap *static_labels;
+};
 
 struct source {
     atomic_uint refs;
@@ -37,10 +59,17 @@ struct source {
     char *real_path; /* what it pointed to when opened */
     dev_t dev;
     ino_t ino;
+    /* Rendered label sets, `{a="1", b="2"}`, indexed by stream kind. When the
+     * policy has no stream label the three point to one string. */
+    const char *labels[SOURCE_STREAM_KINDS];
+    char *labels_buf;
     /* Fingerprint of the first fp_len bytes (collector-owned: only the
      * collector thread reads or updates these two). */
     uint64_t fp;
     uint32_t fp_len;
+    /* The file was truncated and tailed on under a new source: this one's
+     * position must not be saved (collector-owned). */
+    bool superseded;
     _Atomic uint64_t acked_offset;
 };
 
@@ -84,10 +113,21 @@ static inline const struct source_record *source_chunk_first(const struct source
     return (const struct source_record *)(chunk + 1);
 }
 
+static inline const char *source_stream_labels(const struct source *src, unsigned stream)
+{
+    return src->labels[stream < SOURCE_STREAM_KINDS ? stream : PARSER_STREAM_UNKNOWN];
+}
+
 /* Returns a source with one reference, or NULL on allocation failure. */
 struct source *source_new(const char *path, const char *real_path, const struct parser_path_meta *meta,
                           dev_t dev, ino_t ino);
 void source_ref(struct source *src);
 void source_unref(struct source *src);
+
+/* The policy of this process: NODE_NAME from the environment, the rest from cfg. */
+void source_label_policy_init(struct source_label_policy *policy, const struct config *cfg);
+/* Renders the source's label sets from its metadata. Returns 0, or -1 with
+ * `err` set (out of memory; a set over SOURCE_LABELS_MAX_BYTES). */
+int source_render_labels(struct source *src, const struct source_label_policy *policy, char *err, size_t errlen);
 
 #endif

@@ -109,3 +109,12 @@ int table_put_str(struct table *t, const char *key, void *value) { return put(t,
 int table_put_int(struct table *t, int64_t key, void *value) { return put(t, hash_int(key), NULL, key, value); }
 void table_del_str(struct table *t, const char *key) { del(t, hash_str(key), key, 0); }
 void table_del_int(struct table *t, int64_t key) { del(t, hash_int(key), NULL, key); }
+
+void *table_next(const struct table *t, size_t *cursor)
+{
+    while (*cursor < t->capacity) {
+        const struct table_slot *s = &t->slots[(*cursor)++];
+        if (s->hash >= 2) return s->value;
+    }
+    return NULL;
+}

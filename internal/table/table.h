@@ -32,5 +32,8 @@ int table_put_str(struct table *t, const char *key, void *value);
 int table_put_int(struct table *t, int64_t key, void *value);
 void table_del_str(struct table *t, const char *key);
 void table_del_int(struct table *t, int64_t key);
+/* Iteration in no particular order: start with *cursor = 0; returns each
+ * live value once, then NULL. The table must not change meanwhile. */
+void *table_next(const struct table *t, size_t *cursor);
 
 #endif

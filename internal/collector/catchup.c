@@ -1,0 +1,241 @@
+/*
+ * Catch-up: the rotated siblings of a file, read in order when the agent
+ * did not see them appear — after downtime (its saved position names a file
+ * now rotated, maybe compressed), or a rotation the watcher reported late.
+ *
+ * Siblings are the kubelet's `0.log.<YYYYMMDD-HHMMSS>[.gz]` (older first by
+ * name; compressing does not make a file newer) and docker json-file's
+ * `<id>-json.log.<N>[.gz]` (a larger N is older). The kubelet's `.tmp`
+ * files (a compression in progress) are ignored, and when X and X.gz both
+ * exist only X is read: they hold the same lines.
+ *
+ * A saved position identifies its file by device and inode plus a
+ * fingerprint of the first bytes; a compressed sibling has a new inode, so
+ * it is identified by the fingerprint of its decompressed head alone.
+ */
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "collector_internal.h"
+#include "log/log.h"
+#include "metrics/metrics.h"
+
+static size_t strip_gz(const char *s, size_t len)
+{
+    return len > 3 && strcmp(s + len - 3, ".gz") == 0 ? len - 3 : len;
+}
+
+/* Docker's rotation number after "<base>.", or -1 when the suffix is not one. */
+static long docker_generation(const char *suffix, size_t len)
+{
+    if (len == 0 || len > 9) return -1;
+    long n = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (!isdigit((unsigned char)suffix[i])) return -1;
+        n = n * 10 + (suffix[i] - '0');
+    }
+    return n;
+}
+
+static size_t base_len_for_sort; /* set by list_rotated for compare_names (single thread) */
+
+/* Oldest first. */
+static int compare_names(const void *a, const void *b)
+{
+    const char *x = *(char *const *)a, *y = *(char *const *)b;
+    size_t lx = strip_gz(x, strlen(x)), ly = strip_gz(y, strlen(y));
+    size_t skip = base_len_for_sort + 1;
+    if (lx > skip && ly > skip) {
+        long gx = docker_generation(x + skip, lx - skip), gy = docker_generation(y + skip, ly - skip);
+        if (gx >= 0 && gy >= 0) return (gx < gy) - (gx > gy);
+    }
+    int c = strncmp(x, y, lx < ly ? lx : ly);
+    return c ? c : (lx > ly) - (lx < ly);
+}
+
+/* The rotated siblings of `real`, oldest first, full paths. */
+static size_t list_rotated(const char *real, char ***out)
+{
+    char dir_buf[PATH_MAX];
+    snprintf(dir_buf, sizeof dir_buf, "%s", real);
+    const char *dir = dirname(dir_buf);
+    const char *base = strrchr(real, '/') + 1;
+    size_t base_len = strlen(base);
+    *out = NULL;
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    size_t n = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, base, base_len) != 0 || e->d_name[base_len] != '.') continue;
+        size_t len = strlen(e->d_name);
+        if (len > 4 && strcmp(e->d_name + len - 4, ".tmp") == 0) continue; /* the kubelet compressing */
+        if (n == cap) {
+            cap = cap ? cap * 2 : 8;
+            char **grown = realloc(*out, cap * sizeof **out);
+            if (!grown) {
+                log_error("out of memory listing the rotated files of %s", real);
+                break;
+            }
+            *out = grown;
+        }
+        if (!((*out)[n] = malloc(len + 1))) {
+            log_error("out of memory listing the rotated files of %s", real);
+            break;
+        }
+        memcpy((*out)[n], e->d_name, len + 1);
+        n++;
+    }
+    closedir(d);
+    base_len_for_sort = base_len;
+    if (n) qsort(*out, n, sizeof **out, compare_names);
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (kept && compare_names(&(*out)[kept - 1], &(*out)[i]) == 0) {
+            char *cur = (*out)[i];
+            if (strip_gz(cur, strlen(cur)) != strlen(cur)) {
+                free(cur);
+            } else {
+                free((*out)[kept - 1]);
+                (*out)[kept - 1] = cur;
+            }
+            continue;
+        }
+        (*out)[kept++] = (*out)[i];
+    }
+    for (size_t i = 0; i < kept; i++) {
+        char *full;
+        if (asprintf(&full, "%s/%s", dir, (*out)[i]) < 0) full = NULL;
+        free((*out)[i]);
+        (*out)[i] = full;
+    }
+    return kept;
+}
+
+static void free_names(char **names, size_t n)
+{
+    for (size_t i = 0; i < n; i++) free(names[i]);
+    free(names);
+}
+
+bool catchup_open_any(const char *path, int *fd, gzFile *gz, struct stat *st)
+{
+    *gz = NULL;
+    if (!path) return false;
+    *fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (*fd < 0) return false;
+    if (fstat(*fd, st) != 0) {
+        close(*fd);
+        return false;
+    }
+    size_t len = strlen(path);
+    if (strip_gz(path, len) != len) {
+        int dup_fd = dup(*fd); /* gzclose closes the descriptor it was given */
+        *gz = dup_fd >= 0 ? gzdopen(dup_fd, "rb") : NULL;
+        if (!*gz) {
+            if (dup_fd >= 0) close(dup_fd);
+            close(*fd);
+            return false;
+        }
+        gzbuffer(*gz, 128 * 1024);
+    }
+    return true;
+}
+
+static bool same_file(const struct position *p, const struct stat *st)
+{
+    return p->dev == (uint64_t)st->st_dev && p->ino == (uint64_t)st->st_ino;
+}
+
+static bool identifies(const struct position *p, int fd, gzFile gz, const struct stat *st)
+{
+    return (gz || same_file(p, st)) && rotation_fingerprint_matches(fd, gz, p->fp, p->fp_len);
+}
+
+/* A sibling already open (held, or the compressed copy of one held). */
+static bool already_tracked(struct collector *c, const char *real, int fd, gzFile gz, const struct stat *st)
+{
+    char dir_buf[PATH_MAX];
+    snprintf(dir_buf, sizeof dir_buf, "%s", real);
+    struct watch_dir *dir = table_get_str(&c->dirs_by_path, dirname(dir_buf));
+    for (struct tailed_file *f = dir ? dir->files : NULL; f; f = f->dir_next) {
+        if (f->src->dev == st->st_dev && f->src->ino == st->st_ino) return true;
+        if (gz && f->src->fp_len >= POSITIONS_FP_MAX && rotation_fingerprint_matches(fd, gz, f->src->fp, f->src->fp_len))
+            return true;
+    }
+    return false;
+}
+
+struct tailed_file *catchup_open(struct collector *c, const char *link_path, const char *real,
+                                 const struct position *known, size_t nknown, bool after_known,
+                                 struct tailed_file *predecessor)
+{
+    char **names;
+    size_t n = list_rotated(real, &names);
+    size_t start = 0;
+    uint64_t offset = 0;
+    bool found = false;
+    for (size_t i = 0; i < n && !found && nknown; i++) {
+        int fd;
+        gzFile gz;
+        struct stat st;
+        if (!catchup_open_any(names[i], &fd, &gz, &st)) continue;
+        for (size_t k = 0; k < nknown && !found; k++) {
+            if (!identifies(&known[k], fd, gz, &st)) continue;
+            found = true;
+            start = after_known ? i + 1 : i;
+            offset = after_known ? 0 : known[k].offset;
+        }
+        if (gz) gzclose(gz);
+        close(fd);
+    }
+    if (!found && nknown && !after_known && n)
+        log_warn("%s: the file its saved position names is gone (deleted by rotation while loglet was down); its "
+                 "unread lines are lost; reading the %zu rotated files left",
+                 link_path, n);
+    struct tailed_file *last = predecessor;
+    for (size_t i = start; i < n; i++, offset = 0) {
+        int fd;
+        gzFile gz;
+        struct stat st;
+        if (!catchup_open_any(names[i], &fd, &gz, &st)) continue;
+        if (already_tracked(c, names[i], fd, gz, &st)) {
+            if (gz) gzclose(gz);
+            close(fd);
+            continue;
+        }
+        /* A newer sibling may have its own saved position (it was the
+         * current file when the positions were written): resume it there. */
+        for (size_t k = 0; k < nknown && i > start; k++) {
+            if (identifies(&known[k], fd, gz, &st)) {
+                offset = known[k].offset;
+                break;
+            }
+        }
+        struct tailed_file *f = rotation_track(c, link_path, names[i], fd, gz, &st, offset);
+        if (!f) {
+            if (gz) gzclose(gz);
+            close(fd);
+            break;
+        }
+        if (last) {
+            last->successor = f;
+            f->waiting = true; /* before draining begins, so it is not queued to be read yet */
+        }
+        rotation_begin_draining(c, f, "a rotated file being caught up");
+        f->draining_since_ms = 0; /* long rotated: close at its end */
+        f->successor_opened = true; /* its successors are the rest of this chain */
+        log_info("catching up %s from rotated %s at offset %llu", link_path, names[i], (unsigned long long)offset);
+        last = f;
+    }
+    free_names(names, n);
+    return last;
+}

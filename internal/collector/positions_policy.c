@@ -1,0 +1,233 @@
+/*
+ * The positions policy: where a file found at start begins, and when the
+ * acknowledged offsets are written down.
+ *
+ * Where a file begins:
+ *  - First start (no positions file): files present now begin at
+ *    collection.read_from (end by default); files appearing later at 0.
+ *  - Later starts: a file the positions file lists resumes at its
+ *    acknowledged offset — in a rotated (maybe compressed) sibling if it was
+ *    rotated meanwhile, then through the newer siblings. A file it does not
+ *    list is new: it is read from its beginning, with the rotated siblings
+ *    no entry covers. read_from no longer applies.
+ *  - An unreadable positions file is kept aside and every file is read from
+ *    its beginning: duplicates rather than loss.
+ *  One log line at start says which rule applies.
+ *
+ * When positions are written (atomically, see positions.c):
+ *  - right after the start-up scan, so that a crash within the first
+ *    seconds already knows every file;
+ *  - within POSITIONS_DEBOUNCE_MS of a file being opened, rotated or closed;
+ *  - every positions_sync_period when an acknowledged offset moved —
+ *    including while reading is paused by back-pressure or an outage (the
+ *    loop never blocks);
+ *  - at shutdown, after the output finished.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "collector_internal.h"
+#include "log/log.h"
+#include "metrics/metrics.h"
+
+#define POSITIONS_DEBOUNCE_MS 250
+
+struct saved_range {
+    size_t first, count; /* indexes into collector.saved, sorted by path */
+};
+
+static int compare_positions(const void *a, const void *b)
+{
+    return strcmp(((const struct position *)a)->path, ((const struct position *)b)->path);
+}
+
+void positions_policy_load(struct collector *c)
+{
+    const char *file = c->cfg->collection.positions_file;
+    char err[1024];
+    bool from_end = c->cfg->collection.read_from == CONFIG_READ_FROM_END;
+    if (access(file, F_OK) != 0 && errno == ENOENT) {
+        log_info("no positions file at %s: first start, files present now are read from their %s "
+                 "(collection.read_from: %s); files that appear later from their beginning",
+                 file, from_end ? "end" : "beginning", from_end ? "end" : "beginning");
+        return;
+    }
+    if (positions_read(file, &c->saved, err, sizeof err) != 0) {
+        char aside[PATH_MAX];
+        snprintf(aside, sizeof aside, "%s.corrupt", file);
+        bool moved = rename(file, aside) == 0;
+        log_error("positions file unusable: %s; every file present now is read from the beginning (duplicates "
+                  "rather than loss)%s%s",
+                  err, moved ? "; the bad file was kept as " : "", moved ? aside : "");
+        c->positions_lost = true;
+        return;
+    }
+    c->positions_existed = true;
+    qsort(c->saved.items, c->saved.count, sizeof *c->saved.items, compare_positions);
+    for (size_t i = 0; i < c->saved.count;) {
+        size_t j = i + 1;
+        while (j < c->saved.count && strcmp(c->saved.items[j].path, c->saved.items[i].path) == 0) j++;
+        struct saved_range *range = malloc(sizeof *range);
+        if (!range || table_put_str(&c->saved_by_path, c->saved.items[i].path, range) != 0) {
+            free(range);
+            log_error("out of memory loading positions: files without theirs are read from the beginning");
+            break;
+        }
+        *range = (struct saved_range){i, j - i};
+        i = j;
+    }
+    log_info("loaded %zu positions from %s: listed files resume where they were acknowledged; files it does not "
+             "list are new and read from their beginning, rotated files included",
+             c->saved.count, file);
+}
+
+void positions_policy_free_saved(struct collector *c)
+{
+    size_t cursor = 0;
+    for (void *range; (range = table_next(&c->saved_by_path, &cursor));) free(range);
+    table_free(&c->saved_by_path);
+    positions_free(&c->saved);
+}
+
+uint64_t positions_policy_resume(struct collector *c, const char *link_path, const char *real, int fd,
+                                 const struct stat *st, struct tailed_file **predecessor)
+{
+    *predecessor = NULL;
+    const struct saved_range *range = table_get_str(&c->saved_by_path, link_path);
+    if (!range) {
+        if (c->positions_existed || c->positions_lost) {
+            /* New since the positions were written: all of it, oldest first. */
+            *predecessor = catchup_open(c, link_path, real, NULL, 0, false, NULL);
+            return 0;
+        }
+        return c->cfg->collection.read_from == CONFIG_READ_FROM_END ? (uint64_t)st->st_size : 0;
+    }
+    const struct position *current = NULL;
+    bool others = false;
+    for (size_t k = range->first; k < range->first + range->count; k++) {
+        const struct position *p = &c->saved.items[k];
+        bool same = p->dev == (uint64_t)st->st_dev && p->ino == (uint64_t)st->st_ino;
+        if (!current && same && rotation_fingerprint_matches(fd, NULL, p->fp, p->fp_len)) current = p;
+        else others = true;
+    }
+    if (others || !current)
+        *predecessor = catchup_open(c, link_path, real, &c->saved.items[range->first], range->count, false, NULL);
+    if (!current) return 0; /* created while loglet was stopped: all of it is new */
+    if (current->offset > (uint64_t)st->st_size) {
+        log_warn("%s shrank below its saved offset (%llu > %lld) while loglet was stopped: reading it from the start",
+                 link_path, (unsigned long long)current->offset, (long long)st->st_size);
+        metrics_add(truncations, 1);
+        return 0;
+    }
+    return current->offset;
+}
+
+void positions_policy_dirty(struct collector *c)
+{
+    if (!c->positions_dirty_since_ms) c->positions_dirty_since_ms = metrics_now_ms();
+}
+
+/* A closed file whose lines are still in flight keeps its position in the
+ * positions file until they are delivered. */
+void positions_policy_retire(struct collector *c, struct source *src)
+{
+    if (atomic_load(&src->refs) == 1) {
+        source_unref(src);
+        return;
+    }
+    if (c->nretired == c->retired_cap) {
+        size_t cap = c->retired_cap ? c->retired_cap * 2 : 16;
+        struct source **grown = realloc(c->retired, cap * sizeof *grown);
+        if (!grown) {
+            log_error("out of memory: the position of %s is not kept until its last lines are delivered", src->path);
+            source_unref(src);
+            return;
+        }
+        c->retired = grown;
+        c->retired_cap = cap;
+    }
+    c->retired[c->nretired++] = src;
+}
+
+static int add_position(struct positions *ps, struct source *src)
+{
+    struct position p = {
+        .path = src->path, .real_path = src->real_path, .dev = (uint64_t)src->dev, .ino = (uint64_t)src->ino,
+        .fp = src->fp, .fp_len = src->fp_len,
+        .offset = atomic_load_explicit(&src->acked_offset, memory_order_acquire),
+    };
+    return positions_add(ps, &p);
+}
+
+int positions_policy_save(struct collector *c)
+{
+    struct positions ps = {0};
+    int rc = 0;
+    for (struct tailed_file *f = c->all_files; f && rc == 0; f = f->all_next) {
+        if (f->src->fp_len < POSITIONS_FP_MAX) rotation_take_fingerprint(f); /* it may have grown */
+        rc = add_position(&ps, f->src);
+    }
+    size_t kept = 0;
+    for (size_t i = 0; i < c->nretired; i++) {
+        struct source *src = c->retired[i];
+        if (atomic_load(&src->refs) == 1) { /* every chunk delivered: nothing left to resume */
+            source_unref(src);
+            continue;
+        }
+        c->retired[kept++] = src;
+        if (rc == 0 && !src->superseded) rc = add_position(&ps, src);
+    }
+    c->nretired = kept;
+    char err[1024];
+    if (rc != 0) {
+        log_error("out of memory saving positions");
+    } else if ((rc = positions_write(c->cfg->collection.positions_file, &ps, err, sizeof err)) != 0) {
+        log_error("saving positions: %s", err);
+    }
+    metrics_add(positions_writes, 1);
+    if (rc != 0) metrics_add(positions_errors, 1);
+    positions_free(&ps);
+    c->last_positions_save_ms = metrics_now_ms();
+    if (rc == 0) c->positions_dirty_since_ms = 0;
+    return rc;
+}
+
+/* Something to write: files changed, or an acknowledged offset moved. */
+static uint64_t acked_checksum(const struct collector *c)
+{
+    uint64_t sum = c->nfiles * 0x9E3779B97F4A7C15ULL + c->nretired;
+    for (const struct tailed_file *f = c->all_files; f; f = f->all_next)
+        sum = sum * 31 + atomic_load_explicit(&f->src->acked_offset, memory_order_relaxed) + (uint64_t)f->src->ino;
+    for (size_t i = 0; i < c->nretired; i++)
+        sum = sum * 31 + atomic_load_explicit(&c->retired[i]->acked_offset, memory_order_relaxed) +
+              atomic_load_explicit(&c->retired[i]->refs, memory_order_relaxed);
+    return sum;
+}
+
+void positions_policy_tick(struct collector *c, int64_t now)
+{
+    uint64_t *last_sum = &c->positions_last_sum;
+    if (c->positions_dirty_since_ms && now - c->positions_dirty_since_ms >= POSITIONS_DEBOUNCE_MS) {
+        if (positions_policy_save(c) == 0) *last_sum = acked_checksum(c);
+        return;
+    }
+    if (now - c->last_positions_save_ms < c->cfg->collection.positions_sync_period_ms) return;
+    uint64_t sum = acked_checksum(c);
+    if (sum == *last_sum) {
+        c->last_positions_save_ms = now;
+        return;
+    }
+    if (positions_policy_save(c) == 0) *last_sum = sum;
+}
+
+void positions_policy_teardown(struct collector *c)
+{
+    for (size_t i = 0; i < c->nretired; i++) source_unref(c->retired[i]);
+    free(c->retired);
+    c->retired = NULL;
+    c->nretired = 0;
+    positions_policy_free_saved(c);
+}

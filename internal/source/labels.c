@@ -1,0 +1,83 @@
+/*
+ * The label policy: which labels a source's lines carry. It lives here, with
+ * the source, so that every sink sees the same label set for a file and none
+ * builds its own (stdout prints the same metadata; Loki groups by the text).
+ *
+ * Labels: namespace, pod, container; `filename` when the path tells none of
+ * them; node_name from NODE_NAME; the static labels, which never override a
+ * label describing the line's origin; `stream` when the policy asks for it.
+ * Pod uid and container id never become labels (unbounded cardinality);
+ * the Loki sink may send them as structured metadata.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "loki/loki.h"
+#include "source.h"
+
+#define MAX_LABELS 48
+
+static const char *const stream_names[SOURCE_STREAM_KINDS] = {"stdout", "stderr", "unknown"};
+
+void source_label_policy_init(struct source_label_policy *policy, const struct config *cfg)
+{
+    const char *node = getenv("NODE_NAME");
+    policy->node_name = node && *node ? node : NULL;
+    policy->stream = cfg->labels.stream;
+    policy->static_labels = &cfg->labels.static_labels;
+}
+
+static size_t render_one(const struct source *src, const struct source_label_policy *policy, const char *stream,
+                         char *dst, size_t cap)
+{
+    struct loki_label labels[MAX_LABELS];
+    size_t n = 0;
+    const struct parser_path_meta *m = &src->meta;
+    if (m->namespace_[0]) labels[n++] = (struct loki_label){"namespace", m->namespace_};
+    if (m->pod[0]) labels[n++] = (struct loki_label){"pod", m->pod};
+    if (m->container[0]) labels[n++] = (struct loki_label){"container", m->container};
+    if (!m->namespace_[0] || !m->pod[0] || !m->container[0]) labels[n++] = (struct loki_label){"filename", src->path};
+    if (policy->node_name) labels[n++] = (struct loki_label){"node_name", policy->node_name};
+    if (stream) labels[n++] = (struct loki_label){"stream", stream};
+    const struct config_strmap *st = policy->static_labels;
+    for (size_t i = 0; st && i < st->count; i++) {
+        if (n == MAX_LABELS) return 0;
+        bool taken = false;
+        for (size_t k = 0; k < n && !taken; k++) taken = strcmp(labels[k].name, st->keys[i]) == 0;
+        if (!taken) labels[n++] = (struct loki_label){st->keys[i], st->values[i]};
+    }
+    return loki_render_labels(labels, n, dst, cap);
+}
+
+int source_render_labels(struct source *src, const struct source_label_policy *policy, char *err, size_t errlen)
+{
+    char scratch[SOURCE_LABELS_MAX_BYTES];
+    size_t kinds = policy->stream ? SOURCE_STREAM_KINDS : 1;
+    size_t lens[SOURCE_STREAM_KINDS] = {0};
+    size_t total = 0;
+    for (size_t k = 0; k < kinds; k++) {
+        lens[k] = render_one(src, policy, policy->stream ? stream_names[k] : NULL, scratch, sizeof scratch);
+        if (lens[k] == 0) {
+            snprintf(err, errlen, "the labels of %s exceed %d bytes (or %d labels): check labels.static",
+                     src->path, SOURCE_LABELS_MAX_BYTES, MAX_LABELS);
+            return -1;
+        }
+        total += lens[k] + 1;
+    }
+    char *buf = malloc(total);
+    if (!buf) {
+        snprintf(err, errlen, "out of memory rendering the labels of %s", src->path);
+        return -1;
+    }
+    size_t off = 0;
+    for (size_t k = 0; k < kinds; k++) {
+        render_one(src, policy, policy->stream ? stream_names[k] : NULL, buf + off, lens[k] + 1);
+        src->labels[k] = buf + off;
+        off += lens[k] + 1;
+    }
+    for (size_t k = kinds; k < SOURCE_STREAM_KINDS; k++) src->labels[k] = src->labels[0];
+    free(src->labels_buf);
+    src->labels_buf = buf;
+    return 0;
+}
