@@ -197,9 +197,10 @@ struct tailed_file *catchup_open(struct collector *c, const char *link_path, con
         if (gz) gzclose(gz);
         close(fd);
     }
+    if (!found && nknown && !after_known) metrics_add(files_missed, 1);
     if (!found && nknown && !after_known && n)
-        log_warn("%s: the file its saved position names is gone (deleted by rotation while loglet was down); its "
-                 "unread lines are lost; reading the %zu rotated files left",
+        log_warn("%s: the file its saved position names is gone (deleted by rotation while loglet was down): lines "
+                 "it had not delivered, if any, are lost (loglet_files_missed_total); reading the %zu rotated files left",
                  link_path, n);
     struct tailed_file *last = predecessor;
     for (size_t i = start; i < n; i++, offset = 0) {

@@ -27,6 +27,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "collector_internal.h"
@@ -168,6 +169,12 @@ int positions_policy_save(struct collector *c)
     int rc = 0;
     for (struct tailed_file *f = c->all_files; f && rc == 0; f = f->all_next) {
         if (f->src->fp_len < POSITIONS_FP_MAX) rotation_take_fingerprint(f); /* it may have grown */
+        /* A rotated file delivered to its end has nothing to resume; left
+         * out, its later deletion is not taken for a loss after a restart. */
+        struct stat st;
+        if (f->state == FILE_DRAINING && !f->gz && fstat(f->fd, &st) == 0 &&
+            atomic_load(&f->src->acked_offset) >= (uint64_t)st.st_size)
+            continue;
         rc = add_position(&ps, f->src);
     }
     size_t kept = 0;

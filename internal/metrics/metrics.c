@@ -200,10 +200,16 @@ size_t metrics_render(char *buf, size_t cap)
     counter(&w, "loglet_bytes_sent_compressed_total", "Loki request body bytes sent (snappy).", &metrics.bytes_sent_compressed);
     counter(&w, "loglet_bytes_sent_uncompressed_total", "Loki request bytes before compression.", &metrics.bytes_sent_uncompressed);
     emit(&w, "# HELP loglet_lines_dropped_total Lines given up on, by reason.\n# TYPE loglet_lines_dropped_total counter\n"
-             "loglet_lines_dropped_total{reason=\"rejected\"} %llu\nloglet_lines_dropped_total{reason=\"max_retries\"} %llu\n",
+             "loglet_lines_dropped_total{reason=\"rejected\"} %llu\nloglet_lines_dropped_total{reason=\"max_retries\"} %llu\n"
+             "loglet_lines_dropped_total{reason=\"too_large\"} %llu\n",
          (unsigned long long)atomic_load(&metrics.lines_dropped_rejected),
-         (unsigned long long)atomic_load(&metrics.lines_dropped_retries));
-    counter(&w, "loglet_push_retries_total", "Pushes retried after 429, 5xx or no answer.", &metrics.push_retries);
+         (unsigned long long)atomic_load(&metrics.lines_dropped_retries),
+         (unsigned long long)atomic_load(&metrics.lines_dropped_too_large));
+    counter(&w, "loglet_push_retries_total", "Pushes retried after 429, 5xx, 401/403, 404 and the like, or no answer.",
+            &metrics.push_retries);
+    counter(&w, "loglet_push_auth_failures_total", "Pushes answered 401 or 403 (retried after re-reading the credential files).",
+            &metrics.push_auth_failures);
+    counter(&w, "loglet_push_splits_total", "Push bodies split in two after a 413.", &metrics.push_splits);
     emit(&w, "# HELP loglet_push_requests_total Push requests by HTTP status (none: no answer).\n"
              "# TYPE loglet_push_requests_total counter\n");
     for (int i = 0; i < METRICS_MAX_STATUS_CODES; i++) {
@@ -230,6 +236,7 @@ size_t metrics_render(char *buf, size_t cap)
     emit(&w, "# HELP loglet_bytes_lost_total Bytes never read, by reason.\n"
              "# TYPE loglet_bytes_lost_total counter\nloglet_bytes_lost_total{reason=\"released\"} %llu\n",
          (unsigned long long)atomic_load(&metrics.bytes_lost_released));
+    counter(&w, "loglet_files_missed_total", "Files a saved position named that the kubelet deleted while loglet was down.", &metrics.files_missed);
     gauge(&w, "loglet_held_files", "Rotated or deleted files kept open until read (the files are the buffer).", &metrics.held_files);
     gauge(&w, "loglet_held_bytes", "Unread bytes of the held files.", &metrics.held_bytes);
     gauge(&w, "loglet_collector_paused", "1 while reading waits for room in the ring (the output lags).", &metrics.collector_paused);

@@ -36,9 +36,12 @@ struct metrics {
     _Atomic uint64_t bytes_sent;
     _Atomic uint64_t bytes_sent_compressed;   /* Loki request bodies */
     _Atomic uint64_t bytes_sent_uncompressed; /* the same, before snappy */
-    _Atomic uint64_t lines_dropped_rejected;  /* Loki answered 4xx */
+    _Atomic uint64_t lines_dropped_rejected;  /* Loki answered 400/422 */
     _Atomic uint64_t lines_dropped_retries;   /* output.loki.max_retries ran out */
+    _Atomic uint64_t lines_dropped_too_large; /* Loki answered 413 to a single entry */
     _Atomic uint64_t push_retries;
+    _Atomic uint64_t push_auth_failures; /* pushes answered 401/403 (retried) */
+    _Atomic uint64_t push_splits;        /* bodies split in two after a 413 */
     /* Push answers by HTTP status code (0: no answer); see metrics_count_status(). */
     _Atomic long push_status_codes[METRICS_MAX_STATUS_CODES];
     _Atomic uint64_t push_status_counts[METRICS_MAX_STATUS_CODES];
@@ -55,6 +58,7 @@ struct metrics {
     _Atomic uint64_t inotify_overflows;
     _Atomic uint64_t lines_lost_released; /* held files released unread (collection.max_held_*) */
     _Atomic uint64_t bytes_lost_released;
+    _Atomic uint64_t files_missed;        /* a saved position's file deleted while the agent was down */
     _Atomic int64_t held_files;           /* rotated or deleted files kept open, not read to their end */
     _Atomic int64_t held_bytes;
     _Atomic int64_t collector_paused;     /* 1 while reading waits for room in the ring */
