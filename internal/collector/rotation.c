@@ -337,9 +337,16 @@ void rotation_truncated(struct collector *c, struct tailed_file *f)
      * not resume past the new data, so the file gets a fresh one at 0. */
     struct source *fresh = new_source(c, f->src->path, f->src->real_path, &st);
     if (fresh) {
+        /* The path index is keyed by the source's own string: move it first. */
+        if (f->in_path_index) table_del_str(&c->files_by_path, f->src->path);
         f->src->superseded = true;
         positions_policy_retire(c, f->src);
         f->src = fresh;
+        if (f->in_path_index && table_put_str(&c->files_by_path, f->src->path, f) != 0) {
+            log_error("out of memory indexing %s", f->src->path);
+            f->in_path_index = false;
+            rotation_begin_draining(c, f, "out of memory");
+        }
     } else {
         atomic_store(&f->src->acked_offset, 0);
     }

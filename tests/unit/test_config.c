@@ -116,7 +116,10 @@ static void test_defaults(void **state)
     assert_int_equal(c.collection.format, CONFIG_FORMAT_AUTO);
     assert_int_equal(c.collection.read_from, CONFIG_READ_FROM_END);
     assert_string_equal(c.collection.positions_file, "/var/lib/loglet/positions.yaml");
-    assert_int_equal(c.collection.positions_sync_period_ms, 5000);
+    assert_int_equal(c.collection.positions_sync_period_ms, 1000);
+    assert_int_equal(c.collection.watcher, CONFIG_WATCHER_INOTIFY);
+    assert_int_equal(c.collection.max_held_bytes, 1024LL * 1024 * 1024);
+    assert_int_equal(c.collection.max_held_files, 1024);
     assert_int_equal(c.collection.max_line_bytes, 256 * 1024);
     assert_int_equal(c.collection.read_buffer_bytes, 256 * 1024);
     assert_int_equal(c.collection.partial_flush_timeout_ms, 5000);
