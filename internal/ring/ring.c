@@ -5,7 +5,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 /* Every block starts with this header; sizes are multiples of 8 so the
  * space left at the end of the buffer is either 0 or can hold a header,
@@ -28,6 +30,9 @@ struct ring {
     size_t reserved_at; /* offset of the pending reservation */
     size_t peeked_len;  /* payload length of the block being consumed */
     bool closed;
+    /* A producer that does not block waits on room_fd for want_room bytes. */
+    int room_fd;
+    size_t want_room;
     pthread_mutex_t lock;
     pthread_cond_t not_full;
     pthread_cond_t not_empty;
@@ -47,11 +52,18 @@ struct ring *ring_create(size_t capacity)
         return NULL;
     }
     ring->capacity = capacity;
+    ring->room_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (ring->room_fd < 0) {
+        free(ring->buf);
+        free(ring);
+        return NULL;
+    }
     pthread_condattr_t attr;
     /* CLOCK_MONOTONIC so a wall-clock jump cannot stretch a timeout. */
     if (pthread_condattr_init(&attr) != 0 || pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) != 0 ||
         pthread_mutex_init(&ring->lock, NULL) != 0 || pthread_cond_init(&ring->not_full, &attr) != 0 ||
         pthread_cond_init(&ring->not_empty, &attr) != 0) {
+        close(ring->room_fd);
         free(ring->buf);
         free(ring);
         return NULL;
@@ -66,6 +78,7 @@ void ring_destroy(struct ring *ring)
     pthread_mutex_destroy(&ring->lock);
     pthread_cond_destroy(&ring->not_full);
     pthread_cond_destroy(&ring->not_empty);
+    close(ring->room_fd);
     free(ring->buf);
     free(ring);
 }
@@ -127,19 +140,42 @@ void *ring_reserve(struct ring *ring, size_t size, int timeout_ms)
     return space;
 }
 
+/* Called with the lock held. */
+static bool room_for(const struct ring *ring, size_t need)
+{
+    if (ring->closed) return false;
+    if (ring->used == 0) return true;
+    if (ring->used == ring->capacity) return false;
+    if (ring->head >= ring->tail) return ring->capacity - ring->head >= need || ring->tail >= need;
+    return ring->tail - ring->head >= need;
+}
+
 bool ring_has_room(struct ring *ring, size_t size)
 {
     if (size > ring_max_block(ring)) return false;
     size_t need = HEADER_SIZE + align8(size);
     pthread_mutex_lock(&ring->lock);
-    bool room;
-    if (ring->closed) room = false;
-    else if (ring->used == 0) room = true;
-    else if (ring->used == ring->capacity) room = false;
-    else if (ring->head >= ring->tail) room = ring->capacity - ring->head >= need || ring->tail >= need;
-    else room = ring->tail - ring->head >= need;
+    bool room = room_for(ring, need);
+    ring->want_room = room ? 0 : need;
+    if (room) {
+        uint64_t drained;
+        if (read(ring->room_fd, &drained, sizeof drained) < 0) { /* EAGAIN: nothing was signalled */ }
+    }
     pthread_mutex_unlock(&ring->lock);
     return room;
+}
+
+int ring_room_fd(const struct ring *ring) { return ring->room_fd; }
+
+/* Called with the lock held, after the consumer freed space. */
+static void signal_room(struct ring *ring)
+{
+    pthread_cond_signal(&ring->not_full);
+    if (ring->want_room && room_for(ring, ring->want_room)) {
+        ring->want_room = 0;
+        uint64_t one = 1;
+        if (write(ring->room_fd, &one, sizeof one) < 0) { /* EAGAIN: already signalled */ }
+    }
 }
 
 void ring_commit(struct ring *ring, size_t used)
@@ -177,7 +213,7 @@ const void *ring_peek(struct ring *ring, size_t *size, int timeout_ms, bool *clo
         if (at_end < HEADER_SIZE || header.kind == BLOCK_WRAP) {
             ring->used -= at_end;
             ring->tail = 0;
-            pthread_cond_signal(&ring->not_full);
+            signal_room(ring);
             continue;
         }
         ring->peeked_len = header.len;
@@ -196,7 +232,7 @@ void ring_release(struct ring *ring)
     ring->tail += total;
     if (ring->tail == ring->capacity) ring->tail = 0;
     ring->used -= total;
-    pthread_cond_signal(&ring->not_full);
+    signal_room(ring);
     pthread_mutex_unlock(&ring->lock);
 }
 
@@ -204,6 +240,10 @@ void ring_close(struct ring *ring)
 {
     pthread_mutex_lock(&ring->lock);
     ring->closed = true;
+    if (ring->want_room) {
+        uint64_t one = 1;
+        if (write(ring->room_fd, &one, sizeof one) < 0) { /* EAGAIN: already signalled */ }
+    }
     pthread_cond_broadcast(&ring->not_full);
     pthread_cond_broadcast(&ring->not_empty);
     pthread_mutex_unlock(&ring->lock);

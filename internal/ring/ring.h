@@ -39,8 +39,11 @@ size_t ring_max_block(const struct ring *ring);
 void *ring_reserve(struct ring *ring, size_t size, int timeout_ms);
 /* Whether ring_reserve(size) would succeed now, without reserving: a
  * producer that must not block (it has other work while the consumer lags)
- * asks before it reads. */
+ * asks before it reads. When the answer is no, ring_room_fd() becomes
+ * readable (poll(2)) once the consumer has freed that much, or the ring is
+ * closed; the next call clears it. */
 bool ring_has_room(struct ring *ring, size_t size);
+int ring_room_fd(const struct ring *ring);
 /* Publishes the first `used` bytes of the last reservation (used may be 0:
  * then nothing is published). */
 void ring_commit(struct ring *ring, size_t used);
