@@ -8,6 +8,8 @@
 
 #include <cmocka.h>
 
+#include <poll.h>
+
 #include "ring/ring.h"
 
 static void put_block(struct ring *r, size_t size, unsigned char fill)
@@ -112,6 +114,39 @@ static void test_rejects_tiny_capacity(void **state)
  * ring never holds more than its capacity. */
 #define STRESS_BLOCKS 20000
 
+static bool readable(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
+/* A producer that must not block asks for room, then sleeps on the room
+ * descriptor; it must wake exactly when enough was freed, and not before. */
+static void test_room_descriptor_wakes_when_enough_is_free(void **state)
+{
+    (void)state;
+    struct ring *r = ring_create(4096);
+    assert_non_null(r);
+    int fd = ring_room_fd(r);
+    assert_true(ring_has_room(r, 1000));
+    assert_false(readable(fd));
+    put_block(r, 1000, 'a');
+    put_block(r, 1000, 'b');
+    put_block(r, 1000, 'c');
+    assert_false(ring_has_room(r, 2000)); /* arms the descriptor for 2000 bytes */
+    assert_false(readable(fd));
+    expect_block(r, 1000, 'a'); /* ~1 KiB free at the front, ~1 KiB at the end: not 2000 contiguous */
+    assert_false(readable(fd));
+    expect_block(r, 1000, 'b');
+    assert_true(readable(fd));
+    assert_true(ring_has_room(r, 2000)); /* and asking clears it */
+    assert_false(readable(fd));
+    assert_false(ring_has_room(r, ring_max_block(r) + 1));
+    ring_close(r);
+    assert_false(ring_has_room(r, 8));
+    ring_destroy(r);
+}
+
 static void *producer(void *arg)
 {
     struct ring *r = arg;
@@ -167,6 +202,7 @@ int main(void)
         cmocka_unit_test(test_close_drains_then_reports_closed),
         cmocka_unit_test(test_rejects_tiny_capacity),
         cmocka_unit_test(test_two_threads_deliver_everything_in_order),
+        cmocka_unit_test(test_room_descriptor_wakes_when_enough_is_free),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
