@@ -14,6 +14,12 @@
  * The metrics buffer is shared: one GET /metrics response at a time owns it;
  * other /metrics requests wait PARKED (not polled, no deadline) in turn.
  *
+ * When every slot is taken, a new client evicts a LINGER connection, else the
+ * oldest READ one (pick_slot() says why), so that a slowloris holding every
+ * slot cannot keep the kubelet's liveness probe out. The newcomer is read at
+ * once, and each wakeup serves connection I/O before accepting, so that a
+ * probe whose request is already in is answered before anyone can evict it.
+ *
  * Request bytes are never echoed nor logged.
  */
 #include "httpd/httpd.h"
@@ -46,6 +52,7 @@
 #define HTTPD_LOG_EVERY_MS 10000   /* rate limit for per-connection warnings */
 #define HTTPD_HDR_CAP 1024         /* response head plus a small body */
 #define HTTPD_REASON_CAP 256
+#define HTTPD_BIND_RETRY_STEP_MS 100 /* between binds while the port is in use */
 
 /* ---------------------------------------------------------------------------
  * Request-head parser: pure, reads only buf[0, min(len, HTTPD_MAX_REQUEST)).
@@ -187,6 +194,7 @@ struct conn {
     enum conn_state state;
     int64_t deadline;  /* CLOCK_MONOTONIC ms; unused when FREE or PARKED */
     uint64_t park_seq; /* order among PARKED /metrics requests */
+    uint64_t born;     /* accept order, to find the oldest; unused when FREE */
     int head_only;     /* PARKED: the request was HEAD */
     char *in;          /* HTTPD_MAX_REQUEST bytes, from one shared allocation */
     size_t in_len;
@@ -210,9 +218,10 @@ struct httpd {
     char *metrics;       /* HTTPD_METRICS_CAP bytes, or NULL without a handler */
     struct conn *metrics_owner;
     uint64_t park_seq;
+    uint64_t accept_seq;   /* the next conn->born */
     int64_t accept_resume; /* accepting is paused until then; 0: not paused */
-    int64_t last_busy_log, last_accept_log;
-    unsigned long long busy_rejected;
+    int64_t last_busy_log, last_accept_log, last_evict_log;
+    unsigned long long busy_rejected, evicted;
     pthread_t thread;
 };
 
@@ -545,11 +554,47 @@ static int accept_failed(struct httpd *s, int err)
     }
 }
 
-static struct conn *free_slot(struct httpd *s)
+/* The slot for a new client: a free one, else the connection that loses
+ * least by being closed, else NULL.
+ *  - LINGER first: its whole response is in the kernel, which still delivers
+ *    it after close(); all we give up is waiting for the client's FIN.
+ *  - Then the oldest READ: it has held its slot longest without a complete
+ *    request head. With every slot taken that is a slowloris (or a client
+ *    too slow to be served anyway), while a legitimate probe sends its head
+ *    right after connecting and is younger; it stays unless `max_connections`
+ *    newer clients arrive before its head is complete.
+ *  - WRITE and PARKED have a complete request being answered: never. */
+static struct conn *pick_slot(struct httpd *s)
 {
-    for (int i = 0; i < s->nconns; i++)
-        if (s->conns[i].state == CONN_FREE) return &s->conns[i];
-    return NULL;
+    struct conn *linger = NULL, *idle = NULL;
+    for (int i = 0; i < s->nconns; i++) {
+        struct conn *c = &s->conns[i];
+        if (c->state == CONN_FREE) return c;
+        if (c->state == CONN_LINGER && (linger == NULL || c->born < linger->born)) linger = c;
+        if (c->state == CONN_READ && (idle == NULL || c->born < idle->born)) idle = c;
+    }
+    return linger != NULL ? linger : idle;
+}
+
+static void conn_evict(struct httpd *s, struct conn *c)
+{
+    if (c->state == CONN_LINGER) {
+        /* Input left unread would make close() send a RST, which discards
+         * the part of the response not yet delivered: read it first. */
+        for (int i = 0; i < HTTPD_DRAIN_BURST; i++) {
+            ssize_t r = recv(c->fd, c->in, HTTPD_MAX_REQUEST, MSG_DONTWAIT);
+            if (r > 0 || (r < 0 && errno == EINTR)) continue;
+            break; /* drained (EAGAIN), or EOF or an error: it is closed either way */
+        }
+    }
+    conn_close(s, c);
+    s->evicted++;
+    if (log_due(&s->last_evict_log, now_ms())) {
+        log_warn("httpd: all %d connections busy: %llu closed (answered, or without a full request) "
+                 "to make room for newer clients",
+                 s->nconns, s->evicted);
+        s->evicted = 0;
+    }
 }
 
 static void accept_clients(struct httpd *s)
@@ -560,15 +605,20 @@ static void accept_clients(struct httpd *s)
             if (accept_failed(s, errno)) continue;
             return;
         }
-        struct conn *c = free_slot(s);
+        struct conn *c = pick_slot(s);
         if (c == NULL) {
             reject_busy(s, fd);
             continue;
         }
+        if (c->state != CONN_FREE) conn_evict(s, c);
         c->fd = fd;
         c->state = CONN_READ;
         c->in_len = 0;
+        c->born = s->accept_seq++;
         c->deadline = now_ms() + s->timeout_ms;
+        /* A probe's request usually arrives with the connection: serve it
+         * now, before the rest of this burst can make it the oldest. */
+        conn_read(s, c);
     }
 }
 
@@ -644,9 +694,12 @@ static void *httpd_main(void *arg)
             continue;
         }
         if (s->pfds[0].revents != 0) break; /* httpd_stop() */
-        if (s->pfds[1].revents != 0) accept_clients(s);
+        /* Connections first: a head completed in this wakeup is answered
+         * before accepting can evict its connection, and no slot is reused
+         * while its revents are still to be read. */
         for (int i = 0; i < s->nconns; i++)
             if (s->pfds[2 + i].revents != 0) conn_dispatch(s, &s->conns[i]);
+        if (s->pfds[1].revents != 0) accept_clients(s);
     }
     return NULL;
 }
@@ -655,18 +708,40 @@ static void *httpd_main(void *arg)
  * Start and stop.
  */
 
+/* host:port, or [host]:port for an IPv6 literal. */
+static void format_endpoint(char *buf, size_t cap, const char *host, int port)
+{
+    int v6 = strchr(host, ':') != NULL;
+    snprintf(buf, cap, "%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", port);
+}
+
 static void set_err(char *err, size_t errlen, const char *what, const char *host, int port,
                     const char *detail)
 {
     if (err == NULL || errlen == 0) return;
-    int v6 = strchr(host, ':') != NULL; /* [::1]:3101 */
-    snprintf(err, errlen, "%s %s%s%s:%d: %s", what, v6 ? "[" : "", host, v6 ? "]" : "", port, detail);
+    char where[300];
+    format_endpoint(where, sizeof where, host, port);
+    snprintf(err, errlen, "%s %s: %s", what, where, detail);
+}
+
+static void sleep_ms(int ms)
+{
+    struct timespec left = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&left, &left) < 0) {
+        if (errno != EINTR) {
+            log_error("httpd: nanosleep: %s", strerror(errno));
+            return;
+        }
+    }
 }
 
 static int listen_on(const struct addrinfo *ai, int backlog)
 {
     int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
     if (fd < 0) return -1;
+    /* Without it, the previous process's connections (TIME_WAIT, or
+     * FIN_WAIT after a SIGKILL with clients attached) block the port for a
+     * minute; a live listener still blocks it, which is what we want. */
     int one = 1;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
         bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, backlog) < 0) {
@@ -689,7 +764,10 @@ static int bound_port(int fd)
 }
 
 /* Resolves opts->address (NULL or "": every address) and listens on the
- * first result that binds. Returns the fd or -1 with err filled. */
+ * first result that binds. While the port is in use, retries for
+ * HTTPD_BIND_RETRY_MS: after a SIGKILL the kubelet starts the next agent at
+ * once, and the dying one may still hold its listener for a moment. Any
+ * other error fails at once. Returns the fd or -1 with err filled. */
 static int open_listener(const struct httpd_options *o, int backlog, char *err, size_t errlen)
 {
     const char *node = o->address != NULL && o->address[0] != '\0' ? o->address : NULL;
@@ -705,13 +783,33 @@ static int open_listener(const struct httpd_options *o, int backlog, char *err, 
         set_err(err, errlen, "resolve", host, o->port, rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
         return -1;
     }
-    int fd = -1, saved = EADDRNOTAVAIL;
-    for (const struct addrinfo *ai = res; ai != NULL && fd < 0; ai = ai->ai_next) {
-        fd = listen_on(ai, backlog);
-        if (fd < 0) saved = errno;
+    int64_t give_up = now_ms() + HTTPD_BIND_RETRY_MS;
+    int fd = -1, saved = EADDRNOTAVAIL, in_use = 0, retried = 0;
+    for (;;) {
+        in_use = 0;
+        for (const struct addrinfo *ai = res; ai != NULL && fd < 0; ai = ai->ai_next) {
+            fd = listen_on(ai, backlog);
+            if (fd < 0) saved = errno;
+            if (fd < 0 && errno == EADDRINUSE) in_use = 1;
+        }
+        if (fd >= 0 || !in_use || now_ms() >= give_up) break;
+        if (!retried) {
+            char where[300];
+            format_endpoint(where, sizeof where, host, o->port);
+            log_warn("httpd: %s is in use; retrying for up to %d s", where, HTTPD_BIND_RETRY_MS / 1000);
+            retried = 1;
+        }
+        sleep_ms(HTTPD_BIND_RETRY_STEP_MS);
     }
     freeaddrinfo(res);
-    if (fd < 0) set_err(err, errlen, "listen", host, o->port, strerror(saved));
+    if (fd < 0 && in_use) {
+        char detail[128];
+        snprintf(detail, sizeof detail, "%s (still, after retrying for %d s)", strerror(EADDRINUSE),
+                 HTTPD_BIND_RETRY_MS / 1000);
+        set_err(err, errlen, "listen", host, o->port, detail);
+    } else if (fd < 0) {
+        set_err(err, errlen, "listen", host, o->port, strerror(saved));
+    }
     return fd;
 }
 

@@ -7,11 +7,23 @@
  *    handlers given at start; any other path is 404, any other method 405,
  *    a malformed request 400, a request head over HTTPD_MAX_REQUEST bytes 431.
  *  - Request bodies are not accepted (413 when Content-Length > 0).
- *  - At most `max_connections` clients at once (more are accepted and closed
- *    at once with 503); a client that has not sent a full request head within
- *    `request_timeout_ms` is closed (slowloris).
+ *  - At most `max_connections` clients at once. When every slot is taken, a
+ *    new client gets the slot of a connection already answered (lingering for
+ *    the client's close), else of the oldest one without a complete request
+ *    head, which is closed without a response: idle and slow clients holding
+ *    every slot cannot keep a probe out. A connection whose request is being
+ *    answered is never evicted; when all are, the newcomer gets 503 and is
+ *    closed. A newcomer's request is read at accept, so a probe that sends it
+ *    with the connection is answered before later arrivals can evict it; one
+ *    whose head is still arriving goes only once it is the oldest such.
+ *  - A client that has not sent a full request head within
+ *    `request_timeout_ms` is closed (slowloris), as is one that has not read
+ *    its response within that time.
  *  - Responses are `Connection: close`; nothing from the request is echoed.
  *  - Per-connection memory is a fixed buffer; nothing is allocated per byte.
+ *  - httpd_start() binds with SO_REUSEADDR; while the port is held by a live
+ *    listener (EADDRINUSE: typically the previous agent, still exiting after
+ *    a SIGKILL) it retries for HTTPD_BIND_RETRY_MS before failing.
  *  - httpd_stop() wakes the loop, closes every socket and joins the thread.
  */
 #ifndef LOGLET_HTTPD_H
@@ -20,6 +32,7 @@
 #include <stddef.h>
 
 #define HTTPD_MAX_REQUEST 8192
+#define HTTPD_BIND_RETRY_MS 5000
 
 struct httpd;
 
@@ -41,8 +54,9 @@ struct httpd_options {
     int request_timeout_ms;
 };
 
-/* Binds, listens and starts the thread. Returns NULL with `err` set (e.g.
- * "listen 0.0.0.0:3101: Address already in use"). */
+/* Binds, listens and starts the thread; may block up to HTTPD_BIND_RETRY_MS
+ * while the port is in use. Returns NULL with `err` set (e.g. "listen
+ * 0.0.0.0:3101: Address already in use (still, after retrying for 5 s)"). */
 struct httpd *httpd_start(const struct httpd_options *opts, const struct httpd_handlers *handlers,
                           char *err, size_t errlen);
 int httpd_port(const struct httpd *server);

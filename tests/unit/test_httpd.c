@@ -13,6 +13,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -544,41 +545,135 @@ static void test_live_slowloris(void **state)
     httpd_stop(s);
 }
 
-static void test_live_too_many(void **state)
+/* True when the server has closed fd: EOF (or a reset) within wait_ms,
+ * with nothing received before it. */
+static int closed_without_response(int fd, int wait_ms)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, wait_ms) != 1) return 0;
+    char buf[64];
+    ssize_t r = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+    return r == 0 || (r < 0 && errno == ECONNRESET);
+}
+
+/* True when nothing at all (data, EOF, reset) arrives on fd within wait_ms:
+ * the server still holds the connection. */
+static int still_open(int fd, int wait_ms)
+{
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return poll(&p, 1, wait_ms) == 0;
+}
+
+/* Every slot held by clients without a full request: a newcomer takes the
+ * slot of the oldest, which is closed without a response, and is served. */
+static void test_live_evicts_oldest_idle(void **state)
 {
     (void)state;
     struct stub st = {.healthy = 1, .ready = 1};
     struct httpd *s = start(&st, 2, 5000);
     int port = httpd_port(s);
-    int a = dial(port), b = dial(port);
+    int a = dial(port);
     send_str(a, "GET");
-    send_str(b, "GET");
+    usleep(20 * 1000);
+    int b = dial(port); /* sends nothing at all */
+    usleep(20 * 1000);
 
-    /* The third is answered 503 at once (it has sent nothing, so the close is
-     * a clean FIN and the response is readable). */
     int c = dial(port);
+    assert_true(closed_without_response(a, 1000));
+    assert_true(still_open(b, 100));
+    send_str(c, "GET /healthz HTTP/1.1\r\n\r\n");
     char resp[4096];
     size_t n = recv_all(c, resp, sizeof resp);
-    assert_string_equal(check_response(resp, n, "HTTP/1.1 503 Service Unavailable", 0),
-                        "too many connections\n");
+    assert_string_equal(check_response(resp, n, "HTTP/1.1 200 OK", 0), "ok\n");
     close(c);
 
-    /* One sending its request anyway gets a 503 or a bare close, never 200. */
-    c = dial(port);
-    send_str(c, "GET /healthz HTTP/1.1\r\n\r\n");
-    n = recv_all(c, resp, sizeof resp);
-    if (n > 0) check_response(resp, n, "HTTP/1.1 503 Service Unavailable", 0);
-    close(c);
-
-    /* The held clients are still served; then a slot frees up. */
-    send_str(a, " /healthz HTTP/1.1\r\n\r\n");
-    n = recv_all(a, resp, sizeof resp);
+    /* A free slot is used before anyone is evicted ... */
+    usleep(50 * 1000); /* let the server see c's close */
+    int d = dial(port);
+    assert_true(still_open(b, 100));
+    /* ... and with none left, b is now the oldest. */
+    int e = dial(port);
+    assert_true(closed_without_response(b, 1000));
+    assert_true(still_open(d, 100));
+    send_str(e, "GET /ready HTTP/1.1\r\n\r\n");
+    n = recv_all(e, resp, sizeof resp);
     assert_string_equal(check_response(resp, n, "HTTP/1.1 200 OK", 0), "ok\n");
     close(a);
-    usleep(50 * 1000); /* let the server see a's close and free the slot */
-    n = get(port, "GET /ready HTTP/1.1\r\n\r\n", resp, sizeof resp);
-    assert_string_equal(check_response(resp, n, "HTTP/1.1 200 OK", 0), "ok\n");
     close(b);
+    close(d);
+    close(e);
+    httpd_stop(s);
+}
+
+/* A client whose head is still arriving is not the one evicted while older
+ * idle connections exist: newest-first or random eviction would fail here. */
+static void test_live_eviction_spares_in_progress(void **state)
+{
+    (void)state;
+    struct stub st = {.healthy = 1, .ready = 1};
+    enum { SLOTS = 8 };
+    struct httpd *s = start(&st, SLOTS, 5000);
+    int port = httpd_port(s);
+    int idle[SLOTS - 1], fresh[SLOTS - 1];
+    for (int i = 0; i < SLOTS - 1; i++) {
+        idle[i] = dial(port);
+        if (i % 2) send_str(idle[i], "GET /healthz HTTP/1.1\r\nX-Slow: ");
+    }
+    usleep(20 * 1000);
+    int probe = dial(port);
+    send_str(probe, "GET /healthz HTTP/1.1\r\n");
+    usleep(20 * 1000);
+    /* As many newcomers as there are older idle connections. */
+    for (int i = 0; i < SLOTS - 1; i++) {
+        fresh[i] = dial(port);
+        usleep(5 * 1000);
+    }
+    for (int i = 0; i < SLOTS - 1; i++)
+        if (!closed_without_response(idle[i], 1000)) fail_msg("idle client %d was not evicted", i);
+    assert_true(still_open(probe, 50));
+    send_str(probe, "Host: x\r\n\r\n");
+    char resp[4096];
+    size_t n = recv_all(probe, resp, sizeof resp);
+    assert_string_equal(check_response(resp, n, "HTTP/1.1 200 OK", 0), "ok\n");
+    close(probe);
+    for (int i = 0; i < SLOTS - 1; i++) {
+        assert_true(still_open(fresh[i], 0));
+        close(idle[i]);
+        close(fresh[i]);
+    }
+    httpd_stop(s);
+}
+
+/* A connection already answered (lingering for the client's close) goes
+ * before one still reading a request, even a younger one; its response,
+ * already queued in the kernel, still reaches the client. */
+static void test_live_evicts_lingering_first(void **state)
+{
+    (void)state;
+    struct stub st = {.healthy = 1, .ready = 1};
+    struct httpd *s = start(&st, 2, 5000);
+    int port = httpd_port(s);
+    int done = dial(port);
+    send_str(done, "GET /healthz HTTP/1.1\r\n\r\n"); /* the response is not read yet */
+    usleep(50 * 1000);
+    int reading = dial(port);
+    send_str(reading, "GET /ready HTTP/1.1\r\n");
+    usleep(20 * 1000);
+
+    int c = dial(port);
+    char resp[4096];
+    size_t n = recv_all(done, resp, sizeof resp);
+    assert_string_equal(check_response(resp, n, "HTTP/1.1 200 OK", 0), "ok\n");
+    assert_true(still_open(reading, 100));
+    send_str(c, "GET /healthz HTTP/1.1\r\n\r\n");
+    n = recv_all(c, resp, sizeof resp);
+    assert_string_equal(check_response(resp, n, "HTTP/1.1 200 OK", 0), "ok\n");
+    send_str(reading, "\r\n");
+    n = recv_all(reading, resp, sizeof resp);
+    assert_string_equal(check_response(resp, n, "HTTP/1.1 200 OK", 0), "ok\n");
+    close(done);
+    close(reading);
+    close(c);
     httpd_stop(s);
 }
 
@@ -649,6 +744,45 @@ static void test_live_slow_reader(void **state)
         close(fds[i]);
     }
     assert_int_equal(st.calls, 2);
+    free(big);
+    httpd_stop(s);
+}
+
+/* Connections whose request is being answered are never evicted: with
+ * every slot writing (or waiting for the metrics buffer), a newcomer gets
+ * 503 and the two responses still arrive whole. */
+static void test_live_busy_when_all_answering(void **state)
+{
+    (void)state;
+    struct stub st = {.healthy = 1, .ready = 1, .metrics_len = 250 * 1024};
+    struct httpd *s = start(&st, 2, 5000);
+    int port = httpd_port(s);
+    int writing = dial_rcvbuf(port, 4096);
+    shrink_server_sndbuf(writing);
+    send_str(writing, "GET /metrics HTTP/1.1\r\n\r\n");
+    usleep(50 * 1000);
+    int parked = dial_rcvbuf(port, 4096);
+    shrink_server_sndbuf(parked);
+    send_str(parked, "GET /metrics HTTP/1.1\r\n\r\n");
+    usleep(50 * 1000);
+
+    /* It has sent nothing, so the close is a clean FIN and the 503 readable. */
+    int c = dial(port);
+    char resp[4096];
+    size_t n = recv_all(c, resp, sizeof resp);
+    assert_string_equal(check_response(resp, n, "HTTP/1.1 503 Service Unavailable", 0),
+                        "too many connections\n");
+    close(c);
+
+    size_t cap = 300 * 1024;
+    char *big = malloc(cap);
+    assert_non_null(big);
+    int fds[2] = {writing, parked};
+    for (int i = 0; i < 2; i++) {
+        n = recv_all(fds[i], big, cap);
+        check_long_body(check_response(big, n, "HTTP/1.1 200 OK", 0), 250 * 1024);
+        close(fds[i]);
+    }
     free(big);
     httpd_stop(s);
 }
@@ -755,11 +889,30 @@ static void test_live_start_errors(void **state)
     struct httpd_options o = {.address = "127.0.0.1", .port = httpd_port(s), .max_connections = 4,
                               .request_timeout_ms = 1000};
     char err[256] = "";
+    /* A port held for good: retried for HTTPD_BIND_RETRY_MS, then an error
+     * naming address and port. The holder keeps serving meanwhile. */
+    int64_t t0 = mono_ms();
     assert_null(httpd_start(&o, &h, err, sizeof err));
+    int64_t took = mono_ms() - t0;
+    if (took < HTTPD_BIND_RETRY_MS - 100 || took > HTTPD_BIND_RETRY_MS + 2000)
+        fail_msg("gave up after %lld ms", (long long)took);
     char want[128];
-    snprintf(want, sizeof want, "listen 127.0.0.1:%d: ", httpd_port(s));
-    if (strncmp(err, want, strlen(want)) != 0) fail_msg("err: %s", err);
+    snprintf(want, sizeof want, "listen 127.0.0.1:%d: Address already in use (still, after retrying for 5 s)",
+             httpd_port(s));
+    assert_string_equal(err, want);
+    char resp[4096];
+    size_t n = get(httpd_port(s), "GET /healthz HTTP/1.1\r\n\r\n", resp, sizeof resp);
+    check_response(resp, n, "HTTP/1.1 200 OK", 0);
     httpd_stop(s);
+
+    /* Any other bind error is not retried. */
+    o.address = "192.0.2.1"; /* TEST-NET-1: not an address of this host */
+    o.port = 0;
+    t0 = mono_ms();
+    assert_null(httpd_start(&o, &h, err, sizeof err));
+    assert_true(mono_ms() - t0 < 1000);
+    assert_string_equal(err, "listen 192.0.2.1:0: Cannot assign requested address");
+    o.address = "127.0.0.1";
 
     o.port = 0;
     o.max_connections = 0;
@@ -768,6 +921,55 @@ static void test_live_start_errors(void **state)
     o.address = "no-such-host.invalid";
     assert_null(httpd_start(&o, &h, err, sizeof err));
     assert_true(strncmp(err, "resolve no-such-host.invalid:0: ", 32) == 0);
+}
+
+struct holder {
+    int fd;
+    int ms;
+};
+
+static void *release_later(void *arg)
+{
+    struct holder *h = arg;
+    usleep((useconds_t)h->ms * 1000);
+    close(h->fd);
+    return NULL;
+}
+
+/* The port still held by a plain listener (the previous agent, dying):
+ * httpd_start() waits for it and then serves on that very port. */
+static void test_live_bind_retry(void **state)
+{
+    (void)state;
+    int hold = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(hold >= 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(hold, (struct sockaddr *)&sa, sizeof sa), 0);
+    assert_int_equal(listen(hold, 8), 0);
+    socklen_t sl = sizeof sa;
+    assert_int_equal(getsockname(hold, (struct sockaddr *)&sa, &sl), 0);
+    int port = ntohs(sa.sin_port);
+
+    struct holder h = {.fd = hold, .ms = 400};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, release_later, &h), 0);
+    struct stub st = {.healthy = 1, .ready = 1};
+    struct httpd_handlers hs = {.ctx = &st, .healthy = stub_healthy, .ready = stub_ready};
+    struct httpd_options o = {.address = "127.0.0.1", .port = port, .max_connections = 4,
+                              .request_timeout_ms = 1000};
+    char err[256] = "";
+    int64_t t0 = mono_ms();
+    struct httpd *s = httpd_start(&o, &hs, err, sizeof err);
+    int64_t took = mono_ms() - t0;
+    assert_int_equal(pthread_join(t, NULL), 0);
+    if (s == NULL) fail_msg("httpd_start: %s", err);
+    if (took < 350 || took > 2000) fail_msg("bound after %lld ms, the port was released after 400", (long long)took);
+    assert_int_equal(httpd_port(s), port);
+    char resp[4096];
+    size_t n = get(port, "GET /healthz HTTP/1.1\r\n\r\n", resp, sizeof resp);
+    assert_string_equal(check_response(resp, n, "HTTP/1.1 200 OK", 0), "ok\n");
+    httpd_stop(s);
 }
 
 static void test_live_ipv6_and_no_metrics(void **state)
@@ -824,12 +1026,16 @@ int main(void)
         cmocka_unit_test(test_live_head),
         cmocka_unit_test(test_live_byte_by_byte),
         cmocka_unit_test(test_live_slowloris),
-        cmocka_unit_test(test_live_too_many),
+        cmocka_unit_test(test_live_evicts_oldest_idle),
+        cmocka_unit_test(test_live_eviction_spares_in_progress),
+        cmocka_unit_test(test_live_evicts_lingering_first),
         cmocka_unit_test(test_live_slow_reader),
+        cmocka_unit_test(test_live_busy_when_all_answering),
         cmocka_unit_test(test_live_trailing_input),
         cmocka_unit_test(test_live_emfile_backoff),
         cmocka_unit_test(test_live_stop_prompt),
         cmocka_unit_test(test_live_start_errors),
+        cmocka_unit_test(test_live_bind_retry),
         cmocka_unit_test(test_live_ipv6_and_no_metrics),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
