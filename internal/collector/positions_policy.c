@@ -67,7 +67,7 @@ void positions_policy_load(struct collector *c)
         return;
     }
     c->positions_existed = true;
-    qsort(c->saved.items, c->saved.count, sizeof *c->saved.items, compare_positions);
+    if (c->saved.count) qsort(c->saved.items, c->saved.count, sizeof *c->saved.items, compare_positions);
     for (size_t i = 0; i < c->saved.count;) {
         size_t j = i + 1;
         while (j < c->saved.count && strcmp(c->saved.items[j].path, c->saved.items[i].path) == 0) j++;

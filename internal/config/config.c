@@ -106,8 +106,8 @@ static const struct config_key keys[] = {
              "Address of the HTTP server (metrics, health)."),
     K_INT("server.http_listen_port", server.http_listen_port, "3101", 0, 65535,
           "Port of the HTTP server; 0 picks a free port."),
-    K_INT("server.max_connections", server.max_connections, "32", 1, 65535,
-          "Most HTTP connections served at once."),
+    K_INT("server.max_connections", server.max_connections, "32", 1, 4096,
+          "Most HTTP connections at once; when all are taken, the oldest that has not finished its request is closed for a newcomer (slowloris)."),
     K_DURATION("server.request_timeout", server.request_timeout_ms, "5s", 1,
                "Time allowed to read one request and write its response."),
 
