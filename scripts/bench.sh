@@ -3,15 +3,38 @@
 # speed). Corpora go to /dev/shm: on these machines disk reads are slow and the
 # page cache is reclaimed quickly, so a disk corpus would measure the disk.
 #   scripts/bench.sh [MB, default 1024]
+# LOGLET_BUILD=dir benchmarks that build directory instead of build/: it is
+# brought up to date with `cmake --build` (from whatever source tree it was
+# configured for, so an older checkout's build dir benchmarks that checkout),
+# or configured from this tree first (RelWithDebInfo) when it has no
+# CMakeCache.txt yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mb=${1:-1024}
 scripts/setup.sh
-scripts/build.sh release >/dev/null
-echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(gcc --version | head -1)"
+if [[ -n "${LOGLET_BUILD:-}" ]]; then
+  build=$LOGLET_BUILD
+  if [[ ! -f "$build/CMakeCache.txt" ]]; then
+    cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  fi
+  cmake --build "$build" -j"$(nproc)" >/dev/null
+else
+  scripts/build.sh release >/dev/null
+  build=build
+fi
+export LOGLET_BUILD=$build
+echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)," \
+  "$(gcc --version | head -1); $(uptime | sed 's/.*load/load/')"
+echo "== build: $build"
 echo "== parser alone"
-build/tests/bench_parser
+"$build"/tests/bench_parser
 echo "== collector + parser into a null output"
-build/tests/bench_collector "$mb" 100
-echo "== end to end: files -> loglet -> counting receiver on 127.0.0.1"
-/usr/bin/python3 tests/bench/bench_e2e.py --mb "$mb" --files 100
+"$build"/tests/bench_collector "$mb" 100
+for filler in x random; do
+  echo "== end to end: files -> loglet -> counting receiver on 127.0.0.1, filler $filler"
+  /usr/bin/python3 tests/bench/bench_e2e.py --mb "$mb" --files 100 --filler "$filler"
+done
+for filler in x random; do
+  echo "== catch-up of a 50 MB rotated file, gzip-compressed vs plain, filler $filler"
+  /usr/bin/python3 tests/bench/bench_gz_catchup.py --mb 50 --filler "$filler"
+done
