@@ -9,12 +9,24 @@
  * it, and calling it while another thread may still use curl is unsafe).
  * CURLOPT_NOSIGNAL keeps curl's resolver timeouts away from signals.
  *
- * Secrets: the password and bearer token are read at creation with plain
- * read(2) (no stdio buffer keeps a copy), into malloc'd memory that is
- * explicit_bzero'd before it is freed; the Authorization header line is
- * wiped the same way. They are never logged nor put in error texts. (libcurl
- * keeps its own copies of CURLOPT_PASSWORD and of the request it sends;
- * those are out of our reach.)
+ * Secrets: the password and bearer token are read with plain read(2) (no
+ * stdio buffer keeps a copy), into malloc'd memory that is explicit_bzero'd
+ * before it is freed; the Authorization header line is wiped the same way.
+ * They are never logged nor put in error texts. (libcurl keeps its own
+ * copies of CURLOPT_PASSWORD and of the request it sends; those are out of
+ * our reach.)
+ *
+ * Rotation: a projected service-account token expires and is rewritten by
+ * the kubelet; a Secret's volume is swapped atomically (a new ..<timestamp>
+ * directory, then a rename of the ..data symlink); an operator may rewrite a
+ * file in place. So before every push each secret file is stat()ed (one
+ * syscall per push, not per line) and re-read when its identity — device,
+ * inode, size, mtime, ctime, taken with fstat() on the descriptor *before*
+ * reading, so a write racing the read shows up as a change next time — is
+ * not the one last read. After a 401/403 it is re-read whatever stat says:
+ * a same-size rewrite within one clock tick does not move mtime. A new value
+ * rebuilds the header list (or CURLOPT_PASSWORD); a failed read keeps the
+ * last good value, said once until a read succeeds again.
  *
  * The response body is kept up to RESPONSE_KEEP bytes in the client; the
  * rest is counted and dropped, so a huge error page costs no memory.
@@ -40,10 +52,32 @@
 #define SECRET_MAX (64 * 1024)
 #define CONNECT_TIMEOUT_MAX_MS 10000
 
+/* What a secret file was when it was last read (or found missing). */
+struct file_id {
+    bool present; /* false: stat/open failed */
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime, ctime;
+};
+
+/* One credential file. Invariant: when path is set, value holds the last
+ * good content (never NULL after creation); id is the file as it was at the
+ * last read attempt, good or not. */
+struct secret {
+    const char *key;  /* the config key, for messages */
+    const char *path; /* NULL when not configured */
+    char *value;      /* wiped when replaced and at destroy */
+    struct file_id id;
+    bool complained; /* a failed re-read was logged since the last good one */
+};
+
 struct loki_client {
     CURL *curl;
-    struct curl_slist *headers;
-    char *password; /* secret, wiped at destroy */
+    const struct config *cfg;   /* kept to rebuild the headers */
+    struct curl_slist *headers; /* holds the Authorization line: wiped when replaced */
+    struct secret token, password;
+    bool reread_secrets; /* the last answer was 401/403: re-read before the next push */
     char errbuf[CURL_ERROR_SIZE];
     char resp[RESPONSE_KEEP]; /* the start of the response body */
     size_t resp_len;          /* bytes kept in resp */
@@ -89,16 +123,44 @@ static void free_secret(char *s)
     free(s);
 }
 
+static void file_id_of(const struct stat *st, struct file_id *id)
+{
+    id->present = true;
+    id->dev = st->st_dev;
+    id->ino = st->st_ino;
+    id->size = st->st_size;
+    id->mtime = st->st_mtim;
+    id->ctime = st->st_ctim;
+}
+
+static bool file_id_equal(const struct file_id *a, const struct file_id *b)
+{
+    if (a->present != b->present) return false;
+    if (!a->present) return true;
+    return a->dev == b->dev && a->ino == b->ino && a->size == b->size && a->mtime.tv_sec == b->mtime.tv_sec &&
+           a->mtime.tv_nsec == b->mtime.tv_nsec && a->ctime.tv_sec == b->ctime.tv_sec &&
+           a->ctime.tv_nsec == b->ctime.tv_nsec;
+}
+
 /* Reads a one-line secret from `path` into a malloc'd, NUL-terminated
  * string with trailing whitespace removed. Errors name the config key and
- * the file, never the content. */
-static char *read_secret(const char *key, const char *path, char *err, size_t errlen)
+ * the file, never the content. *id receives the file's identity as it was
+ * before the read (not present when it could not be opened). */
+static char *read_secret(const char *key, const char *path, struct file_id *id, char *err, size_t errlen)
 {
+    id->present = false;
     const int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0) {
         setf(err, errlen, "%s: cannot read %s: %s", key, path, strerror(errno));
         return NULL;
     }
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        setf(err, errlen, "%s: cannot read %s: %s", key, path, strerror(errno));
+        close(fd);
+        return NULL;
+    }
+    file_id_of(&st, id);
     char *buf = malloc(SECRET_MAX + 1);
     if (!buf) {
         close(fd);
@@ -317,9 +379,115 @@ void loki_client_destroy(struct loki_client *c)
     if (!c) return;
     if (c->curl) curl_easy_cleanup(c->curl);
     free_headers(c->headers);
-    free_secret(c->password);
+    free_secret(c->token.value);
+    free_secret(c->password.value);
     explicit_bzero(c, sizeof *c);
     free(c);
+}
+
+/* The whole header list, with the current bearer token. The user's extra
+ * headers win over ours of the same name. Returns -1 with err set; *out is
+ * then untouched. */
+static int build_headers(const struct loki_client *c, struct curl_slist **out, char *err, size_t errlen)
+{
+    const struct config *cfg = c->cfg;
+    const __typeof__(cfg->output.loki) *lc = &cfg->output.loki;
+    struct curl_slist *list = NULL;
+
+    if (!user_sets(cfg, "Content-Type") && add_header(&list, "Content-Type: application/x-protobuf") < 0) goto oom;
+    if (!user_sets(cfg, "Expect") && add_header(&list, "Expect:") < 0) goto oom; /* no 100-continue */
+    if (nonempty(lc->tenant_id) && !user_sets(cfg, "X-Scope-OrgID") &&
+        add_header(&list, "X-Scope-OrgID: %s", lc->tenant_id) < 0)
+        goto oom;
+    if (c->token.value && !user_sets(cfg, "Authorization") &&
+        add_header(&list, "Authorization: Bearer %s", c->token.value) < 0)
+        goto oom;
+    for (size_t i = 0; i < lc->headers.count; i++) {
+        const char *name = lc->headers.keys[i], *value = lc->headers.values[i] ? lc->headers.values[i] : "";
+        if (check_header(name, value, err, errlen) < 0) {
+            free_headers(list);
+            return -1;
+        }
+        /* curl: "Name:" would remove the header, "Name;" sends it empty. */
+        if ((*value ? add_header(&list, "%s: %s", name, value) : add_header(&list, "%s;", name)) < 0) goto oom;
+    }
+    *out = list;
+    return 0;
+oom:
+    setf(err, errlen, "output.loki: out of memory");
+    free_headers(list);
+    return -1;
+}
+
+/* Hands a new value of `s` to curl: a new header list for the token, the
+ * password option for the password. On failure nothing changed (curl keeps
+ * the old value). The caller has not stored the value in `s` yet. */
+static int apply_secret(struct loki_client *c, struct secret *s, char *value, char *err, size_t errlen)
+{
+    if (s == &c->password) {
+        if (!nonempty(c->cfg->output.loki.basic_auth_username)) return 0;
+        if (curl_easy_setopt(c->curl, CURLOPT_PASSWORD, value) != CURLE_OK) {
+            setf(err, errlen, "output.loki: libcurl refused CURLOPT_PASSWORD");
+            return -1;
+        }
+        return 0;
+    }
+    char *old = c->token.value;
+    c->token.value = value; /* build_headers reads it from there */
+    struct curl_slist *list = NULL;
+    const int rc = build_headers(c, &list, err, errlen);
+    c->token.value = old;
+    if (rc < 0) return -1;
+    if (curl_easy_setopt(c->curl, CURLOPT_HTTPHEADER, list) != CURLE_OK) {
+        setf(err, errlen, "output.loki: libcurl refused CURLOPT_HTTPHEADER");
+        free_headers(list);
+        return -1;
+    }
+    free_headers(c->headers); /* curl no longer points at it */
+    c->headers = list;
+    return 0;
+}
+
+/* Re-reads one secret file if it changed since the last read (or always,
+ * when `force`). Called before a push, on the sender's thread. */
+static void refresh_secret(struct loki_client *c, struct secret *s, bool force)
+{
+    if (!s->path) return;
+    if (!force) {
+        struct stat st;
+        struct file_id now = {.present = false};
+        if (stat(s->path, &st) == 0) file_id_of(&st, &now);
+        if (file_id_equal(&now, &s->id)) return;
+    }
+    char err[512];
+    struct file_id id;
+    char *value = read_secret(s->key, s->path, &id, err, sizeof err);
+    if (!value) {
+        s->id = id; /* not read again until the file moves or Loki says 401/403 */
+        if (!s->complained)
+            log_warn("%s; pushing with the last credential read from it until it can be read again", err);
+        s->complained = true;
+        return;
+    }
+    if (strcmp(value, s->value) == 0) {
+        s->id = id;
+        if (s->complained) log_info("%s: %s can be read again; the credential is unchanged", s->key, s->path);
+        s->complained = false;
+        free_secret(value);
+        return;
+    }
+    if (apply_secret(c, s, value, err, sizeof err) < 0) {
+        /* s->id stays the old file's, so the next push tries again. */
+        if (!s->complained) log_warn("%s: %s changed but cannot be used yet: %s", s->key, s->path, err);
+        s->complained = true;
+        free_secret(value);
+        return;
+    }
+    free_secret(s->value);
+    s->value = value;
+    s->id = id;
+    s->complained = false;
+    log_info("%s: %s changed; pushes use the new credential from now on", s->key, s->path);
 }
 
 #define SETOPT(c, opt, val)                                             \
@@ -333,7 +501,6 @@ void loki_client_destroy(struct loki_client *c)
 struct loki_client *loki_client_create(const struct config *cfg, char *err, size_t errlen)
 {
     const __typeof__(cfg->output.loki) *lc = &cfg->output.loki;
-    char *token = NULL;
 
     pthread_once(&curl_once, curl_init_once);
     if (curl_init_rc != CURLE_OK) {
@@ -348,14 +515,21 @@ struct loki_client *loki_client_create(const struct config *cfg, char *err, size
         return NULL;
     }
     c->retry_after_ms = -1;
+    c->cfg = cfg;
+    c->token.key = "output.loki.bearer_token_file";
+    c->password.key = "output.loki.basic_auth.password_file";
 
-    /* Files first: their errors are the ones a user will most likely see. */
-    if (nonempty(lc->bearer_token_file) &&
-        !(token = read_secret("output.loki.bearer_token_file", lc->bearer_token_file, err, errlen)))
-        goto fail;
-    if (nonempty(lc->basic_auth_password_file) &&
-        !(c->password = read_secret("output.loki.basic_auth.password_file", lc->basic_auth_password_file, err, errlen)))
-        goto fail;
+    /* Files first: their errors are the ones a user will most likely see.
+     * At start an unreadable secret is fatal: there is no last good one. */
+    if (nonempty(lc->bearer_token_file)) {
+        c->token.path = lc->bearer_token_file;
+        if (!(c->token.value = read_secret(c->token.key, c->token.path, &c->token.id, err, errlen))) goto fail;
+    }
+    if (nonempty(lc->basic_auth_password_file)) {
+        c->password.path = lc->basic_auth_password_file;
+        if (!(c->password.value = read_secret(c->password.key, c->password.path, &c->password.id, err, errlen)))
+            goto fail;
+    }
     if (nonempty(lc->tls_ca_file) && check_readable("output.loki.tls.ca_file", lc->tls_ca_file, err, errlen) < 0)
         goto fail;
     if (nonempty(lc->tls_cert_file) && check_readable("output.loki.tls.cert_file", lc->tls_cert_file, err, errlen) < 0)
@@ -367,24 +541,7 @@ struct loki_client *loki_client_create(const struct config *cfg, char *err, size
         goto fail;
     }
 
-    /* Headers. The user's extra headers win over ours of the same name. */
-    if (!user_sets(cfg, "Content-Type") && add_header(&c->headers, "Content-Type: application/x-protobuf") < 0)
-        goto oom;
-    if (!user_sets(cfg, "Expect") && add_header(&c->headers, "Expect:") < 0) goto oom; /* no 100-continue */
-    if (nonempty(lc->tenant_id) && !user_sets(cfg, "X-Scope-OrgID") &&
-        add_header(&c->headers, "X-Scope-OrgID: %s", lc->tenant_id) < 0)
-        goto oom;
-    if (token && !user_sets(cfg, "Authorization") && add_header(&c->headers, "Authorization: Bearer %s", token) < 0)
-        goto oom;
-    for (size_t i = 0; i < lc->headers.count; i++) {
-        const char *name = lc->headers.keys[i], *value = lc->headers.values[i] ? lc->headers.values[i] : "";
-        if (check_header(name, value, err, errlen) < 0) goto fail;
-        /* curl: "Name:" would remove the header, "Name;" sends it empty. */
-        if ((*value ? add_header(&c->headers, "%s: %s", name, value) : add_header(&c->headers, "%s;", name)) < 0)
-            goto oom;
-    }
-    free_secret(token);
-    token = NULL;
+    if (build_headers(c, &c->headers, err, errlen) < 0) goto fail;
 
     c->curl = curl_easy_init();
     if (!c->curl) {
@@ -415,7 +572,7 @@ struct loki_client *loki_client_create(const struct config *cfg, char *err, size
     if (nonempty(lc->basic_auth_username)) {
         SETOPT(c, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
         SETOPT(c, CURLOPT_USERNAME, lc->basic_auth_username);
-        SETOPT(c, CURLOPT_PASSWORD, c->password ? c->password : "");
+        SETOPT(c, CURLOPT_PASSWORD, c->password.value ? c->password.value : "");
     }
     if (nonempty(lc->tls_ca_file)) SETOPT(c, CURLOPT_CAINFO, lc->tls_ca_file);
     if (nonempty(lc->tls_cert_file)) SETOPT(c, CURLOPT_SSLCERT, lc->tls_cert_file);
@@ -427,10 +584,7 @@ struct loki_client *loki_client_create(const struct config *cfg, char *err, size
     }
     return c;
 
-oom:
-    setf(err, errlen, "output.loki: out of memory");
 fail:
-    free_secret(token);
     loki_client_destroy(c);
     return NULL;
 }
@@ -482,8 +636,23 @@ static void describe_answer(const struct loki_client *c, long status, char *deta
     if (c->resp_total > c->resp_len) append_escaped(detail, cap, &pos, "\xe2\x80\xa6", 3); /* "…" */
 }
 
+/* See the classification table in loki.h. */
+static enum loki_push_result classify(long status)
+{
+    if (status >= 200 && status < 300) return LOKI_PUSH_OK;
+    if (status == 401 || status == 403) return LOKI_PUSH_AUTH;
+    if (status == 413) return LOKI_PUSH_TOO_LARGE;
+    if (status == 400 || status == 422) return LOKI_PUSH_REJECTED;
+    if (status == 408 || status == 429 || status >= 500) return LOKI_PUSH_RETRY;
+    if (status >= 300) return LOKI_PUSH_MISCONFIGURED;
+    return LOKI_PUSH_RETRY; /* a final 1xx, or nonsense: no verdict, so try again */
+}
+
 void loki_push(struct loki_client *c, const uint8_t *body, size_t len, struct loki_push_outcome *o)
 {
+    refresh_secret(c, &c->token, c->reread_secrets);
+    refresh_secret(c, &c->password, c->reread_secrets);
+
     c->resp_len = c->resp_total = 0;
     c->retry_after_ms = -1;
     c->errbuf[0] = '\0';
@@ -503,7 +672,8 @@ void loki_push(struct loki_client *c, const uint8_t *body, size_t len, struct lo
     o->retry_after_ms = c->retry_after_ms;
 
     if (rc != CURLE_OK) {
-        /* Timeouts, refused or reset connections, TLS failures: retry. */
+        /* Timeouts, refused or reset connections, TLS failures: retry.
+         * reread_secrets stays as it was: no answer is no verdict on them. */
         o->result = LOKI_PUSH_RETRY;
         const char *why = c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc);
         size_t pos = 0;
@@ -514,12 +684,8 @@ void loki_push(struct loki_client *c, const uint8_t *body, size_t len, struct lo
         append_escaped(o->detail, sizeof o->detail, &pos, why, strlen(why));
         return;
     }
-    if (status >= 200 && status < 300)
-        o->result = LOKI_PUSH_OK;
-    else if (status == 429 || status >= 500)
-        o->result = LOKI_PUSH_RETRY;
-    else
-        o->result = LOKI_PUSH_REJECTED;
+    o->result = classify(status);
+    c->reread_secrets = o->result == LOKI_PUSH_AUTH;
     describe_answer(c, status, o->detail, sizeof o->detail);
 }
 

@@ -14,7 +14,12 @@
  * need no NUL and may hold one); labels and metadata are NUL-terminated by
  * contract and go in as protobuf-c strings. The casts that drop `const` are
  * safe: protobuf-c only reads a message while packing it.
+ *
+ * loki_split_body() goes the other way for a 413: decompress, unpack with
+ * protobuf-c, re-pack two halves. It shares no state with the encoder (the
+ * sender thread calls it while the consumer thread may be encoding).
  */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -226,4 +231,128 @@ const uint8_t *loki_encoder_last_protobuf(const struct loki_encoder *enc, size_t
 {
     *len = enc->pb_len;
     return enc->pb;
+}
+
+/* ---------------------------------------------------------------------------
+ * Splitting a body after a 413. Cold path: it allocates freely (a decoded
+ * copy of the request and two new bodies), and it runs only when a server
+ * refused a body for its size.
+ */
+
+void loki_body_free(struct loki_body *b)
+{
+    if (!b) return;
+    free(b->data);
+    memset(b, 0, sizeof *b);
+}
+
+/* Packs and compresses req into a new body; -1 when out of memory. */
+static int pack_piece(const Logproto__PushRequest *req, struct loki_body *out)
+{
+    const size_t size = protobuf_c_message_get_packed_size(&req->base);
+    uint8_t *pb = malloc(size ? size : 1);
+    if (!pb) return -1;
+    const size_t pb_len = protobuf_c_message_pack(&req->base, pb);
+    size_t len = snappy_max_compressed_length(pb_len);
+    uint8_t *data = malloc(len);
+    if (!data) {
+        free(pb);
+        return -1;
+    }
+    const snappy_status st = snappy_compress((const char *)pb, pb_len, (char *)data, &len);
+    free(pb);
+    if (st != SNAPPY_OK) {
+        free(data);
+        return -1;
+    }
+    out->data = data;
+    out->len = len;
+    out->raw_len = pb_len;
+    out->entries = 0;
+    out->line_bytes = 0;
+    for (size_t i = 0; i < req->n_streams; i++) {
+        out->entries += req->streams[i]->n_entries;
+        for (size_t j = 0; j < req->streams[i]->n_entries; j++)
+            out->line_bytes += req->streams[i]->entries[j]->line.len;
+    }
+    return 0;
+}
+
+enum loki_split_result loki_split_body(const uint8_t *body, size_t len, struct loki_body *first,
+                                       struct loki_body *second)
+{
+    memset(first, 0, sizeof *first);
+    memset(second, 0, sizeof *second);
+
+    size_t raw_len;
+    if (snappy_uncompressed_length((const char *)body, len, &raw_len) != SNAPPY_OK) return LOKI_SPLIT_INVALID;
+    char *raw = malloc(raw_len ? raw_len : 1);
+    if (!raw) return LOKI_SPLIT_NOMEM;
+    if (snappy_uncompress((const char *)body, len, raw, &raw_len) != SNAPPY_OK) {
+        free(raw);
+        return LOKI_SPLIT_INVALID;
+    }
+    /* protobuf-c copies what it keeps (bytes and strings), so raw can go. It
+     * cannot tell a malformed message from an allocation failure; both are
+     * called invalid, which is right for ours: the encoder never writes a
+     * malformed one, so that NULL is almost surely the body's fault. */
+    Logproto__PushRequest *req = logproto__push_request__unpack(NULL, raw_len, (const uint8_t *)raw);
+    free(raw);
+    if (!req) return LOKI_SPLIT_INVALID;
+
+    size_t total = 0;
+    for (size_t i = 0; i < req->n_streams; i++) total += req->streams[i]->n_entries;
+    if (total < 2) {
+        logproto__push_request__free_unpacked(req, NULL);
+        return LOKI_SPLIT_SINGLE;
+    }
+
+    /* The cut: stream `cut` gives its first `keep` entries to the first
+     * piece and the rest to the second; streams before it go wholly to the
+     * first, streams after it to the second. keep is never 0 (a stream with
+     * nothing before the cut would be an empty stream in the first piece),
+     * and the stream is in the second piece only if something is left. */
+    const size_t want = (total + 1) / 2;
+    size_t cut = 0, before = 0;
+    while (before + req->streams[cut]->n_entries < want) before += req->streams[cut++]->n_entries;
+    const size_t keep = want - before;
+    const Logproto__StreamAdapter *split = req->streams[cut];
+    const bool shared = keep < split->n_entries;
+
+    /* Shallow copies: the pieces point at req's entries and labels. */
+    const size_t n1 = cut + 1, n2 = req->n_streams - cut - (shared ? 0 : 1);
+    Logproto__StreamAdapter *streams = malloc((n1 + n2) * sizeof *streams);
+    Logproto__StreamAdapter **ptrs = malloc((n1 + n2) * sizeof *ptrs);
+    enum loki_split_result rc = LOKI_SPLIT_NOMEM;
+    if (!streams || !ptrs) goto out;
+    for (size_t i = 0; i < n1; i++) {
+        streams[i] = *req->streams[i];
+        ptrs[i] = &streams[i];
+    }
+    streams[cut].n_entries = keep;
+    for (size_t i = 0; i < n2; i++) {
+        const size_t from = req->n_streams - n2 + i;
+        streams[n1 + i] = *req->streams[from];
+        ptrs[n1 + i] = &streams[n1 + i];
+    }
+    if (shared) {
+        streams[n1].entries = split->entries + keep;
+        streams[n1].n_entries = split->n_entries - keep;
+    }
+    Logproto__PushRequest a = LOGPROTO__PUSH_REQUEST__INIT, b = LOGPROTO__PUSH_REQUEST__INIT;
+    a.n_streams = n1;
+    a.streams = ptrs;
+    b.n_streams = n2;
+    b.streams = n2 ? ptrs + n1 : NULL;
+    if (pack_piece(&a, first) < 0 || pack_piece(&b, second) < 0) {
+        loki_body_free(first);
+        loki_body_free(second);
+        goto out;
+    }
+    rc = LOKI_SPLIT_OK;
+out:
+    free(streams);
+    free(ptrs);
+    logproto__push_request__free_unpacked(req, NULL);
+    return rc;
 }

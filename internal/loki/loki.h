@@ -16,14 +16,41 @@
  *  - loki_client pushes one body per call, synchronously, on one keep-alive
  *    connection, and classifies the answer:
  *        2xx                                  → LOKI_PUSH_OK
- *        429, 5xx, timeouts, connection errors → LOKI_PUSH_RETRY (with the
- *                                               server's Retry-After, if any)
- *        other 4xx (and 3xx)                   → LOKI_PUSH_REJECTED
+ *        408, 429, 5xx, timeouts,             → LOKI_PUSH_RETRY (with the
+ *        connection errors                      server's Retry-After, if any)
+ *        401, 403                             → LOKI_PUSH_AUTH: the credential
+ *                                               files are re-read before the
+ *                                               next push
+ *        3xx, 404, 405, 407, any other 4xx    → LOKI_PUSH_MISCONFIGURED: the
+ *        not named here                         request cannot succeed until
+ *                                               the deployment is fixed (URL,
+ *                                               proxy, method, headers)
+ *        413                                  → LOKI_PUSH_TOO_LARGE: split the
+ *                                               body (loki_split_body) and push
+ *                                               the pieces
+ *        400, 422                             → LOKI_PUSH_REJECTED: Loki judged
+ *                                               the content (timestamp too old,
+ *                                               line too long, bad labels) and
+ *                                               has stored the valid entries
  *    with a one-line detail: status, and the first 256 bytes of Loki's answer
- *    (control characters escaped) or curl's error text. Retrying and back-off
- *    are the caller's (see loki_backoff_ms), so shutdown can interrupt them.
- *  - Secrets (password, bearer token) are read from their files at
- *    creation, never logged, and wiped from memory at destruction.
+ *    (control characters escaped) or curl's error text. The caller retries
+ *    RETRY, AUTH and MISCONFIGURED alike, never drops them (but for
+ *    output.loki.max_retries): only REJECTED, and a TOO_LARGE single entry,
+ *    mean the lines are given up. An unknown 4xx is retried rather than
+ *    dropped because a wrong answer there costs lines, a wrong retry only
+ *    delay. Retrying and back-off are the caller's (see loki_backoff_ms), so
+ *    shutdown can interrupt them.
+ *  - Secrets (password, bearer token) are read from their files at creation
+ *    and again when they change: before each push the client stat()s them
+ *    (following symlinks, so a Kubernetes ..data swap is seen) and re-reads
+ *    one whose device, inode, size, mtime or ctime moved; after a 401 or 403
+ *    it re-reads them unconditionally (an in-place rewrite within one clock
+ *    tick leaves the stat unchanged). A file that became unreadable, empty or
+ *    malformed keeps the last good credential, said once until it is good
+ *    again. Secrets are never logged, and are wiped from memory when replaced
+ *    and at destruction.
+ *  - loki_split_body cuts a body in two pieces of about half its entries
+ *    each, for a 413 (cold path: it allocates).
  */
 #ifndef LOGLET_LOKI_H
 #define LOGLET_LOKI_H
@@ -70,11 +97,48 @@ int loki_encode(struct loki_encoder *enc, const struct loki_stream *streams, siz
 /* The protobuf bytes of the last loki_encode() (before snappy), for tests. */
 const uint8_t *loki_encoder_last_protobuf(const struct loki_encoder *enc, size_t *len);
 
-enum loki_push_result { LOKI_PUSH_OK, LOKI_PUSH_RETRY, LOKI_PUSH_REJECTED };
+/* A body cut out of another by loki_split_body(): malloc'd, owned by whoever
+ * holds it (loki_body_free). entries and line_bytes count what it holds. */
+struct loki_body {
+    uint8_t *data; /* snappy-compressed PushRequest */
+    size_t len;
+    size_t raw_len; /* protobuf bytes before compression */
+    size_t entries;
+    size_t line_bytes;
+};
+
+enum loki_split_result {
+    LOKI_SPLIT_OK = 0,     /* *first and *second hold the two pieces */
+    LOKI_SPLIT_SINGLE = 1, /* the body holds fewer than two entries: nothing to split */
+    LOKI_SPLIT_NOMEM = -1, /* out of memory: nothing changed, try again later */
+    LOKI_SPLIT_INVALID = -2, /* not a snappy-compressed PushRequest */
+};
+
+/* Cuts a push body in two. With N entries in all (streams in order, entries
+ * in order within each), the first piece holds the first ceil(N/2) of them
+ * and the second the rest, so pushing the first before the second keeps
+ * every stream's order; a stream cut in the middle appears in both pieces
+ * with the same labels; a stream without entries goes with the piece its
+ * place falls in. Each piece is re-packed and snappy-compressed on its own.
+ * On anything but LOKI_SPLIT_OK, *first and *second are zeroed. */
+enum loki_split_result loki_split_body(const uint8_t *body, size_t len, struct loki_body *first,
+                                       struct loki_body *second);
+void loki_body_free(struct loki_body *body);
+
+enum loki_push_result {
+    LOKI_PUSH_OK,
+    LOKI_PUSH_RETRY,
+    LOKI_PUSH_AUTH,
+    LOKI_PUSH_MISCONFIGURED,
+    LOKI_PUSH_TOO_LARGE,
+    LOKI_PUSH_REJECTED,
+};
 
 struct loki_client;
 /* Reads the secret files and sets up curl. Returns NULL with `err` set
- * ("output.loki.bearer_token_file: cannot read /x: No such file…"). */
+ * ("output.loki.bearer_token_file: cannot read /x: No such file…"). The
+ * client keeps `cfg` (to rebuild its headers when a credential changes): it
+ * must outlive the client. */
 struct loki_client *loki_client_create(const struct config *cfg, char *err, size_t errlen);
 void loki_client_destroy(struct loki_client *client);
 
@@ -86,6 +150,7 @@ struct loki_push_outcome {
     char detail[512];
 };
 
+/* Checks the credential files (see the contract), then POSTs the body. */
 void loki_push(struct loki_client *client, const uint8_t *body, size_t len, struct loki_push_outcome *outcome);
 
 /* Exponential back-off with full jitter: a random value in

@@ -1,7 +1,9 @@
 /*
  * test_loki — label rendering, the PushRequest encoder (byte for byte
- * against a real Promtail 2.8.0 push), back-off, and the client against a
- * tiny HTTP server on 127.0.0.1 run by a thread of this test.
+ * against a real Promtail 2.8.0 push), splitting a body after a 413,
+ * back-off, and the client against a tiny HTTP server on 127.0.0.1 run by a
+ * thread of this test: headers, every answer's class, and credential files
+ * rotated, rewritten or broken while it runs.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -411,6 +414,293 @@ static void test_encode_large_batch_reuses_buffers(void **state)
     loki_encoder_destroy(enc);
 }
 
+
+/* ---------------------------------------------------------------------------
+ * Splitting after a 413.
+ */
+
+/* One entry as the tests see it, flattened out of a decoded request. */
+struct flat_entry {
+    char labels[64];
+    int64_t ts_ns;
+    char line[64];
+    size_t line_len;
+    char md[64]; /* "name=value;" for each structured metadata pair */
+};
+
+/* Appends the entries of a body to out[*n..], in order; returns the number
+ * of streams it holds, and checks no stream of it repeats labels (a split
+ * must not duplicate a stream within one piece). */
+static size_t flatten_body(const uint8_t *body, size_t len, struct flat_entry *out, size_t *n, size_t cap)
+{
+    Logproto__PushRequest *req = decode_body(body, len);
+    for (size_t i = 0; i < req->n_streams; i++) {
+        const Logproto__StreamAdapter *st = req->streams[i];
+        for (size_t k = 0; k < i; k++) assert_string_not_equal(req->streams[k]->labels, st->labels);
+        for (size_t j = 0; j < st->n_entries; j++) {
+            assert_true(*n < cap);
+            const Logproto__EntryAdapter *e = st->entries[j];
+            struct flat_entry *f = &out[(*n)++];
+            memset(f, 0, sizeof *f);
+            snprintf(f->labels, sizeof f->labels, "%s", st->labels);
+            f->ts_ns = e->timestamp->seconds * S + e->timestamp->nanos;
+            assert_true(e->line.len < sizeof f->line);
+            if (e->line.len) memcpy(f->line, e->line.data, e->line.len);
+            f->line_len = e->line.len;
+            for (size_t k = 0; k < e->n_structuredmetadata; k++) {
+                const size_t at = strlen(f->md);
+                snprintf(f->md + at, sizeof f->md - at, "%s=%s;", e->structuredmetadata[k]->name,
+                         e->structuredmetadata[k]->value);
+            }
+        }
+    }
+    const size_t streams = req->n_streams;
+    logproto__push_request__free_unpacked(req, NULL);
+    return streams;
+}
+
+static void assert_flat_equal(const struct flat_entry *a, const struct flat_entry *b)
+{
+    assert_string_equal(a->labels, b->labels);
+    assert_int_equal(a->ts_ns, b->ts_ns);
+    assert_int_equal(a->line_len, b->line_len);
+    assert_memory_equal(a->line, b->line, a->line_len);
+    assert_string_equal(a->md, b->md);
+}
+
+/* Four streams, one of them empty, metadata on some entries, a NUL in a
+ * line: 3 + 0 + 4 + 2 = 9 entries. */
+static const struct loki_label split_md[] = {{"trace_id", "t1"}, {"user", "u"}};
+static const struct loki_entry split_s0[] = {
+    {.ts_ns = 10 * S + 1, .line = "a0", .len = 2},
+    {.ts_ns = 10 * S + 2, .line = "a1", .len = 2, .metadata = split_md, .nmetadata = 2},
+    {.ts_ns = 10 * S + 3, .line = "a2", .len = 2},
+};
+static const struct loki_entry split_s2[] = {
+    {.ts_ns = 20 * S + 1, .line = "c0\0z", .len = 4},
+    {.ts_ns = 20 * S + 2, .line = "c1", .len = 2},
+    {.ts_ns = 20 * S + 3, .line = "c2", .len = 2, .metadata = split_md, .nmetadata = 1},
+    {.ts_ns = 20 * S + 4, .line = "c3-longer", .len = 9},
+};
+static const struct loki_entry split_s3[] = {
+    {.ts_ns = -5, .line = "d0", .len = 2},
+    {.ts_ns = 30 * S, .line = "", .len = 0},
+};
+static const struct loki_stream split_streams[] = {
+    {.labels = "{s=\"0\"}", .entries = split_s0, .nentries = 3},
+    {.labels = "{s=\"1\"}", .entries = NULL, .nentries = 0},
+    {.labels = "{s=\"2\"}", .entries = split_s2, .nentries = 4},
+    {.labels = "{s=\"3\"}", .entries = split_s3, .nentries = 2},
+};
+
+static void test_split_cuts_a_stream_in_the_middle(void **state)
+{
+    (void)state;
+    struct loki_encoder *enc = loki_encoder_create();
+    assert_non_null(enc);
+    const uint8_t *body;
+    size_t body_len, raw_len;
+    assert_int_equal(loki_encode(enc, split_streams, 4, &body, &body_len, &raw_len), 0);
+    struct flat_entry all[16];
+    size_t nall = 0;
+    assert_int_equal(flatten_body(body, body_len, all, &nall, 16), 4);
+    assert_int_equal(nall, 9);
+
+    struct loki_body a, b;
+    assert_int_equal(loki_split_body(body, body_len, &a, &b), LOKI_SPLIT_OK);
+    /* ceil(9/2) = 5: stream 0 whole, the empty stream 1, and the first two of
+     * stream 2; then the last two of stream 2 and stream 3. */
+    struct flat_entry got[16];
+    size_t n = 0;
+    assert_int_equal(flatten_body(a.data, a.len, got, &n, 16), 3);
+    assert_int_equal(n, 5);
+    assert_int_equal(a.entries, 5);
+    assert_int_equal(a.line_bytes, 2 + 2 + 2 + 4 + 2);
+    assert_int_equal(flatten_body(b.data, b.len, got, &n, 16), 2);
+    assert_int_equal(n, 9);
+    assert_int_equal(b.entries, 4);
+    assert_int_equal(b.line_bytes, 2 + 9 + 2 + 0);
+    for (size_t i = 0; i < 9; i++) assert_flat_equal(&got[i], &all[i]);
+
+    /* Each piece is exactly what encoding its half from scratch gives, and
+     * raw_len is its protobuf size. */
+    const struct loki_stream first[] = {
+        split_streams[0], split_streams[1], {.labels = "{s=\"2\"}", .entries = split_s2, .nentries = 2}};
+    const struct loki_stream second[] = {{.labels = "{s=\"2\"}", .entries = split_s2 + 2, .nentries = 2},
+                                         split_streams[3]};
+    const struct loki_body *pieces[] = {&a, &b};
+    const struct loki_stream *halves[] = {first, second};
+    const size_t nhalves[] = {3, 2};
+    for (int k = 0; k < 2; k++) {
+        size_t want_body_len, want_raw_len, pb_len, un_len;
+        assert_int_equal(loki_encode(enc, halves[k], nhalves[k], &body, &want_body_len, &want_raw_len), 0);
+        const uint8_t *want = loki_encoder_last_protobuf(enc, &pb_len);
+        uint8_t *un = unsnappy(pieces[k]->data, pieces[k]->len, &un_len);
+        assert_int_equal(un_len, pb_len);
+        assert_memory_equal(un, want, pb_len);
+        assert_int_equal(pieces[k]->raw_len, want_raw_len);
+        free(un);
+    }
+    loki_body_free(&a);
+    loki_body_free(&b);
+    assert_null(a.data);
+    assert_int_equal(a.len, 0);
+    loki_encoder_destroy(enc);
+}
+
+static void test_split_at_a_stream_boundary(void **state)
+{
+    (void)state;
+    const struct loki_stream two[] = {
+        {.labels = "{s=\"0\"}", .entries = split_s0, .nentries = 2},
+        {.labels = "{s=\"3\"}", .entries = split_s3, .nentries = 2},
+    };
+    struct loki_encoder *enc = loki_encoder_create();
+    assert_non_null(enc);
+    const uint8_t *body;
+    size_t body_len, raw_len;
+    assert_int_equal(loki_encode(enc, two, 2, &body, &body_len, &raw_len), 0);
+    struct loki_body a, b;
+    assert_int_equal(loki_split_body(body, body_len, &a, &b), LOKI_SPLIT_OK);
+    Logproto__PushRequest *ra = decode_body(a.data, a.len), *rb = decode_body(b.data, b.len);
+    /* No empty copy of a stream on either side of the cut. */
+    assert_int_equal(ra->n_streams, 1);
+    assert_string_equal(ra->streams[0]->labels, "{s=\"0\"}");
+    assert_int_equal(ra->streams[0]->n_entries, 2);
+    assert_int_equal(rb->n_streams, 1);
+    assert_string_equal(rb->streams[0]->labels, "{s=\"3\"}");
+    assert_int_equal(rb->streams[0]->n_entries, 2);
+    logproto__push_request__free_unpacked(ra, NULL);
+    logproto__push_request__free_unpacked(rb, NULL);
+    loki_body_free(&a);
+    loki_body_free(&b);
+    loki_encoder_destroy(enc);
+}
+
+/* Splits recursively, first piece first (as the sender pushes them), down
+ * to single entries; appends the leaves' entries to out. */
+static void split_to_leaves(const uint8_t *body, size_t len, size_t entries, struct flat_entry *out, size_t *n,
+                            size_t cap, int depth)
+{
+    assert_true(depth < 64);
+    struct loki_body a, b;
+    const enum loki_split_result r = loki_split_body(body, len, &a, &b);
+    if (entries < 2) {
+        assert_int_equal(r, LOKI_SPLIT_SINGLE);
+        assert_null(a.data);
+        assert_null(b.data);
+        const size_t before = *n;
+        flatten_body(body, len, out, n, cap);
+        assert_int_equal(*n - before, entries);
+        return;
+    }
+    assert_int_equal(r, LOKI_SPLIT_OK);
+    assert_int_equal(a.entries, (entries + 1) / 2);
+    assert_int_equal(b.entries, entries / 2);
+    split_to_leaves(a.data, a.len, a.entries, out, n, cap, depth + 1);
+    split_to_leaves(b.data, b.len, b.entries, out, n, cap, depth + 1);
+    loki_body_free(&a);
+    loki_body_free(&b);
+}
+
+static void test_split_down_to_single_entries_keeps_order(void **state)
+{
+    (void)state;
+    struct loki_encoder *enc = loki_encoder_create();
+    assert_non_null(enc);
+    const uint8_t *body;
+    size_t body_len, raw_len;
+    assert_int_equal(loki_encode(enc, split_streams, 4, &body, &body_len, &raw_len), 0);
+    struct flat_entry all[16], leaves[16];
+    size_t nall = 0, nleaves = 0;
+    flatten_body(body, body_len, all, &nall, 16);
+    split_to_leaves(body, body_len, 9, leaves, &nleaves, 16, 0);
+    assert_int_equal(nleaves, 9);
+    for (size_t i = 0; i < 9; i++) assert_flat_equal(&leaves[i], &all[i]);
+    loki_encoder_destroy(enc);
+}
+
+static void test_split_large_batch(void **state)
+{
+    (void)state;
+    enum { N = 20001 };
+    static char lines[N][16];
+    static struct loki_entry e[N];
+    for (int i = 0; i < N; i++) {
+        const int n = snprintf(lines[i], sizeof lines[i], "L%d", i);
+        e[i] = (struct loki_entry){.ts_ns = i, .line = lines[i], .len = (size_t)n};
+    }
+    const struct loki_stream st[] = {
+        {.labels = "{a=\"x\"}", .entries = e, .nentries = 7000},
+        {.labels = "{a=\"y\"}", .entries = e + 7000, .nentries = N - 7000},
+    };
+    struct loki_encoder *enc = loki_encoder_create();
+    assert_non_null(enc);
+    const uint8_t *body;
+    size_t body_len, raw_len;
+    assert_int_equal(loki_encode(enc, st, 2, &body, &body_len, &raw_len), 0);
+    struct loki_body a, b;
+    assert_int_equal(loki_split_body(body, body_len, &a, &b), LOKI_SPLIT_OK);
+    assert_int_equal(a.entries, 10001);
+    assert_int_equal(b.entries, 10000);
+    assert_true(a.len < body_len && b.len < body_len);
+    Logproto__PushRequest *ra = decode_body(a.data, a.len), *rb = decode_body(b.data, b.len);
+    assert_int_equal(ra->n_streams, 2);
+    assert_int_equal(ra->streams[0]->n_entries, 7000);
+    assert_int_equal(ra->streams[1]->n_entries, 3001);
+    assert_int_equal(rb->n_streams, 1);
+    assert_string_equal(rb->streams[0]->labels, "{a=\"y\"}");
+    assert_int_equal(rb->streams[0]->n_entries, 10000);
+    size_t k = 0;
+    for (size_t i = 0; i < ra->n_streams; i++)
+        for (size_t j = 0; j < ra->streams[i]->n_entries; j++, k++)
+            assert_int_equal(ra->streams[i]->entries[j]->timestamp->nanos, (int32_t)k);
+    for (size_t j = 0; j < rb->streams[0]->n_entries; j++, k++) {
+        const Logproto__EntryAdapter *x = rb->streams[0]->entries[j];
+        assert_int_equal(x->timestamp->nanos, (int32_t)k);
+        assert_int_equal(x->line.len, e[k].len);
+        assert_memory_equal(x->line.data, e[k].line, e[k].len);
+    }
+    assert_int_equal(k, N);
+    logproto__push_request__free_unpacked(ra, NULL);
+    logproto__push_request__free_unpacked(rb, NULL);
+    loki_body_free(&a);
+    loki_body_free(&b);
+    loki_encoder_destroy(enc);
+}
+
+static void test_split_refuses_what_it_cannot_cut(void **state)
+{
+    (void)state;
+    struct loki_encoder *enc = loki_encoder_create();
+    assert_non_null(enc);
+    const uint8_t *body;
+    size_t body_len, raw_len;
+    struct loki_body a = {.len = 7}, b = {.len = 7};
+
+    /* One entry (beside an empty stream): nothing to split. */
+    const struct loki_stream one[] = {split_streams[1], {.labels = "{s=\"3\"}", .entries = split_s3, .nentries = 1}};
+    assert_int_equal(loki_encode(enc, one, 2, &body, &body_len, &raw_len), 0);
+    assert_int_equal(loki_split_body(body, body_len, &a, &b), LOKI_SPLIT_SINGLE);
+    assert_null(a.data);
+    assert_int_equal(a.len, 0);
+    assert_int_equal(b.len, 0);
+    assert_int_equal(loki_encode(enc, NULL, 0, &body, &body_len, &raw_len), 0);
+    assert_int_equal(loki_split_body(body, body_len, &a, &b), LOKI_SPLIT_SINGLE);
+
+    /* Not snappy; snappy of something that is not a PushRequest. */
+    static const uint8_t junk[] = {0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x02};
+    assert_int_equal(loki_split_body(junk, sizeof junk, &a, &b), LOKI_SPLIT_INVALID);
+    char packed[64];
+    size_t packed_len = sizeof packed;
+    static const char not_pb[] = "\x0a\x7f" "short"; /* a stream claiming 127 bytes */
+    assert_int_equal(snappy_compress(not_pb, sizeof not_pb - 1, packed, &packed_len), SNAPPY_OK);
+    assert_int_equal(loki_split_body((const uint8_t *)packed, packed_len, &a, &b), LOKI_SPLIT_INVALID);
+    assert_null(a.data);
+    assert_null(b.data);
+    loki_encoder_destroy(enc);
+}
+
 /* ---------------------------------------------------------------------------
  * Back-off.
  */
@@ -452,7 +742,7 @@ static void test_backoff_retry_after(void **state)
  * responses[i] is NULL). Stops when told through a pipe.
  */
 
-#define SRV_MAX 8
+#define SRV_MAX 32
 
 struct srv {
     int lfd, port, stop[2];
@@ -540,13 +830,13 @@ static void *srv_main(void *arg)
     return NULL;
 }
 
-static struct srv *srv_start(const char *r0, const char *r1, const char *r2)
+/* Answers the i-th request with responses[i], for i < n (n <= SRV_MAX). */
+static struct srv *srv_start_list(const char *const *responses, int n)
 {
     struct srv *s = calloc(1, sizeof *s);
     assert_non_null(s);
-    s->responses[0] = r0;
-    s->responses[1] = r1;
-    s->responses[2] = r2;
+    assert_true(n <= SRV_MAX);
+    for (int i = 0; i < n; i++) s->responses[i] = responses[i];
     assert_int_equal(pipe(s->stop), 0);
     s->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     assert_true(s->lfd >= 0);
@@ -558,6 +848,12 @@ static struct srv *srv_start(const char *r0, const char *r1, const char *r2)
     s->port = ntohs(a.sin_port);
     assert_int_equal(pthread_create(&s->thread, NULL, srv_main, s), 0);
     return s;
+}
+
+static struct srv *srv_start(const char *r0, const char *r1, const char *r2)
+{
+    const char *const r[] = {r0, r1, r2};
+    return srv_start_list(r, 3);
 }
 
 static void srv_stop(struct srv *s)
@@ -775,7 +1071,7 @@ static void test_client_long_body_and_http_date(void **state)
     struct loki_push_outcome o;
 
     loki_push(c, (const uint8_t *)"x", 1, &o);
-    assert_int_equal(o.result, LOKI_PUSH_REJECTED);
+    assert_int_equal(o.result, LOKI_PUSH_MISCONFIGURED);
     assert_int_equal(o.http_status, 404);
     /* "HTTP 404: " + the first 256 bytes + "…" */
     char want[512];
@@ -794,7 +1090,9 @@ static void test_client_long_body_and_http_date(void **state)
     config_free(&cfg);
 }
 
-static void test_client_redirect_is_rejected(void **state)
+/* A redirect is not followed (credentials would go along to wherever it
+ * points) and not dropped either: the URL is wrong, not the lines. */
+static void test_client_redirect_is_misconfigured(void **state)
 {
     (void)state;
     struct srv *s = srv_start("HTTP/1.1 301 Moved\r\nLocation: http://127.0.0.1:1/\r\nContent-Length: 0\r\n\r\n",
@@ -804,10 +1102,282 @@ static void test_client_redirect_is_rejected(void **state)
     struct loki_client *c = client_ok(&cfg);
     struct loki_push_outcome o;
     loki_push(c, (const uint8_t *)"x", 1, &o);
-    assert_int_equal(o.result, LOKI_PUSH_REJECTED);
+    assert_int_equal(o.result, LOKI_PUSH_MISCONFIGURED);
     assert_int_equal(o.http_status, 301);
     loki_client_destroy(c);
     srv_stop(s);
+    assert_int_equal(s->nreq, 1);
+    assert_int_equal(s->accepts, 1);
+    srv_free(s);
+    config_free(&cfg);
+}
+
+
+/* Every row of loki.h's table: which answers are retried, which dropped. */
+static void test_client_classifies_every_status(void **state)
+{
+    (void)state;
+    static const struct {
+        long status;
+        enum loki_push_result want;
+    } cases[] = {
+        {200, LOKI_PUSH_OK},
+        {204, LOKI_PUSH_OK},
+        {301, LOKI_PUSH_MISCONFIGURED},
+        {302, LOKI_PUSH_MISCONFIGURED},
+        {307, LOKI_PUSH_MISCONFIGURED},
+        {308, LOKI_PUSH_MISCONFIGURED},
+        {400, LOKI_PUSH_REJECTED},
+        {401, LOKI_PUSH_AUTH},
+        {403, LOKI_PUSH_AUTH},
+        {404, LOKI_PUSH_MISCONFIGURED},
+        {405, LOKI_PUSH_MISCONFIGURED},
+        {407, LOKI_PUSH_MISCONFIGURED},
+        {408, LOKI_PUSH_RETRY},
+        {409, LOKI_PUSH_MISCONFIGURED},
+        {413, LOKI_PUSH_TOO_LARGE},
+        {415, LOKI_PUSH_MISCONFIGURED},
+        {421, LOKI_PUSH_MISCONFIGURED},
+        {422, LOKI_PUSH_REJECTED},
+        {429, LOKI_PUSH_RETRY},
+        {431, LOKI_PUSH_MISCONFIGURED},
+        {451, LOKI_PUSH_MISCONFIGURED},
+        {500, LOKI_PUSH_RETRY},
+        {502, LOKI_PUSH_RETRY},
+        {503, LOKI_PUSH_RETRY},
+        {504, LOKI_PUSH_RETRY},
+        {599, LOKI_PUSH_RETRY},
+    };
+    enum { N = sizeof cases / sizeof cases[0] };
+    static char resp[N][128];
+    const char *list[N];
+    for (int i = 0; i < N; i++) {
+        /* 1xx-5xx with an empty body; 204 and 304 have none by definition. */
+        snprintf(resp[i], sizeof resp[i], "HTTP/1.1 %ld Whatever\r\nContent-Length: 0\r\n\r\n", cases[i].status);
+        list[i] = resp[i];
+    }
+    struct srv *s = srv_start_list(list, N);
+    struct config cfg;
+    cfg_for(&cfg, s->port);
+    struct loki_client *c = client_ok(&cfg);
+    for (int i = 0; i < N; i++) {
+        struct loki_push_outcome o;
+        loki_push(c, (const uint8_t *)"x", 1, &o);
+        if (o.http_status != cases[i].status || o.result != cases[i].want)
+            fail_msg("HTTP %ld: got status %ld class %d, want class %d (%s)", cases[i].status, o.http_status,
+                     o.result, cases[i].want, o.detail);
+        char want[32];
+        snprintf(want, sizeof want, "HTTP %ld", cases[i].status);
+        assert_string_equal(o.detail, want);
+    }
+    loki_client_destroy(c);
+    srv_stop(s);
+    assert_int_equal(s->nreq, N);
+    srv_free(s);
+    config_free(&cfg);
+}
+
+/* A Kubernetes secret volume: <dir>/token -> ..data/token, ..data -> a
+ * timestamped directory that the kubelet replaces atomically. */
+struct secret_dir {
+    char root[64];
+    char path[128]; /* <root>/token, what the config names */
+    int generation;
+};
+
+static void secret_dir_write(struct secret_dir *d, const char *content)
+{
+    char dir[160], file[200], tmp[160], data[160], old[160];
+    snprintf(dir, sizeof dir, "%s/..gen%d", d->root, ++d->generation);
+    assert_int_equal(mkdir(dir, 0755), 0);
+    snprintf(file, sizeof file, "%s/token", dir);
+    const int fd = open(file, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, content, strlen(content)), (ssize_t)strlen(content));
+    close(fd);
+    snprintf(tmp, sizeof tmp, "%s/..data_tmp", d->root);
+    snprintf(data, sizeof data, "%s/..data", d->root);
+    snprintf(dir, sizeof dir, "..gen%d", d->generation);
+    assert_int_equal(symlink(dir, tmp), 0);
+    assert_int_equal(rename(tmp, data), 0);
+    if (d->generation > 1) { /* the kubelet removes the old generation */
+        snprintf(old, sizeof old, "%s/..gen%d/token", d->root, d->generation - 1);
+        assert_int_equal(unlink(old), 0);
+        snprintf(old, sizeof old, "%s/..gen%d", d->root, d->generation - 1);
+        assert_int_equal(rmdir(old), 0);
+    }
+}
+
+static void secret_dir_create(struct secret_dir *d, const char *content)
+{
+    memset(d, 0, sizeof *d);
+    snprintf(d->root, sizeof d->root, "/tmp/test_loki_secrets.XXXXXX");
+    assert_non_null(mkdtemp(d->root));
+    snprintf(d->path, sizeof d->path, "%s/token", d->root);
+    secret_dir_write(d, content);
+    assert_int_equal(symlink("..data/token", d->path), 0);
+}
+
+static void secret_dir_remove(struct secret_dir *d)
+{
+    char p[200];
+    snprintf(p, sizeof p, "%s/..gen%d/token", d->root, d->generation);
+    unlink(p);
+    snprintf(p, sizeof p, "%s/..gen%d", d->root, d->generation);
+    rmdir(p);
+    snprintf(p, sizeof p, "%s/..data", d->root);
+    unlink(p);
+    unlink(d->path);
+    assert_int_equal(rmdir(d->root), 0);
+}
+
+static void rewrite_file(const char *path, const char *content)
+{
+    const int fd = open(path, O_WRONLY | O_TRUNC);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, content, strlen(content)), (ssize_t)strlen(content));
+    close(fd);
+}
+
+#define R401 "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n"
+
+/* The token is picked up before the next push, without a 401 first: after a
+ * ..data swap, after an in-place rewrite. A file that goes empty, missing or
+ * two-line keeps the last good token; a good one again is used at once. */
+static void test_client_token_rotation(void **state)
+{
+    (void)state;
+    const char *r[] = {R204, R204, R204, R204, R204, R204, R204, R204};
+    struct srv *s = srv_start_list(r, 8);
+    struct secret_dir d;
+    secret_dir_create(&d, "token-one\n");
+    struct config cfg;
+    cfg_for(&cfg, s->port);
+    set_str(&cfg.output.loki.bearer_token_file, "%s", d.path);
+    struct loki_client *c = client_ok(&cfg);
+    struct loki_push_outcome o;
+    char real[200];
+
+    loki_push(c, (const uint8_t *)"x", 1, &o);                     /* 0: one */
+    secret_dir_write(&d, "token-two\n");
+    loki_push(c, (const uint8_t *)"x", 1, &o);                     /* 1: two, by the swap */
+    snprintf(real, sizeof real, "%s/..gen%d/token", d.root, d.generation);
+    rewrite_file(real, "token-three-longer");
+    loki_push(c, (const uint8_t *)"x", 1, &o);                     /* 2: three, in place */
+    rewrite_file(real, " \n");
+    loki_push(c, (const uint8_t *)"x", 1, &o);                     /* 3: empty: still three */
+    assert_int_equal(unlink(real), 0);
+    loki_push(c, (const uint8_t *)"x", 1, &o);                     /* 4: missing: still three */
+    const int fd = open(real, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "four\nfive\n", 10), 10);
+    close(fd);
+    loki_push(c, (const uint8_t *)"x", 1, &o);                     /* 5: two lines: still three */
+    rewrite_file(real, "token-six");
+    loki_push(c, (const uint8_t *)"x", 1, &o);                     /* 6: six */
+    loki_push(c, (const uint8_t *)"x", 1, &o);                     /* 7: six, unchanged */
+    assert_int_equal(o.result, LOKI_PUSH_OK);
+    loki_client_destroy(c);
+    srv_stop(s);
+
+    static const char *const want[] = {"one", "two", "three-longer", "three-longer",
+                                       "three-longer", "three-longer", "six", "six"};
+    assert_int_equal(s->nreq, 8);
+    for (int i = 0; i < 8; i++) {
+        char line[64];
+        snprintf(line, sizeof line, "Authorization: Bearer token-%s", want[i]);
+        if (!has_header(s->head[i], line)) fail_msg("request %d: want %s in\n%s", i, line, s->head[i]);
+        const char *first = strcasestr(s->head[i], "\r\nAuthorization:");
+        assert_null(strcasestr(first + 1, "\r\nAuthorization:")); /* the old line is gone, not kept beside */
+        assert_true(has_header(s->head[i], "Content-Type: application/x-protobuf")); /* the rest rebuilt too */
+    }
+    assert_int_equal(s->accepts, 1); /* a new credential needs no new connection */
+    secret_dir_remove(&d);
+    srv_free(s);
+    config_free(&cfg);
+}
+
+/* Events of `kind` (IN_OPEN) queued on the inotify descriptor, drained. */
+static int inotify_count(int fd, uint32_t kind)
+{
+    int n = 0;
+    char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+    for (;;) {
+        const ssize_t r = read(fd, buf, sizeof buf);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return n;
+        for (ssize_t at = 0; at < r;) {
+            const struct inotify_event *ev = (const struct inotify_event *)(buf + at);
+            if (ev->mask & kind) n++;
+            at += (ssize_t)(sizeof *ev + ev->len);
+        }
+    }
+}
+
+/* After a 401 or 403 the file is opened and read again before every retry
+ * even though stat() shows no change (an in-place rewrite within one clock
+ * tick looks just like that); otherwise it is only stat()ed, never opened. */
+static void test_client_rereads_after_401_whatever_stat_says(void **state)
+{
+    (void)state;
+    const char *r[] = {R204, R401, R401, "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n", R204, R204};
+    struct srv *s = srv_start_list(r, 6);
+    char *tok = temp_file("same-token\n");
+    struct config cfg;
+    cfg_for(&cfg, s->port);
+    set_str(&cfg.output.loki.bearer_token_file, "%s", tok);
+    struct loki_client *c = client_ok(&cfg);
+    const int in = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    assert_true(in >= 0);
+    assert_true(inotify_add_watch(in, tok, IN_OPEN) >= 0);
+    struct loki_push_outcome o;
+    /* Opens of the file before each push, given the answer before it. */
+    static const int want_opens[] = {0, 0, 1, 1, 1, 0};
+    static const enum loki_push_result want_class[] = {LOKI_PUSH_OK, LOKI_PUSH_AUTH, LOKI_PUSH_AUTH,
+                                                       LOKI_PUSH_AUTH, LOKI_PUSH_OK, LOKI_PUSH_OK};
+    for (int i = 0; i < 6; i++) {
+        loki_push(c, (const uint8_t *)"x", 1, &o);
+        assert_int_equal(o.result, want_class[i]);
+        const int opens = inotify_count(in, IN_OPEN);
+        if (opens != want_opens[i]) fail_msg("push %d: the token file was opened %d times, want %d", i, opens,
+                                             want_opens[i]);
+    }
+    close(in);
+    loki_client_destroy(c);
+    srv_stop(s);
+    for (int i = 0; i < 6; i++) assert_true(has_header(s->head[i], "Authorization: Bearer same-token"));
+    unlink(tok);
+    free(tok);
+    srv_free(s);
+    config_free(&cfg);
+}
+
+/* The basic-auth password file is followed the same way. */
+static void test_client_password_rotation(void **state)
+{
+    (void)state;
+    const char *r[] = {R204, R401, R204};
+    struct srv *s = srv_start_list(r, 3);
+    char *pw = temp_file("s3cret\n");
+    struct config cfg;
+    cfg_for(&cfg, s->port);
+    set_str(&cfg.output.loki.basic_auth_username, "loglet");
+    set_str(&cfg.output.loki.basic_auth_password_file, "%s", pw);
+    struct loki_client *c = client_ok(&cfg);
+    struct loki_push_outcome o;
+    loki_push(c, (const uint8_t *)"x", 1, &o);
+    rewrite_file(pw, "n3w-password\n");
+    loki_push(c, (const uint8_t *)"x", 1, &o);
+    assert_int_equal(o.result, LOKI_PUSH_AUTH);
+    loki_push(c, (const uint8_t *)"x", 1, &o);
+    assert_int_equal(o.result, LOKI_PUSH_OK);
+    loki_client_destroy(c);
+    srv_stop(s);
+    assert_true(has_header(s->head[0], "Authorization: Basic bG9nbGV0OnMzY3JldA==")); /* loglet:s3cret */
+    assert_true(has_header(s->head[1], "Authorization: Basic bG9nbGV0Om4zdy1wYXNzd29yZA==")); /* loglet:n3w-password */
+    assert_true(has_header(s->head[2], "Authorization: Basic bG9nbGV0Om4zdy1wYXNzd29yZA=="));
+    unlink(pw);
+    free(pw);
     srv_free(s);
     config_free(&cfg);
 }
@@ -945,13 +1515,22 @@ int main(void)
         cmocka_unit_test(test_encode_nul_in_line_round_trips),
         cmocka_unit_test(test_encode_negative_timestamps),
         cmocka_unit_test(test_encode_large_batch_reuses_buffers),
+        cmocka_unit_test(test_split_cuts_a_stream_in_the_middle),
+        cmocka_unit_test(test_split_at_a_stream_boundary),
+        cmocka_unit_test(test_split_down_to_single_entries_keeps_order),
+        cmocka_unit_test(test_split_large_batch),
+        cmocka_unit_test(test_split_refuses_what_it_cannot_cut),
         cmocka_unit_test(test_backoff_bounds),
         cmocka_unit_test(test_backoff_retry_after),
         cmocka_unit_test(test_client_headers_bearer_and_body),
         cmocka_unit_test(test_client_basic_auth),
         cmocka_unit_test(test_client_classifies_answers),
         cmocka_unit_test(test_client_long_body_and_http_date),
-        cmocka_unit_test(test_client_redirect_is_rejected),
+        cmocka_unit_test(test_client_redirect_is_misconfigured),
+        cmocka_unit_test(test_client_classifies_every_status),
+        cmocka_unit_test(test_client_token_rotation),
+        cmocka_unit_test(test_client_rereads_after_401_whatever_stat_says),
+        cmocka_unit_test(test_client_password_rotation),
         cmocka_unit_test(test_client_connection_refused),
         cmocka_unit_test(test_client_timeout),
         cmocka_unit_test(test_client_create_errors),
