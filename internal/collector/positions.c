@@ -69,8 +69,46 @@ static const char *scalar(yaml_document_t *doc, yaml_node_t *node)
     return node && node->type == YAML_SCALAR_NODE ? (const char *)node->data.scalar.value : NULL;
 }
 
-/* Fills one position from a mapping node; returns the name of the bad field or NULL. */
-static const char *parse_entry(yaml_document_t *doc, yaml_node_t *map, struct position *p)
+/* A path that is not plain printable ASCII is written as hex (`path_hex`):
+ * YAML cannot carry arbitrary bytes (invalid UTF-8, C1 controls, U+FFFE),
+ * and one such file name must not make the whole positions file unreadable. */
+static bool plain_ascii(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f) return false;
+    return true;
+}
+
+static char *from_hex(const char *hex)
+{
+    size_t len = strlen(hex);
+    if (len % 2) return NULL;
+    char *out = malloc(len / 2 + 1);
+    if (!out) return NULL;
+    for (size_t i = 0; i < len / 2; i++) {
+        unsigned v = 0;
+        for (int k = 0; k < 2; k++) {
+            char ch = hex[2 * i + (size_t)k];
+            unsigned d = ch >= '0' && ch <= '9' ? (unsigned)(ch - '0') : ch >= 'a' && ch <= 'f' ? (unsigned)(ch - 'a' + 10) : 16;
+            if (d == 16) {
+                free(out);
+                return NULL;
+            }
+            v = v * 16 + d;
+        }
+        if (v == 0) {
+            free(out);
+            return NULL;
+        }
+        out[i] = (char)v;
+    }
+    out[len / 2] = '\0';
+    return out;
+}
+
+/* Fills one position from a mapping node; returns the name of the bad field
+ * or NULL. Paths given as hex are decoded into *decoded (the caller frees). */
+static const char *parse_entry(yaml_document_t *doc, yaml_node_t *map, struct position *p, char *decoded[2])
 {
     if (map->type != YAML_MAPPING_NODE) return "entry (not a mapping)";
     unsigned seen = 0;
@@ -81,6 +119,13 @@ static const char *parse_entry(yaml_document_t *doc, yaml_node_t *map, struct po
         uint64_t n = 0;
         if (strcmp(key, "path") == 0) p->path = (char *)value, seen |= 1;
         else if (strcmp(key, "real_path") == 0) p->real_path = (char *)value, seen |= 2;
+        else if (strcmp(key, "path_hex") == 0 || strcmp(key, "real_path_hex") == 0) {
+            int which = key[0] == 'r';
+            free(decoded[which]);
+            if (!(decoded[which] = from_hex(value))) return key;
+            if (which) p->real_path = decoded[1], seen |= 2;
+            else p->path = decoded[0], seen |= 1;
+        }
         else if (strcmp(key, "dev") == 0) { if (parse_u64(value, 10, &p->dev)) return key; seen |= 4; }
         else if (strcmp(key, "ino") == 0) { if (parse_u64(value, 10, &p->ino)) return key; seen |= 8; }
         else if (strcmp(key, "fp") == 0) { if (strlen(value) != 16 || parse_u64(value, 16, &p->fp)) return key; seen |= 16; }
@@ -149,13 +194,19 @@ int positions_read(const char *file, struct positions *out, char *err, size_t er
         for (yaml_node_item_t *item = list->data.sequence.items.start; item < list->data.sequence.items.top; item++) {
             yaml_node_t *node = yaml_document_get_node(&doc, *item);
             struct position p = {0};
-            const char *bad = node ? parse_entry(&doc, node, &p) : "entry";
+            char *decoded[2] = {NULL, NULL};
+            const char *bad = node ? parse_entry(&doc, node, &p, decoded) : "entry";
             if (bad) {
                 snprintf(err, errlen, "%s:%zu: invalid %s", file, node ? node->start_mark.line + 1 : 0, bad);
+                free(decoded[0]);
+                free(decoded[1]);
                 positions_free(out);
                 goto done;
             }
-            if (positions_add(out, &p) != 0) {
+            int added = positions_add(out, &p);
+            free(decoded[0]);
+            free(decoded[1]);
+            if (added != 0) {
                 snprintf(err, errlen, "%s: out of memory", file);
                 positions_free(out);
                 goto done;
@@ -170,8 +221,15 @@ done:
     return rc;
 }
 
-static void write_quoted(FILE *f, const char *s)
+static void write_path(FILE *f, const char *key, const char *s)
 {
+    if (!plain_ascii(s)) {
+        fprintf(f, "%s_hex: \"", key);
+        for (; *s; s++) fprintf(f, "%02x", (unsigned char)*s);
+        fputc('"', f);
+        return;
+    }
+    fprintf(f, "%s: ", key);
     fputc('"', f);
     for (; *s; s++) {
         unsigned char ch = (unsigned char)*s;
@@ -189,7 +247,13 @@ int positions_write(const char *file, const struct positions *ps, char *err, siz
         snprintf(err, errlen, "%s: path too long", file);
         return -1;
     }
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    /* A leftover (or planted) temporary must not lend us its mode or its
+     * link target: start from a new file of our own. */
+    if (unlink(tmp) != 0 && errno != ENOENT) {
+        snprintf(err, errlen, "cannot remove the stale %s: %s", tmp, strerror(errno));
+        return -1;
+    }
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
         snprintf(err, errlen, "cannot create %s: %s", tmp, strerror(errno));
         return -1;
@@ -205,10 +269,10 @@ int positions_write(const char *file, const struct positions *ps, char *err, siz
             ps->count ? "" : " []");
     for (size_t i = 0; i < ps->count; i++) {
         const struct position *p = &ps->items[i];
-        fputs("  - {path: ", f);
-        write_quoted(f, p->path);
-        fputs(", real_path: ", f);
-        write_quoted(f, p->real_path);
+        fputs("  - {", f);
+        write_path(f, "path", p->path);
+        fputs(", ", f);
+        write_path(f, "real_path", p->real_path);
         fprintf(f, ", dev: %" PRIu64 ", ino: %" PRIu64 ", fp: \"%016" PRIx64 "\", fp_len: %u, offset: %" PRIu64 "}\n",
                 p->dev, p->ino, p->fp, p->fp_len, p->offset);
     }

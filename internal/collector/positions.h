@@ -2,9 +2,11 @@
  * positions — where each file was acknowledged up to, kept across restarts.
  *
  * Contract:
- *  - A file is identified by device + inode + a fingerprint (FNV-1a of its
- *    first `fp_len` bytes, at most POSITIONS_FP_MAX), so a reused inode is
- *    not mistaken for the file it replaced.
+ *  - A file is identified by device + inode + a fingerprint (an FNV-1a-style
+ *    hash of its first `fp_len` bytes, at most POSITIONS_FP_MAX — its offset
+ *    basis differs from FNV's published one and stays as it is, or every
+ *    saved position would look like another file), so a reused inode is not
+ *    mistaken for the file it replaced.
  *  - The offset saved is the *acknowledged* one (source->acked_offset): a
  *    kill -9 at any moment loses nothing and re-sends only what was in flight.
  *  - positions_write() is atomic: temp file in the same directory (mode 0600),
@@ -16,6 +18,8 @@
  *    version: 1
  *    positions:
  *      - {path: "/var/log/containers/…", real_path: "/var/log/pods/…", dev: 2049, ino: 131, fp: "9c3e…", fp_len: 256, offset: 4096}
+ *  A path that is not printable ASCII is written as `path_hex` / `real_path_hex`
+ *  (its bytes in hex): YAML cannot carry every byte a file name may hold.
  */
 #ifndef LOGLET_COLLECTOR_POSITIONS_H
 #define LOGLET_COLLECTOR_POSITIONS_H
@@ -48,7 +52,7 @@ int positions_add(struct positions *ps, const struct position *p);
 int positions_write(const char *file, const struct positions *ps, char *err, size_t errlen);
 void positions_free(struct positions *ps);
 
-/* FNV-1a 64 of buf. */
+/* The fingerprint hash of buf (see above). */
 uint64_t positions_fingerprint(const void *buf, size_t len);
 
 #endif

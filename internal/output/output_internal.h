@@ -36,6 +36,10 @@ struct output {
     size_t nacks;
     uint64_t unflushed_lines, unflushed_bytes;
     char *line_buf; /* one formatted record */
+    /* stdout is a pipe or socket: a write may block for as long as nobody
+     * reads, so writes wait in poll(2) (bounded, shutdown can interrupt)
+     * and never exceed what the kernel takes without blocking. */
+    bool stdout_may_block;
 
     /* Loki: the consumer thread fills batches; the sender pushes them one at
      * a time, in order, so per-stream order holds without coordination. */

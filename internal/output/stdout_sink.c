@@ -1,7 +1,10 @@
 /* Standard output: a chunk is acknowledged once its lines were written. */
 #include <errno.h>
+#include <limits.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -105,6 +108,8 @@ int stdout_sink_init(struct output *out, char *err, size_t errlen)
         snprintf(err, errlen, "cannot allocate the output buffers");
         return -1;
     }
+    struct stat st;
+    out->stdout_may_block = fstat(STDOUT_FILENO, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode));
     return 0;
 }
 
@@ -126,7 +131,27 @@ bool stdout_sink_flush(struct output *out)
     size_t done = 0;
     int64_t last_report = 0;
     while (done < out->len) {
-        ssize_t n = write(STDOUT_FILENO, out->buf + done, out->len - done);
+        size_t want = out->len - done;
+        if (out->stdout_may_block) {
+            struct pollfd p = {.fd = STDOUT_FILENO, .events = POLLOUT};
+            int ready = poll(&p, 1, 200);
+            if (ready < 0 && errno != EINTR) {
+                log_error("cannot wait for stdout: %s", strerror(errno));
+                return false;
+            }
+            if (ready <= 0 || !(p.revents & (POLLOUT | POLLERR | POLLHUP))) {
+                if (output_giving_up(out)) {
+                    memmove(out->buf, out->buf + done, out->len - done);
+                    out->len -= done;
+                    return false;
+                }
+                metrics_beat(METRICS_THREAD_OUTPUT);
+                continue;
+            }
+            /* A pipe reporting POLLOUT takes PIPE_BUF bytes without blocking. */
+            if (want > PIPE_BUF) want = PIPE_BUF;
+        }
+        ssize_t n = write(STDOUT_FILENO, out->buf + done, want);
         if (n > 0) {
             done += (size_t)n;
             continue;

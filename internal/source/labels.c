@@ -28,6 +28,17 @@ void source_label_policy_init(struct source_label_policy *policy, const struct c
     policy->static_labels = &cfg->labels.static_labels;
 }
 
+/* Names are compared as Loki will see them: `node-name` and `node_name`
+ * are one label once sanitised, and a duplicate makes Loki refuse the push. */
+static bool same_name(const char *a, const char *b)
+{
+    char ra[512], rb[512];
+    size_t la = loki_render_labels(&(struct loki_label){a, ""}, 1, ra, sizeof ra);
+    size_t lb = loki_render_labels(&(struct loki_label){b, ""}, 1, rb, sizeof rb);
+    if (!la || !lb) return strcmp(a, b) == 0;
+    return la == lb && memcmp(ra, rb, la) == 0;
+}
+
 static size_t render_one(const struct source *src, const struct source_label_policy *policy, const char *stream,
                          char *dst, size_t cap)
 {
@@ -44,7 +55,7 @@ static size_t render_one(const struct source *src, const struct source_label_pol
     for (size_t i = 0; st && i < st->count; i++) {
         if (n == MAX_LABELS) return 0;
         bool taken = false;
-        for (size_t k = 0; k < n && !taken; k++) taken = strcmp(labels[k].name, st->keys[i]) == 0;
+        for (size_t k = 0; k < n && !taken; k++) taken = same_name(labels[k].name, st->keys[i]);
         if (!taken) labels[n++] = (struct loki_label){st->keys[i], st->values[i]};
     }
     return loki_render_labels(labels, n, dst, cap);

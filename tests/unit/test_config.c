@@ -331,7 +331,7 @@ static void test_load_every_type(void **state)
             "  positions_file: /tmp/pos.yaml\n"
             "  positions_sync_period: 1m30s\n"
             "  max_line_bytes: 1MB\n"
-            "  read_buffer_bytes: 4KiB\n"
+            "  read_buffer_bytes: 64KiB\n"
             "  partial_flush_timeout: 0\n"
             "  partial_timestamp: last\n"
             "  poll_interval: 250ms\n"
@@ -386,7 +386,7 @@ static void test_load_every_type(void **state)
     assert_string_equal(c.collection.positions_file, "/tmp/pos.yaml");
     assert_int_equal(c.collection.positions_sync_period_ms, 90000);
     assert_int_equal(c.collection.max_line_bytes, 1000000);
-    assert_int_equal(c.collection.read_buffer_bytes, 4096);
+    assert_int_equal(c.collection.read_buffer_bytes, 65536);
     assert_int_equal(c.collection.partial_flush_timeout_ms, 0);
     assert_int_equal(c.collection.partial_timestamp, CONFIG_PARTIAL_TS_LAST);
     assert_int_equal(c.collection.poll_interval_ms, 250);
@@ -478,7 +478,7 @@ static void test_value_errors(void **state)
     assert_load_error("collection:\n  max_line_bytes: 99999999999GiB\n",
                       "FILE:2: key collection.max_line_bytes: '99999999999GiB' is too large");
     assert_load_error("collection:\n  read_buffer_bytes: 1KiB\n",
-                      "FILE:2: key collection.read_buffer_bytes: '1KiB' is less than the minimum 4KiB");
+                      "FILE:2: key collection.read_buffer_bytes: '1KiB' is less than the minimum 64KiB");
     assert_load_error("output:\n  loki:\n    batch_wait: 5\n",
                       "FILE:3: key output.loki.batch_wait: '5' is not a duration (use a number with a unit: ms, s, "
                       "m, h, e.g. 500ms, 1m30s)");
@@ -870,7 +870,7 @@ static void test_round_trip(void **state)
             "  format: docker\n"
             "  read_from: beginning\n"
             "  max_line_bytes: 1000\n"
-            "  read_buffer_bytes: 5000\n"
+            "  read_buffer_bytes: 70000\n"
             "  partial_timestamp: last\n"
             "  exclude_namespaces: [kube-system]\n"
             "  include_lines: '^\\d+ \"x\" $'\n"

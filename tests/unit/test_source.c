@@ -4,9 +4,6 @@
  * exact text per stream kind, the origin labels that static labels never
  * override, NODE_NAME, the filename fallback, and the 8 KiB / label-count
  * bounds whose error names the file.
- *
- * Set LOGLET_KNOWN_BUGS=1 to run the tests that reproduce open bugs (they
- * are skipped otherwise, so the suite stays green while they are open).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -24,11 +21,6 @@
 #include "log/log.h"
 #include "source/source.h"
 
-static bool known_bugs_enabled(void)
-{
-    const char *v = getenv("LOGLET_KNOWN_BUGS");
-    return v && *v && strcmp(v, "0") != 0;
-}
 
 static struct parser_path_meta meta_of(const char *ns, const char *pod, const char *container)
 {
@@ -252,7 +244,7 @@ static void test_static_labels_fill_in_where_the_origin_is_silent(void **state)
 static void test_static_label_sanitised_into_an_origin_name_is_not_duplicated(void **state)
 {
     (void)state;
-    if (!known_bugs_enabled()) skip();
+    /* Was a known bug (sanitised duplicate names); fixed, so it always runs. */
     struct map st;
     map_init(&st);
     map_put(&st, "node-name", "EVIL");
