@@ -58,7 +58,9 @@ struct watch_dir;
  *      after_flush: the line ending at `offset` went out without its newline
  *        (partial_flush_timeout); the next bytes up to a newline are its rest.
  *    continuing and after_flush are never both set. A read that ends inside
- *    a line not yet begun simply reads it again from its first byte.
+ *    a line not yet begun simply reads it again from its first byte; only a
+ *    physical line longer than the whole buffer is read on from inside
+ *    (phys_at), and then offset stays at its start.
  *  - incomplete_since_ms != 0: the file ends, at incomplete_offset, in a line
  *    without its newline since that time.
  *  - state == FILE_ACTIVE iff in_path_index (src->path maps to this file),
@@ -87,6 +89,13 @@ struct tailed_file {
     int64_t continuing_ts;
     size_t continuing_skip;
     bool after_flush;
+    /* Inside a physical line longer than the read buffer: reading goes on
+     * at phys_at (> offset, which stays at the line's start); its prefix
+     * said phys_ts / phys_stream / phys_partial (a CRI P line). 0: not. */
+    uint64_t phys_at;
+    int64_t phys_ts;
+    uint8_t phys_stream;
+    bool phys_partial;
     int64_t incomplete_since_ms;
     uint64_t incomplete_offset;
     struct watch_dir *dir;

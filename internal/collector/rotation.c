@@ -351,6 +351,7 @@ void rotation_truncated(struct collector *c, struct tailed_file *f)
         atomic_store(&f->src->acked_offset, 0);
     }
     f->offset = 0;
+    f->phys_at = 0;
     f->continuing = false;
     f->after_flush = false;
     f->incomplete_since_ms = 0;

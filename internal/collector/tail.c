@@ -290,20 +290,20 @@ static enum read_result check_truncation(struct collector *c, struct tailed_file
 
 /* Reads the next buffer: plain files by offset; compressed ones forwards
  * only, the carried tail of the last read first. */
-static ssize_t read_buffer(struct collector *c, struct tailed_file *f)
+static ssize_t read_buffer(struct collector *c, struct tailed_file *f, uint64_t at)
 {
     if (!f->gz) {
         ssize_t n;
-        do n = pread(f->fd, c->buf, c->buf_size, (off_t)f->offset);
+        do n = pread(f->fd, c->buf, c->buf_size, (off_t)at);
         while (n < 0 && errno == EINTR);
         return n;
     }
-    uint64_t stream_at = f->offset + f->gz_carry_len;
+    uint64_t stream_at = at + f->gz_carry_len;
     if ((uint64_t)gztell(f->gz) != stream_at) {
         /* First read (or after the fingerprint): position the stream once. */
         f->gz_carry_len = 0;
-        stream_at = f->offset;
-        if (gzseek(f->gz, (z_off_t)f->offset, SEEK_SET) < 0) return -1;
+        stream_at = at;
+        if (gzseek(f->gz, (z_off_t)at, SEEK_SET) < 0) return -1;
     }
     size_t have = f->gz_carry_len;
     if (have) memcpy(c->buf, f->gz_carry, have);
@@ -313,12 +313,16 @@ static ssize_t read_buffer(struct collector *c, struct tailed_file *f)
     return (ssize_t)(have + (size_t)n);
 }
 
+/* Where the next read starts: inside a long physical line, or at offset. */
+static uint64_t next_read_at(const struct tailed_file *f) { return f->phys_at ? f->phys_at : f->offset; }
+
 /* After a read of n bytes from `base`: a compressed file keeps what is past
- * f->offset for the next read. */
+ * the next read position for the next read. */
 static void keep_gz_tail(struct tailed_file *f, const char *buf, uint64_t base, size_t n)
 {
-    if (!f->gz || f->offset >= base + n) return;
-    size_t from = (size_t)(f->offset - base), len = n - from;
+    uint64_t next = next_read_at(f);
+    if (!f->gz || next >= base + n || next < base) return;
+    size_t from = (size_t)(next - base), len = n - from;
     char *grown = realloc(f->gz_carry, len);
     if (!grown) {
         log_error("out of memory keeping the rest of a read of %s: it is decompressed again", f->src->real_path);
@@ -332,8 +336,9 @@ static void keep_gz_tail(struct tailed_file *f, const char *buf, uint64_t base, 
 void tail_count_rest(struct collector *c, struct tailed_file *f, uint64_t *lines, uint64_t *bytes)
 {
     *lines = *bytes = 0;
+    f->phys_at = 0;
     for (int guard = 0; guard < 1 << 20; guard++) {
-        ssize_t n = read_buffer(c, f);
+        ssize_t n = read_buffer(c, f, f->offset);
         if (n <= 0) break;
         const char *p = c->buf, *end = c->buf + n, *nl;
         while ((nl = memchr(p, '\n', (size_t)(end - p)))) {
@@ -348,21 +353,100 @@ void tail_count_rest(struct collector *c, struct tailed_file *f, uint64_t *lines
     if (*bytes && c->buf[0] != '\n' && !*lines) *lines = 1;
 }
 
+/* One piece of a physical line longer than the read buffer: its prefix was
+ * parsed when it began (f->phys_*), its content is read on from phys_at. */
+static bool emit_phys_piece(struct collector *c, struct tailed_file *f, struct assembly *a, const char *content,
+                            size_t len, uint64_t line_end, uint8_t flags)
+{
+    if (!writer_room(c, f, 0, len + sizeof(struct source_record) + 8)) return false;
+    struct source_record *rec = record_at_end(&c->writer);
+    *rec = (struct source_record){.ts_ns = f->phys_ts, .stream = f->phys_stream,
+                                  .flags = (uint8_t)(flags | SOURCE_RECORD_SPLIT)};
+    memcpy(rec + 1, content, len);
+    a->open = true;
+    a->len = len;
+    return finish_record(c, f, a, line_end, 0);
+}
+
+/* Reading inside a physical line longer than the buffer (containerd with
+ * max_container_log_line_size = -1 writes lines of any length). The bytes
+ * from phys_at up to the newline are its content: full pieces go out as
+ * they come, the acknowledgement point stays at the line's start until its
+ * newline (a restart reads the line again: duplicate pieces, never a loss),
+ * and what is short of a piece is read again with the next bytes. */
+static enum read_result continue_physical(struct collector *c, struct tailed_file *f, size_t n, uint64_t base,
+                                          bool flush_incomplete)
+{
+    const bool buffer_full = n == c->buf_size;
+    const char *nl = memchr(c->buf, '\n', n);
+    size_t seg = nl ? (size_t)(nl - c->buf) : n, done = 0;
+    struct assembly a = {.continuing = true, .stream = f->phys_stream, .ts = f->phys_ts};
+    c->writer.end_offset = f->offset;
+    while (seg - done > c->max_line || (!nl && seg - done == c->max_line)) {
+        size_t cut = utf8_cut(c->buf + done, c->max_line);
+        if (!emit_phys_piece(c, f, &a, c->buf + done, cut, 0, 0)) goto stopped;
+        done += cut;
+    }
+    if (nl) {
+        uint64_t line_end = base + seg + 1;
+        if (seg > done) {
+            if (!emit_phys_piece(c, f, &a, c->buf + done, seg - done, line_end, 0)) goto stopped;
+        } else {
+            /* Its last piece went out whole: only the acknowledgement moves. */
+            if (!writer_room(c, f, 0, 8)) goto stopped;
+            c->writer.end_offset = line_end;
+        }
+        /* A P line: the logical line goes on in the next physical piece. */
+        f->continuing = f->phys_partial;
+        f->continuing_ts = f->phys_ts;
+        f->continuing_stream = f->phys_stream;
+        f->continuing_skip = 0;
+        f->after_flush = false;
+        f->phys_at = 0;
+        f->incomplete_since_ms = 0;
+        tail_commit(c, f);
+        return READ_MORE;
+    }
+    if (flush_incomplete && !buffer_full && seg > done) {
+        if (!emit_phys_piece(c, f, &a, c->buf + done, seg - done, 0, SOURCE_RECORD_FLUSHED)) goto stopped;
+        done = seg;
+    }
+    tail_commit(c, f);
+    f->phys_at = base + done;
+    keep_gz_tail(f, c->buf, base, n);
+    if (buffer_full) return READ_MORE;
+    if (!f->incomplete_since_ms || f->incomplete_offset != f->phys_at) {
+        f->incomplete_since_ms = metrics_now_ms();
+        f->incomplete_offset = f->phys_at;
+    }
+    return READ_EOF;
+stopped:
+    /* Pieces already committed are sent again from phys_at: duplicates only. */
+    if (c->writer.chunk) {
+        source_unref(c->writer.chunk->source);
+        c->writer.chunk = NULL;
+    }
+    keep_gz_tail(f, c->buf, base, n);
+    return c->blocked ? READ_BLOCKED : READ_STOPPED;
+}
+
 enum read_result tail_read(struct collector *c, struct tailed_file *f, bool flush_incomplete)
 {
     if (c->blocked) return READ_BLOCKED;
-    ssize_t n = read_buffer(c, f);
+    const uint64_t read_at = next_read_at(f);
+    ssize_t n = read_buffer(c, f, read_at);
     if (n < 0) {
         if (errno == EAGAIN) return READ_EOF;
         log_error("cannot read %s (%s): %s", f->src->path, f->src->real_path, strerror(errno));
         metrics_add(file_errors, 1);
         return READ_ERROR;
     }
-    if (n == 0) return check_truncation(c, f);
+    if (n == 0) return f->phys_at ? READ_EOF : check_truncation(c, f);
+    if (f->phys_at) return continue_physical(c, f, (size_t)n, read_at, flush_incomplete);
 
     const bool buffer_full = (size_t)n == c->buf_size;
     const int64_t read_ns = realtime_ns();
-    const uint64_t base = f->offset;
+    const uint64_t base = read_at;
     struct assembly a = {.continuing = f->continuing, .ts = f->continuing_ts, .stream = f->continuing_stream,
                          .skip = f->continuing ? f->continuing_skip : 0,
                          .resume_valid = f->continuing, .resume_at = base, .resume_skip = f->continuing_skip};
@@ -390,7 +474,22 @@ enum read_result tail_read(struct collector *c, struct tailed_file *f, bool flus
     }
 
     if (p == c->buf && buffer_full) {
-        /* A physical line longer than the buffer: out it goes, in pieces. */
+        /* A physical line longer than the buffer. In CRI its prefix is
+         * here: read its content on from there (continue_physical). */
+        if (f->format == CONFIG_FORMAT_AUTO) f->format = c->buf[0] == '{' ? CONFIG_FORMAT_DOCKER : CONFIG_FORMAT_CRI;
+        struct parser_line parsed;
+        if (f->format == CONFIG_FORMAT_CRI && !f->after_flush && parser_cri_line(c->buf, (size_t)n, &parsed) == 0) {
+            if (!interrupt_assembly(c, f, &a)) goto stopped;
+            tail_commit(c, f);
+            bool keep_first_ts = c->cfg->collection.partial_timestamp == CONFIG_PARTIAL_TS_FIRST;
+            f->phys_ts = f->continuing && keep_first_ts ? f->continuing_ts : parsed.ts_ns;
+            f->phys_stream = (uint8_t)parsed.stream;
+            f->phys_partial = parsed.partial;
+            f->continuing = false;
+            f->phys_at = base + (uint64_t)(parsed.content - c->buf);
+            return READ_MORE;
+        }
+        /* Not CRI: out it goes as it is, in pieces. */
         if (!interrupt_assembly(c, f, &a)) goto stopped;
         a.continuing = true;
         if (!emit_raw(c, f, &a, p, (size_t)n, base + (uint64_t)n, read_ns,

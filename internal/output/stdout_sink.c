@@ -145,7 +145,8 @@ bool stdout_sink_flush(struct output *out)
                     out->len -= done;
                     return false;
                 }
-                metrics_beat(METRICS_THREAD_OUTPUT);
+                /* No heartbeat: a stdout nobody reads is no progress, and
+                 * /healthz says so (as when a write blocked outright). */
                 continue;
             }
             /* A pipe reporting POLLOUT takes PIPE_BUF bytes without blocking. */
