@@ -1193,6 +1193,29 @@ class Agent:
         return parse_metrics(body) if status == 200 else None
 
 
+def inotify_fds(pid):
+    """How many inotify instances a process holds (from /proc/<pid>/fd)."""
+    n = 0
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify":
+                    n += 1
+            except OSError:
+                pass
+    except OSError:
+        return None
+    return n
+
+
+def poll_watcher_failures(agent, collection_extra):
+    """With `watcher: poll` the agent must not use inotify at all."""
+    if "watcher: poll" not in collection_extra:
+        return []
+    n = inotify_fds(agent.proc.pid)
+    return [f"watcher: poll, yet the agent holds {n} inotify instance(s)"] if n else []
+
+
 def agent_config(glob, positions, loki_url=None, collection_extra="", extra=""):
     """The default configuration: only what the scenario must name."""
     cfg = ("server:\n  http_listen_address: 127.0.0.1\n  http_listen_port: 0\n"
@@ -1235,6 +1258,7 @@ class Report:
         self.dup_copies = 0
         self.torn = 0
         self.notes = []
+        self.latency = None            # (p50, p99, max) seconds from write to first correct arrival
 
     def add(self, category, example, n=1):
         self.counts[category] += n
@@ -1255,6 +1279,8 @@ class Report:
 
     def details(self):
         out = [self.summary()]
+        if self.latency:
+            out.append("  latency write -> first correct arrival: p50 %.2fs p99 %.2fs max %.2fs" % self.latency)
         for n in self.notes:
             out.append("  note: " + n)
         for cat in self.CATEGORIES:
@@ -1377,6 +1403,7 @@ class Checker:
                 else:
                     last_seq[ok] = info.seq
         rep.entries = n_entries
+        latencies = []
         for key in truth.keys():
             info = truth.line(*key)
             if exempt and exempt(info):
@@ -1411,6 +1438,7 @@ class Checker:
                     g[4] = self._rel(info.t)
                 continue
             rep.delivered += 1
+            latencies.append(max(min(t for t, _ in x) for x in st.copies) - info.t)
             extra = max(len(x) for x in st.copies) - 1
             if extra <= 0:
                 continue
@@ -1446,6 +1474,9 @@ class Checker:
             elif len(rep.examples["duplicated"]) < max_examples:
                 rep.examples["duplicated"].append(f"id={key[0]}:{key[1]} x{extra + 1} across runs "
                                                   f"{sorted(set(e for x in st.copies for _, e in x))}")
+        if latencies:
+            latencies.sort()
+            rep.latency = (latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)], latencies[-1])
         return rep
 
 

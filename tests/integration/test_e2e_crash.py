@@ -33,6 +33,7 @@ def run_crash_loop(case, output, collection_extra="", name="B"):
         case.use_stdout("text")
     cfg = case.config(collection_extra)
     agent = case.start_agent(cfg)
+    watcher_failures = ck.poll_watcher_failures(agent, collection_extra)
     writers = case.start_writers(CRASH_WRITER)
     for life in (1, 3, 2):
         ck.sleep_until(agent.start_time + life)
@@ -59,7 +60,7 @@ def run_crash_loop(case, output, collection_extra="", name="B"):
     born = [str(c) for c in truth.containers.values() if down_from < c.t < up_at]
     report.notes.append(f"containers started while the agent was down (a restart makes a new log file "
                         f"and link; no saved position, yet not the agent's first start): {born}")
-    extra = []
+    extra = list(watcher_failures)
     if rotated < 8 or gzipped < 4:
         extra.append(f"scenario: only {rotated} rotations / {gzipped} gzips while the agent was down")
     if rc != 0:

@@ -2,12 +2,15 @@
 agent's inotify instance is created with fs.inotify.max_queued_events = 64
 (the limit is taken when an instance is created, so the machine's value is
 restored as soon as the agent is up — and in a finally). Loki goes down, the
-node writes fast until the agent's buffer is full and it stops reading (its
-inotify queue overflows), then, while it is paused, every container is
-rotated twice, pods are created and containers restarted. Loki comes back;
+node writes fast until the agent's buffer is full and it stops reading, then,
+while it is paused, every container is rotated twice, pods are created and
+containers restarted, amid bursts of thousands of create/unlink events (names
+no glob matches) in every watched directory, so the queue overflows even for
+an agent that keeps reading events while its output is blocked. Loki comes back;
 the node keeps writing a little, with no more rotations. Nothing may be lost.
 
     sudo LOGLET_BIN=... LOGLET_SOURCE_DIR=... /usr/bin/python3 tests/integration/test_e2e_inotify.py"""
+import glob
 import os
 import sys
 import time
@@ -38,6 +41,18 @@ def wait_paused(agent, timeout):
     return False
 
 
+def event_burst(dirs, n):
+    """n create+unlink pairs of a name no glob matches, round-robin over dirs: far more
+    events than a 64-event queue holds, faster than any reader drains them."""
+    for i in range(n):
+        path = os.path.join(dirs[i % len(dirs)], f".e2e-burst-{i}")
+        try:
+            open(path, "w").close()
+            os.unlink(path)
+        except OSError:          # a directory removed meanwhile
+            pass
+
+
 class InotifyOverflow(ck.E2ECase):
     def test_F_overflow_while_paused_then_recovery_loses_nothing(self):
         if os.geteuid() != 0:
@@ -60,20 +75,29 @@ class InotifyOverflow(ck.E2ECase):
         paused = wait_paused(agent, timeout=25)
         writers.send(cmd="set", rate=500)
         before = writers.stats()
+        watched = [os.path.join(self.root, "containers")] + [
+            os.path.join(p, c) for p in glob.glob(os.path.join(self.root, "pods", "*")) for c in os.listdir(p)]
         for _ in range(2):
+            event_burst(watched, 4000)
             writers.send(cmd="rotate_all")
             writers.send(cmd="create_pods", n=5)
             writers.send(cmd="restart", n=3)
-            time.sleep(1.5)
+            time.sleep(0.3)
+            event_burst(watched, 4000)
+            time.sleep(1.2)
         time.sleep(2)
         during = writers.stats()
         self.cut_receiver(False)
+        up_at = time.time()
         time.sleep(ck.scaled(8, 4))
         stats = writers.stop()
         truth = ck.Truth.load(writers.journals)
-        self.wait_drained(truth, timeout=120, settle=25)
+        self.wait_drained(truth, timeout=150, settle=45)   # back-off after ~15 s refused may be ~30 s
         rc = agent.term()
         report = self.checker_check(truth, name="F inotify overflow")
+        accepted = sorted(r["time"] for r in self.receiver.requests() if r.get("status") == 204 and r["time"] > up_at)
+        report.notes.append("first push accepted after Loki came back: "
+                            + (f"{accepted[0] - up_at:.1f}s later" if accepted else "none"))
         overflowed = "overflow" in agent.stderr_text().lower()
         report.notes.append(f"writer: {dict(stats)}; while paused: {during['rotations'] - before['rotations']} "
                             f"rotations, {during['pods_created'] - before['pods_created']} pods created, "

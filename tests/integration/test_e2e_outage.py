@@ -37,6 +37,7 @@ def run_outage(case, collection_extra="", name="C"):
     case.use_loki(fail_ratio=0.3, fail_statuses=[500], seed=5)
     cfg = case.config(collection_extra)
     agent = case.start_agent(cfg)
+    watcher_failures = ck.poll_watcher_failures(agent, collection_extra)
     t0 = time.time()
     writers = case.start_writers(OUTAGE_WRITER)
     # The kill first, while no pod has been deleted: a pod deleted while its lines
@@ -61,7 +62,7 @@ def run_outage(case, collection_extra="", name="C"):
     report.notes.append(f"writer: {dict(stats)}")
     report.notes.append(f"receiver: {rs['requests']} pushes, by status {rs['by_status']}, "
                         f"{rs['dropped_down']} refused while down")
-    extra = []
+    extra = list(watcher_failures)
     if stats["pods_deleted"] < 4 or stats["rotations"] < 16:
         extra.append(f"scenario: only {stats['pods_deleted']} pods deleted, {stats['rotations']} rotations")
     if rs["failed_injected"] == 0:
@@ -114,7 +115,9 @@ class Outage(ck.E2ECase):
         time.sleep(ck.scaled(5, 2))
         stats = writers.stop()
         truth = ck.Truth.load(writers.journals)
-        self.wait_drained(truth, timeout=180, settle=40)
+        # Default back-off is full jitter up to max_backoff (5m): after 60 s of refused
+        # pushes the next retry may be a minute or two away. That is slow, not lost.
+        self.wait_drained(truth, timeout=330, settle=150)
         drained_at = time.time()
         # A rotated file may wait a little for late writes before it is closed: give
         # the gauges up to 15 s to come back to 0 (no wait if they are not exported).
@@ -129,6 +132,9 @@ class Outage(ck.E2ECase):
         rc = agent.term()
         report = self.checker_check(truth, name="D 60s outage")
         deleted = during["deleted_rotated"] - before["deleted_rotated"]
+        accepted = sorted(r["time"] for r in self.receiver.requests() if r.get("status") == 204 and r["time"] > up_at)
+        report.notes.append("first push accepted after Loki came back: "
+                            + (f"{accepted[0] - up_at:.1f}s later" if accepted else "none"))
         report.notes.append(f"writer: {dict(stats)}; while Loki was down: "
                             f"{during['rotations'] - before['rotations']} rotations, {deleted} rotated files deleted "
                             f"by the kubelet, {during['pods_deleted'] - before['pods_deleted']} pods deleted")
