@@ -382,7 +382,9 @@ static enum read_result continue_physical(struct collector *c, struct tailed_fil
     size_t seg = nl ? (size_t)(nl - c->buf) : n, done = 0;
     struct assembly a = {.continuing = true, .stream = f->phys_stream, .ts = f->phys_ts};
     c->writer.end_offset = f->offset;
-    while (seg - done > c->max_line || (!nl && seg - done == c->max_line)) {
+    /* More than a piece left, so the byte after a cut is here to tell
+     * whether the cut falls inside a UTF-8 sequence. */
+    while (seg - done > c->max_line) {
         size_t cut = utf8_cut(c->buf + done, c->max_line);
         if (!emit_phys_piece(c, f, &a, c->buf + done, cut, 0, 0)) goto stopped;
         done += cut;
