@@ -155,9 +155,13 @@ static bool same_file(const struct position *p, const struct stat *st)
     return p->dev == (uint64_t)st->st_dev && p->ino == (uint64_t)st->st_ino;
 }
 
+/* By device, inode and fingerprint; or by a full fingerprint alone, as a
+ * compressed copy or a copytruncate copy keeps the content but not the
+ * inode (256 bytes with their timestamps do not repeat by chance). */
 static bool identifies(const struct position *p, int fd, gzFile gz, const struct stat *st)
 {
-    return (gz || same_file(p, st)) && rotation_fingerprint_matches(fd, gz, p->fp, p->fp_len);
+    if (!gz && !same_file(p, st) && p->fp_len < POSITIONS_FP_MAX) return false;
+    return rotation_fingerprint_matches(fd, gz, p->fp, p->fp_len);
 }
 
 /* A sibling already open (held, or the compressed copy of one held). */
@@ -174,34 +178,51 @@ static bool already_tracked(struct collector *c, const char *real, int fd, gzFil
     return false;
 }
 
+/* Saved positions that no file on disk answers to any more (the current
+ * file's own entry aside): their files were deleted while loglet was down,
+ * with whatever they held past their offset. Said and counted, one by one. */
+static void report_missed(const char *link_path, const struct position *known, size_t nknown, const bool *identified,
+                          const struct position *current)
+{
+    for (size_t k = 0; k < nknown; k++) {
+        if (identified[k] || &known[k] == current) continue;
+        metrics_add(files_missed, 1);
+        log_warn("%s (%s): the file this saved position names is gone (deleted while loglet was down): lines after "
+                 "offset %llu, if any, are lost (loglet_files_missed_total)",
+                 link_path, known[k].real_path, (unsigned long long)known[k].offset);
+    }
+}
+
 struct tailed_file *catchup_open(struct collector *c, const char *link_path, const char *real,
                                  const struct position *known, size_t nknown, bool after_known,
-                                 struct tailed_file *predecessor)
+                                 const struct position *current, struct tailed_file *predecessor)
 {
     char **names;
     size_t n = list_rotated(real, &names);
     size_t start = 0;
     uint64_t offset = 0;
     bool found = false;
-    for (size_t i = 0; i < n && !found && nknown; i++) {
+    bool *identified = nknown ? calloc(nknown, sizeof *identified) : NULL;
+    if (nknown && !identified) log_error("out of memory checking the saved positions of %s", link_path);
+    for (size_t i = 0; i < n && nknown && identified; i++) {
         int fd;
         gzFile gz;
         struct stat st;
         if (!catchup_open_any(names[i], &fd, &gz, &st)) continue;
-        for (size_t k = 0; k < nknown && !found; k++) {
-            if (!identifies(&known[k], fd, gz, &st)) continue;
-            found = true;
+        for (size_t k = 0; k < nknown; k++) {
+            if (identified[k] || !identifies(&known[k], fd, gz, &st)) continue;
+            identified[k] = true;
+            if (found) continue;
+            found = true; /* the oldest sibling a position names: reading starts there */
             start = after_known ? i + 1 : i;
             offset = after_known ? 0 : known[k].offset;
         }
         if (gz) gzclose(gz);
         close(fd);
+        if (found && after_known) break; /* a live rotation: only where to go on matters */
     }
-    if (!found && nknown && !after_known) metrics_add(files_missed, 1);
-    if (!found && nknown && !after_known && n)
-        log_warn("%s: the file its saved position names is gone (deleted by rotation while loglet was down): lines "
-                 "it had not delivered, if any, are lost (loglet_files_missed_total); reading the %zu rotated files left",
-                 link_path, n);
+    if (!after_known && identified) report_missed(link_path, known, nknown, identified, current);
+    free(identified);
     struct tailed_file *last = predecessor;
     for (size_t i = start; i < n; i++, offset = 0) {
         int fd;

@@ -132,7 +132,12 @@ void collector_on_event(struct collector *c, struct watch_dir *dir, enum watch_e
 {
     switch (event) {
     case WATCH_OVERFLOW:
-        log_warn("inotify queue overflowed (fs.inotify.max_queued_events): rescanning and checking every open file");
+        /* Said once per burst: one overflow event can follow another. */
+        if (metrics_now_ms() - c->last_overflow_report_ms >= 10000) {
+            log_warn("inotify queue overflowed (fs.inotify.max_queued_events): rescanning and checking every open "
+                     "file (said at most every 10 s; counted in loglet_inotify_overflows_total)");
+            c->last_overflow_report_ms = metrics_now_ms();
+        }
         metrics_add(inotify_overflows, 1);
         c->rescan_needed = true;
         rotation_check_all(c);
@@ -191,6 +196,11 @@ static void service_pending(struct collector *c)
         int64_t now = metrics_now_ms();
         bool flush = f->incomplete_since_ms && now - f->incomplete_since_ms >= c->cfg->collection.partial_flush_timeout_ms;
         if (flush && f->state == FILE_DRAINING && now - f->draining_since_ms < ROTATE_WAIT_MS) flush = false;
+        /* A rotated file ending in an unfinished line: the writer has moved
+         * on, so its successor (which waits for it) need not wait longer. */
+        if (!flush && f->incomplete_since_ms && f->state == FILE_DRAINING && f->successor &&
+            now - f->draining_since_ms >= ROTATE_WAIT_MS)
+            flush = true;
         enum read_result r = tail_read(c, f, flush);
         if (r == READ_STOPPED) return;
         if (r == READ_BLOCKED) {
@@ -286,6 +296,7 @@ int collector_start(struct collector *c, char *err, size_t errlen)
              c->watcher->ops->fd(c->watcher) >= 0 ? "" : " (every collection.poll_interval)");
     positions_policy_load(c);
     discovery_scan(c, true);
+    positions_policy_resume_orphans(c);
     positions_policy_free_saved(c);
     c->scanned = true;
     /* Now, not a sync period later: a crash in the first seconds must find

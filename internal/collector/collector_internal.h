@@ -167,6 +167,7 @@ struct collector {
     bool rescan_needed;
     int64_t last_rescan_ms;
     bool watch_limit_reported;
+    int64_t last_overflow_report_ms;
 
     /* Back-pressure: the ring had no room for the next chunk. The loop goes
      * on watching (rotations, deletions, new files are followed and held)
@@ -254,16 +255,20 @@ void rotation_teardown(struct collector *c);
  * identifies (at its offset), or after it when `after_known`; all of them
  * when none is identified. They are chained oldest first after
  * `predecessor` (may be NULL); returns the last of the chain (predecessor
- * when none was opened). */
+ * when none was opened). After downtime (!after_known), every position in
+ * `known` but `current` (the file still at the path) that no sibling
+ * answers to is reported and counted as missed. */
 struct tailed_file *catchup_open(struct collector *c, const char *link_path, const char *real,
                                  const struct position *known, size_t nknown, bool after_known,
-                                 struct tailed_file *predecessor);
+                                 const struct position *current, struct tailed_file *predecessor);
 bool catchup_open_any(const char *path, int *fd, gzFile *gz, struct stat *st);
 
 /* positions_policy.c */
 void positions_policy_load(struct collector *c);
 uint64_t positions_policy_resume(struct collector *c, const char *link_path, const char *real, int fd,
                                  const struct stat *st, struct tailed_file **predecessor);
+/* After the start-up scan: saved paths nothing matched any more. */
+void positions_policy_resume_orphans(struct collector *c);
 void positions_policy_dirty(struct collector *c);
 void positions_policy_tick(struct collector *c, int64_t now);
 int positions_policy_save(struct collector *c);

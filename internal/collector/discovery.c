@@ -209,7 +209,14 @@ void discovery_open(struct collector *c, const char *link_path, bool at_startup,
         close(fd);
         return;
     }
-    uint64_t offset = at_startup ? positions_policy_resume(c, link_path, real, fd, &st, &predecessor) : 0;
+    uint64_t offset = 0;
+    if (at_startup) {
+        offset = positions_policy_resume(c, link_path, real, fd, &st, &predecessor);
+    } else if (!predecessor) {
+        /* Found late (a polled directory, a link made after the pod started
+         * writing): it may have rotated already, and all of it is new. */
+        predecessor = catchup_open(c, link_path, real, NULL, 0, false, NULL, NULL);
+    }
     struct tailed_file *f = rotation_track(c, link_path, real, fd, NULL, &st, offset);
     if (!f) {
         close(fd);

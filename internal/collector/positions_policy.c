@@ -24,6 +24,7 @@
  *  - at shutdown, after the output finished.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,7 @@
 
 struct saved_range {
     size_t first, count; /* indexes into collector.saved, sorted by path */
+    bool used;           /* a file at this path was found at start */
 };
 
 static int compare_positions(const void *a, const void *b)
@@ -77,12 +79,61 @@ void positions_policy_load(struct collector *c)
             log_error("out of memory loading positions: files without theirs are read from the beginning");
             break;
         }
-        *range = (struct saved_range){i, j - i};
+        *range = (struct saved_range){i, j - i, false};
         i = j;
     }
     log_info("loaded %zu positions from %s: listed files resume where they were acknowledged; files it does not "
              "list are new and read from their beginning, rotated files included",
              c->saved.count, file);
+}
+
+/* A saved path that no glob match names any more: its link went while
+ * loglet was down (a pod deleted, say). Its files may still be there — the
+ * kubelet keeps a deleted pod's logs for a while — so what they hold past
+ * the saved offsets is read now; files already gone are said and counted,
+ * since they may have held lines not yet delivered. */
+static void resume_orphan(struct collector *c, struct saved_range *range)
+{
+    const struct position *known = &c->saved.items[range->first];
+    /* The current file of the path is the entry whose name is shortest
+     * (0.log beside 0.log.<stamp>); its siblings are found from it. */
+    const struct position *base = known;
+    for (size_t k = 1; k < range->count; k++)
+        if (strlen(known[k].real_path) < strlen(base->real_path)) base = &known[k];
+    int fd;
+    gzFile gz;
+    struct stat st;
+    bool there = catchup_open_any(base->real_path, &fd, &gz, &st);
+    bool same = there && !gz && base->dev == (uint64_t)st.st_dev && base->ino == (uint64_t)st.st_ino &&
+                rotation_fingerprint_matches(fd, NULL, base->fp, base->fp_len);
+    /* Rotated siblings: when other files were held, or the file itself was
+     * rotated away meanwhile (catch-up then says whether it is gone). */
+    struct tailed_file *last = NULL;
+    if (range->count > 1 || !same) last = catchup_open(c, base->path, base->real_path, known, range->count, false, same ? base : NULL, NULL);
+    struct tailed_file *f = NULL;
+    if (same && base->offset < (uint64_t)st.st_size)
+        f = rotation_track(c, base->path, base->real_path, fd, NULL, &st, base->offset);
+    if (!f) {
+        if (there && gz) gzclose(gz);
+        if (there) close(fd);
+        return;
+    }
+    if (last) {
+        last->successor = f;
+        f->waiting = true;
+    }
+    rotation_begin_draining(c, f, "its link was removed while loglet was down");
+    f->draining_since_ms = 0;
+    f->successor_opened = true;
+    log_info("reading the rest of %s (%s) from offset %llu: its link was removed while loglet was down", base->path,
+             base->real_path, (unsigned long long)base->offset);
+}
+
+void positions_policy_resume_orphans(struct collector *c)
+{
+    size_t cursor = 0;
+    for (struct saved_range *range; (range = table_next(&c->saved_by_path, &cursor));)
+        if (!range->used && !table_get_str(&c->files_by_path, c->saved.items[range->first].path)) resume_orphan(c, range);
 }
 
 void positions_policy_free_saved(struct collector *c)
@@ -97,11 +148,12 @@ uint64_t positions_policy_resume(struct collector *c, const char *link_path, con
                                  const struct stat *st, struct tailed_file **predecessor)
 {
     *predecessor = NULL;
-    const struct saved_range *range = table_get_str(&c->saved_by_path, link_path);
+    struct saved_range *range = table_get_str(&c->saved_by_path, link_path);
+    if (range) range->used = true;
     if (!range) {
         if (c->positions_existed || c->positions_lost) {
             /* New since the positions were written: all of it, oldest first. */
-            *predecessor = catchup_open(c, link_path, real, NULL, 0, false, NULL);
+            *predecessor = catchup_open(c, link_path, real, NULL, 0, false, NULL, NULL);
             return 0;
         }
         return c->cfg->collection.read_from == CONFIG_READ_FROM_END ? (uint64_t)st->st_size : 0;
@@ -115,7 +167,7 @@ uint64_t positions_policy_resume(struct collector *c, const char *link_path, con
         else others = true;
     }
     if (others || !current)
-        *predecessor = catchup_open(c, link_path, real, &c->saved.items[range->first], range->count, false, NULL);
+        *predecessor = catchup_open(c, link_path, real, &c->saved.items[range->first], range->count, false, current, NULL);
     if (!current) return 0; /* created while loglet was stopped: all of it is new */
     if (current->offset > (uint64_t)st->st_size) {
         log_warn("%s shrank below its saved offset (%llu > %lld) while loglet was stopped: reading it from the start",

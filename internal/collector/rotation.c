@@ -245,7 +245,7 @@ static void open_successors(struct collector *c, struct tailed_file *last)
     if (last->src->fp_len < POSITIONS_FP_MAX) rotation_take_fingerprint(last); /* it was young when opened */
     struct position me = {.dev = (uint64_t)last->src->dev, .ino = (uint64_t)last->src->ino,
                           .fp = last->src->fp, .fp_len = last->src->fp_len, .offset = last->offset};
-    struct tailed_file *tail = catchup_open(c, last->src->path, last->src->real_path, &me, 1, true, last);
+    struct tailed_file *tail = catchup_open(c, last->src->path, last->src->real_path, &me, 1, true, NULL, last);
     discovery_open(c, last->src->path, false, tail);
     /* Not there yet (renamed, not recreated): the next change in the
      * directory tries again from the end of the chain. */
@@ -356,7 +356,9 @@ void rotation_truncated(struct collector *c, struct tailed_file *f)
     f->after_flush = false;
     f->incomplete_since_ms = 0;
     f->src->fp_len = 0;
-    positions_policy_dirty(c);
+    /* At once, not debounced: a crash now must not resume the new content
+     * at the old offset, nor take the copy for a lost file. */
+    positions_policy_save(c);
 }
 
 static uint64_t unread_bytes(const struct tailed_file *f)

@@ -172,6 +172,24 @@ static size_t utf8_cut(const char *s, size_t max)
     return cut ? cut : max;
 }
 
+static bool utf8_continuation(char ch) { return ((unsigned char)ch & 0xC0) == 0x80; }
+
+/* Where to end a record that has `room` bytes left, in a piece of `len` >
+ * room bytes: on a UTF-8 boundary, so that neither side needs repair and the
+ * pieces concatenated are the line. Runtimes cut P pieces at any byte, so a
+ * character may have begun in the record: then its last bytes (at most 3)
+ * come along and the record ends up to 3 bytes past max_line_bytes. */
+static size_t piece_cut(const char *s, size_t len, size_t room)
+{
+    size_t cut = room;
+    for (int back = 0; back < 3 && cut > 0 && utf8_continuation(s[cut]); back++) cut--;
+    if (!utf8_continuation(s[cut])) return cut;
+    if (cut > 0) return room; /* not UTF-8 here: cut where asked */
+    size_t forward = 0;
+    while (forward < len && forward < 3 && utf8_continuation(s[forward])) forward++;
+    return forward;
+}
+
 /* Appends content to the logical line being built, starting it if needed
  * and emitting max_line_bytes-sized pieces when it grows past the limit. */
 static bool append_piece(struct collector *c, struct tailed_file *f, struct assembly *a, const char *content,
@@ -199,7 +217,7 @@ static bool append_piece(struct collector *c, struct tailed_file *f, struct asse
             a->len += len;
             return true;
         }
-        size_t cut = room ? utf8_cut(content, room) : 0;
+        size_t cut = piece_cut(content, len, room);
         memcpy((char *)(rec + 1) + a->len, content, cut);
         a->len += cut;
         content += cut;
