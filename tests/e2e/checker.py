@@ -1016,6 +1016,20 @@ def receiver_entries(receiver, starts=()):
     return out
 
 
+def iter_receiver_entries(receiver, starts=()):
+    """receiver_entries, one Entry at a time (for Checker.check on long runs: the
+    receiver's entries are not copied into a list first)."""
+    times = {r["id"]: r["time"] for r in receiver.requests()}
+    starts = sorted(starts)
+    for s in receiver.streams():
+        lm = s["label_map"]
+        t = times.get(s["request"], 0.0)
+        epoch = max(0, bisect.bisect_right(starts, t) - 1) if starts else 0
+        for d in s["entries"]:
+            raw = d["line_bytes"] if "line_bytes" in d else d["line"].encode("utf-8")
+            yield Entry(lm, raw, d["ts_ns"], t, epoch)
+
+
 def parse_stdout_line(raw, fmt):
     """One line of the agent's stdout (text or json) -> (labels, content bytes, ts_ns) or None."""
     body = raw[:-1] if raw.endswith(b"\n") else raw
@@ -1275,6 +1289,7 @@ class Report:
         self.examples = collections.defaultdict(list)
         self.lost_by = collections.defaultdict(collections.Counter)
         self.lost_groups = {}          # (container, generation, reason) -> [n, first seq, last seq, t1, t2]
+        self.lost_keys = []            # (wid, seq) of every line lost
         self.dup_copies = 0
         self.torn = 0
         self.notes = []
@@ -1443,6 +1458,7 @@ class Checker:
                 c = truth.containers[info.cidx]
                 rep.add("lost", f"id={info.wid}:{info.seq} kind {info.kind} of {c} written {self._rel(info.t)} "
                                 f"into file generation {info.gen}: {reason}")
+                rep.lost_keys.append(key)
                 rep.lost_by["reason"][reason.split(" (")[0]] += 1
                 rep.lost_by["kind"][info.kind] += 1
                 rep.lost_by["generation"][info.gen] += 1
