@@ -185,7 +185,7 @@ static void report_missed(const char *link_path, const struct position *known, s
                           const struct position *current)
 {
     for (size_t k = 0; k < nknown; k++) {
-        if (identified[k] || &known[k] == current) continue;
+        if (identified[k] || &known[k] == current || known[k].done) continue;
         metrics_add(files_missed, 1);
         log_warn("%s (%s): the file this saved position names is gone (deleted while loglet was down): lines after "
                  "offset %llu, if any, are lost (loglet_files_missed_total)",

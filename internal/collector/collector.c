@@ -297,7 +297,6 @@ int collector_start(struct collector *c, char *err, size_t errlen)
     positions_policy_load(c);
     discovery_scan(c, true);
     positions_policy_resume_orphans(c);
-    positions_policy_free_saved(c);
     c->scanned = true;
     /* Now, not a sync period later: a crash in the first seconds must find
      * every file known, or it would take them for new ones. */

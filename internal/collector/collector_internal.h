@@ -267,6 +267,9 @@ bool catchup_open_any(const char *path, int *fd, gzFile *gz, struct stat *st);
 void positions_policy_load(struct collector *c);
 uint64_t positions_policy_resume(struct collector *c, const char *link_path, const char *real, int fd,
                                  const struct stat *st, struct tailed_file **predecessor);
+/* Whether the positions read at start listed this path (they are kept for
+ * the whole run: a link dangling at start, say, is found again later). */
+bool positions_policy_known(struct collector *c, const char *link_path);
 /* After the start-up scan: saved paths nothing matched any more. */
 void positions_policy_resume_orphans(struct collector *c);
 void positions_policy_dirty(struct collector *c);

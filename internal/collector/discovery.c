@@ -212,9 +212,11 @@ void discovery_open(struct collector *c, const char *link_path, bool at_startup,
     uint64_t offset = 0;
     if (at_startup) {
         offset = positions_policy_resume(c, link_path, real, fd, &st, &predecessor);
-    } else if (!predecessor) {
+    } else if (!predecessor && !positions_policy_known(c, link_path)) {
         /* Found late (a polled directory, a link made after the pod started
-         * writing): it may have rotated already, and all of it is new. */
+         * writing): it may have rotated already, and all of it is new. A
+         * path the positions listed had its rotated files taken care of at
+         * start (positions_policy_resume_orphans): this file is just new. */
         predecessor = catchup_open(c, link_path, real, NULL, 0, false, NULL, NULL);
     }
     struct tailed_file *f = rotation_track(c, link_path, real, fd, NULL, &st, offset);

@@ -24,6 +24,7 @@
 #ifndef LOGLET_COLLECTOR_POSITIONS_H
 #define LOGLET_COLLECTOR_POSITIONS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -38,6 +39,10 @@ struct position {
     uint64_t fp;
     uint32_t fp_len;
     uint64_t offset;
+    /* Delivered to its end when saved (a rotated or deleted file read out):
+     * if it is gone at the next start, nothing was lost. Written as
+     * `done: 1`; older files without it read as not done. */
+    bool done;
 };
 
 struct positions {

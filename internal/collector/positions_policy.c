@@ -94,6 +94,7 @@ void positions_policy_load(struct collector *c)
  * since they may have held lines not yet delivered. */
 static void resume_orphan(struct collector *c, struct saved_range *range)
 {
+    range->used = true;
     const struct position *known = &c->saved.items[range->first];
     /* The current file of the path is the entry whose name is shortest
      * (0.log beside 0.log.<stamp>); its siblings are found from it. */
@@ -134,6 +135,11 @@ void positions_policy_resume_orphans(struct collector *c)
     size_t cursor = 0;
     for (struct saved_range *range; (range = table_next(&c->saved_by_path, &cursor));)
         if (!range->used && !table_get_str(&c->files_by_path, c->saved.items[range->first].path)) resume_orphan(c, range);
+}
+
+bool positions_policy_known(struct collector *c, const char *link_path)
+{
+    return table_get_str(&c->saved_by_path, link_path) != NULL;
 }
 
 void positions_policy_free_saved(struct collector *c)
@@ -205,12 +211,12 @@ void positions_policy_retire(struct collector *c, struct source *src)
     c->retired[c->nretired++] = src;
 }
 
-static int add_position(struct positions *ps, struct source *src)
+static int add_position(struct positions *ps, struct source *src, bool done)
 {
     struct position p = {
         .path = src->path, .real_path = src->real_path, .dev = (uint64_t)src->dev, .ino = (uint64_t)src->ino,
         .fp = src->fp, .fp_len = src->fp_len,
-        .offset = atomic_load_explicit(&src->acked_offset, memory_order_acquire),
+        .offset = atomic_load_explicit(&src->acked_offset, memory_order_acquire), .done = done,
     };
     return positions_add(ps, &p);
 }
@@ -221,13 +227,16 @@ int positions_policy_save(struct collector *c)
     int rc = 0;
     for (struct tailed_file *f = c->all_files; f && rc == 0; f = f->all_next) {
         if (f->src->fp_len < POSITIONS_FP_MAX) rotation_take_fingerprint(f); /* it may have grown */
-        /* A rotated file delivered to its end has nothing to resume; left
-         * out, its later deletion is not taken for a loss after a restart. */
+        /* A rotated file delivered to its end has nothing to resume. It is
+         * left out when a newer file of its path is saved too; otherwise
+         * (renamed, not recreated yet; its pod deleted) it is the path's
+         * only entry, kept so the path is not taken for a new one, and
+         * marked done so its deletion is not taken for a loss. */
         struct stat st;
-        if (f->state == FILE_DRAINING && !f->gz && fstat(f->fd, &st) == 0 &&
-            atomic_load(&f->src->acked_offset) >= (uint64_t)st.st_size)
-            continue;
-        rc = add_position(&ps, f->src);
+        bool done = f->state == FILE_DRAINING && !f->gz && fstat(f->fd, &st) == 0 &&
+                    atomic_load(&f->src->acked_offset) >= (uint64_t)st.st_size;
+        if (done && f->successor) continue;
+        rc = add_position(&ps, f->src, done);
     }
     size_t kept = 0;
     for (size_t i = 0; i < c->nretired; i++) {
@@ -237,7 +246,7 @@ int positions_policy_save(struct collector *c)
             continue;
         }
         c->retired[kept++] = src;
-        if (rc == 0 && !src->superseded) rc = add_position(&ps, src);
+        if (rc == 0 && !src->superseded) rc = add_position(&ps, src, false);
     }
     c->nretired = kept;
     char err[1024];

@@ -259,6 +259,7 @@ static bool check_identity(struct collector *c, struct tailed_file *f)
         /* Renamed away before a new file appeared at the path: open it now that it exists. */
         if (!f->successor_opened && !f->successor && !table_get_str(&c->files_by_path, f->src->path) &&
             access(f->src->path, F_OK) == 0) {
+            metrics_add(rotations, 1); /* renamed first, recreated now: the kubelet's way */
             open_successors(c, f);
             return true;
         }

@@ -124,7 +124,7 @@ static void round_trip(const char *file, const struct positions *in)
 
 /* A position to add (positions_add copies the strings). */
 #define POS(path, real, dev, ino, fp, fp_len, offset) \
-    (&(struct position){(char *)(path), (char *)(real), (dev), (ino), (fp), (uint32_t)(fp_len), (offset)})
+    (&(struct position){(char *)(path), (char *)(real), (dev), (ino), (fp), (uint32_t)(fp_len), (offset), false})
 
 /* ---------------------------------------------------------------------------
  * Round trips.
