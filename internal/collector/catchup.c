@@ -45,14 +45,13 @@ static long docker_generation(const char *suffix, size_t len)
     return n;
 }
 
-static size_t base_len_for_sort; /* set by list_rotated for compare_names (single thread) */
-
-/* Oldest first. */
-static int compare_names(const void *a, const void *b)
+/* Oldest first; `base_len` is the current file's name length (qsort_r's
+ * context), so the suffix after "<base>." can be read as docker's number. */
+static int compare_names(const void *a, const void *b, void *base_len)
 {
     const char *x = *(char *const *)a, *y = *(char *const *)b;
     size_t lx = strip_gz(x, strlen(x)), ly = strip_gz(y, strlen(y));
-    size_t skip = base_len_for_sort + 1;
+    size_t skip = *(const size_t *)base_len + 1;
     if (lx > skip && ly > skip) {
         long gx = docker_generation(x + skip, lx - skip), gy = docker_generation(y + skip, ly - skip);
         if (gx >= 0 && gy >= 0) return (gx < gy) - (gx > gy);
@@ -95,11 +94,10 @@ static size_t list_rotated(const char *real, char ***out)
         n++;
     }
     closedir(d);
-    base_len_for_sort = base_len;
-    if (n) qsort(*out, n, sizeof **out, compare_names);
+    if (n) qsort_r(*out, n, sizeof **out, compare_names, &base_len);
     size_t kept = 0;
     for (size_t i = 0; i < n; i++) {
-        if (kept && compare_names(&(*out)[kept - 1], &(*out)[i]) == 0) {
+        if (kept && compare_names(&(*out)[kept - 1], &(*out)[i], &base_len) == 0) {
             char *cur = (*out)[i];
             if (strip_gz(cur, strlen(cur)) != strlen(cur)) {
                 free(cur);

@@ -166,7 +166,6 @@ struct collector {
     struct table reported;        /* paths already reported as unusable */
     bool rescan_needed;
     int64_t last_rescan_ms;
-    bool watch_limit_reported;
     int64_t last_overflow_report_ms;
 
     /* Back-pressure: the ring had no room for the next chunk. The loop goes
@@ -175,10 +174,9 @@ struct collector {
     bool blocked;
     size_t blocked_want;
 
-    /* Held files: rotated away or deleted, not read to their end. */
+    /* Held files (rotated away or deleted, not read to their end) are
+     * released oldest first: the order they began to be held in. */
     uint64_t next_held_seq;
-    size_t held_files;
-    uint64_t held_bytes;
 
     /* Positions: what was saved at the last run (by path), and sources of
      * closed files whose lines are still in flight (saved until delivered). */

@@ -402,8 +402,6 @@ void rotation_enforce_held(struct collector *c)
             bytes += unread_bytes(f);
             if (!oldest || f->held_seq < oldest->held_seq) oldest = f;
         }
-        c->held_files = files;
-        c->held_bytes = bytes;
         metrics_set(held_files, (int64_t)files);
         metrics_set(held_bytes, (int64_t)bytes);
         if (!oldest || (files <= max_files && bytes <= max_bytes)) return;

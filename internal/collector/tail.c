@@ -163,15 +163,6 @@ static bool finish_record(struct collector *c, struct tailed_file *f, struct ass
     return true;
 }
 
-/* The longest prefix of at most `max` bytes that does not cut a UTF-8
- * sequence (when the text is UTF-8 at all). */
-static size_t utf8_cut(const char *s, size_t max)
-{
-    size_t cut = max;
-    for (int back = 0; back < 3 && cut > 0 && ((unsigned char)s[cut] & 0xC0) == 0x80; back++) cut--;
-    return cut ? cut : max;
-}
-
 static bool utf8_continuation(char ch) { return ((unsigned char)ch & 0xC0) == 0x80; }
 
 /* Where to end a record that has `room` bytes left, in a piece of `len` >
@@ -403,7 +394,7 @@ static enum read_result continue_physical(struct collector *c, struct tailed_fil
     /* More than a piece left, so the byte after a cut is here to tell
      * whether the cut falls inside a UTF-8 sequence. */
     while (seg - done > c->max_line) {
-        size_t cut = utf8_cut(c->buf + done, c->max_line);
+        size_t cut = piece_cut(c->buf + done, seg - done, c->max_line);
         if (!emit_phys_piece(c, f, &a, c->buf + done, cut, 0, 0)) goto stopped;
         done += cut;
     }

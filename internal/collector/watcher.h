@@ -61,8 +61,8 @@ struct watcher {
 struct watcher *watcher_inotify_create(struct collector *c, char *err, size_t errlen);
 struct watcher *watcher_poll_create(char *err, size_t errlen);
 
-/* Shared by the backends: report WATCH_POLLED for every directory without a watch. */
-void watcher_poll_unwatched(struct collector *c);
+/* Both backends' tick: reports WATCH_POLLED for every directory without a watch. */
+void watcher_poll_unwatched(struct watcher *w, struct collector *c);
 
 /* The collector's side (collector.c). */
 void collector_on_event(struct collector *c, struct watch_dir *dir, enum watch_event event, const char *name);

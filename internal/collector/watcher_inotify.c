@@ -93,12 +93,6 @@ static void in_dispatch(struct watcher *w, struct collector *c)
     }
 }
 
-static void in_tick(struct watcher *w, struct collector *c)
-{
-    (void)w;
-    watcher_poll_unwatched(c);
-}
-
 static void in_destroy(struct watcher *w)
 {
     struct inotify_watcher *iw = (struct inotify_watcher *)w;
@@ -112,7 +106,7 @@ static const struct watcher_ops inotify_ops = {
     .remove_dir = in_remove_dir,
     .fd = in_fd,
     .dispatch = in_dispatch,
-    .tick = in_tick,
+    .tick = watcher_poll_unwatched, /* directories whose watch was refused */
     .destroy = in_destroy,
 };
 

@@ -19,11 +19,6 @@ static int poll_add_dir(struct watcher *w, struct collector *c, const char *path
 static void poll_remove_dir(struct watcher *w, int wd) { (void)w, (void)wd; }
 static int poll_fd(const struct watcher *w) { (void)w; return -1; }
 static void poll_dispatch(struct watcher *w, struct collector *c) { (void)w, (void)c; }
-static void poll_tick(struct watcher *w, struct collector *c)
-{
-    (void)w;
-    watcher_poll_unwatched(c);
-}
 static void poll_destroy(struct watcher *w) { free(w); }
 
 static const struct watcher_ops poll_ops = {
@@ -32,7 +27,7 @@ static const struct watcher_ops poll_ops = {
     .remove_dir = poll_remove_dir,
     .fd = poll_fd,
     .dispatch = poll_dispatch,
-    .tick = poll_tick,
+    .tick = watcher_poll_unwatched,
     .destroy = poll_destroy,
 };
 
@@ -47,8 +42,9 @@ struct watcher *watcher_poll_create(char *err, size_t errlen)
     return w;
 }
 
-void watcher_poll_unwatched(struct collector *c)
+void watcher_poll_unwatched(struct watcher *w, struct collector *c)
 {
+    (void)w;
     for (struct watch_dir *dir = c->all_dirs; dir; dir = dir->all_next)
         if (dir->wd < 0) collector_on_event(c, dir, WATCH_POLLED, NULL);
 }
