@@ -158,7 +158,8 @@ static bool same_file(const struct position *p, const struct stat *st)
  * inode (256 bytes with their timestamps do not repeat by chance). */
 static bool identifies(const struct position *p, int fd, gzFile gz, const struct stat *st)
 {
-    if (!gz && !same_file(p, st) && p->fp_len < POSITIONS_FP_MAX) return false;
+    if (!gz && same_file(p, st)) return rotation_identifies(p->fp, p->fp_len, fd);
+    if (!gz && p->fp_len < POSITIONS_FP_MAX) return false;
     return rotation_fingerprint_matches(fd, gz, p->fp, p->fp_len);
 }
 

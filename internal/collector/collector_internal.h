@@ -235,6 +235,7 @@ struct tailed_file *rotation_track(struct collector *c, const char *link_path, c
                                    const struct stat *st, uint64_t offset);
 void rotation_take_fingerprint(struct tailed_file *f);
 bool rotation_fingerprint_matches(int fd, gzFile gz, uint64_t fp, uint32_t fp_len);
+bool rotation_identifies(uint64_t fp, uint32_t fp_len, int fd);
 void rotation_begin_draining(struct collector *c, struct tailed_file *f, const char *why);
 void rotation_schedule_check(struct collector *c, struct watch_dir *dir);
 void rotation_check_identities(struct collector *c);

@@ -106,7 +106,7 @@ static void resume_orphan(struct collector *c, struct saved_range *range)
     struct stat st;
     bool there = catchup_open_any(base->real_path, &fd, &gz, &st);
     bool same = there && !gz && base->dev == (uint64_t)st.st_dev && base->ino == (uint64_t)st.st_ino &&
-                rotation_fingerprint_matches(fd, NULL, base->fp, base->fp_len);
+                rotation_identifies(base->fp, base->fp_len, fd);
     /* Rotated siblings: when other files were held, or the file itself was
      * rotated away meanwhile (catch-up then says whether it is gone). */
     struct tailed_file *last = NULL;
@@ -169,7 +169,7 @@ uint64_t positions_policy_resume(struct collector *c, const char *link_path, con
     for (size_t k = range->first; k < range->first + range->count; k++) {
         const struct position *p = &c->saved.items[k];
         bool same = p->dev == (uint64_t)st->st_dev && p->ino == (uint64_t)st->st_ino;
-        if (!current && same && rotation_fingerprint_matches(fd, NULL, p->fp, p->fp_len)) current = p;
+        if (!current && same && rotation_identifies(p->fp, p->fp_len, fd)) current = p;
         else others = true;
     }
     if (others || !current)

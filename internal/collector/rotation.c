@@ -146,6 +146,17 @@ bool rotation_fingerprint_matches(int fd, gzFile gz, uint64_t fp, uint32_t fp_le
     return n == (ssize_t)fp_len && positions_fingerprint(head, fp_len) == fp;
 }
 
+/* For a file already known to have the saved device and inode. A file saved
+ * while still empty has no fingerprint, and is then known by its inode
+ * alone: taking it for unknown would have a restart catch up its rotated
+ * siblings from their start, though they were delivered. Should the inode
+ * have been reused meanwhile, reading the new file from the saved offset 0
+ * is right anyway. */
+bool rotation_identifies(uint64_t fp, uint32_t fp_len, int fd)
+{
+    return fp_len == 0 || rotation_fingerprint_matches(fd, NULL, fp, fp_len);
+}
+
 void rotation_take_fingerprint(struct tailed_file *f)
 {
     char head[POSITIONS_FP_MAX];

@@ -140,6 +140,32 @@ class RestartTest(AgentTestCase):
         assert_exactly_once(self, got, [f"r-{i}" for i in range(n)])
         self.assertEqual(ids_of(b.lines()), [f"r-{i}" for i in range(50, n)], "out of order")
 
+    def test_empty_current_file_does_not_resend_its_rotated_sibling(self):
+        # The kubelet rotates, the runtime reopens an empty 0.log and the
+        # container stops writing (it ended). Once the rotated file is
+        # delivered its entry leaves the positions file, and the empty file's
+        # entry (no fingerprint yet) must still answer for the path: a
+        # restart that cannot identify it would catch up the rotated file
+        # again from its start. Found by the soak (unjustified duplicates).
+        web = self.tree.container("shop", "web-0", "app")
+        a = self.agent(base_config(self.tree, self.workdir)).start()
+        for i in range(50):
+            web.write(f"id=e-{i}")
+        a.wait_lines(50)
+        web.rotate(compress=False)
+        time.sleep(2.5)  # rotated file read out, delivered, closed; positions rewritten
+        a.proc.kill()
+        a.proc.wait()
+        b = self.agent(base_config(self.tree, self.workdir), name="b.yaml").start()
+        time.sleep(1.5)
+        self.assertEqual(ids_of(b.lines()), [], "a delivered rotated file was sent again")
+        self.assertNotIn("is gone", b.stderr_text())
+        for i in range(50, 55):
+            web.write(f"id=e-{i}")
+        b.wait_lines(5)
+        self.assertEqual(b.stop(), 0)
+        self.assertEqual(ids_of(a.lines() + b.lines()), [f"e-{i}" for i in range(55)])
+
     def test_corrupt_positions_file_is_reported_and_not_fatal(self):
         web = self.tree.container("shop", "web-0", "app")
         web.write("id=c-0")
