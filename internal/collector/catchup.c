@@ -177,6 +177,74 @@ static bool already_tracked(struct collector *c, const char *real, int fd, gzFil
     return false;
 }
 
+struct spooled {
+    const struct position *p;
+    int fd;
+    gzFile gz;
+    struct stat st;
+};
+
+static int compare_age(const void *a, const void *b)
+{
+    const struct stat *x = &((const struct spooled *)a)->st, *y = &((const struct spooled *)b)->st;
+    if (x->st_mtim.tv_sec != y->st_mtim.tv_sec) return x->st_mtim.tv_sec < y->st_mtim.tv_sec ? -1 : 1;
+    if (x->st_mtim.tv_nsec != y->st_mtim.tv_nsec) return x->st_mtim.tv_nsec < y->st_mtim.tv_nsec ? -1 : 1;
+    return (x->st_ino > y->st_ino) - (x->st_ino < y->st_ino);
+}
+
+/* Saved positions no file in the tree answers to, whose files the spool
+ * kept (deleted by the kubelet while loglet held them): read on from there,
+ * oldest first (a rotated file is no longer written, so its modification
+ * time orders it), chained after `last`. Returns the end of the chain. */
+static struct tailed_file *recover_spooled(struct collector *c, const char *link_path, const struct position *known,
+                                           size_t nknown, bool *identified, const struct position *current,
+                                           struct tailed_file *last)
+{
+    struct spooled *found = calloc(nknown, sizeof *found);
+    if (!found) {
+        log_error("out of memory looking for the spooled files of %s", link_path);
+        return last;
+    }
+    size_t n = 0;
+    for (size_t k = 0; k < nknown; k++) {
+        if (identified[k] || &known[k] == current || known[k].done) continue;
+        struct spooled *s = &found[n];
+        if (!spool_reopen(c, &known[k], &s->fd, &s->gz, &s->st)) continue;
+        identified[k] = true;
+        if (!s->gz && known[k].offset >= (uint64_t)s->st.st_size) { /* delivered to its end */
+            close(s->fd);
+            continue;
+        }
+        s->p = &known[k];
+        n++;
+    }
+    if (n > 1) qsort(found, n, sizeof *found, compare_age);
+    for (size_t i = 0; i < n; i++) {
+        struct spooled *s = &found[i];
+        struct tailed_file *f = rotation_track_detached(c, link_path, s->p->real_path, s->fd, s->gz, &s->st,
+                                                        s->p->offset);
+        if (!f) {
+            if (s->gz) gzclose(s->gz);
+            close(s->fd);
+            identified[s->p - known] = false; /* said missed below: its lines cannot be read */
+            continue;
+        }
+        if (last) {
+            last->successor = f;
+            f->waiting = true;
+        }
+        rotation_begin_draining(c, f, "read from the spool");
+        f->draining_since_ms = 0;
+        f->successor_opened = true;
+        metrics_add(files_recovered, 1);
+        log_info("%s (%s): deleted while loglet held it; reading the rest from the spool at offset %llu", link_path,
+                 s->p->real_path, (unsigned long long)s->p->offset);
+        last = f;
+    }
+    free(found);
+    return last;
+}
+
 /* Saved positions that no file on disk answers to any more (the current
  * file's own entry aside): their files were deleted while loglet was down,
  * with whatever they held past their offset. Said and counted, one by one. */
@@ -220,9 +288,12 @@ struct tailed_file *catchup_open(struct collector *c, const char *link_path, con
         close(fd);
         if (found && after_known) break; /* a live rotation: only where to go on matters */
     }
-    if (!after_known && identified) report_missed(link_path, known, nknown, identified, current);
-    free(identified);
     struct tailed_file *last = predecessor;
+    if (!after_known && identified) {
+        last = recover_spooled(c, link_path, known, nknown, identified, current, last);
+        report_missed(link_path, known, nknown, identified, current);
+    }
+    free(identified);
     for (size_t i = start; i < n; i++, offset = 0) {
         int fd;
         gzFile gz;

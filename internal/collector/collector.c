@@ -86,6 +86,7 @@ struct collector *collector_create(const struct config *cfg, struct ring *ring, 
     c->cfg = cfg;
     c->ring = ring;
     c->wake_fd = -1;
+    c->spool_fd = -1;
     c->max_line = (size_t)cfg->collection.max_line_bytes;
     source_label_policy_init(&c->label_policy, cfg);
     /* A logical line up to max_line_bytes, with its CRI prefixes, must fit in
@@ -288,6 +289,7 @@ static int make_parent_dirs(const char *file, char *err, size_t errlen)
 int collector_start(struct collector *c, char *err, size_t errlen)
 {
     if (make_parent_dirs(c->cfg->collection.positions_file, err, errlen) != 0) return -1;
+    if (spool_open(c, err, errlen) != 0) return -1;
     if (discovery_setup(c, err, errlen) != 0) return -1;
     c->watcher = c->cfg->collection.watcher == CONFIG_WATCHER_POLL ? watcher_poll_create(err, errlen)
                                                                     : watcher_inotify_create(c, err, errlen);
@@ -297,6 +299,7 @@ int collector_start(struct collector *c, char *err, size_t errlen)
     positions_policy_load(c);
     discovery_scan(c, true);
     positions_policy_resume_orphans(c);
+    spool_sweep(c); /* after every saved position had its chance to claim its link */
     c->scanned = true;
     /* Now, not a sync period later: a crash in the first seconds must find
      * every file known, or it would take them for new ones. */
@@ -340,6 +343,7 @@ void collector_destroy(struct collector *c)
     rotation_teardown(c);
     discovery_teardown(c);
     positions_policy_teardown(c);
+    spool_close(c);
     if (c->watcher) c->watcher->ops->destroy(c->watcher);
     pcre2_code_free(c->include_lines);
     pcre2_code_free(c->exclude_lines);

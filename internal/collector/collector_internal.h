@@ -10,6 +10,7 @@
  *   catchup.c          — rotated siblings read in order after a gap;
  *   positions_policy.c — where a file starts, and when positions are saved;
  *   positions.c        — the positions file format;
+ *   spool.c            — hard links that keep held files past a crash;
  *   tail.c             — the hot path: read, assemble lines, fill ring chunks.
  */
 #ifndef LOGLET_COLLECTOR_INTERNAL_H
@@ -190,6 +191,13 @@ struct collector {
     int64_t positions_dirty_since_ms; /* a file was opened, rotated or closed: save soon */
     uint64_t positions_last_sum;      /* what the last write held (acked_checksum) */
 
+    /* The spool (spool.c): -1 when there is none. */
+    int spool_fd;
+    char *spool_path;
+    dev_t spool_refused[8]; /* filesystems a link cannot reach (said once each) */
+    size_t spool_nrefused;
+    bool spool_error_said;
+
     pcre2_code *include_lines;
     pcre2_code *exclude_lines;
     pcre2_match_data *match_data;
@@ -236,6 +244,8 @@ struct tailed_file *rotation_track(struct collector *c, const char *link_path, c
 void rotation_take_fingerprint(struct tailed_file *f);
 bool rotation_fingerprint_matches(int fd, gzFile gz, uint64_t fp, uint32_t fp_len);
 bool rotation_identifies(uint64_t fp, uint32_t fp_len, int fd);
+struct tailed_file *rotation_track_detached(struct collector *c, const char *link_path, const char *real, int fd,
+                                            gzFile gz, const struct stat *st, uint64_t offset);
 void rotation_begin_draining(struct collector *c, struct tailed_file *f, const char *why);
 void rotation_schedule_check(struct collector *c, struct watch_dir *dir);
 void rotation_check_identities(struct collector *c);
@@ -281,5 +291,14 @@ void positions_policy_teardown(struct collector *c);
 /* collector.c */
 void collector_mark_pending(struct collector *c, struct tailed_file *f);
 bool collector_stopping(struct collector *c);
+
+/* spool.c */
+int spool_open(struct collector *c, char *err, size_t errlen);
+void spool_keep(struct collector *c, struct tailed_file *f);
+void spool_forget(struct collector *c, struct source *src);
+void spool_handover(struct source *from, struct source *to);
+bool spool_reopen(struct collector *c, const struct position *p, int *fd, gzFile *gz, struct stat *st);
+void spool_sweep(struct collector *c);
+void spool_close(struct collector *c);
 
 #endif

@@ -194,6 +194,7 @@ void positions_policy_dirty(struct collector *c)
 void positions_policy_retire(struct collector *c, struct source *src)
 {
     if (atomic_load(&src->refs) == 1) {
+        spool_forget(c, src);
         source_unref(src);
         return;
     }
@@ -242,6 +243,7 @@ int positions_policy_save(struct collector *c)
     for (size_t i = 0; i < c->nretired; i++) {
         struct source *src = c->retired[i];
         if (atomic_load(&src->refs) == 1) { /* every chunk delivered: nothing left to resume */
+            spool_forget(c, src);
             source_unref(src);
             continue;
         }
@@ -293,7 +295,12 @@ void positions_policy_tick(struct collector *c, int64_t now)
 
 void positions_policy_teardown(struct collector *c)
 {
-    for (size_t i = 0; i < c->nretired; i++) source_unref(c->retired[i]);
+    for (size_t i = 0; i < c->nretired; i++) {
+        /* Delivered: its link goes. Not delivered (the output gave up at
+         * shutdown): the link keeps the file for the next start. */
+        if (atomic_load(&c->retired[i]->refs) == 1) spool_forget(c, c->retired[i]);
+        source_unref(c->retired[i]);
+    }
     free(c->retired);
     c->retired = NULL;
     c->nretired = 0;

@@ -186,8 +186,8 @@ static struct source *new_source(struct collector *c, const char *link_path, con
     return src;
 }
 
-struct tailed_file *rotation_track(struct collector *c, const char *link_path, const char *real, int fd, gzFile gz,
-                                   const struct stat *st, uint64_t offset)
+static struct tailed_file *track(struct collector *c, const char *link_path, const char *real, int fd, gzFile gz,
+                                 const struct stat *st, uint64_t offset, bool in_tree)
 {
     struct tailed_file *f = calloc(1, sizeof *f);
     if (!f) {
@@ -204,13 +204,30 @@ struct tailed_file *rotation_track(struct collector *c, const char *link_path, c
     f->offset = offset;
     atomic_store(&f->src->acked_offset, offset);
     rotation_take_fingerprint(f);
-    char real_dir[PATH_MAX];
-    snprintf(real_dir, sizeof real_dir, "%s", real);
-    f->dir = rotation_dir(c, dirname(real_dir), false);
+    if (in_tree) {
+        char real_dir[PATH_MAX];
+        snprintf(real_dir, sizeof real_dir, "%s", real);
+        f->dir = rotation_dir(c, dirname(real_dir), false);
+    }
     file_link(c, f);
+    spool_keep(c, f);
     metrics_add(files_opened, 1);
     metrics_add(files_tailed, 1);
     return f;
+}
+
+struct tailed_file *rotation_track(struct collector *c, const char *link_path, const char *real, int fd, gzFile gz,
+                                   const struct stat *st, uint64_t offset)
+{
+    return track(c, link_path, real, fd, gz, st, offset, true);
+}
+
+/* A file no longer in the log tree (read from the spool): no directory of
+ * its own to follow, it only drains. */
+struct tailed_file *rotation_track_detached(struct collector *c, const char *link_path, const char *real, int fd,
+                                            gzFile gz, const struct stat *st, uint64_t offset)
+{
+    return track(c, link_path, real, fd, gz, st, offset, false);
 }
 
 void rotation_close(struct collector *c, struct tailed_file *f)
@@ -352,6 +369,7 @@ void rotation_truncated(struct collector *c, struct tailed_file *f)
         /* The path index is keyed by the source's own string: move it first. */
         if (f->in_path_index) table_del_str(&c->files_by_path, f->src->path);
         f->src->superseded = true;
+        spool_handover(f->src, fresh); /* the same file: its link stays */
         positions_policy_retire(c, f->src);
         f->src = fresh;
         if (f->in_path_index && table_put_str(&c->files_by_path, f->src->path, f) != 0) {

@@ -120,6 +120,8 @@ static const struct config_key keys[] = {
            "Where a first start (no positions file yet) begins the files present; later starts read new files from their beginning."),
     K_STRING("collection.positions_file", collection.positions_file, "/var/lib/loglet/positions.yaml",
              "File recording how far each log file has been read."),
+    K_STRING("collection.spool_dir", collection.spool_dir, "",
+             "Directory of hard links to the open log files, so lines of files the kubelet deletes while loglet holds them survive a crash; empty: spool/ beside the positions file. Must be on the logs' filesystem (and mount)."),
     K_DURATION("collection.positions_sync_period", collection.positions_sync_period_ms, "1s", 1,
                "How often the positions file is written when an acknowledged offset moved (never when idle); also within 250ms of a file being opened, rotated or closed."),
     K_SIZE("collection.max_line_bytes", collection.max_line_bytes, "256KiB", 1,

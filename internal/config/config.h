@@ -60,6 +60,7 @@ struct config {
         enum config_format format;
         enum config_read_from read_from;
         char *positions_file;
+        char *spool_dir; /* "": beside the positions file */
         int64_t positions_sync_period_ms;
         int64_t max_line_bytes;
         int64_t read_buffer_bytes;

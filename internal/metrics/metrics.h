@@ -59,6 +59,8 @@ struct metrics {
     _Atomic uint64_t lines_lost_released; /* held files released unread (collection.max_held_*) */
     _Atomic uint64_t bytes_lost_released;
     _Atomic uint64_t files_missed;        /* a saved position's file deleted while the agent was down */
+    _Atomic uint64_t files_recovered;     /* read from the spool: deleted while held, then the agent restarted */
+    _Atomic int64_t spooled_files;        /* open files with a link in the spool */
     _Atomic int64_t held_files;           /* rotated or deleted files kept open, not read to their end */
     _Atomic int64_t held_bytes;
     _Atomic int64_t collector_paused;     /* 1 while reading waits for room in the ring */

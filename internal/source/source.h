@@ -70,6 +70,9 @@ struct source {
     /* The file was truncated and tailed on under a new source: this one's
      * position must not be saved (collector-owned). */
     bool superseded;
+    /* The collector keeps a hard link to the file in its spool (spool.c);
+     * collector-owned. */
+    bool spooled, spooled_gz;
     _Atomic uint64_t acked_offset;
 };
 

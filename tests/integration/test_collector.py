@@ -3,6 +3,8 @@ pod churn and bad input — the real binary against a writer that imitates the
 kubelet (rename + create + gzip + delete), checking every line by its id."""
 import collections
 import os
+import shutil
+import tempfile
 import signal
 import threading
 import time
@@ -165,6 +167,56 @@ class RestartTest(AgentTestCase):
         b.wait_lines(5)
         self.assertEqual(b.stop(), 0)
         self.assertEqual(ids_of(a.lines() + b.lines()), [f"e-{i}" for i in range(55)])
+
+    def test_pod_deleted_while_stopped_is_read_from_the_spool(self):
+        # A clean stop, more lines, then the pod is deleted before the next
+        # start: the spool's link kept the file, so its new lines arrive under
+        # the deleted pod's labels, and its link goes once they are delivered.
+        web = self.tree.container("shop", "web-0", "app")
+        other = self.tree.container("shop", "api-0", "app")
+        a = self.agent(base_config(self.tree, self.workdir)).start()
+        for i in range(20):
+            web.write(f"id=s-{i}")
+            other.write(f"id=o-{i}")
+        a.wait_lines(40)
+        self.assertEqual(a.stop(), 0)
+        spool = os.path.join(self.workdir, "spool")
+        self.assertEqual(len(os.listdir(spool)), 2, "one link per open file")
+        for i in range(20, 30):
+            web.write(f"id=s-{i}")
+        web.remove()
+        b = self.agent(base_config(self.tree, self.workdir), name="b.yaml").start()
+        got = b.wait_lines(10)
+        time.sleep(1.5)  # closed at its end, delivered: the link goes
+        self.assertEqual(ids_of(b.lines()), [f"s-{i}" for i in range(20, 30)])
+        self.assertTrue(all(" shop/web-0/app " in line for line in got), got[:3])
+        self.assertIn("from the spool", b.stderr_text())
+        self.assertNotIn("is gone", b.stderr_text())
+        self.assertEqual(len(os.listdir(spool)), 1, f"left in the spool: {os.listdir(spool)}")
+        self.assertEqual(b.stop(), 0)
+
+    def test_stale_spool_links_are_removed_and_a_foreign_spool_is_said(self):
+        web = self.tree.container("shop", "web-0", "app")
+        spool = os.path.join(self.workdir, "spool")
+        os.makedirs(spool)
+        with open(os.path.join(spool, "ff-1234"), "w") as f:
+            f.write("not a log file\n")
+        a = self.agent(base_config(self.tree, self.workdir)).start()
+        web.write("id=f-0")
+        a.wait_lines(1)
+        self.assertEqual(a.stop(), 0)
+        self.assertNotIn("ff-1234", os.listdir(spool))
+        # On another filesystem a hard link cannot be made: said once, lines still flow.
+        other = tempfile.mkdtemp(dir="/dev/shm")
+        try:
+            cfg = base_config(self.tree, self.workdir, f"  spool_dir: {other}/spool\n")
+            b = self.agent(cfg, name="b.yaml").start()
+            web.write("id=f-1")
+            b.wait_lines(1)
+            self.assertEqual(b.stop(), 0)
+            self.assertEqual(b.stderr_text().count("cannot keep a link"), 1, b.stderr_text())
+        finally:
+            shutil.rmtree(other, ignore_errors=True)
 
     def test_corrupt_positions_file_is_reported_and_not_fatal(self):
         web = self.tree.container("shop", "web-0", "app")

@@ -519,9 +519,13 @@ class KubernetesConfigTest(unittest.TestCase):
         positions_dir = os.path.dirname(eff["collection"]["positions_file"])
         self.assertNotIn("readOnly", mounts[positions_dir])
         self.assertEqual(volumes[mounts[positions_dir]["name"]]["hostPath"]["type"], "DirectoryOrCreate")
-        for path in ("/var/log/pods", "/var/log/containers"):
-            self.assertTrue(mounts[path]["readOnly"])
-            self.assertEqual(volumes[mounts[path]["name"]]["hostPath"]["path"], path)
+        # One mount for the logs and the spool: a hard link cannot cross mounts.
+        self.assertNotIn("readOnly", mounts["/var/log"])
+        self.assertEqual(volumes[mounts["/var/log"]["name"]]["hostPath"]["path"], "/var/log")
+        self.assertFalse([m for m in mounts if m.startswith("/var/log/")], "a mount below /var/log splits the spool off")
+        self.assertTrue(eff["collection"]["spool_dir"].startswith("/var/log/"), eff["collection"]["spool_dir"])
+        for pattern in eff["collection"]["paths"]:
+            self.assertTrue(pattern.startswith("/var/log/"), pattern)
         self.assertEqual(c["ports"][0]["containerPort"], eff["server"]["http_listen_port"])
         self.assertEqual(c["livenessProbe"]["httpGet"]["path"], "/healthz")
         self.assertEqual(c["readinessProbe"]["httpGet"]["path"], "/ready")
@@ -553,9 +557,14 @@ class ChartConfigTest(unittest.TestCase):
         self.assertEqual(eff["output"]["loki"]["url"], "")
         self.assertEqual(eff["collection"]["exclude_pods"], [POD_ENV["POD_NAME"]])
         self.assertEqual(eff["collection"]["positions_file"], "/var/lib/loglet/positions.yaml")
+        self.assertEqual(eff["collection"]["spool_dir"], "/var/log/loglet-spool")
         self.assertEqual(eff["server"]["http_listen_port"], 3101)
         self.assertEqual(eff["labels"]["static"], {"node_name": "node-1"})
         self.assertEqual(eff["log"], {"level": "info", "format": "logfmt"})
+
+    def test_spool_off_leaves_it_beside_the_positions(self):
+        eff = self.render_and_check(chart_values(**{"spool.enabled": False}))
+        self.assertEqual(eff["collection"]["spool_dir"], "")
 
     def test_loki_url_tenant_basic_auth_labels_and_extra(self):
         url = "http://loki:3100/loki/api/v1/push"

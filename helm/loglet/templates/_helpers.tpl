@@ -83,6 +83,9 @@ collection:
   paths:
     - "/var/log/containers/*.log"
   positions_file: "/var/lib/loglet/positions.yaml"
+  {{- if .Values.spool.enabled }}
+  spool_dir: {{ .Values.spool.dir | quote }}
+  {{- end }}
   {{- if not .Values.loki.url }}
   # stdout mode: the agent must not read its own output back.
   exclude_pods:
