@@ -219,6 +219,11 @@ static struct tailed_file *recover_spooled(struct collector *c, const char *link
         n++;
     }
     if (n > 1) qsort(found, n, sizeof *found, compare_age);
+    /* The path lives on, yet the kubelet deleted a file it had: it rotated
+     * that far, and files created by those rotations while loglet was down
+     * (never opened, so never linked) may be gone as well. */
+    struct stat link_st;
+    bool path_lives = n && lstat(link_path, &link_st) == 0;
     for (size_t i = 0; i < n; i++) {
         struct spooled *s = &found[i];
         struct tailed_file *f = rotation_track_detached(c, link_path, s->p->real_path, s->fd, s->gz, &s->st,
@@ -237,8 +242,15 @@ static struct tailed_file *recover_spooled(struct collector *c, const char *link
         f->draining_since_ms = 0;
         f->successor_opened = true;
         metrics_add(files_recovered, 1);
-        log_info("%s (%s): deleted while loglet held it; reading the rest from the spool at offset %llu", link_path,
-                 s->p->real_path, (unsigned long long)s->p->offset);
+        if (path_lives)
+            log_warn("%s (%s): deleted by the kubelet while loglet held it or was down; reading the rest from the "
+                     "spool at offset %llu; files rotated after it and deleted while loglet was down, if any, were "
+                     "never seen and their lines are lost",
+                     link_path, s->p->real_path, (unsigned long long)s->p->offset);
+        else
+            log_info("%s (%s): its pod was deleted while loglet held it or was down; reading the rest from the spool "
+                     "at offset %llu",
+                     link_path, s->p->real_path, (unsigned long long)s->p->offset);
         last = f;
     }
     free(found);

@@ -85,8 +85,10 @@ MAX_LINE_BYTES = 256 * 1024        # collection.max_line_bytes default
 RUNTIME_SPLIT = 16 * 1024          # containerd cuts longer lines into P pieces of this size
 MAX_HELD_BYTES = 1 << 30           # collection.max_held_bytes default (per the spec)
 # A line delivered this long before a SIGKILL may rightly be sent again by the next
-# run: positions_sync_period (5 s default) plus slack. Anything older was saved.
-INFLIGHT_WINDOW = 7.5
+# run: positions_sync_period (1 s default) plus slack for a loaded machine (the
+# acknowledgement follows the receiver's answer, the save the next loop turn).
+# Anything older was saved: sending it again means positions were not.
+INFLIGHT_WINDOW = 3.0
 SCALE = float(os.environ.get("LOGLET_E2E_SCALE", "1") or 1)
 
 
@@ -1248,6 +1250,31 @@ def poll_watcher_failures(agent, collection_extra):
         return []
     n = inotify_fds(agent.proc.pid)
     return [f"watcher: poll, yet the agent holds {n} inotify instance(s)"] if n else []
+
+
+def spool_leftovers(spool_dir, log_root):
+    """Links in the agent's spool to files no longer in the log tree. Once every
+    line was delivered and the agent stopped, there must be none: a link to a
+    deleted file keeps its disk space, and nothing would ever read it again."""
+    if not os.path.isdir(spool_dir):
+        return []
+    present = set()
+    for d, _, names in os.walk(log_root):
+        for n in names:
+            try:
+                st = os.lstat(os.path.join(d, n))
+            except OSError:
+                continue
+            present.add((st.st_dev, st.st_ino))
+    stale = []
+    for n in os.listdir(spool_dir):
+        try:
+            st = os.lstat(os.path.join(spool_dir, n))
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) not in present:
+            stale.append(n)
+    return stale
 
 
 def agent_config(glob, positions, loki_url=None, collection_extra="", extra=""):

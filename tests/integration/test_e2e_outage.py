@@ -81,6 +81,10 @@ def run_outage(case, collection_extra="", name="C"):
                      "files were held?)")
     if rc != 0:
         extra.append(f"agent exited {rc} on SIGTERM")
+    stale = ck.spool_leftovers(os.path.join(os.path.dirname(case.positions), "spool"), case.root)
+    if stale:
+        extra.append(f"{len(stale)} spool links to files gone from the tree remain after everything was "
+                     f"delivered: {stale[:5]}")
     case.verdict(report, allow=("duplicated",), extra_failures=extra)
 
 
@@ -173,6 +177,10 @@ class Outage(ck.E2ECase):
                 extra.append(f"{n} is {after[-1]:.0f}, not 0, after everything was delivered")
         if rc != 0:
             extra.append(f"agent exited {rc} on SIGTERM")
+        stale = ck.spool_leftovers(os.path.join(os.path.dirname(self.positions), "spool"), self.root)
+        if stale:
+            extra.append(f"{len(stale)} spool links to files gone from the tree remain after everything was "
+                         f"delivered: {stale[:5]}")
         self.verdict(report, allow=("duplicated",), extra_failures=extra)
 
 

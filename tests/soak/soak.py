@@ -418,6 +418,11 @@ def run(case, args, D, outage_len):
         windows = case.down_windows()
         report.notes.append(f"agent down windows: {[(round(a - t0, 1), round(b - t0, 1)) for a, b in windows]}")
 
+    stale = ck.spool_leftovers(os.path.join(os.path.dirname(case.positions), "spool"), case.root)
+    if stale:
+        failures.append(f"{len(stale)} spool links to files gone from the log tree remain after everything was "
+                        f"delivered (disk never freed): {stale[:5]}")
+
     # -- the process: exit status, sanitizers, RSS and descriptors --
     if rc != 0:
         failures.append(f"agent run {agent.epoch} exited {rc} on SIGTERM")
