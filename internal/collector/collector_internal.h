@@ -279,6 +279,7 @@ uint64_t positions_policy_resume(struct collector *c, const char *link_path, con
 /* Whether the positions read at start listed this path (they are kept for
  * the whole run: a link dangling at start, say, is found again later). */
 bool positions_policy_known(struct collector *c, const char *link_path);
+struct tailed_file *positions_policy_awaited(struct collector *c, const char *link_path, const char *real);
 /* After the start-up scan: saved paths nothing matched any more. */
 void positions_policy_resume_orphans(struct collector *c);
 void positions_policy_dirty(struct collector *c);

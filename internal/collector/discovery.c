@@ -214,10 +214,13 @@ void discovery_open(struct collector *c, const char *link_path, bool at_startup,
         offset = positions_policy_resume(c, link_path, real, fd, &st, &predecessor);
     } else if (!predecessor && !positions_policy_known(c, link_path)) {
         /* Found late (a polled directory, a link made after the pod started
-         * writing): it may have rotated already, and all of it is new. A
-         * path the positions listed had its rotated files taken care of at
-         * start (positions_policy_resume_orphans): this file is just new. */
+         * writing): it may have rotated already, and all of it is new. */
         predecessor = catchup_open(c, link_path, real, NULL, 0, false, NULL, NULL);
+    } else if (!predecessor) {
+        /* A path the positions listed had its rotated files taken care of at
+         * start (positions_policy_resume_orphans); if its link dangled then,
+         * the files rotated since the last one read come first. */
+        predecessor = positions_policy_awaited(c, link_path, real);
     }
     struct tailed_file *f = rotation_track(c, link_path, real, fd, NULL, &st, offset);
     if (!f) {

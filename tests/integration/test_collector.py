@@ -218,6 +218,55 @@ class RestartTest(AgentTestCase):
         finally:
             shutil.rmtree(other, ignore_errors=True)
 
+    def test_start_between_the_kubelets_rename_and_reopen(self):
+        # The kubelet renames 0.log, and the runtime reopens a new one a moment
+        # later: an agent starting in between finds the link dangling. It must
+        # read the rest of the renamed file and then the new one as soon as it
+        # appears, without waiting for a periodic rescan. (Found by scenario B:
+        # lines of the new file never read.)
+        web = self.tree.container("shop", "web-0", "app")
+        a = self.agent(base_config(self.tree, self.workdir)).start()
+        for i in range(20):
+            web.write(f"id=g-{i}")
+        a.wait_lines(20)
+        self.assertEqual(a.stop(), 0)
+        for i in range(20, 30):
+            web.write(f"id=g-{i}")
+        os.rename(web.log_path, web.log_path + ".20261201-000000")
+        b = self.agent(base_config(self.tree, self.workdir), name="b.yaml").start()
+        b.wait_lines(10)
+        web._file.close()
+        web._file = open(web.log_path, "ab", buffering=0)
+        for i in range(30, 40):
+            web.write(f"id=g-{i}")
+        b.wait_lines(20, timeout=3)
+        self.assertEqual(b.stop(), 0)
+        self.assertEqual(ids_of(a.lines() + b.lines()), [f"g-{i}" for i in range(40)])
+
+    def test_dangling_at_start_then_rotated_before_seen(self):
+        # As above, but the runtime's new file comes late and is rotated again
+        # before the agent sees it (only the periodic rescan finds the path):
+        # the rotated file in between must be read, not skipped.
+        web = self.tree.container("shop", "web-0", "app")
+        a = self.agent(base_config(self.tree, self.workdir)).start()
+        for i in range(20):
+            web.write(f"id=h-{i}")
+        a.wait_lines(20)
+        self.assertEqual(a.stop(), 0)
+        os.rename(web.log_path, web.log_path + ".20261201-000000")
+        b = self.agent(base_config(self.tree, self.workdir), name="b.yaml").start()
+        time.sleep(2.5)  # past the rotated file's wait for a successor
+        web._file.close()
+        web._file = open(web.log_path, "ab", buffering=0)
+        for i in range(20, 30):
+            web.write(f"id=h-{i}")
+        web.rotate(compress=False)
+        for i in range(30, 40):
+            web.write(f"id=h-{i}")
+        b.wait_lines(20, timeout=15)
+        self.assertEqual(b.stop(), 0)
+        self.assertEqual(ids_of(a.lines() + b.lines()), [f"h-{i}" for i in range(40)])
+
     def test_corrupt_positions_file_is_reported_and_not_fatal(self):
         web = self.tree.container("shop", "web-0", "app")
         web.write("id=c-0")
