@@ -165,6 +165,9 @@ struct collector {
     struct tailed_file *pending_head, *pending_tail;
     struct watch_dir *check_head; /* directories whose files need a stat() */
     struct table reported;        /* paths already reported as unusable */
+    /* Paths whose file was renamed away and closed before its successor
+     * appeared (link dangling): path -> struct awaited (rotation.c). */
+    struct table awaited;
     bool rescan_needed;
     int64_t last_rescan_ms;
     int64_t last_overflow_report_ms;
@@ -246,6 +249,9 @@ bool rotation_fingerprint_matches(int fd, gzFile gz, uint64_t fp, uint32_t fp_le
 bool rotation_identifies(uint64_t fp, uint32_t fp_len, int fd);
 struct tailed_file *rotation_track_detached(struct collector *c, const char *link_path, const char *real, int fd,
                                             gzFile gz, const struct stat *st, uint64_t offset);
+void rotation_await_successor(struct collector *c, const char *link_path, const struct position *after);
+struct tailed_file *rotation_awaited(struct collector *c, const char *link_path, const char *real);
+void rotation_forget_awaited(struct collector *c, const char *link_path);
 void rotation_begin_draining(struct collector *c, struct tailed_file *f, const char *why);
 void rotation_schedule_check(struct collector *c, struct watch_dir *dir);
 void rotation_check_identities(struct collector *c);
@@ -279,7 +285,6 @@ uint64_t positions_policy_resume(struct collector *c, const char *link_path, con
 /* Whether the positions read at start listed this path (they are kept for
  * the whole run: a link dangling at start, say, is found again later). */
 bool positions_policy_known(struct collector *c, const char *link_path);
-struct tailed_file *positions_policy_awaited(struct collector *c, const char *link_path, const char *real);
 /* After the start-up scan: saved paths nothing matched any more. */
 void positions_policy_resume_orphans(struct collector *c);
 void positions_policy_dirty(struct collector *c);

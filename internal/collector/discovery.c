@@ -212,15 +212,15 @@ void discovery_open(struct collector *c, const char *link_path, bool at_startup,
     uint64_t offset = 0;
     if (at_startup) {
         offset = positions_policy_resume(c, link_path, real, fd, &st, &predecessor);
+    } else if (!predecessor && (predecessor = rotation_awaited(c, link_path, real))) {
+        /* Its file was renamed away and read before this one appeared: the
+         * files rotated in between come first. */
     } else if (!predecessor && !positions_policy_known(c, link_path)) {
         /* Found late (a polled directory, a link made after the pod started
-         * writing): it may have rotated already, and all of it is new. */
+         * writing): it may have rotated already, and all of it is new. A
+         * path the positions listed had its rotated files taken care of at
+         * start (positions_policy_resume_orphans): this file is just new. */
         predecessor = catchup_open(c, link_path, real, NULL, 0, false, NULL, NULL);
-    } else if (!predecessor) {
-        /* A path the positions listed had its rotated files taken care of at
-         * start (positions_policy_resume_orphans); if its link dangled then,
-         * the files rotated since the last one read come first. */
-        predecessor = positions_policy_awaited(c, link_path, real);
     }
     struct tailed_file *f = rotation_track(c, link_path, real, fd, NULL, &st, offset);
     if (!f) {
@@ -260,6 +260,7 @@ void discovery_link_event(struct collector *c, struct watch_dir *dir, const char
         return;
     }
     discovery_forget_report(c, path);
+    rotation_forget_awaited(c, path);
     struct tailed_file *f = table_get_str(&c->files_by_path, path);
     if (f) rotation_begin_draining(c, f, "its path was removed");
 }

@@ -40,11 +40,6 @@
 struct saved_range {
     size_t first, count; /* indexes into collector.saved, sorted by path */
     bool used;           /* a file at this path was found at start */
-    /* Its link dangled at start: the current file was renamed away and its
-     * successor not created yet. The file that appears later follows
-     * `after` (the last one read for the path), not nothing. */
-    bool awaiting;
-    struct position after;
 };
 
 static int compare_positions(const void *a, const void *b)
@@ -123,16 +118,11 @@ static void resume_orphan(struct collector *c, struct saved_range *range)
          * chain waits (as after a live rotation) for the new one, opened at
          * its directory's next event; a rescan that finds it first goes on
          * from that file too, so what rotated in between is not skipped. */
-        range->awaiting = true;
-        range->after = *base;
         if (last) {
-            if (last->src->fp_len < POSITIONS_FP_MAX) rotation_take_fingerprint(last);
-            range->after.dev = (uint64_t)last->src->dev;
-            range->after.ino = (uint64_t)last->src->ino;
-            range->after.fp = last->src->fp;
-            range->after.fp_len = last->src->fp_len;
             last->successor_opened = false;
             last->draining_since_ms = metrics_now_ms();
+        } else {
+            rotation_await_successor(c, base->path, base);
         }
     }
     struct tailed_file *f = NULL;
@@ -164,14 +154,6 @@ void positions_policy_resume_orphans(struct collector *c)
 bool positions_policy_known(struct collector *c, const char *link_path)
 {
     return table_get_str(&c->saved_by_path, link_path) != NULL;
-}
-
-struct tailed_file *positions_policy_awaited(struct collector *c, const char *link_path, const char *real)
-{
-    struct saved_range *range = table_get_str(&c->saved_by_path, link_path);
-    if (!range || !range->awaiting) return NULL;
-    range->awaiting = false;
-    return catchup_open(c, link_path, real, &range->after, 1, true, NULL, NULL);
 }
 
 void positions_policy_free_saved(struct collector *c)

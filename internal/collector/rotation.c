@@ -230,8 +230,60 @@ struct tailed_file *rotation_track_detached(struct collector *c, const char *lin
     return track(c, link_path, real, fd, gz, st, offset, false);
 }
 
+struct awaited {
+    char *path;
+    struct position after;
+};
+
+/* Remembers that the next file at `link_path` follows `after`. */
+void rotation_await_successor(struct collector *c, const char *link_path, const struct position *after)
+{
+    struct awaited *a = table_get_str(&c->awaited, link_path);
+    if (!a) {
+        if (!(a = calloc(1, sizeof *a)) || !(a->path = strdup(link_path)) ||
+            table_put_str(&c->awaited, a->path, a) != 0) {
+            log_error("out of memory remembering %s: files rotated before its next file appears may be skipped",
+                      link_path);
+            if (a) free(a->path);
+            free(a);
+            return;
+        }
+    }
+    a->after = *after;
+    a->after.path = a->after.real_path = NULL;
+}
+
+void rotation_forget_awaited(struct collector *c, const char *link_path)
+{
+    struct awaited *a = table_get_str(&c->awaited, link_path);
+    if (!a) return;
+    table_del_str(&c->awaited, link_path);
+    free(a->path);
+    free(a);
+}
+
+struct tailed_file *rotation_awaited(struct collector *c, const char *link_path, const char *real)
+{
+    struct awaited *a = table_get_str(&c->awaited, link_path);
+    if (!a) return NULL;
+    struct position after = a->after;
+    rotation_forget_awaited(c, link_path);
+    return catchup_open(c, link_path, real, &after, 1, true, NULL, NULL);
+}
+
 void rotation_close(struct collector *c, struct tailed_file *f)
 {
+    struct stat link_st;
+    if (f->state == FILE_DRAINING && !f->successor && !f->successor_opened &&
+        !table_get_str(&c->files_by_path, f->src->path) && lstat(f->src->path, &link_st) == 0) {
+        /* Renamed away, and nothing at its path yet (the runtime is slow to
+         * reopen, or the container ended): whatever appears there later
+         * follows this file, with the files rotated in between. */
+        if (f->src->fp_len < POSITIONS_FP_MAX) rotation_take_fingerprint(f);
+        struct position me = {.dev = (uint64_t)f->src->dev, .ino = (uint64_t)f->src->ino, .fp = f->src->fp,
+                              .fp_len = f->src->fp_len, .offset = f->offset};
+        rotation_await_successor(c, f->src->path, &me);
+    }
     file_unlink(c, f);
     if (f->gz) gzclose(f->gz);
     if (close(f->fd) != 0) log_warn("closing %s: %s", f->src->real_path, strerror(errno));
@@ -453,6 +505,12 @@ void rotation_teardown(struct collector *c)
         if (dir) dir_release_if_unused(c, dir);
     }
     while (c->all_dirs) dir_free(c, c->all_dirs);
+    size_t cursor = 0;
+    for (struct awaited *a; (a = table_next(&c->awaited, &cursor));) {
+        free(a->path);
+        free(a);
+    }
+    table_free(&c->awaited);
     table_free(&c->dirs_by_wd);
     table_free(&c->dirs_by_path);
     table_free(&c->files_by_path);

@@ -239,7 +239,7 @@ class RestartTest(AgentTestCase):
         web._file = open(web.log_path, "ab", buffering=0)
         for i in range(30, 40):
             web.write(f"id=g-{i}")
-        b.wait_lines(20, timeout=3)
+        b.wait_lines(20, timeout=6)  # well before the 10 s rescan
         self.assertEqual(b.stop(), 0)
         self.assertEqual(ids_of(a.lines() + b.lines()), [f"g-{i}" for i in range(40)])
 
@@ -311,6 +311,29 @@ class RotationTest(AgentTestCase):
         self.assertEqual(a.stop(), 0)
         assert_exactly_once(self, ids_of(a.lines()), [f"x-{i}" for i in range(written)])
         print(f"rotation: {written} lines at {rate:.0f}/s, {rotations} rotations")
+
+    def test_slow_reopen_then_rotated_before_seen(self):
+        # Live: 0.log renamed, the runtime's new file comes only after the
+        # renamed one was read out and closed, and is itself rotated before
+        # the agent sees it: the file in between must not be skipped.
+        web = self.tree.container("shop", "web-0", "app")
+        a = self.agent(base_config(self.tree, self.workdir)).start()
+        for i in range(10):
+            web.write(f"id=v-{i}")
+        a.wait_lines(10)
+        os.rename(web.log_path, web.log_path + ".20261201-000000")
+        time.sleep(3)  # past the renamed file's wait for a successor: closed
+        web._file.close()
+        web._file = open(web.log_path, "ab", buffering=0)
+        for i in range(10, 20):
+            web.write(f"id=v-{i}")
+        web.rotate(compress=False)
+        for i in range(20, 30):
+            web.write(f"id=v-{i}")
+        a.wait_lines(30, timeout=15)
+        self.assertEqual(a.stop(), 0)
+        assert_exactly_once(self, ids_of(a.lines()), [f"v-{i}" for i in range(30)])
+        self.assertEqual(ids_of(a.lines()), [f"v-{i}" for i in range(30)])
 
     def test_copytruncate_is_detected(self):
         web = self.tree.container("shop", "web-0", "app")
