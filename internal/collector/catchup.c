@@ -158,8 +158,7 @@ static bool same_file(const struct position *p, const struct stat *st)
  * inode (256 bytes with their timestamps do not repeat by chance). */
 static bool identifies(const struct position *p, int fd, gzFile gz, const struct stat *st)
 {
-    if (!gz && same_file(p, st)) return rotation_identifies(p->fp, p->fp_len, fd);
-    if (!gz && p->fp_len < POSITIONS_FP_MAX) return false;
+    if (!gz && !same_file(p, st) && p->fp_len < POSITIONS_FP_MAX) return false;
     return rotation_fingerprint_matches(fd, gz, p->fp, p->fp_len);
 }
 
@@ -264,7 +263,9 @@ static void report_missed(const char *link_path, const struct position *known, s
                           const struct position *current)
 {
     for (size_t k = 0; k < nknown; k++) {
-        if (identified[k] || &known[k] == current || known[k].done) continue;
+        /* Saved while empty: nothing can tell it apart, so it is not said
+         * gone; catch-up reads every sibling after the last one known. */
+        if (identified[k] || &known[k] == current || known[k].done || known[k].fp_len == 0) continue;
         metrics_add(files_missed, 1);
         log_warn("%s (%s): the file this saved position names is gone (deleted while loglet was down): lines after "
                  "offset %llu, if any, are lost (loglet_files_missed_total)",

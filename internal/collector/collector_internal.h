@@ -107,6 +107,11 @@ struct tailed_file {
     bool waiting;
     struct tailed_file *successor;
     bool successor_opened; /* after a rotation: the files that followed it are open */
+    /* While this file is too young to have a fingerprint, the positions file
+     * cannot tell it from a reused inode; the rotated file it follows, read
+     * out and delivered, is then saved as a `done` entry in its stead, so a
+     * restart resumes after that one (positions_policy.c). Owned strings. */
+    struct position follows;
     bool in_path_index;
 };
 
@@ -285,6 +290,7 @@ uint64_t positions_policy_resume(struct collector *c, const char *link_path, con
 /* Whether the positions read at start listed this path (they are kept for
  * the whole run: a link dangling at start, say, is found again later). */
 bool positions_policy_known(struct collector *c, const char *link_path);
+void follows_clear(struct tailed_file *f);
 /* After the start-up scan: saved paths nothing matched any more. */
 void positions_policy_resume_orphans(struct collector *c);
 void positions_policy_dirty(struct collector *c);

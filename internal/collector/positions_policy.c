@@ -106,7 +106,7 @@ static void resume_orphan(struct collector *c, struct saved_range *range)
     struct stat st;
     bool there = catchup_open_any(base->real_path, &fd, &gz, &st);
     bool same = there && !gz && base->dev == (uint64_t)st.st_dev && base->ino == (uint64_t)st.st_ino &&
-                rotation_identifies(base->fp, base->fp_len, fd);
+                rotation_fingerprint_matches(fd, NULL, base->fp, base->fp_len);
     /* Rotated siblings: when other files were held, or the file itself was
      * rotated away meanwhile (catch-up then says whether it is gone). */
     struct tailed_file *last = NULL;
@@ -183,7 +183,7 @@ uint64_t positions_policy_resume(struct collector *c, const char *link_path, con
     for (size_t k = range->first; k < range->first + range->count; k++) {
         const struct position *p = &c->saved.items[k];
         bool same = p->dev == (uint64_t)st->st_dev && p->ino == (uint64_t)st->st_ino;
-        if (!current && same && rotation_identifies(p->fp, p->fp_len, fd)) current = p;
+        if (!current && same && rotation_fingerprint_matches(fd, NULL, p->fp, p->fp_len)) current = p;
         else others = true;
     }
     if (others || !current)
@@ -203,11 +203,41 @@ void positions_policy_dirty(struct collector *c)
     if (!c->positions_dirty_since_ms) c->positions_dirty_since_ms = metrics_now_ms();
 }
 
+void follows_clear(struct tailed_file *f)
+{
+    free(f->follows.path);
+    free(f->follows.real_path);
+    memset(&f->follows, 0, sizeof f->follows);
+}
+
+/* A rotated file delivered to its end leaves the positions file; if the
+ * current file of its path is still empty, it is kept as that file's
+ * `follows` entry (see struct tailed_file). */
+static void follows_remember(struct collector *c, const struct source *src)
+{
+    struct tailed_file *cur = table_get_str(&c->files_by_path, src->path);
+    if (!cur || cur->src == src || (cur->src->dev == src->dev && cur->src->ino == src->ino)) return;
+    if (cur->src->fp_len < POSITIONS_FP_MAX) rotation_take_fingerprint(cur);
+    if (cur->src->fp_len > 0 || !src->fp_len) return;
+    char *path = strdup(src->path), *real = strdup(src->real_path);
+    if (!path || !real) {
+        free(path);
+        free(real);
+        log_error("out of memory saving the position of %s: a restart may send it again", src->real_path);
+        return;
+    }
+    follows_clear(cur);
+    cur->follows = (struct position){.path = path, .real_path = real, .dev = (uint64_t)src->dev,
+                                     .ino = (uint64_t)src->ino, .fp = src->fp, .fp_len = src->fp_len,
+                                     .offset = atomic_load(&src->acked_offset), .done = true};
+}
+
 /* A closed file whose lines are still in flight keeps its position in the
  * positions file until they are delivered. */
 void positions_policy_retire(struct collector *c, struct source *src)
 {
     if (atomic_load(&src->refs) == 1) {
+        follows_remember(c, src);
         spool_forget(c, src);
         source_unref(src);
         return;
@@ -240,6 +270,21 @@ int positions_policy_save(struct collector *c)
 {
     struct positions ps = {0};
     int rc = 0;
+    /* Closed files first: one delivered meanwhile may become the `follows`
+     * entry of its path's current file, written below in this same save. */
+    size_t kept = 0;
+    for (size_t i = 0; i < c->nretired; i++) {
+        struct source *src = c->retired[i];
+        if (atomic_load(&src->refs) == 1) { /* every chunk delivered: nothing left to resume */
+            follows_remember(c, src);
+            spool_forget(c, src);
+            source_unref(src);
+            continue;
+        }
+        c->retired[kept++] = src;
+        if (rc == 0 && !src->superseded) rc = add_position(&ps, src, false);
+    }
+    c->nretired = kept;
     for (struct tailed_file *f = c->all_files; f && rc == 0; f = f->all_next) {
         if (f->src->fp_len < POSITIONS_FP_MAX) rotation_take_fingerprint(f); /* it may have grown */
         /* A rotated file delivered to its end has nothing to resume. It is
@@ -250,21 +295,17 @@ int positions_policy_save(struct collector *c)
         struct stat st;
         bool done = f->state == FILE_DRAINING && !f->gz && fstat(f->fd, &st) == 0 &&
                     atomic_load(&f->src->acked_offset) >= (uint64_t)st.st_size;
-        if (done && f->successor) continue;
-        rc = add_position(&ps, f->src, done);
-    }
-    size_t kept = 0;
-    for (size_t i = 0; i < c->nretired; i++) {
-        struct source *src = c->retired[i];
-        if (atomic_load(&src->refs) == 1) { /* every chunk delivered: nothing left to resume */
-            spool_forget(c, src);
-            source_unref(src);
-            continue;
+        if (done && f->successor) {
+            struct tailed_file *next = f->successor;
+            if (next->src->fp_len < POSITIONS_FP_MAX) rotation_take_fingerprint(next);
+            if (next->src->fp_len > 0) continue; /* the newer file identifies itself */
         }
-        c->retired[kept++] = src;
-        if (rc == 0 && !src->superseded) rc = add_position(&ps, src, false);
+        rc = add_position(&ps, f->src, done);
+        if (rc == 0 && f->follows.real_path) {
+            if (f->src->fp_len > 0) follows_clear(f);
+            else rc = positions_add(&ps, &f->follows);
+        }
     }
-    c->nretired = kept;
     char err[1024];
     if (rc != 0) {
         log_error("out of memory saving positions");

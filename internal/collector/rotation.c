@@ -288,6 +288,7 @@ void rotation_close(struct collector *c, struct tailed_file *f)
     if (f->gz) gzclose(f->gz);
     if (close(f->fd) != 0) log_warn("closing %s: %s", f->src->real_path, strerror(errno));
     free(f->gz_carry);
+    follows_clear(f);
     log_info("closed %s (%s) at offset %llu", f->src->path, f->src->real_path, (unsigned long long)f->offset);
     if (f->successor) {
         f->successor->waiting = false;
@@ -499,6 +500,7 @@ void rotation_teardown(struct collector *c)
         if (f->gz) gzclose(f->gz);
         close(f->fd);
         free(f->gz_carry);
+    follows_clear(f);
         source_unref(f->src);
         metrics_add(files_tailed, -1);
         free(f);
