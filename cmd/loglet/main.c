@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "collector/collector.h"
@@ -192,6 +193,19 @@ static int wait_for_signal(const sigset_t *signals)
     }
 }
 
+/* Every file tailed or held is a descriptor: a node with thousands of
+ * containers, or a catch-up after downtime, must not meet the soft limit of
+ * 1024 while the hard limit allows more. */
+static void raise_descriptor_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) return;
+    rlim_t was = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        log_warn("cannot raise the open files limit from %llu: %s", (unsigned long long)was, strerror(errno));
+}
+
 int main(int argc, char **argv)
 {
     struct options opts = {0};
@@ -230,6 +244,7 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    raise_descriptor_limit();
     log_info("loglet %s starting, config %s, output %s", LOGLET_VERSION,
              opts.config_path ? opts.config_path : "(defaults)",
              agent.cfg.output.loki.url[0] ? agent.cfg.output.loki.url : "stdout");

@@ -470,6 +470,18 @@ static void release(struct collector *c, struct tailed_file *f, const char *boun
     rotation_close(c, f);
 }
 
+/* Held: deleted from the log tree, its data kept only by loglet (its
+ * descriptor, its spool link). A rotated file still in the tree is the
+ * kubelet's retention, not loglet's cost, however long it waits to be read
+ * (a catch-up after downtime opens hundreds at once). */
+static bool held_by_loglet_alone(const struct tailed_file *f)
+{
+    if (f->state != FILE_DRAINING) return false;
+    struct stat st;
+    if (fstat(f->fd, &st) != 0) return false;
+    return st.st_nlink <= (nlink_t)(f->src->spooled ? 1 : 0);
+}
+
 void rotation_enforce_held(struct collector *c)
 {
     const uint64_t max_bytes = (uint64_t)c->cfg->collection.max_held_bytes;
@@ -479,7 +491,7 @@ void rotation_enforce_held(struct collector *c)
         uint64_t bytes = 0;
         struct tailed_file *oldest = NULL;
         for (struct tailed_file *f = c->all_files; f; f = f->all_next) {
-            if (f->state != FILE_DRAINING) continue;
+            if (!held_by_loglet_alone(f)) continue;
             files++;
             bytes += unread_bytes(f);
             if (!oldest || f->held_seq < oldest->held_seq) oldest = f;

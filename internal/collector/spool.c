@@ -79,14 +79,14 @@ int spool_open(struct collector *c, char *err, size_t errlen)
     }
     char made[PATH_MAX];
     snprintf(made, sizeof made, "%s", dir);
-    if (make_dirs(made) != 0) {
-        snprintf(err, errlen, "collection.spool_dir: cannot create %s: %s", dir, strerror(errno));
-        return -1;
-    }
-    c->spool_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
-    if (c->spool_fd < 0) {
-        snprintf(err, errlen, "collection.spool_dir: cannot open %s: %s", dir, strerror(errno));
-        return -1;
+    if (make_dirs(made) != 0 || (c->spool_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)) < 0) {
+        /* A read-only mount, say: lines flow as before, only a crash while
+         * holding deleted files loses them. Said, not fatal. */
+        log_warn("collection.spool_dir: cannot use %s: %s; running without a spool: files the kubelet deletes while "
+                 "loglet holds them are lost if loglet is killed before reading them",
+                 dir, strerror(errno));
+        c->spool_fd = -1;
+        return 0;
     }
     struct stat st;
     if (fstat(c->spool_fd, &st) != 0 || (st.st_mode & S_IWOTH)) {
@@ -228,15 +228,28 @@ void spool_sweep(struct collector *c)
             if (dup_fd >= 0) close(dup_fd);
             log_warn("reading the spool %s: %s", c->spool_path, strerror(errno));
         } else {
-            size_t removed = 0;
+            size_t removed = 0, kept = 0;
             struct dirent *e;
             while ((e = readdir(d))) {
                 if (e->d_name[0] == '.' || table_get_str(&owned, e->d_name)) continue;
+                if (c->positions_lost) {
+                    /* No position names them, so no path or labels: they
+                     * cannot be read, but are not thrown away unsaid. */
+                    kept++;
+                    continue;
+                }
                 if (unlinkat(c->spool_fd, e->d_name, 0) == 0) removed++;
                 else log_warn("removing %s/%s: %s", c->spool_path, e->d_name, strerror(errno));
             }
             closedir(d);
             if (removed) log_info("spool %s: removed %zu links no saved position needs", c->spool_path, removed);
+            if (kept) {
+                metrics_add(files_missed, kept);
+                log_error("spool %s: %zu files loglet held cannot be matched to their paths, the positions file being "
+                          "unusable; their unread lines are lost (loglet_files_missed_total). They are kept there "
+                          "until the next start for inspection",
+                          c->spool_path, kept);
+            }
         }
     }
     table_free(&owned);

@@ -239,8 +239,8 @@ size_t metrics_render(char *buf, size_t cap)
     counter(&w, "loglet_files_missed_total", "Files a saved position named that the kubelet deleted while loglet was down.", &metrics.files_missed);
     counter(&w, "loglet_files_recovered_total", "Files the kubelet deleted while loglet held them, read from the spool after a restart.", &metrics.files_recovered);
     gauge(&w, "loglet_spooled_files", "Open files with a hard link in collection.spool_dir.", &metrics.spooled_files);
-    gauge(&w, "loglet_held_files", "Rotated or deleted files kept open until read (the files are the buffer).", &metrics.held_files);
-    gauge(&w, "loglet_held_bytes", "Unread bytes of the held files.", &metrics.held_bytes);
+    gauge(&w, "loglet_held_files", "Files the kubelet deleted that only loglet keeps (open or in the spool) until read (the files are the buffer).", &metrics.held_files);
+    gauge(&w, "loglet_held_bytes", "Unread bytes of the held files (collection.max_held_bytes bounds it).", &metrics.held_bytes);
     gauge(&w, "loglet_collector_paused", "1 while reading waits for room in the ring (the output lags).", &metrics.collector_paused);
     counter(&w, "loglet_positions_writes_total", "Times the positions file was written.", &metrics.positions_writes);
     counter(&w, "loglet_positions_errors_total", "Failed writes of the positions file.", &metrics.positions_errors);
