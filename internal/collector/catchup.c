@@ -292,7 +292,13 @@ struct tailed_file *catchup_open(struct collector *c, const char *link_path, con
         for (size_t k = 0; k < nknown; k++) {
             if (identified[k] || !identifies(&known[k], fd, gz, &st)) continue;
             identified[k] = true;
-            if (found) continue;
+            if (found) {
+                /* Two positions for one file (a copytruncate copy: the old
+                 * content's entry and the copy's own): the lower offset,
+                 * so lines in flight under either are read again. */
+                if (start == i && !after_known && known[k].offset < offset) offset = known[k].offset;
+                continue;
+            }
             found = true; /* the oldest sibling a position names: reading starts there */
             start = after_known ? i + 1 : i;
             offset = after_known ? 0 : known[k].offset;
@@ -319,10 +325,11 @@ struct tailed_file *catchup_open(struct collector *c, const char *link_path, con
         }
         /* A newer sibling may have its own saved position (it was the
          * current file when the positions were written): resume it there. */
+        bool resumed = false;
         for (size_t k = 0; k < nknown && i > start; k++) {
-            if (identifies(&known[k], fd, gz, &st)) {
+            if (identifies(&known[k], fd, gz, &st) && (!resumed || known[k].offset < offset)) {
                 offset = known[k].offset;
-                break;
+                resumed = true;
             }
         }
         struct tailed_file *f = rotation_track(c, link_path, names[i], fd, gz, &st, offset);
@@ -343,4 +350,30 @@ struct tailed_file *catchup_open(struct collector *c, const char *link_path, con
     }
     free_names(names, n);
     return last;
+}
+
+struct tailed_file *catchup_copy(struct collector *c, struct tailed_file *f, const struct position *old)
+{
+    char **names;
+    size_t n = list_rotated(f->src->real_path, &names);
+    struct tailed_file *copy = NULL;
+    for (size_t i = n; i-- > 0 && !copy;) { /* the newest sibling is the likeliest copy */
+        int fd;
+        gzFile gz;
+        struct stat st;
+        if (!catchup_open_any(names[i], &fd, &gz, &st)) continue;
+        if ((uint64_t)st.st_ino == old->ino || !identifies(old, fd, gz, &st) || already_tracked(c, names[i], fd, gz, &st) ||
+            !(copy = rotation_track(c, f->src->path, names[i], fd, gz, &st, old->offset))) {
+            if (gz) gzclose(gz);
+            close(fd);
+            continue;
+        }
+        rotation_begin_draining(c, copy, "the copy of a truncated file");
+        copy->draining_since_ms = 0;
+        copy->successor_opened = true;
+        log_info("%s: reading the rest of its old content from the copy %s at offset %llu", f->src->path, names[i],
+                 (unsigned long long)old->offset);
+    }
+    free_names(names, n);
+    return copy;
 }

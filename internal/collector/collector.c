@@ -194,6 +194,10 @@ static void service_pending(struct collector *c)
     struct tailed_file *last = c->pending_tail;
     while (c->pending_head && !collector_stopping(c) && !c->blocked) {
         struct tailed_file *f = pop_pending(c);
+        if (f->waiting) { /* queued before it was chained after a predecessor: read once that one closes */
+            if (f == last) break;
+            continue;
+        }
         int64_t now = metrics_now_ms();
         bool flush = f->incomplete_since_ms && now - f->incomplete_since_ms >= c->cfg->collection.partial_flush_timeout_ms;
         if (flush && f->state == FILE_DRAINING && now - f->draining_since_ms < ROTATE_WAIT_MS) flush = false;

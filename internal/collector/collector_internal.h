@@ -282,6 +282,10 @@ struct tailed_file *catchup_open(struct collector *c, const char *link_path, con
                                  const struct position *known, size_t nknown, bool after_known,
                                  const struct position *current, struct tailed_file *predecessor);
 bool catchup_open_any(const char *path, int *fd, gzFile *gz, struct stat *st);
+/* After a copytruncate of `f`: the sibling holding its old content (known
+ * by `old`, its full fingerprint), opened from old->offset and draining;
+ * NULL when there is none. */
+struct tailed_file *catchup_copy(struct collector *c, struct tailed_file *f, const struct position *old);
 
 /* positions_policy.c */
 void positions_policy_load(struct collector *c);

@@ -415,13 +415,20 @@ void rotation_truncated(struct collector *c, struct tailed_file *f)
     log_warn("%s was truncated (size %lld, read up to %llu): reading it again from the start",
              f->src->path, (long long)st.st_size, (unsigned long long)f->offset);
     metrics_add(truncations, 1);
-    /* Chunks in flight acknowledge the old source; the positions file must
-     * not resume past the new data, so the file gets a fresh one at 0. */
+    /* copytruncate copies first: what was not read of the old content is in
+     * the copy, found by the old content's full fingerprint (a shorter one,
+     * of a file under 256 bytes when last taken, cannot tell it; the head
+     * is not read again now: it is the new content's). */
+    struct position old = {.dev = (uint64_t)f->src->dev, .ino = (uint64_t)f->src->ino, .fp = f->src->fp,
+                           .fp_len = f->src->fp_len, .offset = f->offset};
+    struct tailed_file *copy = old.fp_len >= POSITIONS_FP_MAX ? catchup_copy(c, f, &old) : NULL;
+    /* Chunks in flight acknowledge the old source, whose position stays in
+     * the positions file until they are delivered: a crash now resumes in
+     * the copy from there. The file itself gets a fresh source at 0. */
     struct source *fresh = new_source(c, f->src->path, f->src->real_path, &st);
     if (fresh) {
         /* The path index is keyed by the source's own string: move it first. */
         if (f->in_path_index) table_del_str(&c->files_by_path, f->src->path);
-        f->src->superseded = true;
         spool_handover(f->src, fresh); /* the same file: its link stays */
         positions_policy_retire(c, f->src);
         f->src = fresh;
@@ -439,6 +446,10 @@ void rotation_truncated(struct collector *c, struct tailed_file *f)
     f->after_flush = false;
     f->incomplete_since_ms = 0;
     f->src->fp_len = 0;
+    if (copy) {
+        copy->successor = f; /* the old content first, then the new */
+        f->waiting = true;
+    }
     /* At once, not debounced: a crash now must not resume the new content
      * at the old offset, nor take the copy for a lost file. */
     positions_policy_save(c);

@@ -67,9 +67,6 @@ struct source {
      * collector thread reads or updates these two). */
     uint64_t fp;
     uint32_t fp_len;
-    /* The file was truncated and tailed on under a new source: this one's
-     * position must not be saved (collector-owned). */
-    bool superseded;
     /* The collector keeps a hard link to the file in its spool (spool.c);
      * collector-owned. */
     bool spooled, spooled_gz;

@@ -80,6 +80,36 @@ class DockerJsonFile(ck.E2ECase):
         report = self.checker_check(truth, name="H copytruncate + kill -9", exempt=before)
         self.verdict(report, allow=("duplicated",), extra_failures=[f"agent exited {rc}"] if rc != 0 else [])
 
+    def test_H_copytruncate_during_an_outage_then_kill9_loses_nothing(self):
+        # Lines not delivered when logrotate copies and truncates are only in
+        # the copy: read from there while running, and again after a kill.
+        d = ck.DockerJsonFile(self.root, self.journal, wid=92, cidx=92_000_001, name="held")
+        agent = self.start_agent(self.cfg)
+        d.write(100)
+        self.assertTrue(self.receiver.wait_for(100, 30), "the running agent did not ship the first 100 lines")
+        self.cut_receiver(True)
+        d.write(400)
+        time.sleep(1.5)                              # read, not delivered: in the ring, or the file
+        d.copytruncate()
+        d.write(30)
+        time.sleep(1.5)
+        agent.kill9()
+        d.write(50)
+        agent = self.start_agent(self.cfg)
+        self.cut_receiver(False)
+        d.write(20)
+        truth = self.truth()
+        self.wait_drained(truth, timeout=90, settle=20)
+        counters = agent.metrics() or {}
+        rc = agent.term()
+        d.close()
+        report = self.checker_check(truth, name="H copytruncate in an outage + kill -9")
+        extra = [f"agent exited {rc}"] if rc != 0 else []
+        if not counters.get("loglet_truncations_total") and "reading the rest of its old content" not in \
+                "".join(a.stderr_text() for a in self.agents):
+            extra.append("scenario: the truncation was not seen by either run")
+        self.verdict(report, allow=("duplicated",), extra_failures=extra)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -81,7 +81,6 @@ static void test_new_copies_its_inputs_and_starts_with_one_reference(void **stat
     assert_int_equal(s->ino, 9);
     assert_int_equal(atomic_load(&s->refs), 1);
     assert_int_equal(atomic_load(&s->acked_offset), 0);
-    assert_false(s->superseded);
     assert_null(s->labels_buf);
     source_unref(s); /* the sanitizer build reports a leak if this did not free */
     source_unref(NULL);

@@ -1344,12 +1344,10 @@ static void test_truncation_starts_a_fresh_source(void **state)
 
     assert_int_equal(read_until_eof(false), READ_EOF);
     assert_ptr_not_equal(E.f->src, old);
-    assert_true(old->superseded);
     assert_int_equal(atomic_load(&old->acked_offset), t.file.len); /* the old one is left as it was */
     /* The fresh source starts at 0 with the same identity. */
     assert_string_equal(E.f->src->path, old->path);
     assert_int_equal(E.f->src->ino, old->ino);
-    assert_false(E.f->src->superseded);
     assert_string_equal(E.f->src->labels[0], old->labels[0]);
     drain_all();
     assert_int_equal(E.got.n, 23);
