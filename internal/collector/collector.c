@@ -31,7 +31,7 @@ bool collector_stopping(struct collector *c) { return atomic_load_explicit(&c->s
 
 void collector_mark_pending(struct collector *c, struct tailed_file *f)
 {
-    if (f->pending || f->waiting) return;
+    if (f->pending || f->waiting || f->metadata_wait_until_ms) return;
     f->pending = true;
     f->pending_next = NULL;
     if (c->pending_tail) c->pending_tail->pending_next = f;
@@ -250,6 +250,7 @@ static void *collector_main(void *arg)
         }
         if (c->rescan_needed || now - c->last_rescan_ms >= rescan_every) discovery_scan(c, false);
         positions_policy_tick(c, now);
+        metadata_tick(c, now);
         if (c->blocked && ring_has_room(c->ring, c->blocked_want)) c->blocked = false;
         metrics_set(collector_paused, c->blocked ? 1 : 0);
         service_pending(c);

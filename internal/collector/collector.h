@@ -41,6 +41,10 @@ struct collector;
 /* Validates what depends on the file system and compiles the line filters.
  * Returns NULL with `err` set. */
 struct collector *collector_create(const struct config *cfg, struct ring *ring, char *err, size_t errlen);
+/* Labels files with what `provider` knows besides their paths (kept, not
+ * owned; it must outlive the collector). Call before collector_start. */
+struct metadata_provider;
+void collector_use_metadata(struct collector *collector, struct metadata_provider *provider);
 /* Scans the globs, sets up the watches and starts the thread. */
 int collector_start(struct collector *collector, char *err, size_t errlen);
 /* True once the initial scan is done and the directories are watched. */

@@ -208,6 +208,7 @@ struct tailed_file *rotation_track(struct collector *c, const char *link_path, c
     snprintf(real_dir, sizeof real_dir, "%s", real);
     f->dir = rotation_dir(c, dirname(real_dir), false);
     file_link(c, f);
+    metadata_track(c, f);
     metrics_add(files_opened, 1);
     metrics_add(files_tailed, 1);
     return f;
