@@ -59,6 +59,7 @@ struct kube_watch {
     bool gone;     /* 410: the version is too old, list again */
     char failure[640]; /* why the transfer was abandoned (garbage, too large) */
     size_t events;
+    bool connected; /* the watch's 200 arrived: the API server is back */
     int64_t last_data_ms;
     int64_t idle_limit_ms;
 
@@ -125,7 +126,9 @@ static void failed(struct kube_watch *w, const char *fmt, ...)
     } else {
         log_debug("kubernetes: %s", msg);
     }
-    if (w->kind == KUBE_POD) atomic_store(&w->cache->unavailable, true);
+    /* Unreachable or refusing us: new files should not wait for a pod. After
+     * an answer we could not read, a relist follows shortly: they may. */
+    if (w->kind == KUBE_POD && w->status != -1 && w->status != 410) atomic_store(&w->cache->unavailable, true);
     int64_t jitter = (int64_t)(rng_next(w) % (uint64_t)(w->backoff_ms / 2 + 1));
     sleep_ms(w, w->backoff_ms + jitter);
     w->backoff_ms = w->backoff_ms * 2 > MAX_BACKOFF_MS ? MAX_BACKOFF_MS : w->backoff_ms * 2;
@@ -228,11 +231,21 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
     return n;
 }
 
+static void recovered(struct kube_watch *w, const char *what);
+
 static int on_progress(void *userdata, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
 {
     (void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
     struct kube_watch *w = userdata;
     if (stopping(w)) return 1;
+    if (w->streaming && !w->connected) {
+        long code = 0;
+        curl_easy_getinfo(w->curl, CURLINFO_RESPONSE_CODE, &code);
+        if (code == 200) {
+            w->connected = true;
+            recovered(w, "watching");
+        }
+    }
     /* A watch the server stopped feeding (a half-open connection) is
      * abandoned a minute after it should have ended. */
     if (w->idle_limit_ms && metrics_now_ms() - w->last_data_ms > w->idle_limit_ms) {
@@ -322,6 +335,7 @@ static enum outcome get(struct kube_watch *w, const char *url, bool streaming, c
     w->errbuf[0] = '\0';
     w->gone = false;
     w->events = 0;
+    w->connected = false;
     w->last_data_ms = metrics_now_ms();
     curl_easy_setopt(w->curl, CURLOPT_URL, url);
     curl_easy_setopt(w->curl, CURLOPT_HTTPHEADER, headers);
@@ -447,7 +461,7 @@ static enum outcome list(struct kube_watch *w, char *why, size_t whylen)
 static void *watch_main(void *arg)
 {
     struct kube_watch *w = arg;
-    bool need_list = true;
+    bool need_list = true, just_listed = false;
     char why[1024], url[4096];
     while (!stopping(w)) {
         if (need_list) {
@@ -460,9 +474,12 @@ static void *watch_main(void *arg)
                 continue;
             }
             need_list = false;
+            just_listed = true;
         }
         build_url(w, url, sizeof url, true, NULL);
         enum outcome out = get(w, url, true, why, sizeof why);
+        bool watched_after_list = just_listed;
+        just_listed = false;
         if (out == STOPPED) break;
         if (out == DONE) {
             /* The server ended the watch (its timeout): go on from where it left off. */
@@ -471,7 +488,8 @@ static void *watch_main(void *arg)
             continue;
         }
         count_error(w->status);
-        if (w->status == 410) {
+        /* A 410 at once after a list is a server that cannot keep up: back off. */
+        if (w->status == 410 && !(watched_after_list && w->events == 0)) {
             /* Not an outage: the server compacted past our version. */
             log_info("kubernetes: %s; listing %s again", why, resource(w));
             metrics_add(kube_watch_restarts, 1);
@@ -480,7 +498,7 @@ static void *watch_main(void *arg)
         }
         if (w->status == 401) kube_auth_refresh_token(w->auth, true);
         /* After garbage the stream may have lost events: start again from a list. */
-        if (w->status == -1) need_list = true;
+        if (w->status == -1 || w->status == 410) need_list = true;
         failed(w, "%s", why);
     }
     return NULL;
