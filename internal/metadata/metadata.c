@@ -52,6 +52,23 @@ void metadata_builder_add(struct metadata_builder *b, bool structured, const cha
     set[(*n)++] = (struct loki_label){name, value};
 }
 
+/* Stream label names are sanitised by the Loki encoder as they are
+ * rendered; structured metadata names are not rendered, so they are
+ * sanitised here the same way: [a-zA-Z_][a-zA-Z0-9_]*. Writes at most
+ * strlen(name) + 2 bytes; returns how many. */
+static size_t sanitise_name(char *dst, const char *name)
+{
+    size_t n = 0;
+    if (name[0] >= '0' && name[0] <= '9') dst[n++] = '_';
+    for (const char *p = name; *p; p++) {
+        char c = *p;
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+        dst[n++] = ok ? c : '_';
+    }
+    dst[n++] = '\0';
+    return n;
+}
+
 struct metadata_labels *metadata_builder_finish(const struct metadata_builder *b)
 {
     size_t n = b->nlabels + b->nstructured;
@@ -59,7 +76,7 @@ struct metadata_labels *metadata_builder_finish(const struct metadata_builder *b
     const struct loki_label *all[2] = {b->labels, b->structured};
     const size_t counts[2] = {b->nlabels, b->nstructured};
     for (int s = 0; s < 2; s++)
-        for (size_t i = 0; i < counts[s]; i++) bytes += strlen(all[s][i].name) + strlen(all[s][i].value) + 2;
+        for (size_t i = 0; i < counts[s]; i++) bytes += strlen(all[s][i].name) + strlen(all[s][i].value) + 3;
     if (b->why_excluded) bytes += strlen(b->why_excluded) + 1;
     struct metadata_labels *m = malloc(bytes);
     if (!m) return NULL;
@@ -74,9 +91,13 @@ struct metadata_labels *metadata_builder_finish(const struct metadata_builder *b
     for (int s = 0; s < 2; s++) {
         for (size_t i = 0; i < counts[s]; i++) {
             size_t ln = strlen(all[s][i].name) + 1, lv = strlen(all[s][i].value) + 1;
-            memcpy(text, all[s][i].name, ln);
             pairs->name = text;
-            text += ln;
+            if (s == 1) {
+                text += sanitise_name(text, all[s][i].name);
+            } else {
+                memcpy(text, all[s][i].name, ln);
+                text += ln;
+            }
             memcpy(text, all[s][i].value, lv);
             pairs->value = text;
             text += lv;

@@ -181,6 +181,28 @@ class LabelsTest(KubeTestCase):
         self.assertTrue(all(t is None for t in self.api.tokens_seen), "no token was configured")
 
 
+class StructuredMetadataTest(KubeTestCase):
+    def test_copied_labels_go_to_structured_metadata_and_workload_stays_a_label(self):
+        p = Pod(self, "shop", "api-0", owner=("StatefulSet", "api"),
+                labels={"app": "api", "app.kubernetes.io/instance": "blue", "team.example.com/owner": "payments"},
+                annotations={"loglet.io/labels": "tier=1"})
+        plain = Pod(self, "shop", "plain-0")
+        self.api.put_pod(p.obj)
+        self.api.put_pod(plain.obj)
+        a = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n  structured_metadata: true\n"
+                             "  pod_labels: [app, app.kubernetes.io/instance, {from: team.example.com/owner, to: team}]\n")
+        p.create_files().write(20)
+        plain.create_files().write(5)
+        self.wait_all([p, plain])
+        self.assertEqual(a.stop(), 0)
+        self.check_lines([p, plain], lambda q, c, s, *_: dict(
+            self.path_labels(q, c, s), **({"workload": "api", "workload_kind": "StatefulSet"} if q is p else {})))
+        for e in self.receiver.all_entries():
+            want = ({"app": "api", "app_kubernetes_io_instance": "blue", "team": "payments", "tier": "1"}
+                    if e["label_map"]["pod"] == "api-0" else {})
+            self.assertEqual(e["metadata"], want, e["line"])
+
+
 class WaitTest(KubeTestCase):
     def test_a_pod_known_after_its_file_waits_alone_and_an_unknown_one_is_sent_after_2s(self):
         known = Pod(self, "shop", "known-1", labels={"app": "known"})
