@@ -202,7 +202,7 @@ static const struct config_key keys[] = {
     K_BOOL("labels.stream", labels.stream, "true", "Add the stream (stdout or stderr) as a label."),
 
     K_ENUM("kubernetes.enabled", kubernetes.enabled, "auto", kubernetes_values,
-           "Pod metadata from the API server: auto (when in a cluster, or given a kubeconfig), true (say why it cannot) or false."),
+           "Pod metadata from the API server: auto (in a cluster, or with kubernetes.kubeconfig or $KUBECONFIG), true (also ~/.kube/config; an error if none) or false."),
     K_STRING("kubernetes.kubeconfig", kubernetes.kubeconfig, "",
              "Kubeconfig used outside a cluster; empty: $KUBECONFIG, then ~/.kube/config."),
     K_STRING("kubernetes.service_account_dir", kubernetes.service_account_dir,

@@ -30,7 +30,7 @@
 #include "kube.h"
 #include "log/log.h"
 
-#define TOKEN_MAX_BYTES 65536
+#define TOKEN_MAX_BYTES KUBE_TOKEN_MAX_BYTES
 
 static void setf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void setf(char *err, size_t errlen, const char *fmt, ...)

@@ -46,6 +46,7 @@
 #define KUBE_MAX_PAIRS 256
 #define KUBE_MAX_VALUE_BYTES 65536
 #define KUBE_CACHE_MAX_OBJECTS 20000
+#define KUBE_TOKEN_MAX_BYTES 65536
 #define KUBE_DELETED_KEEP_MS (10 * 60 * 1000)
 
 /* ------------------------------------------------------------------------ */

@@ -315,7 +315,7 @@ enum outcome {
 static enum outcome get(struct kube_watch *w, const char *url, bool streaming, char *why, size_t whylen)
 {
     kube_auth_refresh_token(w->auth, false);
-    char auth[8192];
+    char auth[KUBE_TOKEN_MAX_BYTES + 64];
     kube_auth_header(w->auth, auth, sizeof auth);
     struct curl_slist *headers = curl_slist_append(NULL, "Accept: application/json");
     struct curl_slist *with_auth = headers && auth[0] ? curl_slist_append(headers, auth) : headers;
@@ -337,10 +337,10 @@ static enum outcome get(struct kube_watch *w, const char *url, bool streaming, c
     w->events = 0;
     w->connected = false;
     w->last_data_ms = metrics_now_ms();
-    curl_easy_setopt(w->curl, CURLOPT_URL, url);
-    curl_easy_setopt(w->curl, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(w->curl, CURLOPT_TIMEOUT_MS, streaming ? 0L : (long)LIST_TIMEOUT_MS);
-    CURLcode rc = curl_easy_perform(w->curl);
+    CURLcode rc = curl_easy_setopt(w->curl, CURLOPT_URL, url);
+    if (rc == CURLE_OK) rc = curl_easy_setopt(w->curl, CURLOPT_HTTPHEADER, headers);
+    if (rc == CURLE_OK) rc = curl_easy_setopt(w->curl, CURLOPT_TIMEOUT_MS, streaming ? 0L : (long)LIST_TIMEOUT_MS);
+    if (rc == CURLE_OK) rc = curl_easy_perform(w->curl);
     curl_easy_setopt(w->curl, CURLOPT_HTTPHEADER, NULL);
     curl_slist_free_all(headers);
     if (!w->status) curl_easy_getinfo(w->curl, CURLINFO_RESPONSE_CODE, &w->status);

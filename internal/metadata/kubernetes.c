@@ -258,7 +258,10 @@ static void kube_destroy(struct metadata_provider *base)
 
 static const struct metadata_provider_ops kube_ops = {"kubernetes", kube_describe, kube_generation, kube_destroy};
 
-/* client-go's order: in cluster, then kubernetes.kubeconfig, $KUBECONFIG, ~/.kube/config. */
+/* client-go's order: in cluster, then kubernetes.kubeconfig, $KUBECONFIG,
+ * ~/.kube/config. The last only with enabled: true: under auto, an agent
+ * started on a workstation should not start watching whatever cluster its
+ * user happens to be logged into. */
 static int find_credentials(const struct config *cfg, struct kube_auth *auth, bool *quiet, char *err, size_t errlen)
 {
     int rc = kube_auth_in_cluster(cfg->kubernetes.service_account_dir, auth, err, errlen);
@@ -272,10 +275,12 @@ static int find_credentials(const struct config *cfg, struct kube_auth *auth, bo
         const char *home = getenv("HOME");
         snprintf(home_config, sizeof home_config, "%s/.kube/config", home ? home : "");
         path = home_config;
-        if (!home || access(path, R_OK) != 0) {
-            *quiet = cfg->kubernetes.enabled == CONFIG_KUBERNETES_AUTO;
+        bool auto_mode = cfg->kubernetes.enabled == CONFIG_KUBERNETES_AUTO;
+        if (auto_mode || !home || access(path, R_OK) != 0) {
+            *quiet = auto_mode;
             snprintf(err, errlen, "not in a cluster (KUBERNETES_SERVICE_HOST unset) and no kubeconfig "
-                     "(kubernetes.kubeconfig, $KUBECONFIG, ~/.kube/config)");
+                     "(kubernetes.kubeconfig, $KUBECONFIG%s)", auto_mode ? "; ~/.kube/config only with enabled: true"
+                                                                          : ", ~/.kube/config");
             return -1;
         }
     }
