@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "log/log.h"
 #include "loki/loki.h"
 #include "source.h"
 
@@ -87,6 +88,16 @@ int source_render_labels(struct source *src, const struct source_label_policy *p
     size_t total = 0;
     for (size_t k = 0; k < kinds; k++) {
         lens[k] = render_one(src, policy, policy->stream ? stream_names[k] : NULL, scratch, sizeof scratch);
+        if (lens[k] == 0 && src->extra && src->extra->nlabels) {
+            /* The provider's labels made it too much (a pod's loglet.io/labels,
+             * say): the file is still tailed, with what its path says. */
+            log_warn("the labels of %s with its pod's metadata exceed %d bytes (or %d labels): sending it with "
+                     "path labels only", src->path, SOURCE_LABELS_MAX_BYTES, MAX_LABELS);
+            free(src->extra);
+            src->extra = NULL;
+            src->extra_status = METADATA_UNAVAILABLE;
+            return source_render_labels(src, policy, err, errlen);
+        }
         if (lens[k] == 0) {
             snprintf(err, errlen, "the labels of %s exceed %d bytes (or %d labels): check labels.static",
                      src->path, SOURCE_LABELS_MAX_BYTES, MAX_LABELS);

@@ -269,14 +269,30 @@ class DegradationTest(KubeTestCase):
         first.create_files().write(40)
         self.wait_all([first], timeout=10)
         self.assertGreater(self.metric(a, 'loglet_kube_api_errors_total{code="none"}'), 0)
+        third = Pod(self, "shop", "known-before-outage", labels={"app": "third"})
+        self.api.put_pod(third.obj)
         self.api.start()
-        a.wait_stderr(r"kubernetes: listed 2 pods", timeout=40)
+        a.wait_stderr(r"kubernetes: listed 3 pods", timeout=40)
         second.create_files().write(40)
         self.wait_all([first, second])
+        # Down again: pods already known keep labelling new files; an unknown pod's file does
+        # not wait for an API server that cannot answer.
+        self.api.stop()
+        a.wait_stderr(r"kubernetes: cannot reach", timeout=10)
+        unseen = Pod(self, "shop", "unseen", labels={"app": "unseen"})
+        self.api.put_pod(unseen.obj)  # the server is down: nobody hears of it
+        third.create_files().write(30)
+        t0 = time.monotonic()
+        unseen.create_files().write(30)
+        self.assertTrue(self.receiver.wait_for(lambda: len(self.receiver.lines({"pod": "unseen"})) == 30, timeout=10))
+        self.assertLess(time.monotonic() - t0, 1.9, "waited for metadata the API server could not send")
+        self.wait_all([first, second, third, unseen])
+        self.assertGreaterEqual(self.metric(a, "loglet_files_without_metadata_total"), 2)
         self.assertEqual(a.stop(), 0)
-        self.check_lines([first, second], lambda p, c, s, *_: dict(self.path_labels(p, c, s),
-                                                               **({"app": "after"} if p is second else {})))
-        self.assertEqual(len(re.findall(r"kubernetes: cannot reach", a.stderr_text())), 1, "said once")
+        apps = {"after": {"app": "after"}, "known-before-outage": {"app": "third"}}
+        self.check_lines([first, second, third, unseen],
+                         lambda p, c, s, *_: dict(self.path_labels(p, c, s), **apps.get(p.name, {})))
+        self.assertEqual(len(re.findall(r"kubernetes: cannot reach", a.stderr_text())), 2, "once per outage")
 
     def test_broken_kubeconfig_says_why_and_lines_flow(self):
         path = os.path.join(self.workdir, "kubeconfig")

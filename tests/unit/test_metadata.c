@@ -103,6 +103,23 @@ static void test_pending_answer_is_kept_with_the_source(void **state)
     source_unref(s);
 }
 
+static void test_too_many_provider_labels_fall_back_to_path_labels(void **state)
+{
+    (void)state;
+    struct fake f = {.base = {&fake_ops}, .status = METADATA_FOUND};
+    static char names[60][8];
+    for (int i = 0; i < 60; i++) {
+        snprintf(names[i], sizeof names[i], "l%d", i);
+        metadata_builder_add(&f.answer, false, names[i], "v");
+    }
+    struct source *s = render(&f, NULL); /* the file is still tailed */
+    assert_null(s->extra);
+    assert_int_equal(s->extra_status, METADATA_UNAVAILABLE);
+    assert_string_equal(source_stream_labels(s, 0), "{container=\"app\", namespace=\"shop\", node_name=\"node-a\", "
+                                                     "pod=\"web-1\", stream=\"stdout\"}");
+    source_unref(s);
+}
+
 static void test_builder_snapshot_owns_its_strings(void **state)
 {
     (void)state;
@@ -200,6 +217,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_provider_labels_join_the_path_labels_without_overriding_them),
         cmocka_unit_test(test_pending_answer_is_kept_with_the_source),
+        cmocka_unit_test(test_too_many_provider_labels_fall_back_to_path_labels),
         cmocka_unit_test(test_builder_snapshot_owns_its_strings),
         cmocka_unit_test(test_path_provider_adds_nothing),
         cmocka_unit_test(test_pod_labels_config),
