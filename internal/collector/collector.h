@@ -23,6 +23,11 @@
  *    at start every known file resumes exactly there, including files that
  *    were rotated (and gzip-compressed) while the agent was stopped, which
  *    are read to their end, oldest first, before the current file.
+ *  - Labels come from the file's path and, through collector_use_metadata,
+ *    a metadata provider, asked when a file is opened and when the
+ *    provider's answers change, never per line. A new file whose pod the
+ *    provider expects to know soon is not read for up to
+ *    kubernetes.wait_for_metadata; no other file waits for it (metadata.c).
  *  - collector_stop() makes the loop finish the chunk it is writing, commit
  *    nothing further, and join; lines it had read but not committed are
  *    simply read again next time (they are past no acknowledged offset).
