@@ -230,6 +230,8 @@ static void *collector_main(void *arg)
                                 {.fd = c->blocked ? ring_room_fd(c->ring) : -1, .events = POLLIN},
                                 {.fd = watch_fd, .events = POLLIN}};
         int timeout = c->blocked ? IDLE_POLL_MS : c->pending_head ? 0 : IDLE_POLL_MS;
+        /* Files waiting for their pod's metadata look for it often (metadata.c). */
+        if (c->metadata_waiting && timeout > METADATA_WAIT_POLL_MS) timeout = METADATA_WAIT_POLL_MS;
         int rc = poll(fds, 3, timeout);
         if (rc < 0 && errno != EINTR) {
             log_error("collector poll: %s", strerror(errno));

@@ -288,6 +288,7 @@ void positions_policy_free_saved(struct collector *c);
 void positions_policy_teardown(struct collector *c);
 
 /* metadata.c */
+#define METADATA_WAIT_POLL_MS 20
 /* After a file's source is made: wait for its pod, or count it unlabelled. */
 void metadata_track(struct collector *c, struct tailed_file *f);
 /* Every turn of the loop: ends waits, relabels files whose pod changed. */

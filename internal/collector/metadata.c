@@ -122,15 +122,15 @@ static void close_excluded(struct collector *c, struct tailed_file *f)
     rotation_close(c, f);
 }
 
-static void end_wait(struct collector *c, struct tailed_file *f, int64_t now)
+/* Returns true while f still waits (f may be closed otherwise). */
+static bool end_wait(struct collector *c, struct tailed_file *f, int64_t now)
 {
     struct source *fresh = fresh_source(c, f);
     if (fresh && fresh->extra_status == METADATA_PENDING && now < f->metadata_wait_until_ms) {
         source_unref(fresh); /* still unknown, time left */
-        return;
+        return true;
     }
     f->metadata_wait_until_ms = 0;
-    c->metadata_waiting--;
     if (fresh) swap_source(c, f, fresh);
     if (f->src->extra_status != METADATA_FOUND) {
         metrics_add(files_without_metadata, 1);
@@ -139,9 +139,10 @@ static void end_wait(struct collector *c, struct tailed_file *f, int64_t now)
     }
     if (f->src->extra && f->src->extra->excluded) {
         close_excluded(c, f);
-        return;
+        return false;
     }
     collector_mark_pending(c, f);
+    return false;
 }
 
 void metadata_tick(struct collector *c, int64_t now)
@@ -152,10 +153,14 @@ void metadata_tick(struct collector *c, int64_t now)
     bool changed = gen != c->metadata_generation;
     if (!changed && !c->metadata_waiting) return;
     c->metadata_generation = gen;
+    /* Counted afresh: a waiting file may also have been closed elsewhere
+     * (released over collection.max_held_*). */
+    size_t waiting = 0;
     for (struct tailed_file *f = c->all_files, *next; f; f = next) {
         next = f->all_next; /* f may be closed */
         if (f->metadata_wait_until_ms) {
-            if (changed || now >= f->metadata_wait_until_ms) end_wait(c, f, now);
+            bool still = !(changed || now >= f->metadata_wait_until_ms) || end_wait(c, f, now);
+            waiting += still;
             continue;
         }
         if (!changed || f->state != FILE_ACTIVE || f->src->superseded) continue;
@@ -168,4 +173,5 @@ void metadata_tick(struct collector *c, int64_t now)
         log_info("%s: the pod's metadata changed, new lines are labelled %s", f->src->path, source_stream_labels(fresh, 0));
         swap_source(c, f, fresh);
     }
+    c->metadata_waiting = waiting;
 }

@@ -216,6 +216,7 @@ class WaitTest(KubeTestCase):
         known.create_files().write(20)
         # The known pod's lines are not held by the files that wait.
         self.assertTrue(self.receiver.wait_for(lambda: len(self.receiver.lines({"pod": "known-1"})) == 20, timeout=10))
+        self.assertLess(time.monotonic() - t0, 1.9, "the known pod's lines waited with the unknown ones")
         self.assertEqual(self.receiver.lines({"pod": "late-1"}) + self.receiver.lines({"pod": "never-1"}), [])
         time.sleep(max(0, 0.8 - (time.monotonic() - t0)))
         self.api.put_pod(late.obj)
