@@ -138,6 +138,7 @@ class LabelsTest(KubeTestCase):
         """Out of cluster: a kubeconfig (its current context; CA, client certificate and key
         inline as -data) with no token, the server accepting the client certificate."""
         self.api.token = "only-for-others"
+        self.api.page_size = 2  # the list comes in pages joined by continue tokens
         pods = [
             Pod(self, "shop", "web-7d4b9c8f5-x2x9z", owner=("ReplicaSet", "web-7d4b9c8f5"),
                 labels={"app": "checkout", "pod-template-hash": "7d4b9c8f5", "app.kubernetes.io/name": "checkout-web",
@@ -179,6 +180,7 @@ class LabelsTest(KubeTestCase):
         self.check_lines(pods + [elsewhere], lambda p, c, s, *_: dict(self.path_labels(p, c, s), **extra[p.name]))
         self.assertEqual(self.api.unauthorized, 0)
         self.assertTrue(all(t is None for t in self.api.tokens_seen), "no token was configured")
+        self.assertGreaterEqual(self.api.lists, 3, "the 6 pods of this node come in pages of 2")
 
 
 class StructuredMetadataTest(KubeTestCase):
@@ -233,8 +235,26 @@ class WaitTest(KubeTestCase):
 
 class ExclusionTest(KubeTestCase):
     def test_pod_namespace_and_container_annotations(self):
+        self.exclusions("  namespaces: true\n", {})
+
+    def test_the_same_with_namespace_labels_which_watch_namespaces_too(self):
+        self.exclusions("  namespace_labels: [team, {from: cost.example.com/center, to: cost_center}]\n",
+                        {"team": "payments", "cost_center": "c42"})
+
+    def test_namespaces_forbidden_by_rbac_is_said_and_pods_still_labelled(self):
+        self.api.allow_namespaces = False
+        p = Pod(self, "shop", "web-0", labels={"app": "web"})
+        self.api.put_pod(p.obj)
+        a = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n  namespaces: true\n")
+        a.wait_stderr(r"answered 403 \(the service account needs get, list and watch", timeout=10)
+        p.create_files().write(10)
+        self.wait_all([p])
+        self.assertEqual(a.stop(), 0)
+        self.check_lines([p], lambda q, c, s, *_: dict(self.path_labels(q, c, s), app="web"))
+
+    def exclusions(self, kube_extra, ns_labels):
         self.api.put_namespace(kas.namespace("quiet", annotations={"loglet.io/exclude": "true"}))
-        self.api.put_namespace(kas.namespace("shop"))
+        self.api.put_namespace(kas.namespace("shop", labels={"team": "payments", "cost.example.com/center": "c42"}))
         kept = Pod(self, "shop", "kept", containers=("app", "sidecar"), labels={"app": "kept"},
                    annotations={"loglet.io/exclude-containers": "istio-proxy, sidecar"})
         gone = Pod(self, "shop", "gone", annotations={"loglet.io/exclude": "true"})
@@ -242,7 +262,7 @@ class ExclusionTest(KubeTestCase):
         late_gone = Pod(self, "shop", "late-gone", annotations={"loglet.io/exclude": "true"})
         for p in (kept, gone, in_quiet):
             self.api.put_pod(p.obj)
-        a = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n  namespaces: true\n")
+        a = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n" + kube_extra)
         a.wait_stderr(r"kubernetes: listed \d+ namespaces", timeout=10)
         for p in (kept, gone, in_quiet, late_gone):
             p.create_files().write(15)
@@ -252,7 +272,7 @@ class ExclusionTest(KubeTestCase):
         time.sleep(3.0)  # past wait_for_metadata: anything excluded would have been sent by now
         kept.written["sidecar"] = []
         self.assertEqual(a.stop(), 0)
-        self.check_lines([kept], lambda p, c, s, *_: dict(self.path_labels(p, c, s), app="kept"))
+        self.check_lines([kept], lambda p, c, s, *_: dict(self.path_labels(p, c, s), app="kept", **ns_labels))
         self.assertIn("not tailing", a.stderr_text())
 
 
@@ -385,9 +405,10 @@ class DeletionTest(KubeTestCase):
         self.wait_all([p, other])
         self.receiver.set_faults(down_hard=True)  # the output lags: lines wait in the files
         self.api.delete_pod("shop", "leaving-1")
-        other.obj["metadata"]["labels"]["extra"] = "x"
-        self.api.put_pod(other.obj)  # a change elsewhere: files are described again
-        time.sleep(0.5)
+        other.obj["metadata"]["labels"]["app"] = "staying-v2"
+        self.api.put_pod(other.obj)  # a change elsewhere: every file is described again
+        a.wait_stderr(r"staying-1.*the pod's metadata changed, new lines are labelled .*staying-v2", timeout=5)
+        other.write(10, "relabelled ")
         p.write(50, "after-delete ")
         p.files["app"].rotate(compress=False)  # a new file after the pod is gone
         p.write(50, "rotated ")
@@ -396,9 +417,11 @@ class DeletionTest(KubeTestCase):
         self.receiver.set_faults(down_hard=False)
         self.wait_all([p, other], timeout=40)
         self.assertEqual(a.stop(), 0)
-        labels = {"leaving-1": {"app": "leaving", "workload": "leaving", "workload_kind": "Deployment"},
-                  "staying-1": {"app": "staying"}}
-        self.check_lines([p, other], lambda q, c, s, *_: dict(self.path_labels(q, c, s), **labels[q.name]))
+        def labels(q, c, s, content):
+            extra = ({"app": "leaving", "workload": "leaving", "workload_kind": "Deployment"} if q is p else
+                     {"app": "staying-v2" if "relabelled" in content else "staying"})
+            return dict(self.path_labels(q, c, s), **extra)
+        self.check_lines([p, other], labels)
 
 
 if __name__ == "__main__":
