@@ -309,10 +309,15 @@ class DegradationTest(KubeTestCase):
         self.assertLess(time.monotonic() - t0, 1.9, "waited for metadata the API server could not send")
         self.wait_all([first, second, third, unseen])
         self.assertGreaterEqual(self.metric(a, "loglet_files_without_metadata_total"), 2)
+        # Back: the pod added meanwhile is seen (a fresh list) and its file's next lines carry it.
+        self.api.start()
+        a.wait_stderr(r"unseen.*the pod's metadata changed, new lines are labelled .*app=\\?\"unseen", timeout=40)
+        unseen.write(10, "back ")
+        self.wait_all([first, second, third, unseen])
         self.assertEqual(a.stop(), 0)
         apps = {"after": {"app": "after"}, "known-before-outage": {"app": "third"}}
-        self.check_lines([first, second, third, unseen],
-                         lambda p, c, s, *_: dict(self.path_labels(p, c, s), **apps.get(p.name, {})))
+        self.check_lines([first, second, third, unseen], lambda p, c, s, content: dict(
+            self.path_labels(p, c, s), **({"app": "unseen"} if " back " in content else apps.get(p.name, {}))))
         self.assertEqual(len(re.findall(r"kubernetes: cannot reach", a.stderr_text())), 2, "once per outage")
 
     def test_broken_kubeconfig_says_why_and_lines_flow(self):
