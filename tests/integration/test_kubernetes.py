@@ -108,7 +108,7 @@ class KubeTestCase(AgentTestCase):
         ok = self.receiver.wait_for(lambda: self.receiver.entry_count() >= want, timeout=timeout)
         self.assertTrue(ok, f"{self.receiver.entry_count()} of {want} lines arrived; "
                         f"stderr:\n{self.agents[-1].stderr_text()[-3000:]}")
-        time.sleep(0.3)  # anything extra (a duplicate) would arrive by now
+        time.sleep(0.2)  # anything extra (a duplicate) would arrive by now
 
     def check_lines(self, pods, expected_labels):
         """expected_labels(pod, container, stream, content) -> the exact label set of each line."""
@@ -269,7 +269,7 @@ class ExclusionTest(KubeTestCase):
         time.sleep(0.5)
         self.api.put_pod(late_gone.obj)  # known only while its file waits: excluded then
         self.assertTrue(self.receiver.wait_for(15, timeout=10))
-        time.sleep(3.0)  # past wait_for_metadata: anything excluded would have been sent by now
+        time.sleep(2.0)  # with the 1 s above, past wait_for_metadata: anything excluded would be here by now
         kept.written["sidecar"] = []
         self.assertEqual(a.stop(), 0)
         self.check_lines([kept], lambda p, c, s, *_: dict(self.path_labels(p, c, s), app="kept", **ns_labels))
