@@ -163,7 +163,13 @@ void metadata_tick(struct collector *c, int64_t now)
             waiting += still;
             continue;
         }
-        if (!changed || f->state != FILE_ACTIVE || f->src->superseded) continue;
+        if (!changed || f->state != FILE_ACTIVE) continue;
+        /* Described in full before: only a change to its own pod (or
+         * namespace) can change its labels. Otherwise (the API server was
+         * down, the pod unknown) any change may be the one it needs. */
+        if (f->src->extra_status == METADATA_FOUND &&
+            !p->ops->changed_since(p, &f->src->meta, f->src->described_generation))
+            continue;
         struct source *fresh = fresh_source(c, f);
         if (!fresh) continue;
         if (fresh->extra_status != METADATA_FOUND || same_labels(fresh, f->src)) {

@@ -105,12 +105,15 @@ static void put(struct kube_cache *cache, struct kube_object *obj, bool deleted,
         kube_object_free(obj);
         return;
     }
+    /* publish() moves the generation to this value once the change is in. */
+    uint64_t gen = atomic_load(&cache->generation) + 1;
     struct kube_entry *e = table_get_str(t, key);
     if (e) {
         free(key);
         kube_object_free(&e->object);
         e->object = *obj;
         e->deleted_ms = deleted ? now : 0;
+        e->changed_gen = gen;
         memset(obj, 0, sizeof *obj);
         return;
     }
@@ -136,6 +139,7 @@ static void put(struct kube_cache *cache, struct kube_object *obj, bool deleted,
     }
     e->key = key;
     e->object = *obj;
+    e->changed_gen = gen;
     memset(obj, 0, sizeof *obj);
     (*count)++;
 }

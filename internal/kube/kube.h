@@ -158,7 +158,8 @@ struct kube_cache {
 struct kube_entry {
     char *key;
     struct kube_object object;
-    int64_t deleted_ms; /* 0: live */
+    int64_t deleted_ms;   /* 0: live */
+    uint64_t changed_gen; /* the cache generation its object was last replaced in */
 };
 
 void kube_cache_init(struct kube_cache *cache);

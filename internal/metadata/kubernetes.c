@@ -244,6 +244,18 @@ static uint64_t kube_generation(struct metadata_provider *base)
     return kube_cache_generation(&k->cache) * 2 + (atomic_load(&k->cache.unavailable) ? 1 : 0);
 }
 
+static bool kube_changed_since(struct metadata_provider *base, const struct parser_path_meta *path, uint64_t generation)
+{
+    struct kube_provider *k = (struct kube_provider *)base;
+    uint64_t since = generation / 2; /* the cache's generation, see kube_generation */
+    pthread_mutex_lock(&k->cache.lock);
+    const struct kube_entry *pe = kube_cache_pod_locked(&k->cache, path->namespace_, path->pod, path->pod_uid);
+    const struct kube_entry *ne = k->namespaces ? kube_cache_namespace_locked(&k->cache, path->namespace_) : NULL;
+    bool changed = (pe && pe->changed_gen > since) || (ne && ne->changed_gen > since);
+    pthread_mutex_unlock(&k->cache.lock);
+    return changed;
+}
+
 static void kube_destroy(struct metadata_provider *base)
 {
     struct kube_provider *k = (struct kube_provider *)base;
@@ -256,7 +268,8 @@ static void kube_destroy(struct metadata_provider *base)
     free(k);
 }
 
-static const struct metadata_provider_ops kube_ops = {"kubernetes", kube_describe, kube_generation, kube_destroy};
+static const struct metadata_provider_ops kube_ops = {"kubernetes", kube_describe, kube_generation, kube_changed_since,
+                                                      kube_destroy};
 
 /* client-go's order: in cluster, then kubernetes.kubeconfig, $KUBECONFIG,
  * ~/.kube/config. The last only with enabled: true: under auto, an agent

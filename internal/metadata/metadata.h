@@ -14,7 +14,10 @@
  *    with free()): strings in it never change, so a source can hand them to
  *    the ring and the sinks while the pod's metadata moves on.
  *  - generation() grows whenever a describe() might answer differently;
- *    callers compare it to skip re-describing when nothing changed.
+ *    callers compare it to skip re-describing when nothing changed, and
+ *    changed_since() tells, cheaply (a lookup, no copy), whether what it
+ *    knows of one file's pod changed after a given generation, so that a
+ *    change to one pod re-describes that pod's files, not the node's.
  *  - The provider never says more than it knows: when a pod is not known
  *    (yet), the answer says whether waiting could help (PENDING: the watch
  *    is up and may be a little behind) or not (UNAVAILABLE: the API server
@@ -55,6 +58,9 @@ struct metadata_provider_ops {
     enum metadata_status (*describe)(struct metadata_provider *p, const struct parser_path_meta *path,
                                      struct metadata_labels **out);
     uint64_t (*generation)(struct metadata_provider *p);
+    /* True when a describe() of this path might now answer differently
+     * from one made at `generation` (a value generation() returned). */
+    bool (*changed_since)(struct metadata_provider *p, const struct parser_path_meta *path, uint64_t generation);
     void (*destroy)(struct metadata_provider *p);
 };
 

@@ -22,9 +22,16 @@ static uint64_t path_generation(struct metadata_provider *p)
     return 1;
 }
 
+static bool path_changed_since(struct metadata_provider *p, const struct parser_path_meta *path, uint64_t generation)
+{
+    (void)p, (void)path, (void)generation;
+    return false;
+}
+
 static void path_destroy(struct metadata_provider *p) { free(p); }
 
-static const struct metadata_provider_ops path_ops = {"path", path_describe, path_generation, path_destroy};
+static const struct metadata_provider_ops path_ops = {"path", path_describe, path_generation, path_changed_since,
+                                                      path_destroy};
 
 struct metadata_provider *metadata_path_create(void)
 {

@@ -81,6 +81,7 @@ int source_render_labels(struct source *src, const struct source_label_policy *p
     if (policy->metadata && !src->described) {
         /* Asked once per source: a later answer makes a new source. */
         src->described = true;
+        src->described_generation = policy->metadata->ops->generation(policy->metadata);
         src->extra_status = policy->metadata->ops->describe(policy->metadata, &src->meta, &src->extra);
     }
     size_t kinds = policy->stream ? SOURCE_STREAM_KINDS : 1;

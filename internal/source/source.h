@@ -71,6 +71,7 @@ struct source {
     struct metadata_labels *extra;
     enum metadata_status extra_status;
     bool described;
+    uint64_t described_generation; /* the provider's generation() before it was asked */
     /* Fingerprint of the first fp_len bytes (collector-owned: only the
      * collector thread reads or updates these two). */
     uint64_t fp;

@@ -186,10 +186,17 @@ static void test_cache_keeps_deleted_pods_checks_uids_and_relists(void **state)
     assert_string_equal(app_of(&cache, "a", "u1"), "one");
     assert_string_equal(app_of(&cache, "a", ""), "one");
     assert_string_equal(app_of(&cache, "a", "u2"), "(none)"); /* same name, another pod */
+    uint64_t before = kube_cache_generation(&cache);
     ev = event_for(KUBE_EVENT_MODIFIED, "a", "u1", "two");
     kube_cache_apply(&cache, &ev);
     kube_event_free(&ev);
     assert_string_equal(app_of(&cache, "a", "u1"), "two");
+    /* The entry says when it changed: after `before`, and as of the generation now. */
+    pthread_mutex_lock(&cache.lock);
+    const struct kube_entry *changed = kube_cache_pod_locked(&cache, "ns", "a", "u1");
+    assert_true(changed->changed_gen > before);
+    assert_int_equal(changed->changed_gen, kube_cache_generation(&cache));
+    pthread_mutex_unlock(&cache.lock);
     ev = event_for(KUBE_EVENT_DELETED, "a", "u1", "two");
     kube_cache_apply(&cache, &ev);
     kube_event_free(&ev);

@@ -42,8 +42,14 @@ static enum metadata_status fake_describe(struct metadata_provider *p, const str
     return f->status;
 }
 static uint64_t fake_generation(struct metadata_provider *p) { return (uint64_t)((struct fake *)p)->calls; }
+static bool fake_changed_since(struct metadata_provider *p, const struct parser_path_meta *path, uint64_t gen)
+{
+    (void)p, (void)path, (void)gen;
+    return true;
+}
 static void fake_destroy(struct metadata_provider *p) { (void)p; }
-static const struct metadata_provider_ops fake_ops = {"fake", fake_describe, fake_generation, fake_destroy};
+static const struct metadata_provider_ops fake_ops = {"fake", fake_describe, fake_generation, fake_changed_since,
+                                                      fake_destroy};
 
 static struct source *render(struct fake *f, const struct config_strmap *static_labels)
 {
