@@ -397,6 +397,59 @@ class InClusterTest(KubeTestCase):
         self.assertEqual(pod_watches, sorted(pod_watches), "a re-watch went back in time")
 
 
+class ChurnTest(KubeTestCase):
+    def test_pods_coming_and_going_while_lines_flow_are_all_labelled(self):
+        """24 pods over about 6 s, each known to the API server up to 0.8 s after its file
+        appears (the watch behind the kubelet), writing while it runs, deleted from the API
+        before its files go; watches end every second. Every line, labelled, once."""
+        import random
+        rnd = random.Random(11)
+        self.api.watch_close_after = 1.0
+        a = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n")
+        pods, live, events = [], [], []
+        t0 = time.monotonic()
+        for i in range(24):
+            kind = ("ReplicaSet", f"svc{i % 4}-5d8f7") if i % 3 else ("Job", f"batch-{i}")
+            labels = {"app": f"svc{i % 4}", "pod-template-hash": "5d8f7"} if i % 3 else {"job-name": f"batch-{i}"}
+            p = Pod(self, "churn", f"p{i}-x{i:03d}", containers=("app", "side") if i % 2 else ("app",),
+                    owner=kind, labels=labels)
+            p.create_files().write(5, "start ")
+            events.append((time.monotonic() + rnd.uniform(0, 0.8), "add", p))
+            pods.append(p)
+            live.append(p)
+            deadline = time.monotonic() + 0.25
+            while time.monotonic() < deadline:
+                now = time.monotonic()
+                for ev in [e for e in events if e[0] <= now]:
+                    events.remove(ev)
+                    if ev[1] == "add":
+                        self.api.put_pod(ev[2].obj)
+                    else:
+                        self.api.delete_pod(ev[2].namespace, ev[2].name)
+                for q in live:
+                    q.write(1, "run ")
+                if len(live) > 6 and rnd.random() < 0.2:
+                    gone = live.pop(0)
+                    if not any(e[2] is gone for e in events):
+                        events.append((now + 0.05, "delete", gone))
+                time.sleep(0.02)
+        for when, what, p in sorted(events, key=lambda e: e[0]):
+            time.sleep(max(0, when - time.monotonic()))
+            (self.api.put_pod(p.obj) if what == "add" else self.api.delete_pod(p.namespace, p.name))
+        for p in live:
+            p.write(3, "end ")
+        self.wait_all(pods, timeout=30)
+        self.assertLess(time.monotonic() - t0, 40)
+        self.assertEqual(a.stop(), 0)
+
+        def labels(p, c, s, *_):
+            i = int(p.name[1:].split("-")[0])
+            extra = ({"app": f"svc{i % 4}", "workload": f"svc{i % 4}", "workload_kind": "Deployment"} if i % 3 else
+                     {"job": f"batch-{i}", "workload": f"batch-{i}", "workload_kind": "Job"})
+            return dict(self.path_labels(p, c, s), **extra)
+        self.check_lines(pods, labels)
+
+
 class DeletionTest(KubeTestCase):
     def test_a_pod_deleted_while_its_files_drain_keeps_its_labels_to_the_last_line(self):
         p = Pod(self, "shop", "leaving-1", owner=("ReplicaSet", "leaving-5f6d"),
