@@ -234,10 +234,8 @@ class WaitTest(KubeTestCase):
 
 
 class ExclusionTest(KubeTestCase):
-    def test_pod_namespace_and_container_annotations(self):
-        self.exclusions("  namespaces: true\n", {})
-
-    def test_the_same_with_namespace_labels_which_watch_namespaces_too(self):
+    def test_pod_namespace_and_container_annotations_and_namespace_labels(self):
+        # namespace_labels implies the namespace watch (namespaces: true alone: the RBAC test below)
         self.exclusions("  namespace_labels: [team, {from: cost.example.com/center, to: cost_center}]\n",
                         {"team": "payments", "cost_center": "c42"})
 
