@@ -15,6 +15,7 @@
 #include "config/config.h"
 #include "httpd/httpd.h"
 #include "log/log.h"
+#include "metadata/metadata.h"
 #include "metrics/metrics.h"
 #include "output/output.h"
 #include "ring/ring.h"
@@ -83,6 +84,7 @@ struct agent {
     struct collector *collector;
     struct output *output;
     struct httpd *httpd;
+    struct metadata_provider *metadata;
 };
 
 static int probe_healthy(void *ctx, char *reason, size_t len)
@@ -142,6 +144,11 @@ static int start(struct agent *agent, char *err, size_t errlen)
     if (!agent->output) return -1;
     agent->collector = collector_create(cfg, agent->ring, err, errlen);
     if (!agent->collector) return -1;
+    /* Before the first scan, so files found at start are labelled too; its
+     * watch runs on its own threads and never holds up the start. */
+    agent->metadata = metadata_create(cfg, err, errlen);
+    if (!agent->metadata) return -1;
+    collector_use_metadata(agent->collector, agent->metadata);
 
     struct httpd_options http = {
         .address = cfg->server.http_listen_address,
@@ -175,6 +182,7 @@ static int stop(struct agent *agent)
     if (agent->httpd) httpd_stop(agent->httpd);
     collector_destroy(agent->collector);
     output_destroy(agent->output);
+    metadata_destroy(agent->metadata); /* after every source that describes from it */
     ring_destroy(agent->ring);
     return rc;
 }

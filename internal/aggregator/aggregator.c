@@ -25,8 +25,15 @@ struct batch_stream {
     size_t start; /* first of its entries once sorted */
 };
 
+/* A chunk's structured metadata: pod uid and container id (with
+ * output.loki.structured_metadata), then the provider's pairs
+ * (kubernetes.structured_metadata), all NUL-terminated in the arena. */
 struct batch_meta {
-    size_t pod_uid_off, container_id_off; /* NUL-terminated strings in the arena */
+    bool ids;
+    size_t pod_uid_off, container_id_off;
+    size_t pairs_off; /* name, value, name, value… */
+    uint32_t npairs;
+    size_t first_label; /* in meta_labels, set at encoding */
 };
 
 /* What a sealed batch keeps while the sender pushes it: its compressed body
@@ -161,12 +168,23 @@ static int arena_put(struct fill_state *st, const void *data, size_t len, size_t
 static uint32_t chunk_meta(struct aggregator *agg, const struct source *src)
 {
     struct fill_state *st = &agg->fill;
-    if (!agg->cfg->output.loki.structured_metadata) return UINT32_MAX;
+    bool ids = agg->cfg->output.loki.structured_metadata;
+    size_t npairs = src->extra ? src->extra->nstructured : 0;
+    if (!ids && !npairs) return UINT32_MAX;
     if (RESERVE(st->metas, st->metas_cap, st->nmetas + 1) != 0) return UINT32_MAX;
     struct batch_meta *meta = &st->metas[st->nmetas];
-    if (arena_put(st, src->meta.pod_uid, strlen(src->meta.pod_uid) + 1, &meta->pod_uid_off) != 0 ||
-        arena_put(st, src->meta.container_id, strlen(src->meta.container_id) + 1, &meta->container_id_off) != 0)
+    *meta = (struct batch_meta){.ids = ids, .npairs = (uint32_t)npairs, .pairs_off = st->arena_len};
+    if (ids && (arena_put(st, src->meta.pod_uid, strlen(src->meta.pod_uid) + 1, &meta->pod_uid_off) != 0 ||
+                arena_put(st, src->meta.container_id, strlen(src->meta.container_id) + 1, &meta->container_id_off) != 0))
         return UINT32_MAX;
+    meta->pairs_off = st->arena_len;
+    for (size_t i = 0; i < npairs; i++) {
+        const struct loki_label *l = &src->extra->structured[i];
+        size_t off;
+        if (arena_put(st, l->name, strlen(l->name) + 1, &off) != 0 ||
+            arena_put(st, l->value, strlen(l->value) + 1, &off) != 0)
+            return UINT32_MAX;
+    }
     return (uint32_t)st->nmetas++;
 }
 
@@ -231,14 +249,28 @@ static int encode(struct aggregator *agg, struct aggregator_batch *b)
 {
     struct fill_state *st = &agg->fill;
     struct aggregator_batch_state *slot = b->state;
+    size_t nlabels = 0;
+    for (size_t i = 0; i < st->nmetas; i++) nlabels += (st->metas[i].ids ? 2 : 0) + st->metas[i].npairs;
     if (RESERVE(st->lentries, st->lentries_cap, st->nentries) != 0 ||
         RESERVE(st->lstreams, st->lstreams_cap, st->nstreams) != 0 ||
-        RESERVE(st->meta_labels, st->meta_labels_cap, st->nmetas * 2) != 0 ||
+        RESERVE(st->meta_labels, st->meta_labels_cap, nlabels ? nlabels : 1) != 0 ||
         RESERVE(st->fill, st->fill_cap, st->nstreams ? st->nstreams : 1) != 0)
         return -1;
+    size_t at = 0;
     for (size_t i = 0; i < st->nmetas; i++) {
-        st->meta_labels[2 * i] = (struct loki_label){"pod_uid", st->arena + st->metas[i].pod_uid_off};
-        st->meta_labels[2 * i + 1] = (struct loki_label){"container_id", st->arena + st->metas[i].container_id_off};
+        struct batch_meta *m = &st->metas[i];
+        m->first_label = at;
+        if (m->ids) {
+            st->meta_labels[at++] = (struct loki_label){"pod_uid", st->arena + m->pod_uid_off};
+            st->meta_labels[at++] = (struct loki_label){"container_id", st->arena + m->container_id_off};
+        }
+        const char *p = st->arena + m->pairs_off;
+        for (uint32_t k = 0; k < m->npairs; k++) {
+            const char *name = p;
+            const char *value = name + strlen(name) + 1;
+            p = value + strlen(value) + 1;
+            st->meta_labels[at++] = (struct loki_label){name, value};
+        }
     }
     size_t start = 0;
     for (size_t s = 0; s < st->nstreams; s++) {
@@ -253,8 +285,9 @@ static int encode(struct aggregator *agg, struct aggregator_batch *b)
         struct loki_entry *out = &st->lentries[st->streams[e->stream].start + fill[e->stream]++];
         *out = (struct loki_entry){e->ts_ns, st->arena + e->off, e->len, NULL, 0};
         if (e->meta != UINT32_MAX) {
-            out->metadata = &st->meta_labels[2 * e->meta];
-            out->nmetadata = 2;
+            const struct batch_meta *m = &st->metas[e->meta];
+            out->metadata = &st->meta_labels[m->first_label];
+            out->nmetadata = (m->ids ? 2 : 0) + m->npairs;
         }
         line_bytes += e->len;
     }

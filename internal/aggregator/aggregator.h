@@ -11,7 +11,8 @@
  *    stream kind. The aggregator renders nothing and remembers nothing of a
  *    chunk or a source beyond the call that adds it. Pod uid and container
  *    id never become labels; with output.loki.structured_metadata they go to
- *    each entry's structured metadata instead.
+ *    each entry's structured metadata instead, followed by the pairs the
+ *    metadata provider put there (kubernetes.structured_metadata).
  *  - Within a stream, entries keep the order in which they arrived.
  *  - A batch carries the acknowledgements of the chunks whose last record it
  *    holds (each with the chunk's reference to its source): whoever finishes

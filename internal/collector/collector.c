@@ -31,7 +31,7 @@ bool collector_stopping(struct collector *c) { return atomic_load_explicit(&c->s
 
 void collector_mark_pending(struct collector *c, struct tailed_file *f)
 {
-    if (f->pending || f->waiting) return;
+    if (f->pending || f->waiting || f->metadata_wait_until_ms) return;
     f->pending = true;
     f->pending_next = NULL;
     if (c->pending_tail) c->pending_tail->pending_next = f;
@@ -235,6 +235,8 @@ static void *collector_main(void *arg)
                                 {.fd = c->blocked ? ring_room_fd(c->ring) : -1, .events = POLLIN},
                                 {.fd = watch_fd, .events = POLLIN}};
         int timeout = c->blocked ? IDLE_POLL_MS : c->pending_head ? 0 : IDLE_POLL_MS;
+        /* Files waiting for their pod's metadata look for it often (metadata.c). */
+        if (c->metadata_waiting && timeout > METADATA_WAIT_POLL_MS) timeout = METADATA_WAIT_POLL_MS;
         int rc = poll(fds, 3, timeout);
         if (rc < 0 && errno != EINTR) {
             log_error("collector poll: %s", strerror(errno));
@@ -255,6 +257,7 @@ static void *collector_main(void *arg)
         }
         if (c->rescan_needed || now - c->last_rescan_ms >= rescan_every) discovery_scan(c, false);
         positions_policy_tick(c, now);
+        metadata_tick(c, now);
         if (c->blocked && ring_has_room(c->ring, c->blocked_want)) c->blocked = false;
         metrics_set(collector_paused, c->blocked ? 1 : 0);
         service_pending(c);

@@ -23,6 +23,11 @@
  *    at start every known file resumes exactly there, including files that
  *    were rotated (and gzip-compressed) while the agent was stopped, which
  *    are read to their end, oldest first, before the current file.
+ *  - Labels come from the file's path and, through collector_use_metadata,
+ *    a metadata provider, asked when a file is opened and when the
+ *    provider's answers change, never per line. A new file whose pod the
+ *    provider expects to know soon is not read for up to
+ *    kubernetes.wait_for_metadata; no other file waits for it (metadata.c).
  *  - collector_stop() makes the loop finish the chunk it is writing, commit
  *    nothing further, and join; lines it had read but not committed are
  *    simply read again next time (they are past no acknowledged offset).
@@ -41,6 +46,10 @@ struct collector;
 /* Validates what depends on the file system and compiles the line filters.
  * Returns NULL with `err` set. */
 struct collector *collector_create(const struct config *cfg, struct ring *ring, char *err, size_t errlen);
+/* Labels files with what `provider` knows besides their paths (kept, not
+ * owned; it must outlive the collector). Call before collector_start. */
+struct metadata_provider;
+void collector_use_metadata(struct collector *collector, struct metadata_provider *provider);
 /* Scans the globs, sets up the watches and starts the thread. */
 int collector_start(struct collector *collector, char *err, size_t errlen);
 /* True once the initial scan is done and the directories are watched. */

@@ -11,7 +11,8 @@
  *   positions_policy.c — where a file starts, and when positions are saved;
  *   positions.c        — the positions file format;
  *   spool.c            — hard links that keep held files past a crash;
- *   tail.c             — the hot path: read, assemble lines, fill ring chunks.
+ *   tail.c             — the hot path: read, assemble lines, fill ring chunks;
+ *   metadata.c         — when a file's labels are decided, and when they change.
  */
 #ifndef LOGLET_COLLECTOR_INTERNAL_H
 #define LOGLET_COLLECTOR_INTERNAL_H
@@ -113,6 +114,9 @@ struct tailed_file {
      * restart resumes after that one (positions_policy.c). Owned strings. */
     struct position follows;
     bool in_path_index;
+    /* != 0: its pod is not known yet; not read until it is, or until then
+     * (kubernetes.wait_for_metadata). See metadata.c. */
+    int64_t metadata_wait_until_ms;
 };
 
 /* A directory the collector follows: a glob's directory (new and removed
@@ -218,6 +222,11 @@ struct collector {
     char *utf8_buf;   /* a line with invalid UTF-8, repaired */
     size_t max_line;
     struct chunk_writer writer;
+
+    /* The provider's generation the active files were labelled at, and how
+     * many files wait for their pod (metadata.c). */
+    uint64_t metadata_generation;
+    size_t metadata_waiting;
 };
 
 /* tail.c */
@@ -303,6 +312,15 @@ int positions_policy_save(struct collector *c);
 void positions_policy_retire(struct collector *c, struct source *src);
 void positions_policy_free_saved(struct collector *c);
 void positions_policy_teardown(struct collector *c);
+
+/* metadata.c */
+#define METADATA_WAIT_POLL_MS 20
+/* After a file's source is made: wait for its pod, or count it unlabelled. */
+void metadata_track(struct collector *c, struct tailed_file *f);
+/* Every turn of the loop: ends waits, relabels files whose pod changed. */
+void metadata_tick(struct collector *c, int64_t now);
+/* Whether an annotation excludes a file with this path metadata (*why says which). */
+bool metadata_excluded(struct collector *c, const struct parser_path_meta *meta, const char **why);
 
 /* collector.c */
 void collector_mark_pending(struct collector *c, struct tailed_file *f);

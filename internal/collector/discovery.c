@@ -191,6 +191,12 @@ void discovery_open(struct collector *c, const char *link_path, bool at_startup,
     }
     struct parser_path_meta meta;
     parser_path_meta(link_path, real, &meta);
+    const char *why_excluded;
+    if (metadata_excluded(c, &meta, &why_excluded)) {
+        if (!table_get_str(&c->reported, link_path)) metrics_add(files_excluded, 1);
+        discovery_report_once(c, link_path, -2, "not tailing %s: %s", link_path, why_excluded);
+        return;
+    }
     if (file_excluded(c, &meta)) {
         if (!table_get_str(&c->reported, link_path)) metrics_add(files_excluded, 1);
         discovery_report_once(c, link_path, -1, "not tailing %s: excluded by namespace/pod/container pattern",

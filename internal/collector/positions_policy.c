@@ -282,7 +282,7 @@ int positions_policy_save(struct collector *c)
             continue;
         }
         c->retired[kept++] = src;
-        if (rc == 0) rc = add_position(&ps, src, false);
+        if (rc == 0 && !src->relabelled) rc = add_position(&ps, src, false);
     }
     c->nretired = kept;
     for (struct tailed_file *f = c->all_files; f && rc == 0; f = f->all_next) {

@@ -211,6 +211,7 @@ static struct tailed_file *track(struct collector *c, const char *link_path, con
     }
     file_link(c, f);
     spool_keep(c, f);
+    metadata_track(c, f);
     metrics_add(files_opened, 1);
     metrics_add(files_tailed, 1);
     return f;

@@ -56,6 +56,7 @@ struct config_key {
     const struct enum_value *values; /* KEY_ENUM, KEY_ENUM_TEXT; ends with a NULL name */
     const char *alias_of;            /* this row is another spelling of that key */
     key_check_fn check;              /* optional, run on the final value */
+    bool renames;                    /* KEY_LIST: items may also be {from: key, to: name} */
 };
 
 /* offsetof plus a compile-time check that the field has the type the row says. */
@@ -79,6 +80,10 @@ struct config_key {
 #define K_LIST(P, F, D, H) \
     { .path = P, .type = KEY_LIST, .offset = FIELD(F, struct config_strlist), .def = D, .doc = H }
 #define K_MAP(P, F, H) { .path = P, .type = KEY_MAP, .offset = FIELD(F, struct config_strmap), .def = "", .doc = H }
+/* A list of "key" or "key=name" items; YAML {from: key, to: name} items are
+ * stored as "key=name" (keys of Kubernetes labels never contain '='). */
+#define K_RENAMES(P, F, D, H) \
+    { .path = P, .type = KEY_LIST, .offset = FIELD(F, struct config_strlist), .def = D, .doc = H, .renames = true }
 #define K_ALIAS_LIST(P, TARGET, F) \
     { .path = P, .type = KEY_LIST, .offset = FIELD(F, struct config_strlist), .alias_of = TARGET }
 
@@ -95,6 +100,8 @@ static const struct enum_value stdout_format_values[] = {
 static const struct enum_value log_level_values[] = {
     {"debug", 0}, {"info", 0}, {"warn", 0}, {"error", 0}, {NULL, 0}};
 static const struct enum_value log_format_values[] = {{"logfmt", 0}, {"json", 0}, {NULL, 0}};
+static const struct enum_value kubernetes_values[] = {
+    {"auto", CONFIG_KUBERNETES_AUTO}, {"true", CONFIG_KUBERNETES_ON}, {"false", CONFIG_KUBERNETES_OFF}, {NULL, 0}};
 
 static int check_regex(const struct config *cfg, const struct config_key *key, char *why, size_t whylen);
 static int check_url(const struct config *cfg, const struct config_key *key, char *why, size_t whylen);
@@ -195,6 +202,29 @@ static const struct config_key keys[] = {
 
     K_MAP("labels.static", labels.static_labels, "Labels added to every stream."),
     K_BOOL("labels.stream", labels.stream, "true", "Add the stream (stdout or stderr) as a label."),
+
+    K_ENUM("kubernetes.enabled", kubernetes.enabled, "auto", kubernetes_values,
+           "Pod metadata from the API server: auto (in a cluster, or with kubernetes.kubeconfig or $KUBECONFIG), true (also ~/.kube/config; an error if none) or false."),
+    K_STRING("kubernetes.kubeconfig", kubernetes.kubeconfig, "",
+             "Kubeconfig used outside a cluster; empty: $KUBECONFIG, then ~/.kube/config."),
+    K_STRING("kubernetes.service_account_dir", kubernetes.service_account_dir,
+             "/var/run/secrets/kubernetes.io/serviceaccount",
+             "Where the in-cluster token and ca.crt are (with KUBERNETES_SERVICE_HOST/_PORT set)."),
+    K_STRING("kubernetes.node_name", kubernetes.node_name, "",
+             "Node whose pods are watched; empty: $NODE_NAME (set by the DaemonSet from the downward API)."),
+    K_RENAMES("kubernetes.pod_labels", kubernetes.pod_labels,
+              "app app.kubernetes.io/name=name app.kubernetes.io/component=component app.kubernetes.io/instance=instance",
+              "Pod labels copied onto streams: `key` (name sanitised, `a.b/c` -> `a_b_c`), `key=name` or `{from: key, to: name}`; those a pod has."),
+    K_RENAMES("kubernetes.namespace_labels", kubernetes.namespace_labels, "",
+              "Namespace labels copied onto streams, as pod_labels; set, namespaces are watched too."),
+    K_BOOL("kubernetes.namespaces", kubernetes.namespaces, "false",
+           "Watch namespaces too, for loglet.io/exclude on a namespace (implied by namespace_labels; needs RBAC on namespaces)."),
+    K_BOOL("kubernetes.workload_labels", kubernetes.workload_labels, "true",
+           "Add `workload` and `workload_kind` (Deployment, StatefulSet, DaemonSet, Job, CronJob…) and `job` for a Job's pods."),
+    K_BOOL("kubernetes.structured_metadata", kubernetes.structured_metadata, "false",
+           "Send the pod_labels/namespace_labels copies and loglet.io/labels as Loki structured metadata instead of stream labels."),
+    K_DURATION("kubernetes.wait_for_metadata", kubernetes.wait_for_metadata_ms, "2s", 0,
+               "How long a new file whose pod is not known yet waits for it before it is sent with path labels; other files never wait."),
 
     K_ENUM_TEXT("log.level", log.level, "info", log_level_values, "Level of the agent's own log."),
     K_ENUM_TEXT("log.format", log.format, "logfmt", log_format_values, "Format of the agent's own log."),
@@ -747,9 +777,30 @@ oom:
     return -1;
 }
 
+/* A list's default names its items separated by spaces (no default item has one). */
+static int set_list_default(struct config *cfg, const struct config_key *k, char *why, size_t whylen)
+{
+    struct config_strlist l = {0};
+    for (const char *p = k->def; *p;) {
+        size_t n = strcspn(p, " ");
+        char *item = n ? strndup(p, n) : NULL;
+        if (n && (!item || strlist_push(&l, item) < 0)) {
+            strlist_free(&l);
+            setf(why, whylen, "default of %s: out of memory", k->path);
+            return -1;
+        }
+        p += n;
+        p += strspn(p, " ");
+    }
+    strlist_free(field_ptr(cfg, k));
+    *(struct config_strlist *)field_ptr(cfg, k) = l;
+    return 0;
+}
+
 static int set_default(struct config *cfg, const struct config_key *k, char *why, size_t whylen)
 {
     char inner[512];
+    if (k->type == KEY_LIST) return set_list_default(cfg, k, why, whylen);
     if (set_scalar(cfg, k, k->def, inner, sizeof inner) == 0) return 0;
     setf(why, whylen, "default of %s: %s", k->path, inner);
     return -1;
@@ -998,6 +1049,40 @@ static char *scalar_value(struct load *ld, const yaml_node_t *n, const char *pat
     return text;
 }
 
+/* {from: key, to: name} as "key=name" (malloc'd), or NULL after fail(). */
+static char *rename_item(struct load *ld, const struct config_key *k, const yaml_node_t *item)
+{
+    char *from = NULL, *to = NULL;
+    for (yaml_node_pair_t *pair = item->data.mapping.pairs.start; pair < item->data.mapping.pairs.top; pair++) {
+        yaml_node_t *kn = yaml_document_get_node(ld->doc, pair->key);
+        yaml_node_t *vn = yaml_document_get_node(ld->doc, pair->value);
+        if (!kn || !vn) continue;
+        const char *name = kn->type == YAML_SCALAR_NODE ? (const char *)kn->data.scalar.value : "";
+        char **slot = strcmp(name, "from") == 0 ? &from : strcmp(name, "to") == 0 ? &to : NULL;
+        if (!slot || vn->type != YAML_SCALAR_NODE || *slot) {
+            fail(ld, line_of(kn), "key %s: an item that is a mapping takes exactly `from: <key>` and `to: <name>`%s",
+                 k->path, slot && *slot ? " (given twice)" : "");
+            goto bad;
+        }
+        if (!(*slot = scalar_value(ld, vn, k->path))) goto bad;
+    }
+    if (!from || !*from || !to || !*to || strchr(from, '=')) {
+        fail(ld, line_of(item), "key %s: an item that is a mapping needs a non-empty `from` (without '=') and `to`",
+             k->path);
+        goto bad;
+    }
+    char *joined = malloc(strlen(from) + strlen(to) + 2);
+    if (joined) sprintf(joined, "%s=%s", from, to);
+    else fail(ld, line_of(item), "key %s: out of memory", k->path);
+    free(from);
+    free(to);
+    return joined;
+bad:
+    free(from);
+    free(to);
+    return NULL;
+}
+
 static int load_list(struct load *ld, const struct config_key *k, const yaml_node_t *vn)
 {
     struct config_strlist l = {0};
@@ -1013,6 +1098,14 @@ static int load_list(struct load *ld, const struct config_key *k, const yaml_nod
         for (yaml_node_item_t *it = vn->data.sequence.items.start; it < vn->data.sequence.items.top; it++) {
             yaml_node_t *item = yaml_document_get_node(ld->doc, *it);
             if (!item) continue;
+            if (item->type == YAML_MAPPING_NODE && k->renames) {
+                char *pair = rename_item(ld, k, item);
+                if (!pair || strlist_push(&l, pair) < 0) {
+                    strlist_free(&l);
+                    return pair ? fail(ld, line_of(item), "key %s: out of memory", k->path) : -1;
+                }
+                continue;
+            }
             if (item->type != YAML_SCALAR_NODE) {
                 strlist_free(&l);
                 return fail(ld, line_of(item), "key %s: list items must be scalars, got %s", k->path,
@@ -1435,8 +1528,16 @@ void config_print_reference(FILE *out)
         }
         if (k->type == KEY_STRING)
             fprintf(out, "`\"%s\"`", k->def);
-        else if (k->type == KEY_LIST && *k->def)
-            fprintf(out, "`[\"%s\"]`", k->def);
+        else if (k->type == KEY_LIST && *k->def) {
+            fputs("`[", out);
+            for (const char *p = k->def; *p;) {
+                size_t n = strcspn(p, " ");
+                fprintf(out, "%s\"%.*s\"", p == k->def ? "" : ", ", (int)n, p);
+                p += n;
+                p += strspn(p, " ");
+            }
+            fputs("]`", out);
+        }
         else if (k->type == KEY_LIST)
             fputs("`[]`", out);
         else if (k->type == KEY_MAP)

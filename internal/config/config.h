@@ -44,6 +44,7 @@ enum config_read_from { CONFIG_READ_FROM_END, CONFIG_READ_FROM_BEGINNING };
 enum config_stdout_format { CONFIG_STDOUT_TEXT, CONFIG_STDOUT_JSON };
 enum config_partial_ts { CONFIG_PARTIAL_TS_FIRST, CONFIG_PARTIAL_TS_LAST };
 enum config_watcher { CONFIG_WATCHER_INOTIFY, CONFIG_WATCHER_POLL };
+enum config_kubernetes { CONFIG_KUBERNETES_AUTO, CONFIG_KUBERNETES_ON, CONFIG_KUBERNETES_OFF };
 
 struct config {
     char *source_path; /* the file it was loaded from, or "" for defaults */
@@ -113,6 +114,20 @@ struct config {
         struct config_strmap static_labels;
         bool stream;
     } labels;
+
+    struct {
+        enum config_kubernetes enabled;
+        char *kubeconfig;          /* "" : $KUBECONFIG, then ~/.kube/config */
+        char *service_account_dir; /* in-cluster token and ca.crt */
+        char *node_name;           /* "" : $NODE_NAME */
+        /* Label copies, each "key" or "key=name" (a {from, to} item). */
+        struct config_strlist pod_labels;
+        struct config_strlist namespace_labels;
+        bool namespaces; /* watch namespaces (implied by namespace_labels) */
+        bool workload_labels;
+        bool structured_metadata;
+        int64_t wait_for_metadata_ms;
+    } kubernetes;
 
     struct {
         char *level;  /* debug | info | warn | error */

@@ -181,6 +181,28 @@ static void process_metrics(struct writer *w)
          since ? (double)(metrics_now_ms() - since) / 1000.0 : 0.0);
 }
 
+static void kube_metrics(struct writer *w)
+{
+    static const char *const codes[METRICS_KUBE_ERRORS] = {"none", "401", "403", "410", "5xx", "other", "garbage"};
+    counter(w, "loglet_kube_watch_restarts_total", "Watches of the API server started again after their stream ended.",
+            &metrics.kube_watch_restarts);
+    counter(w, "loglet_kube_relists_total", "Full lists of the node's pods (or namespaces) from the API server.",
+            &metrics.kube_relists);
+    emit(w, "# HELP loglet_kube_api_errors_total API server requests that failed, by status (none: no answer, "
+            "garbage: an answer that was not what the API sends).\n# TYPE loglet_kube_api_errors_total counter\n");
+    for (int i = 0; i < METRICS_KUBE_ERRORS; i++)
+        emit(w, "loglet_kube_api_errors_total{code=\"%s\"} %llu\n", codes[i],
+             (unsigned long long)atomic_load(&metrics.kube_api_errors[i]));
+    gauge(w, "loglet_kube_pods_cached", "Pods of this node in the metadata cache (deleted ones kept while their files drain).",
+          &metrics.kube_pods_cached);
+    int64_t last = atomic_load(&metrics.kube_last_update_ms);
+    emit(w, "# HELP loglet_kube_metadata_age_seconds Time since the API server last sent a list, event or bookmark "
+            "(-1: never).\n# TYPE loglet_kube_metadata_age_seconds gauge\nloglet_kube_metadata_age_seconds %.3f\n",
+         last ? (double)(metrics_now_ms() - last) / 1000.0 : -1.0);
+    counter(w, "loglet_files_without_metadata_total", "Files sent with path labels only: their pod was not known "
+            "within kubernetes.wait_for_metadata, or the API server could not be reached.", &metrics.files_without_metadata);
+}
+
 size_t metrics_render(char *buf, size_t cap)
 {
     struct writer w = {buf, cap, 0};
@@ -247,6 +269,7 @@ size_t metrics_render(char *buf, size_t cap)
     gauge(&w, "loglet_files_tailed", "Files currently open.", &metrics.files_tailed);
     gauge(&w, "loglet_ring_used_bytes", "Bytes held in the ring buffer.", &metrics.ring_used_bytes);
     gauge(&w, "loglet_ring_capacity_bytes", "Capacity of the ring buffer.", &metrics.ring_capacity_bytes);
+    kube_metrics(&w);
     process_metrics(&w);
     return w.len;
 }

@@ -22,6 +22,10 @@
 /* Distinct HTTP statuses tracked; more (unlikely) are counted as "other". */
 #define METRICS_MAX_STATUS_CODES 16
 
+/* API server answers counted by loglet_kube_api_errors_total{code}. */
+enum metrics_kube_error { METRICS_KUBE_NO_ANSWER, METRICS_KUBE_401, METRICS_KUBE_403, METRICS_KUBE_410,
+                          METRICS_KUBE_5XX, METRICS_KUBE_OTHER, METRICS_KUBE_GARBAGE, METRICS_KUBE_ERRORS };
+
 enum metrics_thread { METRICS_THREAD_COLLECTOR, METRICS_THREAD_OUTPUT, METRICS_THREAD_COUNT };
 
 struct metrics {
@@ -70,6 +74,13 @@ struct metrics {
     _Atomic int64_t ring_used_bytes;
     _Atomic int64_t ring_capacity_bytes;
     _Atomic int64_t last_beat_ms[METRICS_THREAD_COUNT];
+    /* Kubernetes metadata (internal/kube, internal/metadata). */
+    _Atomic uint64_t kube_watch_restarts;
+    _Atomic uint64_t kube_relists;
+    _Atomic uint64_t kube_api_errors[METRICS_KUBE_ERRORS];
+    _Atomic int64_t kube_pods_cached;
+    _Atomic int64_t kube_last_update_ms; /* 0: never heard from the API server */
+    _Atomic uint64_t files_without_metadata;
 };
 
 extern struct metrics metrics;

@@ -37,5 +37,6 @@ void source_unref(struct source *src)
     free(src->path);
     free(src->real_path);
     free(src->labels_buf);
+    free(src->extra);
     free(src);
 }

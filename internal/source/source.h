@@ -36,6 +36,7 @@
 #include <sys/types.h>
 
 #include "config/config.h"
+#include "metadata/metadata.h"
 #include "parser/parser.h"
 
 /* Loki refuses nothing below this, and a label set past it is a runaway
@@ -49,6 +50,8 @@ struct source_label_policy {
     const char *node_name; /* NULL: no node_name label */
     bool stream;           /* a `stream` label per stdout/stderr */
     const struct config_strmap *static_labels;
+    /* What a file's path does not say (pod labels, workload…); NULL: nothing. */
+    struct metadata_provider *metadata;
 };
 
 struct source {
@@ -63,10 +66,19 @@ struct source {
      * policy has no stream label the three point to one string. */
     const char *labels[SOURCE_STREAM_KINDS];
     char *labels_buf;
+    /* The provider's snapshot the labels were rendered from (owned, NULL:
+     * none) and how complete it was; immutable like the labels. */
+    struct metadata_labels *extra;
+    enum metadata_status extra_status;
+    bool described;
+    uint64_t described_generation; /* the provider's generation() before it was asked */
     /* Fingerprint of the first fp_len bytes (collector-owned: only the
      * collector thread reads or updates these two). */
     uint64_t fp;
     uint32_t fp_len;
+    /* Relabelled: a newer source for the same file and content took over,
+     * whose position covers this one's (collector-owned). */
+    bool relabelled;
     /* The collector keeps a hard link to the file in its spool (spool.c);
      * collector-owned. */
     bool spooled, spooled_gz;
@@ -126,7 +138,8 @@ void source_unref(struct source *src);
 
 /* The policy of this process: NODE_NAME from the environment, the rest from cfg. */
 void source_label_policy_init(struct source_label_policy *policy, const struct config *cfg);
-/* Renders the source's label sets from its metadata. Returns 0, or -1 with
+/* Renders the source's label sets from its metadata and, the first time,
+ * what the policy's provider adds. Returns 0, or -1 with
  * `err` set (out of memory; a set over SOURCE_LABELS_MAX_BYTES). */
 int source_render_labels(struct source *src, const struct source_label_policy *policy, char *err, size_t errlen);
 

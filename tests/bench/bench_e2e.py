@@ -1,6 +1,6 @@
 """End to end: files -> loglet -> Loki receiver on 127.0.0.1 that only counts.
 
-    /usr/bin/python3 tests/bench/bench_e2e.py [--mb 1024] [--files 100] [--filler x|random]
+    /usr/bin/python3 tests/bench/bench_e2e.py [--mb 1024] [--files 100] [--filler x|random] [--kubernetes]
 
 200-byte CRI lines across 100 files of a kubelet tree on tmpfs (/dev/shm),
 the agent at its default settings (except the paths, read_from: beginning and
@@ -14,6 +14,12 @@ comparison; the last line, `summary: …`, repeats the figures as key=value.
 --filler random pads with random alphanumeric characters (fixed seed, so the
 corpus is the same every run): closer to real logs for snappy, which finds
 almost nothing to repeat in it.
+
+--kubernetes runs the same with Kubernetes metadata on: a test API server
+(tests/tools/kube_apiserver.py, TLS, on 127.0.0.1) knows every file's pod,
+labelled (app, app.kubernetes.io/name) and owned by a ReplicaSet, and the
+agent reads it through a kubeconfig: the figures then include listing,
+watching and labelling. Compare with a run without it.
 
 LOGLET_BUILD=dir takes the agent and the helpers from that build directory
 (default build/); LOGLET_BIN=path overrides the agent binary alone.
@@ -174,15 +180,37 @@ def wait_for_entries(agent, port, total, stall_s=60.0, give_up=None):
     return r
 
 
+def start_api_server(root, files):
+    """The test API server with one pod per corpus file; returns it and the config's kubernetes section."""
+    sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "tools"))
+    import kube_apiserver as kas
+    tls_dir = os.path.join(root, "tls")
+    os.makedirs(tls_dir)
+    api = kas.APIServer(kas.make_tls(tls_dir), token="bench-token").start()
+    for f in range(files):
+        api.put_pod(kas.pod("bench", f"pod-{f}", node="node-a", uid=f"0000-{f:04d}", owner=("ReplicaSet", "pod-abc"),
+                            labels={"app": f"bench-{f % 10}", "app.kubernetes.io/name": "bench",
+                                    "pod-template-hash": "abc"}))
+    kubeconfig = os.path.join(root, "kubeconfig")
+    with open(kubeconfig, "w") as f:
+        f.write(f"apiVersion: v1\ncurrent-context: bench\ncontexts:\n- name: bench\n  context: {{cluster: c, user: u}}\n"
+                f"clusters:\n- name: c\n  cluster: {{server: '{api.url}', certificate-authority: '{tls_dir}/ca.crt'}}\n"
+                f"users:\n- name: u\n  user: {{token: bench-token}}\n")
+    return api, f"kubernetes:\n  kubeconfig: {kubeconfig}\n"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=int, default=1024)
     ap.add_argument("--files", type=int, default=100)
     ap.add_argument("--filler", choices=("x", "random"), default="x",
                     help="x: every line padded with 'x' (compresses ~15:1); random: random alphanumerics, fixed seed")
+    ap.add_argument("--kubernetes", action="store_true",
+                    help="Kubernetes metadata on, from a test API server that knows every pod")
     args = ap.parse_args()
     root = tempfile.mkdtemp(prefix="loglet-e2e-", dir="/dev/shm")
-    receiver = agent = None
+    receiver = agent = api = None
+    kube_yaml, env = "", None
     try:
         g0 = time.time()
         total, paths = make_corpus(os.path.join(root, "log"), args.mb, args.files, args.filler)
@@ -191,6 +219,9 @@ def main():
               f"on {root} (generated in {time.time() - g0:.1f} s)")
         print(f"agent: {LOGLET}")
         receiver, port = start_receiver(root)
+        if args.kubernetes:
+            api, kube_yaml = start_api_server(root, args.files)
+            env = dict(os.environ, NODE_NAME="node-a")
         config = os.path.join(root, "loglet.yaml")
         with open(config, "w") as f:
             f.write(f"""server:
@@ -203,10 +234,10 @@ collection:
 output:
   loki:
     url: http://127.0.0.1:{port}/loki/api/v1/push
-""")
+""" + kube_yaml)
         load_before = loadavg()
         t0 = time.time()
-        agent = subprocess.Popen([LOGLET, "-config", config],
+        agent = subprocess.Popen([LOGLET, "-config", config], env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         w = wait_for_entries(agent, port, total)
         got, peak, complete = w.entries, w.peak_kib, w.complete
@@ -223,7 +254,8 @@ output:
         if not complete:
             print(f"NOT DELIVERED: the receiver counted {got} of {total} entries and nothing more arrived "
                   f"for 60 s; wall time below is up to the last entry that arrived")
-        print(f"end to end, files -> loglet -> receiver (defaults, {args.files} files, filler {args.filler}):")
+        meta = "kubernetes metadata on" if args.kubernetes else "path labels only"
+        print(f"end to end, files -> loglet -> receiver (defaults, {args.files} files, filler {args.filler}, {meta}):")
         print(f"  {mb / wall:.0f} MB/s of log input, {total / wall / 1e6:.2f} M lines/s, wall {wall:.2f} s "
               f"(before the last push: {mb_prev / wall_prev:.0f} MB/s, {mb_prev:.0f} MB by {wall_prev:.2f} s)")
         print(f"  agent CPU {cpu:.2f} s = {cpu / (mb / 1000):.2f} CPU-seconds per GB ({mb / cpu:.0f} MB per CPU-second)")
@@ -233,7 +265,7 @@ output:
         print(f"  {load_before} before, {load_after} after ({os.cpu_count()} cores)")
         sys.stdout.flush()
         subprocess.run([os.path.join(BUILD, "tests", "bench_snappy")] + paths[:10], check=True)
-        print(f"summary: filler={args.filler} mb={mb:.0f} complete={int(complete)} mb_s={mb / wall:.1f} "
+        print(f"summary: filler={args.filler} kubernetes={int(args.kubernetes)} mb={mb:.0f} complete={int(complete)} mb_s={mb / wall:.1f} "
               f"cpu_s_per_gb={cpu / (mb / 1000):.3f} peak_rss_mib={peak / 1024:.1f} wall_s={wall:.2f} "
               f"mb_s_before_last_push={mb_prev / wall_prev:.1f} "
               f"cpu_s={cpu:.2f} ratio={s['line_bytes'] / max(1, s['compressed_bytes']):.2f} "
@@ -244,6 +276,8 @@ output:
             if p and p.poll() is None:
                 p.kill()
                 p.wait()
+        if api:
+            api.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 

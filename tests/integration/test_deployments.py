@@ -274,6 +274,8 @@ def render_chart_config(values):
     body = MiniRenderer(values).render(define_body(tokens, "loglet.config"))
     config = yaml.safe_load(body)
     deep_merge(config, {"labels": {"static": values["loki"]["externalLabels"]}})
+    deep_merge(config, {"kubernetes": {"pod_labels": values["kubernetes"]["podLabels"],
+                                       "namespace_labels": values["kubernetes"]["namespaceLabels"]}})
     extra = values["config"]["extra"] or {}
     if isinstance(extra, str):
         extra = yaml.safe_load(extra) or {}
@@ -377,11 +379,12 @@ class YamlTest(unittest.TestCase):
         for name in sorted(os.listdir(K8S)):
             doc = load_yaml(os.path.join(K8S, name))
             self.assertIn("apiVersion", doc, name)
-            self.assertIn(doc["kind"], ("Namespace", "ServiceAccount", "ConfigMap", "DaemonSet", "Service"), name)
-            if doc["kind"] != "Namespace":
+            self.assertIn(doc["kind"], ("Namespace", "ServiceAccount", "ConfigMap", "DaemonSet", "Service",
+                                        "ClusterRole", "ClusterRoleBinding"), name)
+            if doc["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):  # cluster-scoped
                 self.assertEqual(doc["metadata"]["namespace"], "loglet", name)
             kinds[doc["kind"]] = doc
-        self.assertEqual(len(kinds), 5, sorted(kinds))
+        self.assertEqual(len(kinds), 7, sorted(kinds))
 
     def test_dashboard_is_grafana_json_with_valid_promql(self):
         dash = json.loads(read(os.path.join(CHART, "dashboards", "loglet.json")))
@@ -432,7 +435,7 @@ class ChartTemplateTest(unittest.TestCase):
         self.assertEqual(chart["appVersion"], project_version())
         self.assertEqual(set(self.templates), {
             "_helpers.tpl", "configmap.yaml", "daemonset.yaml", "serviceaccount.yaml", "service.yaml",
-            "servicemonitor.yaml", "dashboard-configmap.yaml", "NOTES.txt"})
+            "servicemonitor.yaml", "dashboard-configmap.yaml", "NOTES.txt", "rbac.yaml"})
 
     def test_actions_and_blocks_are_balanced(self):
         for name, text in self.templates.items():

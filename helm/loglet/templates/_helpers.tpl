@@ -108,6 +108,12 @@ output:
 labels:
   static:
     node_name: "${NODE_NAME}"
+kubernetes:
+  enabled: {{ .Values.kubernetes.enabled | quote }}
+  namespaces: {{ .Values.kubernetes.namespaces }}
+  workload_labels: {{ .Values.kubernetes.workloadLabels }}
+  structured_metadata: {{ .Values.kubernetes.structuredMetadata }}
+  wait_for_metadata: {{ .Values.kubernetes.waitForMetadata | quote }}
 log:
   level: {{ .Values.config.logLevel | quote }}
   format: {{ .Values.config.logFormat | quote }}

@@ -1,0 +1,184 @@
+/*
+ * Metadata: when a file's labels are decided, and when they change.
+ *
+ * A source's labels are rendered when it is created, with what the metadata
+ * provider knows then (source_render_labels). Two things make the collector
+ * come back to them, never per line:
+ *  - A new file whose pod the provider does not know yet, while its watch is
+ *    up (the kubelet wrote before the API server's event reached us), is
+ *    opened but not read for up to kubernetes.wait_for_metadata. Other files
+ *    go on meanwhile; when the pod appears, or the time is up, the file gets
+ *    a fresh source with what is known and is read from where it was.
+ *  - When the provider's generation moves (a pod was added, changed or
+ *    deleted), every active file is described again; one whose labels differ
+ *    gets a new source, as after a copytruncate. The old source stays as it
+ *    was for the chunks in flight (a sink may be reading its label text), is
+ *    retired and not saved, and the new one starts from the old one's
+ *    acknowledged offset, so a crash in between repeats lines, never skips
+ *    them. A pod that disappeared changes nothing: its files keep the labels
+ *    they had to their last line.
+ *  - An annotation that excludes a file is honoured when the file is found
+ *    (discovery asks metadata_excluded) or when its wait ends; a file already
+ *    being read is not cut short by an annotation added later.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "collector_internal.h"
+#include "log/log.h"
+#include "metrics/metrics.h"
+
+void collector_use_metadata(struct collector *c, struct metadata_provider *provider)
+{
+    c->label_policy.metadata = provider;
+    c->metadata_generation = provider ? provider->ops->generation(provider) : 0;
+}
+
+bool metadata_excluded(struct collector *c, const struct parser_path_meta *meta, const char **why)
+{
+    struct metadata_provider *p = c->label_policy.metadata;
+    if (!p) return false;
+    struct metadata_labels *m = NULL;
+    bool excluded = p->ops->describe(p, meta, &m) == METADATA_FOUND && m && m->excluded;
+    static char reason[160];
+    if (excluded) snprintf(reason, sizeof reason, "%s", m->why_excluded ? m->why_excluded : "annotation");
+    *why = reason;
+    free(m);
+    return excluded;
+}
+
+void metadata_track(struct collector *c, struct tailed_file *f)
+{
+    if (!c->label_policy.metadata) return;
+    enum metadata_status st = f->src->extra_status;
+    bool excluded = f->src->extra && f->src->extra->excluded;
+    if (st == METADATA_PENDING && c->cfg->kubernetes.wait_for_metadata_ms > 0) {
+        f->metadata_wait_until_ms = metrics_now_ms() + c->cfg->kubernetes.wait_for_metadata_ms;
+        c->metadata_waiting++;
+        log_debug("%s: pod %s/%s not known yet, waiting up to %lld ms for its metadata", f->src->path,
+                  f->src->meta.namespace_, f->src->meta.pod, (long long)c->cfg->kubernetes.wait_for_metadata_ms);
+    } else if (excluded) {
+        /* A rotated sibling found with its file: closed at the next tick. */
+        f->metadata_wait_until_ms = 1;
+        c->metadata_waiting++;
+    } else if (st != METADATA_FOUND) {
+        metrics_add(files_without_metadata, 1);
+    }
+}
+
+/* A source like f's with what the provider knows now; NULL on failure (said). */
+static struct source *fresh_source(struct collector *c, struct tailed_file *f)
+{
+    struct source *old = f->src;
+    struct source *src = source_new(old->path, old->real_path, &old->meta, old->dev, old->ino);
+    if (!src) {
+        log_error("out of memory relabelling %s", old->path);
+        return NULL;
+    }
+    char err[512];
+    if (source_render_labels(src, &c->label_policy, err, sizeof err) != 0) {
+        log_error("keeping the labels of %s: %s", old->path, err);
+        source_unref(src);
+        return NULL;
+    }
+    src->fp = old->fp;
+    src->fp_len = old->fp_len;
+    atomic_store(&src->acked_offset, atomic_load(&old->acked_offset));
+    return src;
+}
+
+static bool same_labels(const struct source *a, const struct source *b)
+{
+    for (unsigned k = 0; k < SOURCE_STREAM_KINDS; k++)
+        if (strcmp(source_stream_labels(a, k), source_stream_labels(b, k)) != 0) return false;
+    return true;
+}
+
+static void swap_source(struct collector *c, struct tailed_file *f, struct source *fresh)
+{
+    struct source *old = f->src;
+    if (f->in_path_index) table_del_str(&c->files_by_path, old->path);
+    old->relabelled = true;
+    spool_handover(old, fresh); /* the same file: its link stays */
+    positions_policy_retire(c, old);
+    f->src = fresh;
+    if (f->in_path_index && table_put_str(&c->files_by_path, f->src->path, f) != 0) {
+        log_error("out of memory indexing %s", f->src->path);
+        f->in_path_index = false;
+        rotation_begin_draining(c, f, "out of memory");
+    }
+}
+
+/* Excluded once its pod was known: out, and not found again (discovery asks). */
+static void close_excluded(struct collector *c, struct tailed_file *f)
+{
+    log_info("not tailing %s: %s", f->src->path, f->src->extra->why_excluded ? f->src->extra->why_excluded : "excluded");
+    metrics_add(files_excluded, 1);
+    /* A predecessor waiting to hand over to f hands over to f's successor instead. */
+    for (struct tailed_file *g = c->all_files; g; g = g->all_next) {
+        if (g->successor != f) continue;
+        g->successor = f->successor;
+        f->successor = NULL;
+    }
+    rotation_close(c, f);
+}
+
+/* Returns true while f still waits (f may be closed otherwise). */
+static bool end_wait(struct collector *c, struct tailed_file *f, int64_t now)
+{
+    struct source *fresh = fresh_source(c, f);
+    if (fresh && fresh->extra_status == METADATA_PENDING && now < f->metadata_wait_until_ms) {
+        source_unref(fresh); /* still unknown, time left */
+        return true;
+    }
+    f->metadata_wait_until_ms = 0;
+    if (fresh) swap_source(c, f, fresh);
+    if (f->src->extra_status != METADATA_FOUND) {
+        metrics_add(files_without_metadata, 1);
+        log_info("%s: pod %s/%s still not known after %lld ms: sending its lines with path labels", f->src->path,
+                 f->src->meta.namespace_, f->src->meta.pod, (long long)c->cfg->kubernetes.wait_for_metadata_ms);
+    }
+    if (f->src->extra && f->src->extra->excluded) {
+        close_excluded(c, f);
+        return false;
+    }
+    collector_mark_pending(c, f);
+    return false;
+}
+
+void metadata_tick(struct collector *c, int64_t now)
+{
+    struct metadata_provider *p = c->label_policy.metadata;
+    if (!p) return;
+    uint64_t gen = p->ops->generation(p);
+    bool changed = gen != c->metadata_generation;
+    if (!changed && !c->metadata_waiting) return;
+    c->metadata_generation = gen;
+    /* Counted afresh: a waiting file may also have been closed elsewhere
+     * (released over collection.max_held_*). */
+    size_t waiting = 0;
+    for (struct tailed_file *f = c->all_files, *next; f; f = next) {
+        next = f->all_next; /* f may be closed */
+        if (f->metadata_wait_until_ms) {
+            bool still = !(changed || now >= f->metadata_wait_until_ms) || end_wait(c, f, now);
+            waiting += still;
+            continue;
+        }
+        if (!changed || f->state != FILE_ACTIVE) continue;
+        /* Described in full before: only a change to its own pod (or
+         * namespace) can change its labels. Otherwise (the API server was
+         * down, the pod unknown) any change may be the one it needs. */
+        if (f->src->extra_status == METADATA_FOUND &&
+            !p->ops->changed_since(p, &f->src->meta, f->src->described_generation))
+            continue;
+        struct source *fresh = fresh_source(c, f);
+        if (!fresh) continue;
+        if (fresh->extra_status != METADATA_FOUND || same_labels(fresh, f->src)) {
+            source_unref(fresh);
+            continue;
+        }
+        log_info("%s: the pod's metadata changed, new lines are labelled %s", f->src->path, source_stream_labels(fresh, 0));
+        swap_source(c, f, fresh);
+    }
+    c->metadata_waiting = waiting;
+}

@@ -1,0 +1,361 @@
+/*
+ * object — the API server's JSON, reduced to struct kube_object.
+ *
+ * jansson rather than json-c: it parses from a buffer with a length (the
+ * watch stream's lines are not NUL-terminated), refuses NUL inside strings
+ * unless asked, bounds nesting depth, rejects duplicate keys on request
+ * (JSON_REJECT_DUPLICATES) and reports the byte position of an error, all of
+ * which an input we do not trust needs; its API is small and it is packaged
+ * by Debian as libjansson-dev.
+ *
+ * Everything is checked: a field of the wrong type is an error naming it,
+ * not a NULL dereference; strings are copied out (the JSON tree is freed
+ * before returning).
+ */
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kube.h"
+
+#define ANNOTATION_PREFIX "loglet.io/"
+
+static void setf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void setf(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static const char *kind_name(enum kube_kind kind) { return kind == KUBE_POD ? "pod" : "namespace"; }
+
+void kube_object_free(struct kube_object *obj)
+{
+    if (!obj) return;
+    free(obj->namespace_);
+    free(obj->name);
+    free(obj->uid);
+    free(obj->node_name);
+    free(obj->resource_version);
+    for (size_t i = 0; i < obj->nlabels; i++) {
+        free(obj->labels[i].key);
+        free(obj->labels[i].value);
+    }
+    free(obj->labels);
+    for (size_t i = 0; i < obj->nannotations; i++) {
+        free(obj->annotations[i].key);
+        free(obj->annotations[i].value);
+    }
+    free(obj->annotations);
+    free(obj->owner_kind);
+    free(obj->owner_name);
+    memset(obj, 0, sizeof *obj);
+}
+
+void kube_event_free(struct kube_event *ev)
+{
+    kube_object_free(&ev->object);
+    free(ev->resource_version);
+    ev->resource_version = NULL;
+}
+
+void kube_list_free(struct kube_list *list)
+{
+    for (size_t i = 0; i < list->count; i++) kube_object_free(&list->items[i]);
+    free(list->items);
+    free(list->resource_version);
+    free(list->continue_token);
+    memset(list, 0, sizeof *list);
+}
+
+static const char *find_pair(const struct kube_pair *pairs, size_t n, const char *key)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(pairs[i].key, key) == 0) return pairs[i].value;
+    return NULL;
+}
+
+const char *kube_object_label(const struct kube_object *obj, const char *key)
+{
+    return find_pair(obj->labels, obj->nlabels, key);
+}
+
+const char *kube_object_annotation(const struct kube_object *obj, const char *key)
+{
+    return find_pair(obj->annotations, obj->nannotations, key);
+}
+
+/* A string member, copied; absent is "" when `optional`, else an error. */
+static int get_string(const json_t *parent, const char *member, const char *where, bool optional, char **out,
+                      char *err, size_t errlen)
+{
+    const json_t *v = json_object_get(parent, member);
+    if (!v || json_is_null(v)) {
+        if (!optional) {
+            setf(err, errlen, "%s.%s is missing", where, member);
+            return -1;
+        }
+        *out = strdup("");
+    } else if (!json_is_string(v)) {
+        setf(err, errlen, "%s.%s is not a string", where, member);
+        return -1;
+    } else if (json_string_length(v) > KUBE_MAX_VALUE_BYTES) {
+        setf(err, errlen, "%s.%s is longer than %d bytes", where, member, KUBE_MAX_VALUE_BYTES);
+        return -1;
+    } else {
+        *out = strndup(json_string_value(v), json_string_length(v));
+    }
+    if (!*out) {
+        setf(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* A map of strings (labels, annotations); with `prefix`, only keys under it. */
+static int get_pairs(const json_t *meta, const char *member, const char *prefix, struct kube_pair **out,
+                     size_t *n, const char *where, char *err, size_t errlen)
+{
+    const json_t *map = json_object_get(meta, member);
+    if (!map || json_is_null(map)) return 0;
+    if (!json_is_object(map)) {
+        setf(err, errlen, "%s.metadata.%s is not an object", where, member);
+        return -1;
+    }
+    const char *key;
+    const json_t *value;
+    size_t wanted = 0;
+    json_object_foreach((json_t *)map, key, value) {
+        if (prefix && strncmp(key, prefix, strlen(prefix)) != 0) continue;
+        if (!json_is_string(value)) {
+            setf(err, errlen, "%s.metadata.%s[\"%.64s\"] is not a string", where, member, key);
+            return -1;
+        }
+        if (json_string_length(value) > KUBE_MAX_VALUE_BYTES || strlen(key) > KUBE_MAX_VALUE_BYTES) {
+            setf(err, errlen, "%s.metadata.%s[\"%.64s\"] is longer than %d bytes", where, member, key,
+                 KUBE_MAX_VALUE_BYTES);
+            return -1;
+        }
+        if (++wanted > KUBE_MAX_PAIRS) {
+            setf(err, errlen, "%s.metadata.%s has more than %d entries", where, member, KUBE_MAX_PAIRS);
+            return -1;
+        }
+    }
+    if (!wanted) return 0;
+    *out = calloc(wanted, sizeof **out);
+    if (!*out) goto oom;
+    json_object_foreach((json_t *)map, key, value) {
+        if (prefix && strncmp(key, prefix, strlen(prefix)) != 0) continue;
+        struct kube_pair *p = &(*out)[*n];
+        p->key = strdup(key);
+        p->value = strndup(json_string_value(value), json_string_length(value));
+        (*n)++;
+        if (!p->key || !p->value) goto oom;
+    }
+    return 0;
+oom:
+    setf(err, errlen, "out of memory");
+    return -1;
+}
+
+/* The ownerReference with controller: true (at most one may say so). */
+static int get_owner(const json_t *meta, struct kube_object *obj, const char *where, char *err, size_t errlen)
+{
+    const json_t *refs = json_object_get(meta, "ownerReferences");
+    if (!refs || json_is_null(refs)) return 0;
+    if (!json_is_array(refs)) {
+        setf(err, errlen, "%s.metadata.ownerReferences is not a list", where);
+        return -1;
+    }
+    size_t i;
+    const json_t *ref;
+    json_array_foreach(refs, i, ref) {
+        if (!json_is_object(ref)) {
+            setf(err, errlen, "%s.metadata.ownerReferences[%zu] is not an object", where, i);
+            return -1;
+        }
+        const json_t *controller = json_object_get(ref, "controller");
+        if (controller && !json_is_boolean(controller) && !json_is_null(controller)) {
+            setf(err, errlen, "%s.metadata.ownerReferences[%zu].controller is not a boolean", where, i);
+            return -1;
+        }
+        if (!json_is_true(controller) || obj->owner_kind) continue;
+        char ctx[96];
+        snprintf(ctx, sizeof ctx, "%s.metadata.ownerReferences[%zu]", where, i);
+        if (get_string(ref, "kind", ctx, false, &obj->owner_kind, err, errlen) != 0 ||
+            get_string(ref, "name", ctx, false, &obj->owner_name, err, errlen) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int parse_object(const json_t *root, enum kube_kind kind, struct kube_object *obj, char *err, size_t errlen)
+{
+    memset(obj, 0, sizeof *obj);
+    obj->kind = kind;
+    const char *where = kind_name(kind);
+    if (!json_is_object(root)) {
+        setf(err, errlen, "the %s is not an object", where);
+        return -1;
+    }
+    const json_t *meta = json_object_get(root, "metadata");
+    if (!json_is_object(meta)) {
+        setf(err, errlen, "%s.metadata is %s", where, meta ? "not an object" : "missing");
+        return -1;
+    }
+    char ctx[32];
+    snprintf(ctx, sizeof ctx, "%s.metadata", where);
+    if (get_string(meta, "name", ctx, false, &obj->name, err, errlen) != 0 ||
+        get_string(meta, "uid", ctx, true, &obj->uid, err, errlen) != 0 ||
+        get_string(meta, "resourceVersion", ctx, true, &obj->resource_version, err, errlen) != 0)
+        goto fail;
+    if (kind == KUBE_POD) {
+        if (get_string(meta, "namespace", ctx, false, &obj->namespace_, err, errlen) != 0) goto fail;
+        const json_t *spec = json_object_get(root, "spec");
+        if (spec && !json_is_object(spec)) {
+            setf(err, errlen, "pod.spec is not an object");
+            goto fail;
+        }
+        if (spec) {
+            if (get_string(spec, "nodeName", "pod.spec", true, &obj->node_name, err, errlen) != 0) goto fail;
+        } else if (!(obj->node_name = strdup(""))) {
+            setf(err, errlen, "out of memory");
+            goto fail;
+        }
+        if (get_owner(meta, obj, where, err, errlen) != 0) goto fail;
+    }
+    if (!obj->name[0]) {
+        setf(err, errlen, "%s.metadata.name is empty", where);
+        goto fail;
+    }
+    if (get_pairs(meta, "labels", NULL, &obj->labels, &obj->nlabels, where, err, errlen) != 0 ||
+        get_pairs(meta, "annotations", ANNOTATION_PREFIX, &obj->annotations, &obj->nannotations, where, err,
+                  errlen) != 0)
+        goto fail;
+    return 0;
+fail:
+    kube_object_free(obj);
+    return -1;
+}
+
+static json_t *load(const char *text, size_t len, size_t max, const char *what, char *err, size_t errlen)
+{
+    if (len > max) {
+        setf(err, errlen, "%s of %zu bytes is larger than the %zu bytes accepted", what, len, max);
+        return NULL;
+    }
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) setf(err, errlen, "%s is not valid JSON: %s at byte %d", what, jerr.text, jerr.position);
+    return root;
+}
+
+int kube_parse_event(const char *text, size_t len, enum kube_kind kind, struct kube_event *ev, char *err,
+                     size_t errlen)
+{
+    memset(ev, 0, sizeof *ev);
+    json_t *root = load(text, len, KUBE_MAX_EVENT_BYTES, "a watch event", err, errlen);
+    if (!root) return -1;
+    int rc = -1;
+    const json_t *type = json_object_get(root, "type");
+    const json_t *object = json_object_get(root, "object");
+    if (!json_is_object(root) || !json_is_string(type) || !json_is_object(object)) {
+        setf(err, errlen, "a watch event must be an object with a string \"type\" and an object \"object\"");
+        goto out;
+    }
+    const char *t = json_string_value(type);
+    if (strcmp(t, "ERROR") == 0) {
+        /* The object is a Status: {"kind":"Status","code":410,"message":…}. */
+        ev->type = KUBE_EVENT_ERROR;
+        const json_t *code = json_object_get(object, "code");
+        const json_t *message = json_object_get(object, "message");
+        ev->code = json_is_integer(code) ? (long)json_integer_value(code) : 0;
+        snprintf(ev->message, sizeof ev->message, "%s", json_is_string(message) ? json_string_value(message) : "");
+        rc = 0;
+        goto out;
+    }
+    if (strcmp(t, "ADDED") == 0) ev->type = KUBE_EVENT_ADDED;
+    else if (strcmp(t, "MODIFIED") == 0) ev->type = KUBE_EVENT_MODIFIED;
+    else if (strcmp(t, "DELETED") == 0) ev->type = KUBE_EVENT_DELETED;
+    else if (strcmp(t, "BOOKMARK") == 0) ev->type = KUBE_EVENT_BOOKMARK;
+    else {
+        setf(err, errlen, "unknown watch event type \"%.32s\"", t);
+        goto out;
+    }
+    if (ev->type == KUBE_EVENT_BOOKMARK) {
+        /* A bookmark carries only metadata.resourceVersion. */
+        const json_t *meta = json_object_get(object, "metadata");
+        if (!json_is_object(meta) ||
+            get_string(meta, "resourceVersion", "bookmark.metadata", false, &ev->resource_version, err, errlen) != 0) {
+            if (!json_is_object(meta)) setf(err, errlen, "a BOOKMARK event has no metadata");
+            goto out;
+        }
+        rc = 0;
+        goto out;
+    }
+    if (parse_object(object, kind, &ev->object, err, errlen) != 0) goto out;
+    if (!(ev->resource_version = strdup(ev->object.resource_version))) {
+        setf(err, errlen, "out of memory");
+        kube_object_free(&ev->object);
+        goto out;
+    }
+    rc = 0;
+out:
+    json_decref(root);
+    if (rc != 0) kube_event_free(ev);
+    return rc;
+}
+
+int kube_parse_list(const char *text, size_t len, enum kube_kind kind, struct kube_list *list, char *err,
+                    size_t errlen)
+{
+    memset(list, 0, sizeof *list);
+    json_t *root = load(text, len, KUBE_MAX_LIST_BYTES, "a list answer", err, errlen);
+    if (!root) return -1;
+    int rc = -1;
+    const json_t *meta = json_object_get(root, "metadata");
+    const json_t *items = json_object_get(root, "items");
+    if (!json_is_object(root) || !json_is_object(meta) || !(json_is_array(items) || json_is_null(items))) {
+        setf(err, errlen, "a list answer must be an object with \"metadata\" and a list \"items\"");
+        goto out;
+    }
+    if (get_string(meta, "resourceVersion", "list.metadata", false, &list->resource_version, err, errlen) != 0)
+        goto out;
+    const json_t *cont = json_object_get(meta, "continue");
+    if (cont && json_is_string(cont) && json_string_length(cont)) {
+        if (!(list->continue_token = strdup(json_string_value(cont)))) {
+            setf(err, errlen, "out of memory");
+            goto out;
+        }
+    } else if (cont && !json_is_string(cont) && !json_is_null(cont)) {
+        setf(err, errlen, "list.metadata.continue is not a string");
+        goto out;
+    }
+    size_t n = json_is_array(items) ? json_array_size(items) : 0;
+    if (n > KUBE_CACHE_MAX_OBJECTS) {
+        setf(err, errlen, "the list has %zu items, more than the %d accepted", n, KUBE_CACHE_MAX_OBJECTS);
+        goto out;
+    }
+    if (n && !(list->items = calloc(n, sizeof *list->items))) {
+        setf(err, errlen, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char inner[256];
+        if (parse_object(json_array_get(items, i), kind, &list->items[i], inner, sizeof inner) != 0) {
+            setf(err, errlen, "list item %zu: %s", i, inner);
+            goto out;
+        }
+        list->count++;
+    }
+    rc = 0;
+out:
+    json_decref(root);
+    if (rc != 0) kube_list_free(list);
+    return rc;
+}

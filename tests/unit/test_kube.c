@@ -1,0 +1,388 @@
+/*
+ * test_kube — the API server's answers as object.c reads them (events,
+ * lists, the reductions it makes, and every kind of malformed input it
+ * refuses with a reason), the cache's rules (deleted pods kept, uid checks,
+ * relists), and the credentials auth.c finds (kubeconfig current context,
+ * inline -data, relative paths, refused plugins; in cluster with a token
+ * that rotates).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "kube/kube.h"
+#include "log/log.h"
+
+static const char pod_event[] =
+    "{\"type\":\"ADDED\",\"object\":{\"kind\":\"Pod\",\"apiVersion\":\"v1\",\"metadata\":{\"name\":\"web-1\","
+    "\"namespace\":\"shop\",\"uid\":\"u-1\",\"resourceVersion\":\"42\",\"labels\":{\"app\":\"web\","
+    "\"pod-template-hash\":\"abc\"},\"annotations\":{\"loglet.io/exclude\":\"true\",\"kubectl.kubernetes.io/"
+    "last-applied-configuration\":\"{...}\"},\"ownerReferences\":[{\"kind\":\"Node\",\"name\":\"n\"},"
+    "{\"kind\":\"ReplicaSet\",\"name\":\"web-abc\",\"controller\":true}]},\"spec\":{\"nodeName\":\"node-a\"}}}";
+
+static void test_event_is_reduced_to_what_labels_need(void **state)
+{
+    (void)state;
+    struct kube_event ev;
+    char err[256];
+    assert_int_equal(kube_parse_event(pod_event, strlen(pod_event), KUBE_POD, &ev, err, sizeof err), 0);
+    assert_int_equal(ev.type, KUBE_EVENT_ADDED);
+    assert_string_equal(ev.resource_version, "42");
+    assert_string_equal(ev.object.namespace_, "shop");
+    assert_string_equal(ev.object.name, "web-1");
+    assert_string_equal(ev.object.uid, "u-1");
+    assert_string_equal(ev.object.node_name, "node-a");
+    assert_string_equal(kube_object_label(&ev.object, "app"), "web");
+    assert_int_equal(ev.object.nlabels, 2);
+    assert_int_equal(ev.object.nannotations, 1); /* only loglet.io/ ones are kept */
+    assert_string_equal(kube_object_annotation(&ev.object, "loglet.io/exclude"), "true");
+    assert_null(kube_object_annotation(&ev.object, "kubectl.kubernetes.io/last-applied-configuration"));
+    assert_string_equal(ev.object.owner_kind, "ReplicaSet"); /* the controller, not the first reference */
+    assert_string_equal(ev.object.owner_name, "web-abc");
+    kube_event_free(&ev);
+}
+
+static void test_bookmark_and_error_events(void **state)
+{
+    (void)state;
+    struct kube_event ev;
+    char err[256];
+    const char *bm = "{\"type\":\"BOOKMARK\",\"object\":{\"kind\":\"Pod\",\"metadata\":{\"resourceVersion\":\"77\"}}}";
+    assert_int_equal(kube_parse_event(bm, strlen(bm), KUBE_POD, &ev, err, sizeof err), 0);
+    assert_int_equal(ev.type, KUBE_EVENT_BOOKMARK);
+    assert_string_equal(ev.resource_version, "77");
+    kube_event_free(&ev);
+    const char *gone = "{\"type\":\"ERROR\",\"object\":{\"kind\":\"Status\",\"code\":410,\"message\":\"too old\"}}";
+    assert_int_equal(kube_parse_event(gone, strlen(gone), KUBE_POD, &ev, err, sizeof err), 0);
+    assert_int_equal(ev.type, KUBE_EVENT_ERROR);
+    assert_int_equal(ev.code, 410);
+    assert_string_equal(ev.message, "too old");
+    kube_event_free(&ev);
+}
+
+static void expect_refused(const char *text, size_t len, const char *reason)
+{
+    struct kube_event ev;
+    char err[256] = "";
+    assert_int_equal(kube_parse_event(text, len, KUBE_POD, &ev, err, sizeof err), -1);
+    if (!strstr(err, reason)) fail_msg("for %.80s: expected '%s' in '%s'", text, reason, err);
+    assert_null(ev.object.name);
+}
+
+static void test_malformed_events_are_refused_with_a_reason(void **state)
+{
+    (void)state;
+#define REFUSED(t, r) expect_refused(t, strlen(t), r)
+    REFUSED("", "not valid JSON");
+    REFUSED("{\"type\":\"ADDED\",\"object\":{\"metadata\": nonsense", "not valid JSON");
+    REFUSED("[1,2]", "must be an object");
+    REFUSED("{\"type\":\"ADDED\"}", "must be an object");
+    REFUSED("{\"type\":\"RENAMED\",\"object\":{}}", "unknown watch event type");
+    REFUSED("{\"type\":\"ADDED\",\"object\":{}}", "pod.metadata is missing");
+    REFUSED("{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":7,\"namespace\":\"a\"}}}", "pod.metadata.name is not a string");
+    REFUSED("{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"p\"}}}", "pod.metadata.namespace is missing");
+    REFUSED("{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"\",\"namespace\":\"a\"}}}", "name is empty");
+    REFUSED("{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"p\",\"namespace\":\"a\",\"labels\":[]}}}",
+            "labels is not an object");
+    REFUSED("{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"p\",\"namespace\":\"a\",\"labels\":{\"x\":1}}}}",
+            "is not a string");
+    REFUSED("{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"p\",\"namespace\":\"a\",\"ownerReferences\":"
+            "[{\"kind\":\"Job\",\"controller\":true}]}}}", "ownerReferences[0].name is missing");
+    REFUSED("{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"p\",\"namespace\":\"a\"},\"spec\":\"x\"}}",
+            "pod.spec is not an object");
+    REFUSED("{\"type\":\"ADDED\",\"type\":\"DELETED\",\"object\":{}}", "not valid JSON"); /* duplicate key */
+    REFUSED("{\"type\":\"BOOKMARK\",\"object\":{}}", "BOOKMARK");
+    /* A NUL inside a string, and bytes after the value. */
+    expect_refused("{\"type\":\"ADD\0ED\",\"object\":{}}", 28, "not valid JSON");
+    REFUSED("{\"type\":\"ADDED\",\"object\":{}} trailing", "not valid JSON");
+    /* Too many labels. */
+    char *many = malloc(64 * 1024);
+    int n = sprintf(many, "{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"p\",\"namespace\":\"a\",\"labels\":{");
+    for (int i = 0; i <= KUBE_MAX_PAIRS; i++) n += sprintf(many + n, "%s\"k%d\":\"v\"", i ? "," : "", i);
+    sprintf(many + n, "}}}}");
+    REFUSED(many, "more than 256 entries");
+    free(many);
+    /* Oversized as a whole: refused before parsing. */
+    size_t big = KUBE_MAX_EVENT_BYTES + 1;
+    char *huge = malloc(big);
+    memset(huge, ' ', big);
+    expect_refused(huge, big, "larger than");
+    free(huge);
+#undef REFUSED
+}
+
+static void test_list_with_continue_and_a_bad_item(void **state)
+{
+    (void)state;
+    struct kube_list list;
+    char err[256];
+    const char *ok = "{\"kind\":\"PodList\",\"metadata\":{\"resourceVersion\":\"9\",\"continue\":\"tok\"},\"items\":["
+                     "{\"metadata\":{\"name\":\"a\",\"namespace\":\"n\"}},{\"metadata\":{\"name\":\"b\",\"namespace\":\"n\"}}]}";
+    assert_int_equal(kube_parse_list(ok, strlen(ok), KUBE_POD, &list, err, sizeof err), 0);
+    assert_int_equal(list.count, 2);
+    assert_string_equal(list.items[1].name, "b");
+    assert_string_equal(list.resource_version, "9");
+    assert_string_equal(list.continue_token, "tok");
+    kube_list_free(&list);
+    const char *last = "{\"metadata\":{\"resourceVersion\":\"9\",\"continue\":\"\"},\"items\":null}";
+    assert_int_equal(kube_parse_list(last, strlen(last), KUBE_POD, &list, err, sizeof err), 0);
+    assert_null(list.continue_token);
+    assert_int_equal(list.count, 0);
+    kube_list_free(&list);
+    const char *bad = "{\"metadata\":{\"resourceVersion\":\"9\"},\"items\":[{\"metadata\":{\"name\":\"a\",\"namespace\":\"n\"}},7]}";
+    assert_int_equal(kube_parse_list(bad, strlen(bad), KUBE_POD, &list, err, sizeof err), -1);
+    assert_non_null(strstr(err, "list item 1"));
+    const char *ns = "{\"metadata\":{\"resourceVersion\":\"3\"},\"items\":[{\"metadata\":{\"name\":\"quiet\","
+                     "\"annotations\":{\"loglet.io/exclude\":\"true\"}}}]}";
+    assert_int_equal(kube_parse_list(ns, strlen(ns), KUBE_NAMESPACE, &list, err, sizeof err), 0);
+    assert_string_equal(kube_object_annotation(&list.items[0], "loglet.io/exclude"), "true");
+    assert_null(list.items[0].namespace_);
+    kube_list_free(&list);
+}
+
+static struct kube_event event_for(enum kube_event_type type, const char *name, const char *uid, const char *app)
+{
+    char text[512];
+    snprintf(text, sizeof text,
+             "{\"type\":\"%s\",\"object\":{\"metadata\":{\"name\":\"%s\",\"namespace\":\"ns\",\"uid\":\"%s\","
+             "\"resourceVersion\":\"1\",\"labels\":{\"app\":\"%s\"}}}}",
+             type == KUBE_EVENT_ADDED ? "ADDED" : type == KUBE_EVENT_MODIFIED ? "MODIFIED" : "DELETED", name, uid, app);
+    struct kube_event ev;
+    char err[256];
+    if (kube_parse_event(text, strlen(text), KUBE_POD, &ev, err, sizeof err) != 0) fail_msg("%s", err);
+    return ev;
+}
+
+static const char *app_of(struct kube_cache *cache, const char *name, const char *uid)
+{
+    static char out[64];
+    pthread_mutex_lock(&cache->lock);
+    const struct kube_entry *e = kube_cache_pod_locked(cache, "ns", name, uid);
+    snprintf(out, sizeof out, "%s%s", e ? kube_object_label(&e->object, "app") : "(none)",
+             e && e->deleted_ms ? " deleted" : "");
+    pthread_mutex_unlock(&cache->lock);
+    return out;
+}
+
+static void test_cache_keeps_deleted_pods_checks_uids_and_relists(void **state)
+{
+    (void)state;
+    struct kube_cache cache;
+    kube_cache_init(&cache);
+    uint64_t g0 = kube_cache_generation(&cache);
+    struct kube_event ev = event_for(KUBE_EVENT_ADDED, "a", "u1", "one");
+    kube_cache_apply(&cache, &ev);
+    kube_event_free(&ev);
+    assert_true(kube_cache_generation(&cache) > g0);
+    assert_string_equal(app_of(&cache, "a", "u1"), "one");
+    assert_string_equal(app_of(&cache, "a", ""), "one");
+    assert_string_equal(app_of(&cache, "a", "u2"), "(none)"); /* same name, another pod */
+    uint64_t before = kube_cache_generation(&cache);
+    ev = event_for(KUBE_EVENT_MODIFIED, "a", "u1", "two");
+    kube_cache_apply(&cache, &ev);
+    kube_event_free(&ev);
+    assert_string_equal(app_of(&cache, "a", "u1"), "two");
+    /* The entry says when it changed: after `before`, and as of the generation now. */
+    pthread_mutex_lock(&cache.lock);
+    const struct kube_entry *changed = kube_cache_pod_locked(&cache, "ns", "a", "u1");
+    assert_true(changed->changed_gen > before);
+    assert_int_equal(changed->changed_gen, kube_cache_generation(&cache));
+    pthread_mutex_unlock(&cache.lock);
+    ev = event_for(KUBE_EVENT_DELETED, "a", "u1", "two");
+    kube_cache_apply(&cache, &ev);
+    kube_event_free(&ev);
+    assert_string_equal(app_of(&cache, "a", "u1"), "two deleted"); /* kept while its files drain */
+    ev = event_for(KUBE_EVENT_DELETED, "never-seen", "u9", "x");
+    kube_cache_apply(&cache, &ev);
+    kube_event_free(&ev);
+    assert_string_equal(app_of(&cache, "never-seen", ""), "(none)");
+
+    ev = event_for(KUBE_EVENT_ADDED, "b", "ub", "bee");
+    kube_cache_apply(&cache, &ev);
+    kube_event_free(&ev);
+    /* A relist without b: b was deleted while we were not watching. */
+    struct kube_list list;
+    char err[256];
+    const char *text = "{\"metadata\":{\"resourceVersion\":\"5\"},\"items\":[{\"metadata\":{\"name\":\"c\","
+                       "\"namespace\":\"ns\",\"labels\":{\"app\":\"sea\"}}}]}";
+    assert_int_equal(kube_parse_list(text, strlen(text), KUBE_POD, &list, err, sizeof err), 0);
+    assert_false(atomic_load(&cache.pods_synced));
+    kube_cache_replace(&cache, KUBE_POD, &list);
+    kube_list_free(&list);
+    assert_true(atomic_load(&cache.pods_synced));
+    assert_string_equal(app_of(&cache, "b", ""), "bee deleted");
+    assert_string_equal(app_of(&cache, "c", ""), "sea");
+    assert_int_equal(cache.npods, 3);
+    kube_cache_free(&cache);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Credentials                                                              */
+
+static char dir[64];
+
+static void write_file(const char *name, const char *text)
+{
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static int make_dir(void **state)
+{
+    (void)state;
+    snprintf(dir, sizeof dir, "/tmp/test_kube.XXXXXX");
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+static int remove_dir(void **state)
+{
+    (void)state;
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static int load(const char *kubeconfig, struct kube_auth *auth, char *err, size_t errlen)
+{
+    write_file("config", kubeconfig);
+    char path[256];
+    snprintf(path, sizeof path, "%s/config", dir);
+    return kube_auth_kubeconfig(path, auth, err, errlen);
+}
+
+#define KC_HEAD                                                                                             \
+    "apiVersion: v1\ncurrent-context: b\ncontexts:\n- name: a\n  context: {cluster: ca, user: ua}\n"        \
+    "- name: b\n  context: {cluster: cb, user: ub}\nclusters:\n- name: ca\n  cluster: {server: https://a}\n" \
+    "- name: cb\n  cluster:\n    server: https://10.0.0.1:6443/\n"
+
+static void test_kubeconfig_current_context(void **state)
+{
+    (void)state;
+    struct kube_auth auth;
+    char err[512];
+    write_file("ca.pem", "not really a CA\n");
+    write_file("tok", "file-token\n");
+    /* "aGVsbG8=" is base64 for "hello". */
+    assert_int_equal(load(KC_HEAD "    certificate-authority: ca.pem\nusers:\n- name: ua\n  user: {token: wrong}\n"
+                          "- name: ub\n  user:\n    client-certificate-data: aGVsbG8=\n    client-key-data: aGVsbG8\n"
+                          "    tokenFile: tok\n",
+                          &auth, err, sizeof err),
+                     0);
+    assert_string_equal(auth.server, "https://10.0.0.1:6443");
+    char want[256];
+    snprintf(want, sizeof want, "%s/ca.pem", dir);
+    assert_string_equal(auth.ca_file, want);
+    assert_int_equal(auth.cert_len, 5);
+    assert_memory_equal(auth.cert_data, "hello", 5);
+    assert_int_equal(auth.key_len, 5); /* padding is optional */
+    char header[256];
+    kube_auth_header(&auth, header, sizeof header);
+    assert_string_equal(header, "Authorization: Bearer file-token");
+    kube_auth_free(&auth);
+
+    assert_int_equal(load(KC_HEAD "users:\n- name: ub\n  user: {token: static}\n", &auth, err, sizeof err), 0);
+    kube_auth_header(&auth, header, sizeof header);
+    assert_string_equal(header, "Authorization: Bearer static");
+    assert_null(auth.ca_file);
+    kube_auth_free(&auth);
+}
+
+static void expect_kubeconfig_error(const char *text, const char *reason)
+{
+    struct kube_auth auth;
+    char err[512] = "";
+    assert_int_equal(load(text, &auth, err, sizeof err), -1);
+    if (!strstr(err, reason)) fail_msg("expected '%s' in '%s'", reason, err);
+    assert_non_null(strstr(err, "kubeconfig "));
+}
+
+static void test_broken_kubeconfigs_say_what_is_wrong(void **state)
+{
+    (void)state;
+    expect_kubeconfig_error("{{{", "YAML error");
+    expect_kubeconfig_error("- a list\n", "not a mapping");
+    expect_kubeconfig_error("apiVersion: v1\n", "no current-context");
+    expect_kubeconfig_error("current-context: x\ncontexts: []\n", "current-context \"x\" is not among its contexts");
+    expect_kubeconfig_error(KC_HEAD "users: []\n", "user \"ub\" not found");
+    expect_kubeconfig_error("current-context: b\ncontexts:\n- name: b\n  context: {cluster: nope}\n", "cluster \"nope\" not found");
+    expect_kubeconfig_error(KC_HEAD "users:\n- name: ub\n  user:\n    exec: {command: aws}\n", "credential plugin");
+    expect_kubeconfig_error(KC_HEAD "    certificate-authority-data: '!!!'\nusers:\n- name: ub\n  user: {}\n", "not base64");
+    expect_kubeconfig_error(KC_HEAD "    certificate-authority: /nonexistent/ca\nusers:\n- name: ub\n  user: {}\n",
+                            "cannot be read");
+    expect_kubeconfig_error(KC_HEAD "users:\n- name: ub\n  user: {client-certificate-data: aGVsbG8=}\n",
+                            "must be given together");
+    expect_kubeconfig_error("current-context: b\ncontexts:\n- name: b\n  context: {cluster: c}\nclusters:\n- name: c\n"
+                            "  cluster: {server: ftp://x}\n",
+                            "must be an http:// or https:// URL");
+}
+
+static void test_in_cluster_token_rotates(void **state)
+{
+    (void)state;
+    struct kube_auth auth;
+    char err[512];
+    unsetenv("KUBERNETES_SERVICE_HOST");
+    assert_int_equal(kube_auth_in_cluster(dir, &auth, err, sizeof err), 1); /* not in a cluster */
+    setenv("KUBERNETES_SERVICE_HOST", "fd00::1", 1);
+    setenv("KUBERNETES_SERVICE_PORT", "443", 1);
+    char tok[256];
+    snprintf(tok, sizeof tok, "%s/token", dir);
+    unlink(tok);
+    write_file("ca.crt", "ca\n");
+    assert_int_equal(kube_auth_in_cluster(dir, &auth, err, sizeof err), -1);
+    assert_non_null(strstr(err, "cannot read the token"));
+    write_file("token", "\n");
+    assert_int_equal(kube_auth_in_cluster(dir, &auth, err, sizeof err), -1);
+    assert_non_null(strstr(err, "is empty"));
+    write_file("token", "t-1\n");
+    assert_int_equal(kube_auth_in_cluster(dir, &auth, err, sizeof err), 0);
+    assert_string_equal(auth.server, "https://[fd00::1]:443");
+    char header[256];
+    kube_auth_header(&auth, header, sizeof header);
+    assert_string_equal(header, "Authorization: Bearer t-1");
+    /* The kubelet swaps in a new file: seen without a 401. */
+    write_file("token.new", "t-2-longer\n");
+    char from[256];
+    snprintf(from, sizeof from, "%s/token.new", dir);
+    assert_int_equal(rename(from, tok), 0);
+    kube_auth_refresh_token(&auth, false);
+    kube_auth_header(&auth, header, sizeof header);
+    assert_string_equal(header, "Authorization: Bearer t-2-longer");
+    /* Emptied: the last good token stays. */
+    write_file("token", "");
+    kube_auth_refresh_token(&auth, true);
+    kube_auth_header(&auth, header, sizeof header);
+    assert_string_equal(header, "Authorization: Bearer t-2-longer");
+    kube_auth_free(&auth);
+    unsetenv("KUBERNETES_SERVICE_HOST");
+    unsetenv("KUBERNETES_SERVICE_PORT");
+}
+
+int main(void)
+{
+    log_setup(LOG_LEVEL_ERROR, LOG_FORMAT_LOGFMT);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_event_is_reduced_to_what_labels_need),
+        cmocka_unit_test(test_bookmark_and_error_events),
+        cmocka_unit_test(test_malformed_events_are_refused_with_a_reason),
+        cmocka_unit_test(test_list_with_continue_and_a_bad_item),
+        cmocka_unit_test(test_cache_keeps_deleted_pods_checks_uids_and_relists),
+        cmocka_unit_test(test_kubeconfig_current_context),
+        cmocka_unit_test(test_broken_kubeconfigs_say_what_is_wrong),
+        cmocka_unit_test(test_in_cluster_token_rotates),
+    };
+    return cmocka_run_group_tests(tests, make_dir, remove_dir);
+}
