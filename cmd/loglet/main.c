@@ -10,11 +10,14 @@
 #include <string.h>
 #include <time.h>
 
+#include "api/api.h"
+#include "api/tail_cli.h"
 #include "collector/collector.h"
 #include "config/config.h"
 #include "httpd/httpd.h"
 #include "log/log.h"
 #include "metrics/metrics.h"
+#include "output/livetail.h"
 #include "output/output.h"
 #include "ring/ring.h"
 
@@ -30,6 +33,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: loglet [-config FILE] [-check-config] [-version] [-help]\n"
+            "       loglet tail [flags]   (the node's container logs from the agent's API; tail -h)\n"
             "\n"
             "Tails Kubernetes container logs (/var/log/containers/*.log) and ships each line,\n"
             "labelled with namespace, pod and container, to Grafana Loki; prints them to\n"
@@ -82,6 +86,8 @@ struct agent {
     struct collector *collector;
     struct output *output;
     struct httpd *httpd;
+    struct livetail *livetail;
+    struct api *api;
 };
 
 static int probe_healthy(void *ctx, char *reason, size_t len)
@@ -141,6 +147,17 @@ static int start(struct agent *agent, char *err, size_t errlen)
     if (!agent->output) return -1;
     agent->collector = collector_create(cfg, agent->ring, err, errlen);
     if (!agent->collector) return -1;
+    if (cfg->server.api.socket[0] || cfg->server.api.listen_address[0]) {
+        agent->livetail = livetail_create((size_t)cfg->server.api.max_subscribers,
+                                          (size_t)cfg->server.api.subscriber_buffer_bytes);
+        if (!agent->livetail) {
+            snprintf(err, errlen, "cannot allocate the live tail");
+            return -1;
+        }
+        agent->api = api_start(cfg, agent->livetail, err, errlen);
+        if (!agent->api && err[0]) return -1;
+        if (agent->api) output_set_livetail(agent->output, agent->livetail);
+    }
 
     struct httpd_options http = {
         .address = cfg->server.http_listen_address,
@@ -162,6 +179,8 @@ static int start(struct agent *agent, char *err, size_t errlen)
 static int stop(struct agent *agent)
 {
     int rc = 0;
+    api_stop(agent->api); /* followers end first: they only read */
+    agent->api = NULL;
     if (agent->collector) collector_stop(agent->collector);
     if (agent->ring) ring_close(agent->ring);
     if (agent->output && output_finish(agent->output, agent->cfg.output.shutdown_grace_ms) != 0) {
@@ -174,6 +193,7 @@ static int stop(struct agent *agent)
     if (agent->httpd) httpd_stop(agent->httpd);
     collector_destroy(agent->collector);
     output_destroy(agent->output);
+    livetail_destroy(agent->livetail);
     ring_destroy(agent->ring);
     return rc;
 }
@@ -194,6 +214,10 @@ static int wait_for_signal(const sigset_t *signals)
 
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "tail") == 0) {
+        signal(SIGPIPE, SIG_IGN);
+        return api_tail_main(argc - 1, argv + 1);
+    }
     struct options opts = {0};
     int flags = parse_flags(argc, argv, &opts);
     if (flags != 0) return flags < 0 ? 2 : 0;

@@ -46,6 +46,7 @@ struct history_container {
     bool has_pending, done_all;
     struct history_line pending;
     int64_t last_ts;
+    size_t index; /* in the scan */
 };
 
 struct history {
@@ -194,6 +195,7 @@ static int add_container(struct history *h, const char *dir, const struct parser
         container_free(c);
         return -1;
     }
+    c->index = h->n;
     h->c[h->n++] = c;
     return 0;
 }
@@ -243,6 +245,8 @@ struct history_container *history_at(struct history *h, size_t i) { return i < h
 const struct parser_path_meta *history_meta(const struct history_container *c) { return &c->meta; }
 const char *history_dir(const struct history_container *c) { return c->dir; }
 uint64_t history_lines(const struct history_container *c) { return c->number; }
+void history_set_lines(struct history_container *c, uint64_t n) { c->number = n; }
+size_t history_index(const struct history_container *c) { return c->index; }
 
 bool history_end(const struct history_container *c, dev_t *dev, ino_t *ino, uint64_t *offset)
 {

@@ -59,6 +59,8 @@ int history_next(struct history *h, struct history_container **c, struct history
                  size_t errlen);
 /* Lines numbered so far in container c (after a full pass: all of them). */
 uint64_t history_lines(const struct history_container *c);
+void history_set_lines(struct history_container *c, uint64_t n);
+size_t history_index(const struct history_container *c);
 
 /* Where c's last file was left: its identity and the offset after its last
  * complete line. false when c had no file open. */

@@ -1,0 +1,29 @@
+/*
+ * request — one logs API request, served on its own thread: head, auth,
+ * routing, history, follow (see api.h for what the client sees).
+ */
+#ifndef LOGLET_API_REQUEST_H
+#define LOGLET_API_REQUEST_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "config/config.h"
+#include "output/livetail.h"
+
+struct api_request_env {
+    const struct config *cfg;
+    struct livetail *hub;
+    atomic_bool *stop;
+    bool tcp; /* needs the bearer token */
+};
+
+/* Serves one connection to its end; the caller closes fd. */
+void api_request_serve(const struct api_request_env *env, int fd);
+
+/* Reads the token file (surrounding whitespace trimmed) into buf (NULL:
+ * only check it). 0, or -1 with `why` (unreadable, empty, too long). */
+int api_token_load(const char *path, char *buf, size_t cap, char *why, size_t whylen);
+
+#endif
