@@ -185,6 +185,7 @@ static int add_container(struct history *h, const char *dir, const struct parser
         return -1;
     }
     c->fd = -1;
+    c->stop_at = UINT64_MAX;
     c->meta = *meta;
     c->line_cap = h->max_line;
     c->dir = strdup(dir);
