@@ -44,6 +44,8 @@ struct api {
     int ufd, tfd, tcp_port;
     int wake_rd, wake_wr;
     char *socket_path; /* the one we created, to unlink at stop */
+    dev_t sock_dev;
+    ino_t sock_ino;
     atomic_bool stop;
     pthread_t thread;
     bool thread_started;
@@ -186,6 +188,14 @@ static int listen_unix(const char *path, char *err, size_t errlen)
             snprintf(err, errlen, "%s exists and is not a socket", path);
             return -1;
         }
+        /* Only a dead agent's socket is stale: never take a live one's. */
+        int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        bool live = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0;
+        if (probe >= 0) close_fd(probe);
+        if (live) {
+            snprintf(err, errlen, "%s is in use by another process", path);
+            return -1;
+        }
         if (unlink(path) != 0) {
             snprintf(err, errlen, "cannot remove the stale socket %s: %s", path, strerror(errno));
             return -1;
@@ -263,7 +273,9 @@ void api_stop(struct api *api)
     close_fd(api->tfd);
     close_fd(api->wake_rd);
     close_fd(api->wake_wr);
-    if (api->socket_path && unlink(api->socket_path) != 0 && errno != ENOENT)
+    struct stat st;
+    if (api->socket_path && lstat(api->socket_path, &st) == 0 && st.st_dev == api->sock_dev &&
+        st.st_ino == api->sock_ino && unlink(api->socket_path) != 0 && errno != ENOENT)
         log_warn("api: cannot remove %s: %s", api->socket_path, strerror(errno));
     free(api->socket_path);
     free(api->slots);
@@ -318,6 +330,11 @@ struct api *api_start(const struct config *cfg, struct livetail *hub, char *err,
             log_warn("logs API socket disabled: %s (set server.api.socket, or mount a writable directory there)", why);
         } else {
             api->socket_path = strdup(sock);
+            struct stat st;
+            if (lstat(sock, &st) == 0) {
+                api->sock_dev = st.st_dev;
+                api->sock_ino = st.st_ino;
+            }
             log_info("logs API on unix:%s", sock);
         }
     }
