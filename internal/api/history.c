@@ -47,6 +47,10 @@ struct history_container {
     struct history_line pending;
     int64_t last_ts;
     size_t index; /* in the scan */
+    /* Plain files read to their end before the last one, so a follower
+     * can skip what the collector still delivers of them. */
+    struct history_file_end *read_files;
+    size_t nread, capread;
 };
 
 struct history {
@@ -162,6 +166,7 @@ static void container_free(struct history_container *c)
     free(c->buf);
     free(c->line);
     free(c->scratch);
+    free(c->read_files);
     free(c);
 }
 
@@ -249,6 +254,12 @@ uint64_t history_lines(const struct history_container *c) { return c->number; }
 void history_set_lines(struct history_container *c, uint64_t n) { c->number = n; }
 size_t history_index(const struct history_container *c) { return c->index; }
 
+size_t history_read_files(const struct history_container *c, const struct history_file_end **files)
+{
+    *files = c->read_files;
+    return c->nread;
+}
+
 bool history_end(const struct history_container *c, dev_t *dev, ino_t *ino, uint64_t *offset)
 {
     if (c->fd < 0 || !c->is_last) return false;
@@ -259,6 +270,19 @@ bool history_end(const struct history_container *c, dev_t *dev, ino_t *ino, uint
 }
 
 /* --- reading ------------------------------------------------------------ */
+
+static void remember_read(struct history_container *c)
+{
+    if (c->fd < 0 || c->gz) return;
+    if (c->nread == c->capread) {
+        size_t cap = c->capread ? c->capread * 2 : 8;
+        struct history_file_end *g = realloc(c->read_files, cap * sizeof *g);
+        if (!g) return; /* only costs a follower duplicates of this file */
+        c->read_files = g;
+        c->capread = cap;
+    }
+    c->read_files[c->nread++] = (struct history_file_end){c->dev, c->ino, c->done};
+}
 
 static void close_file(struct history_container *c)
 {
@@ -271,6 +295,7 @@ static void close_file(struct history_container *c)
 /* Opens the next listed file that can be opened; false when none is left. */
 static bool open_next(struct history_container *c)
 {
+    remember_read(c);
     close_file(c);
     while (c->next_file < c->nfiles) {
         const char *path = c->files[c->next_file++];
@@ -421,6 +446,7 @@ void history_rewind(struct history *h, const uint64_t *stop_at)
     for (size_t i = 0; i < h->n; i++) {
         struct history_container *c = h->c[i];
         close_file(c);
+        c->nread = 0;
         c->next_file = 0;
         c->number = 0;
         c->last_ts = 0;

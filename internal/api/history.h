@@ -65,6 +65,13 @@ size_t history_index(const struct history_container *c);
 /* Where c's last file was left: its identity and the offset after its last
  * complete line. false when c had no file open. */
 bool history_end(const struct history_container *c, dev_t *dev, ino_t *ino, uint64_t *offset);
+/* The plain files before the last one that the pass read to their end. */
+struct history_file_end {
+    dev_t dev;
+    ino_t ino;
+    uint64_t done;
+};
+size_t history_read_files(const struct history_container *c, const struct history_file_end **files);
 /* Reads c's last file from its end offset up to `to`, yielding each line as
  * history_next() would (numbering on); returns lines yielded or -1. */
 long history_read_on(struct history_container *c, uint64_t to,

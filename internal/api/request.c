@@ -425,7 +425,10 @@ static int follow_entry(struct follow_state *fs, const struct livetail_entry *e,
         f->ino = src->ino;
         f->number = num;
         f->started = true;
-        f->next_seq = e->first_seq;
+        /* Not in the history, so opened after it was read: every record of it
+         * went out after this follower subscribed, and those before this
+         * entry were missed (the live tail numbers a source's records from 0). */
+        f->next_seq = 0;
     }
     uint64_t end_seq = e->first_seq + e->records;
     if (!f->started) {
@@ -433,6 +436,9 @@ static int follow_entry(struct follow_state *fs, const struct livetail_entry *e,
             f->next_seq = end_seq;
             return 0;
         }
+        if (!f->hc) f->started = true; /* a rotated file that grew after the history read it: rare */
+    }
+    if (!f->started) {
         history_set_lines(f->hc, *f->number);
         if (history_read_on(f->hc, e->end_offset, emit_read_on, fs->lg, err, errlen) < 0) return -1;
         *f->number = history_lines(f->hc);
@@ -486,6 +492,16 @@ static int follow(struct logs *lg, struct history *h, struct livetail_sub *sub, 
             goto done;
         }
         *f = (struct followed){dev, ino, off, 0, true, false, c, num};
+        const struct history_file_end *done;
+        size_t nd = history_read_files(c, &done);
+        for (size_t k = 0; k < nd; k++) {
+            if (!(f = followed_add(&fs))) {
+                snprintf(err, errlen, "out of memory");
+                rc = -1;
+                goto done;
+            }
+            *f = (struct followed){done[k].dev, done[k].ino, done[k].done, 0, true, false, NULL, num};
+        }
     }
     while (!lg->limit_hit && !lg->o->failed && !atomic_load(lg->env->stop)) {
         uint64_t missed = livetail_take_missed(sub);
@@ -527,20 +543,27 @@ static void serve_logs(const struct api_request_env *env, struct out *o, const c
     }
     lg->env = env;
     lg->o = o;
-    if (api_query_parse(qs, qlen, (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec, &lg->q, err, sizeof err) != 0) {
-        respond(o, 400, "Bad Request", NULL, err);
-        free(lg);
-        return;
-    }
-    if (lg->q.job) {
-        respond(o, 400, "Bad Request", NULL,
-                "job: selecting a Job's pods needs Kubernetes metadata (the pods' job-name label), which this "
-                "agent does not have; select them with pod=<job>-* instead");
+    int64_t max = env->cfg->server.api.max_subscribers;
+    if (atomic_fetch_add(env->active, 1) >= max) {
+        atomic_fetch_sub(env->active, 1);
+        snprintf(err, sizeof err, "too many requests: server.api.max_subscribers (%lld) are being served",
+                 (long long)max);
+        respond(o, 503, "Service Unavailable", NULL, err);
         free(lg);
         return;
     }
     struct history *h = NULL;
     struct livetail_sub *sub = NULL;
+    if (api_query_parse(qs, qlen, (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec, &lg->q, err, sizeof err) != 0) {
+        respond(o, 400, "Bad Request", NULL, err);
+        goto out;
+    }
+    if (lg->q.job) {
+        respond(o, 400, "Bad Request", NULL,
+                "job: selecting a Job's pods needs Kubernetes metadata (the pods' job-name label), which this "
+                "agent does not have; select them with pod=<job>-* instead");
+        goto out;
+    }
     if (lg->q.grep) {
         int ecode;
         PCRE2_SIZE eoff;
@@ -601,6 +624,7 @@ out:
     pcre2_code_free(lg->re);
     free(lg->clean);
     free(lg);
+    atomic_fetch_sub(env->active, 1);
 }
 
 /* ---------------------------------------------------------------------- */

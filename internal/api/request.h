@@ -17,6 +17,7 @@ struct api_request_env {
     struct livetail *hub;
     atomic_bool *stop;
     bool tcp; /* needs the bearer token */
+    atomic_int *active; /* logs requests being served, against max_subscribers */
 };
 
 /* Serves one connection to its end; the caller closes fd. */

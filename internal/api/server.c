@@ -29,6 +29,8 @@
 #include "httpd/httpd.h"
 #include "log/log.h"
 
+#define API_SPARE_SLOTS 4
+
 struct api_slot {
     struct api *api;
     int fd;
@@ -47,6 +49,7 @@ struct api {
     dev_t sock_dev;
     ino_t sock_ino;
     atomic_bool stop;
+    atomic_int active;
     pthread_t thread;
     bool thread_started;
     size_t nslots;
@@ -72,7 +75,7 @@ static void reap(struct api *api, bool all)
 static void *slot_main(void *arg)
 {
     struct api_slot *s = arg;
-    struct api_request_env env = {s->api->cfg, s->api->hub, &s->api->stop, s->tcp};
+    struct api_request_env env = {s->api->cfg, s->api->hub, &s->api->stop, s->tcp, &s->api->active};
     api_request_serve(&env, s->fd);
     close_fd(s->fd);
     s->fd = -1;
@@ -111,7 +114,7 @@ static void accept_one(struct api *api, int lfd, bool tcp)
     for (size_t i = 0; i < api->nslots && !free_slot; i++)
         if (!atomic_load(&api->slots[i].busy)) free_slot = &api->slots[i];
     if (!free_slot) {
-        refuse_busy(fd, api->nslots);
+        refuse_busy(fd, api->nslots - API_SPARE_SLOTS);
         return;
     }
     free_slot->fd = fd;
@@ -126,7 +129,7 @@ static void accept_one(struct api *api, int lfd, bool tcp)
     if (rc != 0) {
         log_warn("api: cannot start a request thread: %s", strerror(rc));
         atomic_store(&free_slot->busy, false);
-        refuse_busy(fd, api->nslots);
+        refuse_busy(fd, api->nslots - API_SPARE_SLOTS);
     }
 }
 
@@ -295,7 +298,9 @@ struct api *api_start(const struct config *cfg, struct livetail *hub, char *err,
     api->cfg = cfg;
     api->hub = hub;
     api->ufd = api->tfd = api->wake_rd = api->wake_wr = -1;
-    api->nslots = (size_t)cfg->server.api.max_subscribers;
+    /* A few slots beyond the limit, so that one request too many is read
+     * and answered 503 with a reason rather than reset. */
+    api->nslots = (size_t)cfg->server.api.max_subscribers + API_SPARE_SLOTS;
     api->slots = calloc(api->nslots, sizeof *api->slots);
     int pipefd[2];
     if (!api->slots || pipe2(pipefd, O_NONBLOCK | O_CLOEXEC) != 0) {
