@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "api/api.h"
+#include "api/status_page.h"
 #include "api/tail_cli.h"
 #include "collector/collector.h"
 #include "config/config.h"
@@ -88,6 +89,7 @@ struct agent {
     struct httpd *httpd;
     struct livetail *livetail;
     struct api *api;
+    struct api_status_env status;
 };
 
 static int probe_healthy(void *ctx, char *reason, size_t len)
@@ -123,6 +125,12 @@ static size_t probe_metrics(void *ctx, char *buf, size_t cap)
     return metrics_render(buf, cap);
 }
 
+static size_t probe_status(void *ctx, char *buf, size_t cap)
+{
+    struct agent *agent = ctx;
+    return api_status_render(&agent->status, buf, cap);
+}
+
 static int setup_logging(const struct config *cfg)
 {
     enum log_level level;
@@ -154,7 +162,7 @@ static int start(struct agent *agent, char *err, size_t errlen)
             snprintf(err, errlen, "cannot allocate the live tail");
             return -1;
         }
-        agent->api = api_start(cfg, agent->livetail, err, errlen);
+        agent->api = api_start(cfg, agent->livetail, agent->collector, err, errlen);
         if (!agent->api && err[0]) return -1;
         if (agent->api) output_set_livetail(agent->output, agent->livetail);
     }
@@ -165,7 +173,9 @@ static int start(struct agent *agent, char *err, size_t errlen)
         .max_connections = (int)cfg->server.max_connections,
         .request_timeout_ms = (int)cfg->server.request_timeout_ms,
     };
-    struct httpd_handlers handlers = {agent, probe_healthy, probe_ready, probe_metrics};
+    agent->status = (struct api_status_env){cfg, agent->collector, agent->api ? agent->livetail : NULL,
+                                            metrics_now_ms()};
+    struct httpd_handlers handlers = {agent, probe_healthy, probe_ready, probe_metrics, probe_status};
     agent->httpd = httpd_start(&http, &handlers, err, errlen);
     if (!agent->httpd) return -1;
     log_info("probes and metrics on http://%s:%d", cfg->server.http_listen_address, httpd_port(agent->httpd));

@@ -19,6 +19,10 @@
  *    zlib); at most server.api.max_subscribers at once, more get 503. A
  *    client that does not send its request head within request_timeout is
  *    closed; one that stops reading only loses lines (its queue is bounded).
+ *  - GET /api/v1/targets answers JSON {"targets":[…]}: every tailed file
+ *    with its path, pod metadata, size, read and acknowledged offsets, lag
+ *    in bytes and seconds, format, watcher backend, state and last error
+ *    (the collector's snapshot, at most half a second old).
  *  - On TCP every request needs `Authorization: Bearer <token>` matching the
  *    token file (read again per request, so it can be rotated): else 401.
  *  - api_stop() closes the listeners, ends every request within about a
@@ -29,6 +33,7 @@
 
 #include <stddef.h>
 
+#include "collector/collector.h"
 #include "config/config.h"
 #include "output/livetail.h"
 
@@ -37,7 +42,8 @@ struct api;
 /* NULL with `err` set only for what the user asked for explicitly and
  * cannot have (TCP that cannot listen, an unreadable token file); a Unix
  * socket that cannot be created is a warning, *disabled set. */
-struct api *api_start(const struct config *cfg, struct livetail *hub, char *err, size_t errlen);
+struct api *api_start(const struct config *cfg, struct livetail *hub, struct collector *collector, char *err,
+                      size_t errlen);
 /* The TCP port bound (0 when none), for tests and the log. */
 int api_tcp_port(const struct api *api);
 void api_stop(struct api *api);

@@ -628,6 +628,55 @@ out:
 }
 
 /* ---------------------------------------------------------------------- */
+/* /api/v1/targets                                                        */
+
+static void json_field(struct out *o, const char *name, const char *v, bool comma)
+{
+    out_str(o, comma ? ",\"" : "\"");
+    out_str(o, name);
+    out_str(o, "\":\"");
+    out_json(o, v, strlen(v));
+    out_str(o, "\"");
+}
+
+static void serve_targets(const struct api_request_env *env, struct out *o)
+{
+    size_t n = collector_targets(env->collector, NULL, 0);
+    struct collector_target *t = calloc(n ? n : 1, sizeof *t);
+    if (!t) {
+        respond(o, 500, "Internal Server Error", NULL, "out of memory");
+        return;
+    }
+    size_t got = collector_targets(env->collector, t, n);
+    if (got < n) n = got;
+    out_str(o, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
+               "Connection: close\r\n\r\n{\"targets\":[");
+    for (size_t i = 0; i < n; i++) {
+        out_str(o, i ? ",\n{" : "\n{");
+        json_field(o, "path", t[i].path, false);
+        json_field(o, "real_path", t[i].real_path, true);
+        json_field(o, "namespace", t[i].namespace_, true);
+        json_field(o, "pod_name", t[i].pod, true);
+        json_field(o, "container", t[i].container, true);
+        char num[256];
+        uint64_t lag = t[i].size > t[i].acked_offset ? t[i].size - t[i].acked_offset : 0;
+        snprintf(num, sizeof num,
+                 ",\"size\":%llu,\"read_offset\":%llu,\"acked_offset\":%llu,\"lag_bytes\":%llu,\"lag_seconds\":%lld",
+                 (unsigned long long)t[i].size, (unsigned long long)t[i].read_offset,
+                 (unsigned long long)t[i].acked_offset, (unsigned long long)lag, (long long)t[i].lag_seconds);
+        out_str(o, num);
+        json_field(o, "format", t[i].format, true);
+        json_field(o, "watcher", t[i].watcher, true);
+        json_field(o, "state", t[i].state, true);
+        json_field(o, "last_error", t[i].last_error, true);
+        out_str(o, "}");
+    }
+    out_str(o, "\n]}\n");
+    out_flush(o);
+    free(t);
+}
+
+/* ---------------------------------------------------------------------- */
 
 /* Reads the request head within request_timeout; returns its length or 0
  * (closed, timed out, too large or malformed: answered when possible). */
@@ -684,10 +733,12 @@ void api_request_serve(const struct api_request_env *env, int fd)
         respond(o, 405, "Method Not Allowed", "Allow: GET\r\n", "only GET is served");
     } else if (req.content_length > 0) {
         respond(o, 413, "Content Too Large", NULL, "request body not accepted");
+    } else if (strcmp(req.path, "/api/v1/targets") == 0) {
+        serve_targets(env, o);
     } else if (strcmp(req.path, "/api/v1/logs") == 0) {
         serve_logs(env, o, q ? q + 1 : "", q ? (size_t)(te - q - 1) : 0);
     } else {
-        respond(o, 404, "Not Found", NULL, "not found: the API serves /api/v1/logs");
+        respond(o, 404, "Not Found", NULL, "not found: the API serves /api/v1/logs and /api/v1/targets");
     }
 done:
     free(buf);

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "collector/collector.h"
 #include "config/config.h"
 #include "output/livetail.h"
 
@@ -18,6 +19,7 @@ struct api_request_env {
     atomic_bool *stop;
     bool tcp; /* needs the bearer token */
     atomic_int *active; /* logs requests being served, against max_subscribers */
+    struct collector *collector; /* for /api/v1/targets; may be NULL */
 };
 
 /* Serves one connection to its end; the caller closes fd. */

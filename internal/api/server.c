@@ -43,6 +43,7 @@ struct api_slot {
 struct api {
     const struct config *cfg;
     struct livetail *hub;
+    struct collector *collector;
     int ufd, tfd, tcp_port;
     int wake_rd, wake_wr;
     char *socket_path; /* the one we created, to unlink at stop */
@@ -75,7 +76,7 @@ static void reap(struct api *api, bool all)
 static void *slot_main(void *arg)
 {
     struct api_slot *s = arg;
-    struct api_request_env env = {s->api->cfg, s->api->hub, &s->api->stop, s->tcp, &s->api->active};
+    struct api_request_env env = {s->api->cfg, s->api->hub, &s->api->stop, s->tcp, &s->api->active, s->api->collector};
     api_request_serve(&env, s->fd);
     close_fd(s->fd);
     s->fd = -1;
@@ -285,7 +286,8 @@ void api_stop(struct api *api)
     free(api);
 }
 
-struct api *api_start(const struct config *cfg, struct livetail *hub, char *err, size_t errlen)
+struct api *api_start(const struct config *cfg, struct livetail *hub, struct collector *collector, char *err,
+                      size_t errlen)
 {
     const char *sock = cfg->server.api.socket, *host = cfg->server.api.listen_address;
     if (errlen) err[0] = '\0';
@@ -297,6 +299,7 @@ struct api *api_start(const struct config *cfg, struct livetail *hub, char *err,
     }
     api->cfg = cfg;
     api->hub = hub;
+    api->collector = collector;
     api->ufd = api->tfd = api->wake_rd = api->wake_wr = -1;
     /* A few slots beyond the limit, so that one request too many is read
      * and answered 503 with a reason rather than reset. */

@@ -88,6 +88,7 @@ struct collector *collector_create(const struct config *cfg, struct ring *ring, 
     c->wake_fd = -1;
     c->spool_fd = -1;
     c->max_line = (size_t)cfg->collection.max_line_bytes;
+    pthread_mutex_init(&c->snap.lock, NULL);
     source_label_policy_init(&c->label_policy, cfg);
     /* A logical line up to max_line_bytes, with its CRI prefixes, must fit in
      * one read so it can be joined without keeping it per file. */
@@ -251,6 +252,7 @@ static void *collector_main(void *arg)
         }
         if (c->rescan_needed || now - c->last_rescan_ms >= rescan_every) discovery_scan(c, false);
         positions_policy_tick(c, now);
+        snapshot_tick(c, now);
         if (c->blocked && ring_has_room(c->ring, c->blocked_want)) c->blocked = false;
         metrics_set(collector_paused, c->blocked ? 1 : 0);
         service_pending(c);
@@ -344,6 +346,7 @@ void collector_destroy(struct collector *c)
     discovery_teardown(c);
     positions_policy_teardown(c);
     spool_close(c);
+    snapshot_teardown(c);
     if (c->watcher) c->watcher->ops->destroy(c->watcher);
     pcre2_code_free(c->include_lines);
     pcre2_code_free(c->exclude_lines);
