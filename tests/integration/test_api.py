@@ -42,6 +42,8 @@ def request(path, sock=None, tcp=None, headers=""):
     s.close()
     head, _, body = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
+    if b"application/x-ndjson" not in head and body.strip():
+        return status, head.decode(), [json.loads(body)]
     return status, head.decode(), [json.loads(l) for l in body.decode().splitlines() if l]
 
 
@@ -373,3 +375,101 @@ class AccessTest(ApiTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TargetsAndStatusPageTest(ApiTestCase):
+    """/api/v1/targets, and /status loaded in a real headless browser (Debian's chromium)."""
+
+    def wait_delivered(self, want_paths):
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            status, _, objs = request("/api/v1/targets", sock=self.sock)
+            self.assertEqual(status, 200)
+            targets = {t["real_path"]: t for t in objs[0]["targets"]} if objs else {}
+            if all(p in targets and targets[p]["acked_offset"] == os.path.getsize(p) for p in want_paths):
+                return targets
+            time.sleep(0.1)
+        raise AssertionError(f"targets never caught up: {objs}")
+
+    def test_targets_and_status_page_show_the_files_with_their_offsets(self):
+        web = self.tree.container("shop", "web-0", "app")
+        odd = self.tree.container("shop", "a-b&c", "x<y>")  # escaped everywhere it is shown
+        for i in range(30):
+            web.write(f"web {i}")
+        odd.write("odd one")
+        a = self.start()
+        paths = [os.path.realpath(web.log_path), os.path.realpath(odd.log_path)]
+        targets = self.wait_delivered(paths)
+        t = targets[paths[0]]
+        self.assertEqual((t["namespace"], t["pod_name"], t["container"]), ("shop", "web-0", "app"))
+        self.assertEqual(t["path"], web.link_path)
+        size = os.path.getsize(paths[0])
+        self.assertEqual((t["size"], t["read_offset"], t["acked_offset"], t["lag_bytes"], t["lag_seconds"]),
+                         (size, size, size, 0, 0))
+        self.assertEqual((t["format"], t["watcher"], t["state"], t["last_error"]), ("cri", "inotify", "active", ""))
+        self.assertEqual(targets[paths[1]]["container"], "x<y>")
+
+        import shutil
+        import urllib.request
+        html = urllib.request.urlopen(f"http://127.0.0.1:{a.port}/status", timeout=10).read().decode()
+        self.assertNotIn("<y>", html)
+        self.assertIn("a-b&amp;c/x&lt;y&gt;", html)
+        self.assertNotIn("<script", html.lower())
+        self.assertNotIn("http://", html.replace(f"http://127.0.0.1", ""), "no external assets")
+        self.assertIn('http-equiv=refresh', html)
+        browser = shutil.which("chromium")
+        if not browser:
+            self.skipTest("chromium is not installed (scripts/setup.sh installs it)")
+        art_dir = os.environ.get("LOGLET_ARTIFACTS", os.path.join(os.path.dirname(os.path.abspath(LOGLET_BIN)),
+                                                                  "artifacts"))
+        os.makedirs(art_dir, exist_ok=True)
+        shot = os.path.join(art_dir, "status-page.png")
+        common = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  f"--user-data-dir={os.path.join(self.workdir, 'chromium')}", "--window-size=1400,900"]
+        url = f"http://127.0.0.1:{a.port}/status"
+        dom = subprocess.run(common + ["--dump-dom", url], capture_output=True, text=True, timeout=90)
+        self.assertEqual(dom.returncode, 0, dom.stderr[-2000:])
+        # The browser's DOM: the targets table, one row per file, with the offsets the file has.
+        import html.parser
+
+        class Rows(html.parser.HTMLParser):
+            def __init__(self):
+                super().__init__()
+                self.rows, self.cell, self.in_targets = [], None, False
+
+            def handle_starttag(self, tag, attrs):
+                if tag == "table" and ("id", "targets") in attrs:
+                    self.in_targets = True
+                elif tag == "tr" and self.in_targets:
+                    self.rows.append([])
+                elif tag in ("td", "th") and self.in_targets:
+                    self.cell = ""
+
+            def handle_endtag(self, tag):
+                if tag == "table":
+                    self.in_targets = False
+                elif tag in ("td", "th") and self.cell is not None:
+                    self.rows[-1].append(self.cell)
+                    self.cell = None
+
+            def handle_data(self, data):
+                if self.cell is not None:
+                    self.cell += data
+
+        parser = Rows()
+        parser.feed(dom.stdout)
+        header, body = parser.rows[0], parser.rows[1:]
+        self.assertEqual(header[:7], ["namespace/pod/container", "path", "size", "read offset",
+                                      "acknowledged offset", "lag bytes", "lag s"])
+        by_name = {r[0]: r for r in body}
+        self.assertEqual(set(by_name), {"shop/web-0/app", "shop/a-b&c/x<y>"})
+        for name, p in (("shop/web-0/app", paths[0]), ("shop/a-b&c/x<y>", paths[1])):
+            n = str(os.path.getsize(p))
+            self.assertEqual(by_name[name][1:7], [p, n, n, n, "0", "0"])
+        self.assertIn("loglet status", dom.stdout)
+        shotrun = subprocess.run(common + [f"--screenshot={shot}", url], capture_output=True, text=True, timeout=90)
+        self.assertEqual(shotrun.returncode, 0, shotrun.stderr[-2000:])
+        with open(shot, "rb") as f:
+            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+        print(f"\nstatus page screenshot: {shot}")
+        self.assertEqual(a.stop(), 0)
