@@ -14,6 +14,7 @@
 #include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -76,6 +77,12 @@ static void reap(struct api *api, bool all)
 static void *slot_main(void *arg)
 {
     struct api_slot *s = arg;
+    /* Requests run only on CPU the collector and the output leave idle: on
+     * a busy node a follower falls behind (and is told what it missed)
+     * rather than taking cycles from shipping. Lowering needs no privilege. */
+    struct sched_param idle = {0};
+    int rc = pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);
+    if (rc != 0) log_debug("api: cannot lower the request thread's priority: %s", strerror(rc));
     struct api_request_env env = {s->api->cfg, s->api->hub, &s->api->stop, s->tcp, &s->api->active, s->api->collector};
     api_request_serve(&env, s->fd);
     close_fd(s->fd);
