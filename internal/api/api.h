@@ -35,6 +35,7 @@
 
 #include "collector/collector.h"
 #include "config/config.h"
+#include "api/query.h"
 #include "output/livetail.h"
 
 struct api;
@@ -47,5 +48,9 @@ struct api *api_start(const struct config *cfg, struct livetail *hub, struct col
 /* The TCP port bound (0 when none), for tests and the log. */
 int api_tcp_port(const struct api *api);
 void api_stop(struct api *api);
+/* Plugs in what `job=` needs: the job-name label of a pod (issue 10's
+ * Kubernetes metadata). Call right after api_start(), before clients come;
+ * until then a request with `job` is answered 400 saying metadata is off. */
+void api_set_job_label(struct api *api, api_job_label_fn fn, void *ctx);
 
 #endif

@@ -253,6 +253,11 @@ bool api_query_selects(const struct api_query *q, const struct parser_path_meta 
     return true;
 }
 
+bool api_query_job_matches(const struct api_query *q, const char *job)
+{
+    return !q->job || list_matches(q->job, job);
+}
+
 bool api_query_in_range(const struct api_query *q, int64_t ts_ns, int stream)
 {
     if (q->stream >= 0 && stream != q->stream) return false;

@@ -49,6 +49,8 @@ typedef const char *(*api_job_label_fn)(void *ctx, const struct parser_path_meta
 
 /* Whether the source with this metadata is selected (job aside). */
 bool api_query_selects(const struct api_query *q, const struct parser_path_meta *meta);
+/* Whether `job` (a pod's job-name label) matches the query's job globs. */
+bool api_query_job_matches(const struct api_query *q, const char *job);
 /* Whether a line's time and stream are in range (grep is the server's). */
 bool api_query_in_range(const struct api_query *q, int64_t ts_ns, int stream);
 

@@ -318,8 +318,16 @@ static void emit(struct logs *lg, const struct parser_path_meta *m, int64_t ts, 
     if (lg->q.max_lines && lg->emitted >= (uint64_t)lg->q.max_lines) lg->limit_hit = true;
 }
 
-static bool selects_meta(void *ctx, const struct parser_path_meta *m) { return api_query_selects(ctx, m); }
-static bool selects_source(void *ctx, const struct source *src) { return api_query_selects(ctx, &src->meta); }
+static bool selects_meta(void *ctx, const struct parser_path_meta *m)
+{
+    struct logs *lg = ctx;
+    if (!api_query_selects(&lg->q, m)) return false;
+    if (!lg->q.job) return true;
+    const char *job = lg->env->job_label(lg->env->job_ctx, m);
+    return job && api_query_job_matches(&lg->q, job);
+}
+
+static bool selects_source(void *ctx, const struct source *src) { return selects_meta(ctx, &src->meta); }
 
 /* History, oldest first, merged; with tail_lines a first pass counts each
  * container's matching lines and the second emits the last N, ending where
@@ -577,7 +585,7 @@ static void serve_logs(const struct api_request_env *env, struct out *o, const c
         respond(o, 400, "Bad Request", NULL, err);
         goto out;
     }
-    if (lg->q.job) {
+    if (lg->q.job && !env->job_label) {
         respond(o, 400, "Bad Request", NULL,
                 "job: selecting a Job's pods needs Kubernetes metadata (the pods' job-name label), which this "
                 "agent does not have; select them with pod=<job>-* instead");
@@ -613,12 +621,12 @@ static void serve_logs(const struct api_request_env *env, struct out *o, const c
             respond(o, 503, "Service Unavailable", NULL, "follow is not available (no live tail)");
             goto out;
         }
-        if (!(sub = livetail_subscribe(env->hub, selects_source, &lg->q, err, sizeof err))) {
+        if (!(sub = livetail_subscribe(env->hub, selects_source, lg, err, sizeof err))) {
             respond(o, 503, "Service Unavailable", NULL, err);
             goto out;
         }
     }
-    h = history_scan(env->cfg, selects_meta, &lg->q, env->cfg->server.api.max_history_bytes, err, sizeof err);
+    h = history_scan(env->cfg, selects_meta, lg, env->cfg->server.api.max_history_bytes, err, sizeof err);
     if (!h) {
         respond(o, 500, "Internal Server Error", NULL, err);
         goto out;

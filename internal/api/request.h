@@ -11,6 +11,7 @@
 
 #include "collector/collector.h"
 #include "config/config.h"
+#include "api/query.h"
 #include "output/livetail.h"
 
 struct api_request_env {
@@ -20,6 +21,10 @@ struct api_request_env {
     bool tcp; /* needs the bearer token */
     atomic_int *active; /* logs requests being served, against max_subscribers */
     struct collector *collector; /* for /api/v1/targets; may be NULL */
+    /* A pod's job-name label, from a Kubernetes metadata provider; NULL
+     * while there is none (then `job=` is refused with the reason). */
+    api_job_label_fn job_label;
+    void *job_ctx;
 };
 
 /* Serves one connection to its end; the caller closes fd. */

@@ -45,6 +45,8 @@ struct api {
     const struct config *cfg;
     struct livetail *hub;
     struct collector *collector;
+    api_job_label_fn job_label; /* set before requests arrive (api_set_job_label) */
+    void *job_ctx;
     int ufd, tfd, tcp_port;
     int wake_rd, wake_wr;
     char *socket_path; /* the one we created, to unlink at stop */
@@ -83,7 +85,14 @@ static void *slot_main(void *arg)
     struct sched_param idle = {0};
     int rc = pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);
     if (rc != 0) log_debug("api: cannot lower the request thread's priority: %s", strerror(rc));
-    struct api_request_env env = {s->api->cfg, s->api->hub, &s->api->stop, s->tcp, &s->api->active, s->api->collector};
+    struct api_request_env env = {.cfg = s->api->cfg,
+                                  .hub = s->api->hub,
+                                  .stop = &s->api->stop,
+                                  .tcp = s->tcp,
+                                  .active = &s->api->active,
+                                  .collector = s->api->collector,
+                                  .job_label = s->api->job_label,
+                                  .job_ctx = s->api->job_ctx};
     api_request_serve(&env, s->fd);
     close_fd(s->fd);
     s->fd = -1;
@@ -372,3 +381,10 @@ struct api *api_start(const struct config *cfg, struct livetail *hub, struct col
 }
 
 int api_tcp_port(const struct api *api) { return api ? api->tcp_port : 0; }
+
+void api_set_job_label(struct api *api, api_job_label_fn fn, void *ctx)
+{
+    if (!api) return;
+    api->job_label = fn;
+    api->job_ctx = ctx;
+}

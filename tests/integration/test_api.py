@@ -2,6 +2,7 @@
 files (rotated, gzipped, restarted pods) and real sockets. Every check is on
 the lines' content and metadata as the test wrote them, not on counts."""
 import json
+import re
 import os
 import socket
 import stat
@@ -193,6 +194,11 @@ class HistoryTest(ApiTestCase):
                               "--color", "always"], capture_output=True, text=True, timeout=20)
         got = [json.loads(l) for l in out.stdout.splitlines()]
         self.assertEqual([key(o) for o in got[:-1]], [e for e in exp if e[3].startswith(("web line 16", "web line 18"))])
+        out = subprocess.run([LOGLET_BIN, "tail", "--socket", self.sock, "-p", "web-0", "--tail=1", "--color", "always"],
+                             capture_output=True, text=True, timeout=20)
+        e = [e for e in exp if e[1] == "web-0"][-1]
+        self.assertRegex(out.stdout, "^" + re.escape(e[5]) + r" \x1b\[\d+mshop/web-0\x1b\[0m/\x1b\[\d+mapp\x1b\[0m "
+                         + re.escape(e[3]) + "\n$")
 
     def test_bad_queries_get_specific_errors(self):
         self.start()
@@ -361,6 +367,36 @@ class AccessTest(ApiTestCase):
         self.assertTrue(out.stdout.endswith(" shop/web-0/app hello\n"), out.stdout)
         self.assertEqual(a.stop(), 0)
         self.assertFalse(os.path.exists(self.sock), "the socket is removed at stop")
+
+    def test_hostile_clients_and_the_history_limit(self):
+        web = self.tree.container("shop", "web-0", "app")
+        for i in range(100):
+            web.write(f"line {i} " + "y" * 100)
+        self.start(extra_api="    max_history_bytes: 4KiB\n", extra="")
+        status, _, objs = request("/api/v1/logs", sock=self.sock)
+        self.assertEqual(status, 200)  # the head went out before the limit was met
+        self.assertEqual(objs[-1]["status"], "error")
+        self.assertIn("history is over server.api.max_history_bytes (4096 bytes read)", objs[-1]["message"])
+        self.assertEqual([o["log_line"] for o in objs[:-1]], [f"line {i} " + "y" * 100 for i in range(len(objs) - 1)])
+        # A head that never ends is closed after request_timeout (5 s by default), others are served meanwhile.
+        slow = socket.socket(socket.AF_UNIX)
+        slow.connect(self.sock)
+        slow.sendall(b"GET /api/v1/logs HTTP/1.1\r\n")
+        big = socket.socket(socket.AF_UNIX)
+        big.connect(self.sock)
+        big.sendall(b"GET /api/v1/logs?" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n")
+        self.assertIn(b" 431 ", big.recv(4096))
+        status, _, objs = request("/api/v1/logs?max_lines=1", sock=self.sock)
+        self.assertEqual(status, 200)
+        slow.settimeout(10)
+        t0 = time.time()
+        self.assertEqual(slow.recv(100), b"")
+        self.assertLess(time.time() - t0, 9)
+        # A follower that vanishes mid-stream frees its slot.
+        for _ in range(3):
+            f = Follower(self.sock, "")
+            time.sleep(0.2)
+            f.close()
 
     def test_max_subscribers_answered_with_a_clear_error(self):
         self.start(extra_api="    max_subscribers: 2\n")
