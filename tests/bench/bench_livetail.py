@@ -14,7 +14,8 @@ the write window plus the time until the last line arrived, the agent's CPU
 seconds, and per follower lines received and missed. Nothing is asserted on
 time; the run fails only if Loki did not get every line.
 
-LOGLET_BIN=path chooses the agent (default build/loglet).
+LOGLET_BUILD=dir takes the agent from that build directory (default build/);
+LOGLET_BIN=path overrides it.
 """
 import argparse
 import os
@@ -31,7 +32,7 @@ sys.path.insert(0, os.path.join(SOURCE_DIR, "tests", "tools"))
 import loki_receiver as lr  # noqa: E402
 from kubelet import KubeletTree, cri_timestamp  # noqa: E402
 
-LOGLET = os.environ.get("LOGLET_BIN", os.path.join(SOURCE_DIR, "build", "loglet"))
+LOGLET = os.environ.get("LOGLET_BIN", os.path.join(os.environ.get("LOGLET_BUILD", os.path.join(SOURCE_DIR, "build")), "loglet"))
 
 
 def cpu_seconds(pid):
