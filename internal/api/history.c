@@ -16,7 +16,10 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#define HISTORY_READ_BYTES (64 * 1024)
+/* Per container: memory for a request grows with the containers it selects,
+ * so buffers are small and taken only when needed (the line buffer grows up
+ * to max_line_bytes; the docker buffer only for docker files). */
+#define HISTORY_READ_BYTES (32 * 1024)
 
 struct history_container {
     struct parser_path_meta meta;
@@ -38,7 +41,7 @@ struct history_container {
     uint64_t base, done;
     /* A logical line being joined from partial pieces. */
     char *line;
-    size_t line_len, line_cap;
+    size_t line_len, line_cap, line_max;
     int64_t line_ts;
     int line_stream;
     char *scratch; /* docker unescaping */
@@ -192,12 +195,9 @@ static int add_container(struct history *h, const char *dir, const struct parser
     c->fd = -1;
     c->stop_at = UINT64_MAX;
     c->meta = *meta;
-    c->line_cap = h->max_line;
+    c->line_max = h->max_line;
     c->dir = strdup(dir);
-    c->buf = malloc(HISTORY_READ_BYTES);
-    c->line = malloc(c->line_cap);
-    c->scratch = malloc(HISTORY_READ_BYTES);
-    if (!c->dir || !c->buf || !c->line || !c->scratch || list_dir(c) != 0) {
+    if (!c->dir || list_dir(c) != 0) {
         container_free(c);
         return -1;
     }
@@ -299,6 +299,7 @@ static bool open_next(struct history_container *c)
     close_file(c);
     while (c->next_file < c->nfiles) {
         const char *path = c->files[c->next_file++];
+        if (!c->buf && !(c->buf = malloc(HISTORY_READ_BYTES))) return false;
         int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
         if (fd < 0) continue; /* rotated or deleted since the listing */
         struct stat st;
@@ -374,8 +375,18 @@ static ssize_t fill(struct history *h, struct history_container *c, uint64_t lim
 
 static void append_piece(struct history_container *c, const char *p, size_t n)
 {
+    if (c->line_len + n > c->line_cap && c->line_cap < c->line_max) {
+        size_t cap = c->line_cap ? c->line_cap * 2 : 1024;
+        while (cap < c->line_len + n) cap *= 2;
+        if (cap > c->line_max) cap = c->line_max;
+        char *g = realloc(c->line, cap);
+        if (g) {
+            c->line = g;
+            c->line_cap = cap;
+        }
+    }
     size_t room = c->line_cap - c->line_len;
-    if (n > room) n = room; /* longer than max_line_bytes: the rest is cut */
+    if (n > room) n = room; /* longer than max_line_bytes (or out of memory): the rest is cut */
     memcpy(c->line + c->line_len, p, n);
     c->line_len += n;
 }
@@ -387,8 +398,9 @@ static bool take_physical(struct history_container *c, const char *p, size_t n)
     struct parser_line pl;
     bool truncated;
     if (n > 0 && p[n - 1] == '\r') n--;
+    bool docker = n > 0 && p[0] == '{' && (c->scratch || (c->scratch = malloc(HISTORY_READ_BYTES)));
     if (parser_cri_line(p, n, &pl) == 0 ||
-        parser_docker_line(p, n, c->scratch, HISTORY_READ_BYTES, &pl, &truncated) == 0) {
+        (docker && parser_docker_line(p, n, c->scratch, HISTORY_READ_BYTES, &pl, &truncated) == 0)) {
         if (c->line_len == 0) {
             c->line_ts = pl.ts_ns;
             c->line_stream = pl.stream;

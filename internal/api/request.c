@@ -287,10 +287,15 @@ static void emit(struct logs *lg, const struct parser_path_meta *m, int64_t ts, 
     size_t valid = parser_utf8_valid_prefix(s, n);
     if (valid != n) {
         size_t replaced = 0, cap = (size_t)lg->env->cfg->collection.max_line_bytes;
+        if (!lg->clean && !(lg->clean = malloc(3 * cap))) {
+            n = valid; /* out of memory: the valid part only */
+            goto format;
+        }
         if (n > cap) n = cap;
         n = parser_utf8_sanitize(s, n, lg->clean, &replaced);
         s = lg->clean;
     }
+format:;
     char ts_text[31];
     parser_format_rfc3339(ts, ts_text);
     out_str(lg->o, "{\"log_line\":\"");
@@ -609,10 +614,6 @@ static void serve_logs(const struct api_request_env *env, struct out *o, const c
             respond(o, 500, "Internal Server Error", NULL, "out of memory");
             goto out;
         }
-    }
-    if (!(lg->clean = malloc(3 * (size_t)env->cfg->collection.max_line_bytes))) {
-        respond(o, 500, "Internal Server Error", NULL, "out of memory");
-        goto out;
     }
     /* Subscribe before reading history: every line is then in one or the
      * other (or both, and the offsets sort that out). */

@@ -200,6 +200,21 @@ class HistoryTest(ApiTestCase):
         self.assertRegex(out.stdout, "^" + re.escape(e[5]) + r" \x1b\[\d+mshop/web-0\x1b\[0m/\x1b\[\d+mapp\x1b\[0m "
                          + re.escape(e[3]) + "\n$")
 
+    def test_docker_format_partial_lines_and_invalid_utf8(self):
+        dock = self.tree.container("shop", "dock-0", "app")
+        t = rfc3339(T0 + 500)
+        dock.write_raw(json.dumps({"log": "joined ", "stream": "stdout", "time": t}) + "\n")
+        dock.write_raw(json.dumps({"log": "from two \"pieces\"\n", "stream": "stdout", "time": t}) + "\n")
+        dock.write_raw(json.dumps({"log": "on stderr\n", "stream": "stderr", "time": t}) + "\n")
+        with open(dock.log_path, "ab") as f:
+            f.write(b"2023-11-14T22:13:20.000000002Z stdout F raw \xff\xfe bytes\n")
+        self.start()
+        lines, _ = self.logs("pod=dock-0")
+        got = [(o["log_line"], o["stream"], o["line_number"]) for o in lines]
+        # docker's pieces joined; a CRI line with invalid UTF-8 gets U+FFFD, as the collector ships it.
+        self.assertEqual(got, [('joined from two "pieces"', "stdout", 1), ("on stderr", "stderr", 2),
+                               ("raw \ufffd\ufffd bytes", "stdout", 3)])
+
     def test_bad_queries_get_specific_errors(self):
         self.start()
         for query, message in [
