@@ -207,7 +207,8 @@ static int add_container(struct history *h, const char *dir, const struct parser
 }
 
 struct history *history_scan(const struct config *cfg, bool (*selects)(void *ctx, const struct parser_path_meta *m),
-                             void *ctx, int64_t max_bytes, char *err, size_t errlen)
+                             bool (*allowed)(void *ctx, const char *dir), void *ctx, int64_t max_bytes, char *err,
+                             size_t errlen)
 {
     struct history *h = calloc(1, sizeof *h);
     if (!h) {
@@ -234,6 +235,7 @@ struct history *history_scan(const struct config *cfg, bool (*selects)(void *ctx
             char *slash = strrchr(real, '/');
             if (!slash) continue;
             *slash = '\0';
+            if (allowed && !allowed(ctx, real)) continue;
             if (add_container(h, real, &meta) != 0) {
                 snprintf(err, errlen, "out of memory reading the files of %s", real);
                 globfree(&g);

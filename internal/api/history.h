@@ -40,8 +40,12 @@ struct history_line {
 struct history_container;
 struct history;
 
+/* `allowed` (may be NULL: all) vets each container's log directory: the
+ * server passes the directories of the files the collector tails, so the
+ * API reads nothing the collector would not (symlink_roots, exclusions). */
 struct history *history_scan(const struct config *cfg, bool (*selects)(void *ctx, const struct parser_path_meta *m),
-                             void *ctx, int64_t max_bytes, char *err, size_t errlen);
+                             bool (*allowed)(void *ctx, const char *dir), void *ctx, int64_t max_bytes, char *err,
+                             size_t errlen);
 void history_free(struct history *h);
 
 size_t history_count(const struct history *h);

@@ -264,6 +264,8 @@ struct logs {
     char *clean; /* UTF-8 sanitizing, 3 * max_line_bytes */
     uint64_t emitted;
     bool limit_hit;
+    char **dirs; /* of the files the collector tails; NULL: no collector, all */
+    size_t ndirs;
 };
 
 static bool grep_ok(struct logs *lg, const char *s, size_t n)
@@ -333,6 +335,41 @@ static bool selects_meta(void *ctx, const struct parser_path_meta *m)
 }
 
 static bool selects_source(void *ctx, const struct source *src) { return selects_meta(ctx, &src->meta); }
+
+static bool dir_allowed(void *ctx, const char *dir)
+{
+    struct logs *lg = ctx;
+    if (!lg->dirs) return true;
+    for (size_t i = 0; i < lg->ndirs; i++)
+        if (strcmp(lg->dirs[i], dir) == 0) return true;
+    return false;
+}
+
+/* The directories of the files the collector tails now (its snapshot). */
+static int load_dirs(struct logs *lg)
+{
+    struct collector *c = lg->env->collector;
+    if (!c) return 0;
+    size_t n = collector_targets(c, NULL, 0);
+    struct collector_target *t = calloc(n ? n : 1, sizeof *t);
+    lg->dirs = calloc(n ? n : 1, sizeof *lg->dirs);
+    if (!t || !lg->dirs) {
+        free(t);
+        return -1;
+    }
+    size_t got = collector_targets(c, t, n);
+    if (got < n) n = got;
+    for (size_t i = 0; i < n; i++) {
+        char *slash = strrchr(t[i].real_path, '/');
+        if (!slash) continue;
+        *slash = '\0';
+        if (dir_allowed(lg, t[i].real_path)) continue;
+        if (!(lg->dirs[lg->ndirs] = strdup(t[i].real_path))) break;
+        lg->ndirs++;
+    }
+    free(t);
+    return 0;
+}
 
 /* History, oldest first, merged; with tail_lines a first pass counts each
  * container's matching lines and the second emits the last N, ending where
@@ -627,7 +664,12 @@ static void serve_logs(const struct api_request_env *env, struct out *o, const c
             goto out;
         }
     }
-    h = history_scan(env->cfg, selects_meta, lg, env->cfg->server.api.max_history_bytes, err, sizeof err);
+    if (load_dirs(lg) != 0) {
+        respond(o, 500, "Internal Server Error", NULL, "out of memory");
+        goto out;
+    }
+    h = history_scan(env->cfg, selects_meta, dir_allowed, lg, env->cfg->server.api.max_history_bytes, err,
+                     sizeof err);
     if (!h) {
         respond(o, 500, "Internal Server Error", NULL, err);
         goto out;
@@ -651,6 +693,8 @@ out:
     pcre2_match_data_free(lg->md);
     pcre2_code_free(lg->re);
     free(lg->clean);
+    for (size_t i = 0; i < lg->ndirs; i++) free(lg->dirs[i]);
+    free(lg->dirs);
     free(lg);
     atomic_fetch_sub(env->active, 1);
 }

@@ -306,6 +306,7 @@ int collector_start(struct collector *c, char *err, size_t errlen)
     /* Now, not a sync period later: a crash in the first seconds must find
      * every file known, or it would take them for new ones. */
     positions_policy_save(c);
+    snapshot_tick(c, metrics_now_ms()); /* the logs API serves these files from now on */
     metrics_beat(METRICS_THREAD_COLLECTOR);
     int rc = pthread_create(&c->thread, NULL, collector_main, c);
     if (rc != 0) {

@@ -413,6 +413,23 @@ class AccessTest(ApiTestCase):
             time.sleep(0.2)
             f.close()
 
+    def test_serves_only_what_the_collector_tails(self):
+        """Excluded namespaces and links leading outside the symlink roots stay out of the API too."""
+        self.tree.container("shop", "web-0", "app").write("shown")
+        self.tree.container("secret", "vault-0", "vault").write("hidden: excluded namespace")
+        outside = os.path.join(self.workdir, "elsewhere", "default_evil_1234", "c")
+        os.makedirs(outside)
+        with open(os.path.join(outside, "0.log"), "w") as f:
+            f.write("2023-11-14T22:13:20.000000000Z stdout F hidden: outside the roots\n")
+        os.symlink(os.path.join(outside, "0.log"),
+                   os.path.join(self.tree.root, "containers", "evil_default_c-" + "0" * 64 + ".log"))
+        a = self.start(extra='  exclude_namespaces: ["secret"]\n')
+        a.wait_stderr("outside|symlink root|not under", timeout=10)
+        lines, _ = self.logs("")
+        self.assertEqual([o["log_line"] for o in lines], ["shown"])
+        lines, _ = self.logs("namespace=secret,default")
+        self.assertEqual(lines, [])
+
     def test_max_subscribers_answered_with_a_clear_error(self):
         self.start(extra_api="    max_subscribers: 2\n")
         f1, f2 = Follower(self.sock, ""), Follower(self.sock, "")
@@ -420,6 +437,10 @@ class AccessTest(ApiTestCase):
         status, _, objs = request("/api/v1/logs", sock=self.sock)
         self.assertEqual(status, 503)
         self.assertIn("server.api.max_subscribers (2)", objs[0]["message"])
+        # Stopping the agent with followers attached is prompt and clean.
+        t0 = time.time()
+        self.assertEqual(self.agents[-1].stop(), 0)
+        self.assertLess(time.time() - t0, 5)
         f1.close()
         f2.close()
 
