@@ -550,6 +550,17 @@ static int follow(struct logs *lg, struct history *h, struct livetail_sub *sub, 
             goto done;
         }
         *num = history_lines(c);
+        const struct history_file_end *done;
+        size_t nd = history_read_files(c, &done);
+        for (size_t k = 0; k < nd; k++) {
+            struct followed *f = followed_add(&fs);
+            if (!f) {
+                snprintf(err, errlen, "out of memory");
+                rc = -1;
+                goto done;
+            }
+            *f = (struct followed){done[k].dev, done[k].ino, done[k].done, 0, true, false, NULL, num};
+        }
         dev_t dev;
         ino_t ino;
         uint64_t off;
@@ -561,16 +572,6 @@ static int follow(struct logs *lg, struct history *h, struct livetail_sub *sub, 
             goto done;
         }
         *f = (struct followed){dev, ino, off, 0, true, false, c, num};
-        const struct history_file_end *done;
-        size_t nd = history_read_files(c, &done);
-        for (size_t k = 0; k < nd; k++) {
-            if (!(f = followed_add(&fs))) {
-                snprintf(err, errlen, "out of memory");
-                rc = -1;
-                goto done;
-            }
-            *f = (struct followed){done[k].dev, done[k].ino, done[k].done, 0, true, false, NULL, num};
-        }
     }
     while (!lg->limit_hit && !lg->o->failed && !atomic_load(lg->env->stop)) {
         uint64_t missed = livetail_take_missed(sub);

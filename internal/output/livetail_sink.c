@@ -31,6 +31,9 @@ struct livetail_sub {
 struct livetail {
     pthread_mutex_t lock;
     size_t max, count, queue_bytes;
+    /* count, readable without the lock: with nobody following, publishing
+     * costs the output thread one atomic load per chunk. */
+    atomic_size_t active;
     struct livetail_sub **subs;
 };
 
@@ -90,7 +93,9 @@ void livetail_publish(struct livetail *hub, const struct source_chunk *chunk, si
     struct source *src = chunk->source;
     uint64_t seq = src->published_records;
     src->published_records += chunk->records;
-    if (chunk->records == 0 || size < sizeof *chunk) return;
+    if (chunk->records == 0 || size < sizeof *chunk ||
+        atomic_load_explicit(&hub->active, memory_order_acquire) == 0)
+        return;
     size_t body = size - sizeof *chunk;
     pthread_mutex_lock(&hub->lock);
     for (size_t i = 0; i < hub->count; i++) {
@@ -122,7 +127,10 @@ struct livetail_sub *livetail_subscribe(struct livetail *hub, livetail_match_fn 
     sub->ctx = ctx;
     pthread_mutex_lock(&hub->lock);
     bool full = hub->count >= hub->max;
-    if (!full) hub->subs[hub->count++] = sub;
+    if (!full) {
+        hub->subs[hub->count++] = sub;
+        atomic_store_explicit(&hub->active, hub->count, memory_order_release);
+    }
     pthread_mutex_unlock(&hub->lock);
     if (full) {
         ring_destroy(sub->queue);
@@ -140,6 +148,7 @@ void livetail_unsubscribe(struct livetail *hub, struct livetail_sub *sub)
     for (size_t i = 0; i < hub->count; i++) {
         if (hub->subs[i] != sub) continue;
         hub->subs[i] = hub->subs[--hub->count];
+        atomic_store_explicit(&hub->active, hub->count, memory_order_release);
         break;
     }
     pthread_mutex_unlock(&hub->lock);
