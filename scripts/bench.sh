@@ -38,3 +38,5 @@ for filler in x random; do
   echo "== catch-up of a 50 MB rotated file, gzip-compressed vs plain, filler $filler"
   /usr/bin/python3 tests/bench/bench_gz_catchup.py --mb 50 --filler "$filler"
 done
+echo "== live tail: Loki shipping at 10k lines/s with 0 and 50 followers of the logs API"
+/usr/bin/python3 tests/bench/bench_livetail.py --followers 50 --rate 10000 --seconds 10

@@ -13,6 +13,8 @@ PACKAGES=(
   libcmocka-dev python3 python3-snappy clang libclang-rt-14-dev
   # tests of the deployment files and the metrics endpoint
   yamllint prometheus
+  # the status page, loaded in a real headless browser
+  chromium
 )
 
 missing=()

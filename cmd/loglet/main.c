@@ -11,12 +11,16 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "api/api.h"
+#include "api/status_page.h"
+#include "api/tail_cli.h"
 #include "collector/collector.h"
 #include "config/config.h"
 #include "httpd/httpd.h"
 #include "log/log.h"
 #include "metadata/metadata.h"
 #include "metrics/metrics.h"
+#include "output/livetail.h"
 #include "output/output.h"
 #include "ring/ring.h"
 
@@ -32,6 +36,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: loglet [-config FILE] [-check-config] [-version] [-help]\n"
+            "       loglet tail [flags]   (the node's container logs from the agent's API; tail -h)\n"
             "\n"
             "Tails Kubernetes container logs (/var/log/containers/*.log) and ships each line,\n"
             "labelled with namespace, pod and container, to Grafana Loki; prints them to\n"
@@ -85,6 +90,9 @@ struct agent {
     struct output *output;
     struct httpd *httpd;
     struct metadata_provider *metadata;
+    struct livetail *livetail;
+    struct api *api;
+    struct api_status_env status;
 };
 
 static int probe_healthy(void *ctx, char *reason, size_t len)
@@ -120,6 +128,12 @@ static size_t probe_metrics(void *ctx, char *buf, size_t cap)
     return metrics_render(buf, cap);
 }
 
+static size_t probe_status(void *ctx, char *buf, size_t cap)
+{
+    struct agent *agent = ctx;
+    return api_status_render(&agent->status, buf, cap);
+}
+
 static int setup_logging(const struct config *cfg)
 {
     enum log_level level;
@@ -149,6 +163,19 @@ static int start(struct agent *agent, char *err, size_t errlen)
     agent->metadata = metadata_create(cfg, err, errlen);
     if (!agent->metadata) return -1;
     collector_use_metadata(agent->collector, agent->metadata);
+    if (cfg->server.api.socket[0] || cfg->server.api.listen_address[0]) {
+        agent->livetail = livetail_create((size_t)cfg->server.api.max_subscribers,
+                                          (size_t)cfg->server.api.subscriber_buffer_bytes);
+        if (!agent->livetail) {
+            snprintf(err, errlen, "cannot allocate the live tail");
+            return -1;
+        }
+        agent->api = api_start(cfg, agent->livetail, agent->collector, err, errlen);
+        if (!agent->api && err[0]) return -1;
+        if (agent->api) output_set_livetail(agent->output, agent->livetail);
+        if (agent->api && strcmp(agent->metadata->ops->name, "kubernetes") == 0)
+            api_set_job_label(agent->api, metadata_job_name, agent->metadata);
+    }
 
     struct httpd_options http = {
         .address = cfg->server.http_listen_address,
@@ -156,7 +183,9 @@ static int start(struct agent *agent, char *err, size_t errlen)
         .max_connections = (int)cfg->server.max_connections,
         .request_timeout_ms = (int)cfg->server.request_timeout_ms,
     };
-    struct httpd_handlers handlers = {agent, probe_healthy, probe_ready, probe_metrics};
+    agent->status = (struct api_status_env){cfg, agent->collector, agent->api ? agent->livetail : NULL,
+                                            metrics_now_ms()};
+    struct httpd_handlers handlers = {agent, probe_healthy, probe_ready, probe_metrics, probe_status};
     agent->httpd = httpd_start(&http, &handlers, err, errlen);
     if (!agent->httpd) return -1;
     log_info("probes and metrics on http://%s:%d", cfg->server.http_listen_address, httpd_port(agent->httpd));
@@ -170,6 +199,8 @@ static int start(struct agent *agent, char *err, size_t errlen)
 static int stop(struct agent *agent)
 {
     int rc = 0;
+    api_stop(agent->api); /* followers end first: they only read */
+    agent->api = NULL;
     if (agent->collector) collector_stop(agent->collector);
     if (agent->ring) ring_close(agent->ring);
     if (agent->output && output_finish(agent->output, agent->cfg.output.shutdown_grace_ms) != 0) {
@@ -183,6 +214,7 @@ static int stop(struct agent *agent)
     collector_destroy(agent->collector);
     output_destroy(agent->output);
     metadata_destroy(agent->metadata); /* after every source that describes from it */
+    livetail_destroy(agent->livetail);
     ring_destroy(agent->ring);
     return rc;
 }
@@ -216,6 +248,10 @@ static void raise_descriptor_limit(void)
 
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && strcmp(argv[1], "tail") == 0) {
+        signal(SIGPIPE, SIG_IGN);
+        return api_tail_main(argc - 1, argv + 1);
+    }
     struct options opts = {0};
     int flags = parse_flags(argc, argv, &opts);
     if (flags != 0) return flags < 0 ? 2 : 0;

@@ -88,6 +88,7 @@ struct collector *collector_create(const struct config *cfg, struct ring *ring, 
     c->wake_fd = -1;
     c->spool_fd = -1;
     c->max_line = (size_t)cfg->collection.max_line_bytes;
+    pthread_mutex_init(&c->snap.lock, NULL);
     source_label_policy_init(&c->label_policy, cfg);
     /* A logical line up to max_line_bytes, with its CRI prefixes, must fit in
      * one read so it can be joined without keeping it per file. */
@@ -258,6 +259,7 @@ static void *collector_main(void *arg)
         if (c->rescan_needed || now - c->last_rescan_ms >= rescan_every) discovery_scan(c, false);
         positions_policy_tick(c, now);
         metadata_tick(c, now);
+        snapshot_tick(c, now);
         if (c->blocked && ring_has_room(c->ring, c->blocked_want)) c->blocked = false;
         metrics_set(collector_paused, c->blocked ? 1 : 0);
         service_pending(c);
@@ -311,6 +313,7 @@ int collector_start(struct collector *c, char *err, size_t errlen)
     /* Now, not a sync period later: a crash in the first seconds must find
      * every file known, or it would take them for new ones. */
     positions_policy_save(c);
+    snapshot_tick(c, metrics_now_ms()); /* the logs API serves these files from now on */
     metrics_beat(METRICS_THREAD_COLLECTOR);
     int rc = pthread_create(&c->thread, NULL, collector_main, c);
     if (rc != 0) {
@@ -351,6 +354,7 @@ void collector_destroy(struct collector *c)
     discovery_teardown(c);
     positions_policy_teardown(c);
     spool_close(c);
+    snapshot_teardown(c);
     if (c->watcher) c->watcher->ops->destroy(c->watcher);
     pcre2_code_free(c->include_lines);
     pcre2_code_free(c->exclude_lines);

@@ -61,4 +61,26 @@ void collector_stop(struct collector *collector);
 int collector_save_positions(struct collector *collector);
 void collector_destroy(struct collector *collector);
 
+/* One tailed file as /api/v1/targets and /status show it: a copy taken by
+ * the collector thread about twice a second (snapshot.c), so readers on
+ * other threads never touch the collector's own state. */
+struct collector_target {
+    char path[512];      /* as matched by the glob */
+    char real_path[512];
+    char namespace_[64], pod[254], container[64];
+    uint64_t size;         /* bytes in the file (uncompressed so far for .gz) */
+    uint64_t read_offset;  /* where the next unread line starts */
+    uint64_t acked_offset; /* every line before it delivered */
+    int64_t lag_seconds;   /* how long acked_offset has been behind size; 0 when caught up */
+    const char *format;    /* cri, docker, or auto (undecided) */
+    const char *watcher;   /* inotify, or poll where no watch could be had */
+    const char *state;     /* active, or draining (rotated or deleted, read on to its end) */
+    char last_error[128];  /* "" when none */
+    uint64_t source_id;
+    int64_t behind_since_ms; /* CLOCK_MONOTONIC; 0 when caught up */
+};
+/* Copies up to `cap` targets into out (may be NULL to count); returns how
+ * many there are. Safe from any thread. */
+size_t collector_targets(struct collector *collector, struct collector_target *out, size_t cap);
+
 #endif

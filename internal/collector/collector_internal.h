@@ -210,6 +210,15 @@ struct collector {
     size_t spool_nrefused;
     bool spool_error_said;
 
+    /* The targets snapshot (snapshot.c): written by the collector thread,
+     * read by any, under `lock`. */
+    struct {
+        pthread_mutex_t lock;
+        struct collector_target *items;
+        size_t n;
+        int64_t last_ms;
+    } snap;
+
     pcre2_code *include_lines;
     pcre2_code *exclude_lines;
     pcre2_match_data *match_data;
@@ -334,5 +343,9 @@ void spool_handover(struct source *from, struct source *to);
 bool spool_reopen(struct collector *c, const struct position *p, int *fd, gzFile *gz, struct stat *st);
 void spool_sweep(struct collector *c);
 void spool_close(struct collector *c);
+
+/* snapshot.c: refreshes the targets snapshot when it is due. */
+void snapshot_tick(struct collector *c, int64_t now_ms);
+void snapshot_teardown(struct collector *c);
 
 #endif

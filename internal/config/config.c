@@ -117,6 +117,20 @@ static const struct config_key keys[] = {
           "Most HTTP connections at once; when all are taken, the oldest that has not finished its request is closed for a newcomer (slowloris)."),
     K_DURATION("server.request_timeout", server.request_timeout_ms, "5s", 1,
                "Time allowed to read one request and write its response."),
+    K_STRING("server.api.socket", server.api.socket, "/run/loglet/api.sock",
+             "Unix socket (mode 0600) of the read-only logs API used by `loglet tail`; empty: none. If it cannot be created the agent runs on without it."),
+    K_STRING("server.api.listen_address", server.api.listen_address, "",
+             "Also serve the logs API on TCP at this address; empty: no TCP. Needs bearer_token_file."),
+    K_INT("server.api.listen_port", server.api.listen_port, "3102", 0, 65535,
+          "TCP port of the logs API (with listen_address); 0 picks a free port."),
+    K_STRING("server.api.bearer_token_file", server.api.bearer_token_file, "",
+             "File holding the bearer token every TCP request must send (Authorization: Bearer …)."),
+    K_INT("server.api.max_subscribers", server.api.max_subscribers, "64", 1, 4096,
+          "Most logs API requests served at once (history and followers); more are answered 503."),
+    K_SIZE("server.api.subscriber_buffer", server.api.subscriber_buffer_bytes, "1MiB", 128 * KIB,
+           "Queue of new lines per follower; a follower that falls further behind is told how many lines it missed."),
+    K_SIZE("server.api.max_history_bytes", server.api.max_history_bytes, "1GiB", 1,
+           "Most file bytes one logs API request may read for its history (narrow it with since or a selection)."),
 
     K_LIST("collection.paths", collection.paths, "/var/log/containers/*.log",
            "Glob patterns of the container log files to tail."),
@@ -245,6 +259,7 @@ static int rel_backoff(const struct config *cfg, char *why, size_t whylen);
 static int rel_basic_auth(const struct config *cfg, char *why, size_t whylen);
 static int rel_auth_exclusive(const struct config *cfg, char *why, size_t whylen);
 static int rel_client_cert(const struct config *cfg, char *why, size_t whylen);
+static int rel_api_token(const struct config *cfg, char *why, size_t whylen);
 
 static const struct config_relation relations[] = {
     {"buffer.max_bytes", "collection.max_line_bytes", rel_buffer},
@@ -252,6 +267,7 @@ static const struct config_relation relations[] = {
     {"output.loki.basic_auth.username", "output.loki.basic_auth.password_file", rel_basic_auth},
     {"output.loki.basic_auth.username", "output.loki.bearer_token_file", rel_auth_exclusive},
     {"output.loki.tls.cert_file", "output.loki.tls.key_file", rel_client_cert},
+    {"server.api.listen_address", "server.api.bearer_token_file", rel_api_token},
 };
 
 /* ------------------------------------------------------------------------ */
@@ -984,6 +1000,16 @@ static int rel_client_cert(const struct config *cfg, char *why, size_t whylen)
 {
     if (nonempty(cfg->output.loki.tls_cert_file) == nonempty(cfg->output.loki.tls_key_file)) return 0;
     setf(why, whylen, "output.loki.tls.cert_file and output.loki.tls.key_file must be set together");
+    return -1;
+}
+
+/* Every container's logs on a network port without authentication must not
+ * be one forgotten line away. */
+static int rel_api_token(const struct config *cfg, char *why, size_t whylen)
+{
+    if (!nonempty(cfg->server.api.listen_address) || nonempty(cfg->server.api.bearer_token_file)) return 0;
+    setf(why, whylen, "the logs API on TCP (server.api.listen_address) needs server.api.bearer_token_file: "
+                      "it would serve every container's logs unauthenticated");
     return -1;
 }
 

@@ -54,6 +54,15 @@ struct config {
         int64_t http_listen_port;
         int64_t max_connections;
         int64_t request_timeout_ms;
+        struct {
+            char *socket;            /* "": no Unix socket */
+            char *listen_address;    /* "": no TCP listener */
+            int64_t listen_port;
+            char *bearer_token_file; /* required with TCP */
+            int64_t max_subscribers;
+            int64_t subscriber_buffer_bytes;
+            int64_t max_history_bytes;
+        } api;
     } server;
 
     struct {

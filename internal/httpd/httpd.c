@@ -11,7 +11,7 @@
  * WRITE (non-blocking sendmsg, resumed on POLLOUT; deadline = head + timeout)
  * -> LINGER (our side shut down, unread input drained briefly so that close()
  * does not turn into a RST that would destroy the response) -> FREE.
- * The metrics buffer is shared: one GET /metrics response at a time owns it;
+ * The metrics buffer is shared: one GET /metrics or /status response at a time owns it;
  * other /metrics requests wait PARKED (not polled, no deadline) in turn.
  *
  * When every slot is taken, a new client evicts a LINGER connection, else the
@@ -196,6 +196,7 @@ struct conn {
     uint64_t park_seq; /* order among PARKED /metrics requests */
     uint64_t born;     /* accept order, to find the oldest; unused when FREE */
     int head_only;     /* PARKED: the request was HEAD */
+    int status_page;   /* PARKED: /status rather than /metrics (they share the buffer) */
     char *in;          /* HTTPD_MAX_REQUEST bytes, from one shared allocation */
     size_t in_len;
     char hdr[HTTPD_HDR_CAP]; /* response head, plus a small body */
@@ -337,20 +338,22 @@ static void serve_probe(struct httpd *s, struct conn *c, int (*fn)(void *, char 
 }
 
 /* The shared buffer holds one response at a time; others wait PARKED. */
-static void serve_metrics(struct httpd *s, struct conn *c, int head_only)
+static void serve_metrics(struct httpd *s, struct conn *c, int head_only, int status_page)
 {
     if (s->metrics_owner != NULL) {
         c->state = CONN_PARKED;
         c->park_seq = s->park_seq++;
         c->head_only = head_only;
+        c->status_page = status_page;
         return;
     }
-    size_t n = s->h.metrics(s->h.ctx, s->metrics, HTTPD_METRICS_CAP);
+    size_t n = (status_page ? s->h.status : s->h.metrics)(s->h.ctx, s->metrics, HTTPD_METRICS_CAP);
     if (n > HTTPD_METRICS_CAP) {
         log_error("httpd: metrics handler returned %zu bytes, over %d", n, HTTPD_METRICS_CAP);
         n = HTTPD_METRICS_CAP;
     }
-    if (format_head(c, 200, "text/plain; version=0.0.4; charset=utf-8", n) < 0) {
+    if (format_head(c, 200, status_page ? "text/html; charset=utf-8" : "text/plain; version=0.0.4; charset=utf-8",
+                    n) < 0) {
         conn_close(s, c);
         return;
     }
@@ -371,7 +374,7 @@ static void serve_parked(struct httpd *s)
         }
         if (next == NULL) return;
         next->state = CONN_WRITE;
-        serve_metrics(s, next, next->head_only);
+        serve_metrics(s, next, next->head_only, next->status_page);
     }
 }
 
@@ -382,10 +385,11 @@ static void conn_route(struct httpd *s, struct conn *c, const struct httpd_reque
     int healthz = strcmp(req->path, "/healthz") == 0;
     int ready = strcmp(req->path, "/ready") == 0;
     int metrics = strcmp(req->path, "/metrics") == 0 && s->h.metrics != NULL;
+    int status = strcmp(req->path, "/status") == 0 && s->h.status != NULL;
 
     if (req->content_length > 0)
         respond_text(s, c, 413, "request body not accepted\n", head_only);
-    else if (!healthz && !ready && !metrics)
+    else if (!healthz && !ready && !metrics && !status)
         respond_text(s, c, 404, "not found\n", head_only);
     else if (!get)
         respond_text(s, c, 405, "method not allowed\n", 0);
@@ -394,7 +398,7 @@ static void conn_route(struct httpd *s, struct conn *c, const struct httpd_reque
     else if (ready)
         serve_probe(s, c, s->h.ready, "not ready", head_only);
     else
-        serve_metrics(s, c, head_only);
+        serve_metrics(s, c, head_only, status);
 }
 
 static void conn_request_done(struct httpd *s, struct conn *c, enum httpd_parse_status st,
@@ -849,9 +853,9 @@ static int httpd_alloc(struct httpd *s, char *err, size_t errlen)
     s->conns = calloc(n, sizeof *s->conns);
     s->inbufs = malloc(n * HTTPD_MAX_REQUEST);
     s->pfds = calloc(n + 2, sizeof *s->pfds);
-    if (s->h.metrics != NULL) s->metrics = malloc(HTTPD_METRICS_CAP);
-    if (s->conns == NULL || s->inbufs == NULL || s->pfds == NULL ||
-        (s->h.metrics != NULL && s->metrics == NULL)) {
+    int shared = s->h.metrics != NULL || s->h.status != NULL;
+    if (shared) s->metrics = malloc(HTTPD_METRICS_CAP);
+    if (s->conns == NULL || s->inbufs == NULL || s->pfds == NULL || (shared && s->metrics == NULL)) {
         if (err != NULL && errlen > 0) snprintf(err, errlen, "httpd: out of memory");
         return -1;
     }

@@ -3,7 +3,7 @@
  * thread, one poll(2) loop, no framework.
  *
  * Contract:
- *  - Answers GET (and HEAD) for /healthz, /ready and /metrics by calling the
+ *  - Answers GET (and HEAD) for /healthz, /ready, /metrics and /status by calling the
  *    handlers given at start; any other path is 404, any other method 405,
  *    a malformed request 400, a request head over HTTPD_MAX_REQUEST bytes 431.
  *  - Request bodies are not accepted (413 when Content-Length > 0).
@@ -45,6 +45,9 @@ struct httpd_handlers {
     /* Writes the metrics exposition into buf; returns bytes written (it must
      * fit in cap; the server passes 256 KiB). NULL: /metrics is 404. */
     size_t (*metrics)(void *ctx, char *buf, size_t cap);
+    /* Writes the HTML status page into buf, as metrics does. NULL: /status
+     * is 404. */
+    size_t (*status)(void *ctx, char *buf, size_t cap);
 };
 
 struct httpd_options {

@@ -2,6 +2,7 @@
  * The choice of provider, made once at start, and the builder every
  * provider uses to hand out its immutable snapshots.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -109,4 +110,23 @@ struct metadata_labels *metadata_builder_finish(const struct metadata_builder *b
         m->why_excluded = text;
     }
     return m;
+}
+
+const char *metadata_job_name(void *provider, const struct parser_path_meta *path)
+{
+    /* Per thread: each API request runs on its own, and the snapshot the
+     * name comes from is freed before returning. */
+    static _Thread_local char name[256];
+    struct metadata_provider *p = provider;
+    struct metadata_labels *got = NULL;
+    p->ops->describe(p, path, &got);
+    const char *found = NULL;
+    for (size_t i = 0; got && i < got->nlabels; i++) {
+        if (strcmp(got->labels[i].name, "job") != 0) continue;
+        snprintf(name, sizeof name, "%s", got->labels[i].value);
+        found = name;
+        break;
+    }
+    free(got);
+    return found;
 }

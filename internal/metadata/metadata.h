@@ -73,6 +73,10 @@ struct metadata_provider {
  * Only allocation failure returns NULL. */
 struct metadata_provider *metadata_create(const struct config *cfg, char *err, size_t errlen);
 void metadata_destroy(struct metadata_provider *p);
+/* The `job` label of a file's pod (kubernetes.workload_labels), for the
+ * logs API's job= selection; NULL when none. Valid until the calling
+ * thread's next call. */
+const char *metadata_job_name(void *provider, const struct parser_path_meta *path);
 
 struct metadata_provider *metadata_path_create(void);
 /* NULL with `err` when Kubernetes metadata cannot be had (no credentials,

@@ -83,6 +83,9 @@ struct source {
      * collector-owned. */
     bool spooled, spooled_gz;
     _Atomic uint64_t acked_offset;
+    /* Records of this source the output thread has offered to the live tail
+     * (output-owned): lets a follower number lines across chunks it missed. */
+    uint64_t published_records;
 };
 
 enum source_record_flags {

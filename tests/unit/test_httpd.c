@@ -436,6 +436,37 @@ static void test_live_metrics(void **state)
     httpd_stop(s);
 }
 
+static size_t stub_status(void *ctx, char *buf, size_t cap)
+{
+    (void)ctx;
+    return (size_t)snprintf(buf, cap, "<!DOCTYPE html><p>status</p>\n");
+}
+
+/* /status shares the metrics buffer: each answer is its own handler's. */
+static void test_live_status(void **state)
+{
+    (void)state;
+    struct stub st = {.healthy = 1, .ready = 1};
+    struct httpd_handlers h = {.ctx = &st, .healthy = stub_healthy, .ready = stub_ready, .metrics = stub_metrics,
+                               .status = stub_status};
+    struct httpd_options o = {.address = "127.0.0.1", .port = 0, .max_connections = 8, .request_timeout_ms = 2000};
+    char err[256] = "";
+    struct httpd *s = httpd_start(&o, &h, err, sizeof err);
+    if (s == NULL) fail_msg("httpd_start: %s", err);
+    char resp[4096];
+    size_t n = get(httpd_port(s), "GET /status HTTP/1.1\r\n\r\n", resp, sizeof resp);
+    assert_string_equal(check_response(resp, n, "HTTP/1.1 200 OK", 0), "<!DOCTYPE html><p>status</p>\n");
+    assert_non_null(strstr(resp, "\r\nContent-Type: text/html; charset=utf-8\r\n"));
+    n = get(httpd_port(s), "GET /metrics HTTP/1.1\r\n\r\n", resp, sizeof resp);
+    assert_string_equal(check_response(resp, n, "HTTP/1.1 200 OK", 0), "loglet_up 1\n");
+    httpd_stop(s);
+    /* Without a status handler (the default start() of these tests) it is 404. */
+    s = start(&st, 8, 2000);
+    n = get(httpd_port(s), "GET /status HTTP/1.1\r\n\r\n", resp, sizeof resp);
+    check_response(resp, n, "HTTP/1.1 404 Not Found", 0);
+    httpd_stop(s);
+}
+
 static void test_live_errors(void **state)
 {
     (void)state;
@@ -1021,6 +1052,7 @@ int main(void)
         cmocka_unit_test(test_live_healthz),
         cmocka_unit_test(test_live_ready_reason),
         cmocka_unit_test(test_live_metrics),
+        cmocka_unit_test(test_live_status),
         cmocka_unit_test(test_live_errors),
         cmocka_unit_test(test_live_oversized_head),
         cmocka_unit_test(test_live_head),

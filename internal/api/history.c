@@ -1,0 +1,510 @@
+/*
+ * history — reading a container's files for the logs API (see history.h).
+ */
+#include "api/history.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <glob.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+/* Per container: memory for a request grows with the containers it selects,
+ * so buffers are small and taken only when needed (the line buffer grows up
+ * to max_line_bytes; the docker buffer only for docker files). */
+#define HISTORY_READ_BYTES (32 * 1024)
+
+struct history_container {
+    struct parser_path_meta meta;
+    char *dir;
+    char **files; /* oldest first */
+    size_t nfiles;
+    /* Iteration. Invariant: fd >= 0 iff a file is open; gz only for a .gz
+     * file; buf[pos, len) is read but not consumed; `base` is the file
+     * offset of buf[0] (uncompressed for .gz); `done` is the offset after
+     * the last complete logical line (a partial one may follow it). */
+    size_t next_file;
+    int fd;
+    gzFile gz;
+    dev_t dev;
+    ino_t ino;
+    bool is_last; /* the open file is the current one (the last listed) */
+    char *buf;
+    size_t pos, len;
+    uint64_t base, done;
+    /* A logical line being joined from partial pieces. */
+    char *line;
+    size_t line_len, line_cap, line_max;
+    int64_t line_ts;
+    int line_stream;
+    char *scratch; /* docker unescaping */
+    uint64_t number, stop_at;
+    bool has_pending, done_all;
+    struct history_line pending;
+    int64_t last_ts;
+    size_t index; /* in the scan */
+    /* Plain files read to their end before the last one, so a follower
+     * can skip what the collector still delivers of them. */
+    struct history_file_end *read_files;
+    size_t nread, capread;
+};
+
+struct history {
+    const struct config *cfg;
+    struct history_container **c;
+    size_t n;
+    int64_t max_bytes, read_bytes;
+    size_t max_line;
+};
+
+/* --- scanning ----------------------------------------------------------- */
+
+static size_t strip_gz(const char *s, size_t len)
+{
+    return len > 3 && strcmp(s + len - 3, ".gz") == 0 ? len - 3 : len;
+}
+
+/* "<n>.log…" sorts by n (restarts), then the rotated ones before the plain
+ * "<n>.log", then by name (kubelet stamps) or, for docker's "<id>-json.log.N",
+ * a larger N first. */
+struct fname {
+    char *name;
+    long restart;
+    size_t base_len; /* up to and including ".log" */
+};
+
+static int cmp_fname(const void *pa, const void *pb)
+{
+    const struct fname *a = pa, *b = pb;
+    if (a->restart != b->restart) return a->restart < b->restart ? -1 : 1;
+    int base = strncmp(a->name, b->name, a->base_len < b->base_len ? a->base_len : b->base_len);
+    if (base || a->base_len != b->base_len) return base ? base : (a->base_len > b->base_len) - (a->base_len < b->base_len);
+    size_t la = strip_gz(a->name, strlen(a->name)), lb = strip_gz(b->name, strlen(b->name));
+    bool ca = la == a->base_len, cb = lb == b->base_len; /* the current file */
+    if (ca != cb) return ca ? 1 : -1;
+    if (ca) return 0;
+    const char *sa = a->name + a->base_len + 1, *sb = b->name + b->base_len + 1;
+    size_t na = la - a->base_len - 1, nb = lb - b->base_len - 1;
+    bool da = na > 0 && na < 10, db = nb > 0 && nb < 10;
+    for (size_t i = 0; da && i < na; i++) da = isdigit((unsigned char)sa[i]);
+    for (size_t i = 0; db && i < nb; i++) db = isdigit((unsigned char)sb[i]);
+    if (da && db) {
+        long ga = strtol(sa, NULL, 10), gb = strtol(sb, NULL, 10);
+        return (ga < gb) - (ga > gb);
+    }
+    int c = strncmp(sa, sb, na < nb ? na : nb);
+    return c ? c : (na > nb) - (na < nb);
+}
+
+static int list_dir(struct history_container *c)
+{
+    DIR *d = opendir(c->dir);
+    if (!d) return -1;
+    struct fname *names = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *e;
+    int rc = 0;
+    while ((e = readdir(d))) {
+        const char *log = strstr(e->d_name, ".log");
+        size_t len = strlen(e->d_name);
+        if (!log || (log[4] != '\0' && log[4] != '.')) continue;
+        if (len > 4 && strcmp(e->d_name + len - 4, ".tmp") == 0) continue; /* the kubelet compressing */
+        if (n == cap) {
+            cap = cap ? cap * 2 : 8;
+            struct fname *g = realloc(names, cap * sizeof *names);
+            if (!g) {
+                rc = -1;
+                break;
+            }
+            names = g;
+        }
+        if (!(names[n].name = strdup(e->d_name))) {
+            rc = -1;
+            break;
+        }
+        names[n].base_len = (size_t)(log - e->d_name) + 4;
+        names[n].restart = isdigit((unsigned char)e->d_name[0]) ? strtol(e->d_name, NULL, 10) : 0;
+        n++;
+    }
+    closedir(d);
+    if (rc == 0 && n) qsort(names, n, sizeof *names, cmp_fname);
+    /* X and X.gz both exist while the kubelet compresses: the same lines. */
+    c->files = rc == 0 ? calloc(n ? n : 1, sizeof *c->files) : NULL;
+    if (!c->files) rc = -1;
+    for (size_t i = 0; i < n; i++) {
+        bool dup = i + 1 < n && cmp_fname(&names[i], &names[i + 1]) == 0;
+        if (rc == 0 && !dup) {
+            if (asprintf(&c->files[c->nfiles], "%s/%s", c->dir, names[i].name) < 0) rc = -1;
+            else c->nfiles++;
+        } else if (rc == 0 && dup) {
+            /* keep the uncompressed one: it sorts equal; prefer the name without .gz */
+            size_t li = strlen(names[i].name);
+            if (strip_gz(names[i].name, li) == li) {
+                char *t = names[i].name;
+                names[i].name = names[i + 1].name;
+                names[i + 1].name = t;
+            }
+        }
+        free(names[i].name);
+    }
+    free(names);
+    return rc;
+}
+
+static void container_free(struct history_container *c)
+{
+    if (!c) return;
+    if (c->gz) gzclose(c->gz);
+    if (c->fd >= 0) close(c->fd);
+    for (size_t i = 0; i < c->nfiles; i++) free(c->files[i]);
+    free(c->files);
+    free(c->dir);
+    free(c->buf);
+    free(c->line);
+    free(c->scratch);
+    free(c->read_files);
+    free(c);
+}
+
+void history_free(struct history *h)
+{
+    if (!h) return;
+    for (size_t i = 0; i < h->n; i++) container_free(h->c[i]);
+    free(h->c);
+    free(h);
+}
+
+static int add_container(struct history *h, const char *dir, const struct parser_path_meta *meta)
+{
+    for (size_t i = 0; i < h->n; i++)
+        if (strcmp(h->c[i]->dir, dir) == 0) return 0;
+    struct history_container *c = calloc(1, sizeof *c);
+    struct history_container **g = realloc(h->c, (h->n + 1) * sizeof *h->c);
+    if (g) h->c = g;
+    if (!c || !g) {
+        free(c);
+        return -1;
+    }
+    c->fd = -1;
+    c->stop_at = UINT64_MAX;
+    c->meta = *meta;
+    c->line_max = h->max_line;
+    c->dir = strdup(dir);
+    if (!c->dir || list_dir(c) != 0) {
+        container_free(c);
+        return -1;
+    }
+    c->index = h->n;
+    h->c[h->n++] = c;
+    return 0;
+}
+
+struct history *history_scan(const struct config *cfg, bool (*selects)(void *ctx, const struct parser_path_meta *m),
+                             bool (*allowed)(void *ctx, const char *dir), void *ctx, int64_t max_bytes, char *err,
+                             size_t errlen)
+{
+    struct history *h = calloc(1, sizeof *h);
+    if (!h) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    h->cfg = cfg;
+    h->max_bytes = max_bytes;
+    h->max_line = (size_t)cfg->collection.max_line_bytes;
+    for (size_t p = 0; p < cfg->collection.paths.count; p++) {
+        glob_t g;
+        int rc = glob(cfg->collection.paths.items[p], 0, NULL, &g);
+        if (rc == GLOB_NOMATCH) continue;
+        if (rc != 0) {
+            snprintf(err, errlen, "cannot list %s", cfg->collection.paths.items[p]);
+            history_free(h);
+            return NULL;
+        }
+        for (size_t i = 0; i < g.gl_pathc; i++) {
+            char real[PATH_MAX];
+            if (!realpath(g.gl_pathv[i], real)) continue; /* a dangling link: its pod is gone */
+            struct parser_path_meta meta;
+            if (parser_path_meta(g.gl_pathv[i], real, &meta) != 0 || !selects(ctx, &meta)) continue;
+            char *slash = strrchr(real, '/');
+            if (!slash) continue;
+            *slash = '\0';
+            if (allowed && !allowed(ctx, real)) continue;
+            if (add_container(h, real, &meta) != 0) {
+                snprintf(err, errlen, "out of memory reading the files of %s", real);
+                globfree(&g);
+                history_free(h);
+                return NULL;
+            }
+        }
+        globfree(&g);
+    }
+    return h;
+}
+
+size_t history_count(const struct history *h) { return h->n; }
+struct history_container *history_at(struct history *h, size_t i) { return i < h->n ? h->c[i] : NULL; }
+const struct parser_path_meta *history_meta(const struct history_container *c) { return &c->meta; }
+const char *history_dir(const struct history_container *c) { return c->dir; }
+uint64_t history_lines(const struct history_container *c) { return c->number; }
+void history_set_lines(struct history_container *c, uint64_t n) { c->number = n; }
+size_t history_index(const struct history_container *c) { return c->index; }
+
+size_t history_read_files(const struct history_container *c, const struct history_file_end **files)
+{
+    *files = c->read_files;
+    return c->nread;
+}
+
+bool history_end(const struct history_container *c, dev_t *dev, ino_t *ino, uint64_t *offset)
+{
+    if (c->fd < 0 || !c->is_last) return false;
+    *dev = c->dev;
+    *ino = c->ino;
+    *offset = c->done;
+    return true;
+}
+
+/* --- reading ------------------------------------------------------------ */
+
+static void remember_read(struct history_container *c)
+{
+    if (c->fd < 0 || c->gz) return;
+    if (c->nread == c->capread) {
+        size_t cap = c->capread ? c->capread * 2 : 8;
+        struct history_file_end *g = realloc(c->read_files, cap * sizeof *g);
+        if (!g) return; /* only costs a follower duplicates of this file */
+        c->read_files = g;
+        c->capread = cap;
+    }
+    c->read_files[c->nread++] = (struct history_file_end){c->dev, c->ino, c->done};
+}
+
+static void close_file(struct history_container *c)
+{
+    if (c->gz) gzclose(c->gz); /* closes its own descriptor (a dup) */
+    c->gz = NULL;
+    if (c->fd >= 0) close(c->fd);
+    c->fd = -1;
+}
+
+/* Opens the next listed file that can be opened; false when none is left. */
+static bool open_next(struct history_container *c)
+{
+    remember_read(c);
+    close_file(c);
+    while (c->next_file < c->nfiles) {
+        const char *path = c->files[c->next_file++];
+        if (!c->buf && !(c->buf = malloc(HISTORY_READ_BYTES))) return false;
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0) continue; /* rotated or deleted since the listing */
+        struct stat st;
+        if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+            close(fd);
+            continue;
+        }
+        size_t len = strlen(path);
+        if (strip_gz(path, len) != len) {
+            int dup_fd = dup(fd);
+            c->gz = dup_fd >= 0 ? gzdopen(dup_fd, "rb") : NULL;
+            if (!c->gz) {
+                if (dup_fd >= 0) close(dup_fd);
+                close(fd);
+                continue;
+            }
+        }
+        c->fd = fd;
+        c->dev = st.st_dev;
+        c->ino = st.st_ino;
+        c->is_last = c->next_file == c->nfiles && !c->gz;
+        c->pos = c->len = 0;
+        c->base = c->done = 0;
+        c->line_len = 0;
+        return true;
+    }
+    return false;
+}
+
+/* Fills buf after moving the unconsumed part to the front; returns bytes
+ * added (0 at EOF), -1 on error or over the byte budget. */
+static ssize_t fill(struct history *h, struct history_container *c, uint64_t limit, char *err, size_t errlen)
+{
+    if (c->pos > 0) {
+        memmove(c->buf, c->buf + c->pos, c->len - c->pos);
+        c->len -= c->pos;
+        c->base += c->pos;
+        c->pos = 0;
+    }
+    size_t room = HISTORY_READ_BYTES - c->len;
+    uint64_t file_at = c->base + c->len;
+    if (limit != UINT64_MAX) room = file_at >= limit ? 0 : (limit - file_at < room ? (size_t)(limit - file_at) : room);
+    if (room == 0) return 0;
+    ssize_t r;
+    if (c->gz) {
+        int n = gzread(c->gz, c->buf + c->len, (unsigned)room);
+        if (n < 0) {
+            int zerr;
+            snprintf(err, errlen, "%s: %s", c->dir, gzerror(c->gz, &zerr));
+            return -1;
+        }
+        r = n;
+    } else {
+        do
+            r = pread(c->fd, c->buf + c->len, room, (off_t)file_at);
+        while (r < 0 && errno == EINTR);
+        if (r < 0) {
+            snprintf(err, errlen, "reading in %s: %s", c->dir, strerror(errno));
+            return -1;
+        }
+    }
+    h->read_bytes += r;
+    if (h->read_bytes > h->max_bytes) {
+        snprintf(err, errlen,
+                 "history is over server.api.max_history_bytes (%lld bytes read): narrow it with since, "
+                 "tail_lines or a selection",
+                 (long long)h->max_bytes);
+        return -1;
+    }
+    c->len += (size_t)r;
+    return r;
+}
+
+static void append_piece(struct history_container *c, const char *p, size_t n)
+{
+    if (c->line_len + n > c->line_cap && c->line_cap < c->line_max) {
+        size_t cap = c->line_cap ? c->line_cap * 2 : 1024;
+        while (cap < c->line_len + n) cap *= 2;
+        if (cap > c->line_max) cap = c->line_max;
+        char *g = realloc(c->line, cap);
+        if (g) {
+            c->line = g;
+            c->line_cap = cap;
+        }
+    }
+    size_t room = c->line_cap - c->line_len;
+    if (n > room) n = room; /* longer than max_line_bytes (or out of memory): the rest is cut */
+    memcpy(c->line + c->line_len, p, n);
+    c->line_len += n;
+}
+
+/* Parses one physical line; true when a logical line is complete in
+ * c->line (ts, stream). */
+static bool take_physical(struct history_container *c, const char *p, size_t n)
+{
+    struct parser_line pl;
+    bool truncated;
+    if (n > 0 && p[n - 1] == '\r') n--;
+    bool docker = n > 0 && p[0] == '{' && (c->scratch || (c->scratch = malloc(HISTORY_READ_BYTES)));
+    if (parser_cri_line(p, n, &pl) == 0 ||
+        (docker && parser_docker_line(p, n, c->scratch, HISTORY_READ_BYTES, &pl, &truncated) == 0)) {
+        if (c->line_len == 0) {
+            c->line_ts = pl.ts_ns;
+            c->line_stream = pl.stream;
+        }
+        append_piece(c, pl.content, pl.content_len);
+        return !pl.partial;
+    }
+    /* Not in either format: as the collector, shipped as it is, at the
+     * time of the line before it. */
+    if (c->line_len == 0) {
+        c->line_ts = c->last_ts;
+        c->line_stream = PARSER_STREAM_UNKNOWN;
+    }
+    append_piece(c, p, n);
+    return true;
+}
+
+/* The next logical line of c (up to file offset `limit` in the last file),
+ * into c->pending; 1, 0 when c has no more, -1 on error. */
+static int read_line(struct history *h, struct history_container *c, uint64_t limit, char *err, size_t errlen)
+{
+    for (;;) {
+        if (c->fd < 0 && !open_next(c)) return 0;
+        char *nl = memchr(c->buf + c->pos, '\n', c->len - c->pos);
+        if (!nl) {
+            if (c->len - c->pos == HISTORY_READ_BYTES) {
+                /* A physical line longer than the buffer: this piece alone. */
+                nl = c->buf + c->len - 1;
+            } else {
+                ssize_t r = fill(h, c, c->is_last ? limit : UINT64_MAX, err, errlen);
+                if (r < 0) return -1;
+                if (r > 0) continue;
+                /* EOF. The last file stays open: a follower goes on from it. */
+                if (c->is_last || c->next_file >= c->nfiles) return 0;
+                if (!open_next(c)) return 0;
+                continue;
+            }
+        }
+        size_t n = (size_t)(nl - (c->buf + c->pos));
+        const char *p = c->buf + c->pos;
+        bool done = take_physical(c, p, *nl == '\n' ? n : n + 1);
+        c->pos += n + 1;
+        if (!done) continue;
+        c->done = c->base + c->pos;
+        c->number++;
+        c->last_ts = c->line_ts;
+        c->pending = (struct history_line){c->line_ts, c->line_stream, c->line, c->line_len, c->number};
+        c->line_len = 0;
+        return 1;
+    }
+}
+
+void history_rewind(struct history *h, const uint64_t *stop_at)
+{
+    for (size_t i = 0; i < h->n; i++) {
+        struct history_container *c = h->c[i];
+        close_file(c);
+        c->nread = 0;
+        c->next_file = 0;
+        c->number = 0;
+        c->last_ts = 0;
+        c->has_pending = c->done_all = false;
+        c->stop_at = stop_at ? stop_at[i] : UINT64_MAX;
+    }
+}
+
+int history_next(struct history *h, struct history_container **out, struct history_line *line, char *err,
+                 size_t errlen)
+{
+    struct history_container *best = NULL;
+    for (size_t i = 0; i < h->n; i++) {
+        struct history_container *c = h->c[i];
+        if (!c->has_pending && !c->done_all) {
+            int r = c->number >= c->stop_at ? 0 : read_line(h, c, UINT64_MAX, err, errlen);
+            if (r < 0) return -1;
+            if (r == 0) c->done_all = true;
+            else c->has_pending = true;
+        }
+        if (c->has_pending && (!best || c->pending.ts_ns < best->pending.ts_ns)) best = c;
+    }
+    if (!best) return 0;
+    best->has_pending = false;
+    *out = best;
+    *line = best->pending;
+    return 1;
+}
+
+long history_read_on(struct history_container *c, uint64_t to,
+                     void (*emit)(void *ctx, struct history_container *c, const struct history_line *l), void *ctx,
+                     char *err, size_t errlen)
+{
+    if (c->fd < 0 || !c->is_last || to <= c->done) return 0;
+    struct history h = {.max_bytes = INT64_MAX};
+    c->base = c->done;
+    c->pos = c->len = 0;
+    c->line_len = 0;
+    long n = 0;
+    for (;;) {
+        int r = read_line(&h, c, to, err, errlen);
+        if (r < 0) return -1;
+        if (r == 0) return n;
+        emit(ctx, c, &c->pending);
+        n++;
+    }
+}

@@ -1,0 +1,85 @@
+/*
+ * history — a container's lines from the node's files, for the logs API:
+ * every file of its log directory (earlier restarts first; within one,
+ * rotated siblings oldest first — `.gz` read through zlib — then the
+ * current file), read and parsed as the collector would (CRI or docker,
+ * partial lines joined), numbered from 1 since the first file present.
+ *
+ * Contract:
+ *  - history_scan() finds the selected containers by the collector's globs
+ *    (the kubelet's symlinks) and groups them by log directory, so a pod
+ *    restart (a new <n>.log beside the old) is one container.
+ *  - history_next() yields the containers' lines merged in timestamp order
+ *    (ties: the order of the scan); only complete lines are yielded, and
+ *    after it returns 0 each container remembers the current file it ended
+ *    in (kept open, by device and inode) and the offset after its last
+ *    complete line, so a follower can go on from there exactly.
+ *  - Every byte read counts against `max_bytes`; beyond it history_next()
+ *    returns -1 with a message saying so. Allocation is per container and
+ *    per request (a read buffer, a line buffer), never per line.
+ */
+#ifndef LOGLET_API_HISTORY_H
+#define LOGLET_API_HISTORY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "config/config.h"
+#include "parser/parser.h"
+
+struct history_line {
+    int64_t ts_ns;
+    int stream; /* enum parser_stream */
+    const char *content;
+    size_t len;
+    uint64_t number; /* 1-based within the container */
+};
+
+struct history_container;
+struct history;
+
+/* `allowed` (may be NULL: all) vets each container's log directory: the
+ * server passes the directories of the files the collector tails, so the
+ * API reads nothing the collector would not (symlink_roots, exclusions). */
+struct history *history_scan(const struct config *cfg, bool (*selects)(void *ctx, const struct parser_path_meta *m),
+                             bool (*allowed)(void *ctx, const char *dir), void *ctx, int64_t max_bytes, char *err,
+                             size_t errlen);
+void history_free(struct history *h);
+
+size_t history_count(const struct history *h);
+struct history_container *history_at(struct history *h, size_t i);
+const struct parser_path_meta *history_meta(const struct history_container *c);
+const char *history_dir(const struct history_container *c);
+
+/* Restarts the merge from the first file. `stop_at`, when not NULL, gives
+ * per container the line number to stop after (a second pass ending where a
+ * first one did); NULL reads to the files' current end. */
+void history_rewind(struct history *h, const uint64_t *stop_at);
+/* 1 with *c / *line set (valid until the next call), 0 at the end, -1 with
+ * err set. */
+int history_next(struct history *h, struct history_container **c, struct history_line *line, char *err,
+                 size_t errlen);
+/* Lines numbered so far in container c (after a full pass: all of them). */
+uint64_t history_lines(const struct history_container *c);
+void history_set_lines(struct history_container *c, uint64_t n);
+size_t history_index(const struct history_container *c);
+
+/* Where c's last file was left: its identity and the offset after its last
+ * complete line. false when c had no file open. */
+bool history_end(const struct history_container *c, dev_t *dev, ino_t *ino, uint64_t *offset);
+/* The plain files before the last one that the pass read to their end. */
+struct history_file_end {
+    dev_t dev;
+    ino_t ino;
+    uint64_t done;
+};
+size_t history_read_files(const struct history_container *c, const struct history_file_end **files);
+/* Reads c's last file from its end offset up to `to`, yielding each line as
+ * history_next() would (numbering on); returns lines yielded or -1. */
+long history_read_on(struct history_container *c, uint64_t to,
+                     void (*emit)(void *ctx, struct history_container *c, const struct history_line *l), void *ctx,
+                     char *err, size_t errlen);
+
+#endif

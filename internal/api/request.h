@@ -1,0 +1,37 @@
+/*
+ * request — one logs API request, served on its own thread: head, auth,
+ * routing, history, follow (see api.h for what the client sees).
+ */
+#ifndef LOGLET_API_REQUEST_H
+#define LOGLET_API_REQUEST_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "collector/collector.h"
+#include "config/config.h"
+#include "api/query.h"
+#include "output/livetail.h"
+
+struct api_request_env {
+    const struct config *cfg;
+    struct livetail *hub;
+    atomic_bool *stop;
+    bool tcp; /* needs the bearer token */
+    atomic_int *active; /* logs requests being served, against max_subscribers */
+    struct collector *collector; /* for /api/v1/targets; may be NULL */
+    /* A pod's job-name label, from a Kubernetes metadata provider; NULL
+     * while there is none (then `job=` is refused with the reason). */
+    api_job_label_fn job_label;
+    void *job_ctx;
+};
+
+/* Serves one connection to its end; the caller closes fd. */
+void api_request_serve(const struct api_request_env *env, int fd);
+
+/* Reads the token file (surrounding whitespace trimmed) into buf (NULL:
+ * only check it). 0, or -1 with `why` (unreadable, empty, too long). */
+int api_token_load(const char *path, char *buf, size_t cap, char *why, size_t whylen);
+
+#endif
