@@ -201,6 +201,10 @@ struct tailed_file *rotation_track(struct collector *c, const char *link_path, c
     f->fd = fd;
     f->gz = gz;
     f->format = c->cfg->collection.format;
+    bool oom = false;
+    struct pipeline_meta pm = {f->src->meta.namespace_, f->src->meta.pod, f->src->meta.container};
+    f->pipe = pipeline_file_new(c->pipeline, &pm, &oom);
+    if (oom) log_error("out of memory: %s is tailed without its pipeline stages", link_path);
     f->offset = offset;
     atomic_store(&f->src->acked_offset, offset);
     rotation_take_fingerprint(f);
@@ -213,9 +217,25 @@ struct tailed_file *rotation_track(struct collector *c, const char *link_path, c
     return f;
 }
 
+bool rotation_release_pipeline(struct collector *c, struct tailed_file *f)
+{
+    if (!f->pipe || !pipeline_file_held_bytes(f->pipe)) return true;
+    struct tailed_file *next = f->successor;
+    if (next && next->pipe) {
+        source_ref(f->src);
+        if (pipeline_file_handoff(f->pipe, next->pipe, f->src, f->offset, next->offset)) return true;
+        source_unref(f->src);
+    }
+    return tail_pipeline_flush(c, f);
+}
+
 void rotation_close(struct collector *c, struct tailed_file *f)
 {
     file_unlink(c, f);
+    /* Anything still held (a read error, a release) is dropped here: the
+     * file's acknowledged offset is before it, but nothing reads it again
+     * in this run. */
+    pipeline_file_free(f->pipe);
     if (f->gz) gzclose(f->gz);
     if (close(f->fd) != 0) log_warn("closing %s: %s", f->src->real_path, strerror(errno));
     free(f->gz_carry);
@@ -429,6 +449,7 @@ void rotation_teardown(struct collector *c)
         if (f->gz) gzclose(f->gz);
         close(f->fd);
         free(f->gz_carry);
+        pipeline_file_free(f->pipe);
         source_unref(f->src);
         metrics_add(files_tailed, -1);
         free(f);

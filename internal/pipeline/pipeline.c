@@ -328,20 +328,20 @@ size_t pipeline_extras_max(const struct pipeline *p)
     return STAGE_EXTRAS_MAX + 64;
 }
 
-void pipeline_print(const struct pipeline *p, FILE *out)
+void pipeline_print(const struct pipeline *p, FILE *out, const char *prefix)
 {
     if (pipeline_empty(p)) {
-        fputs("pipeline: []\n", out);
+        fprintf(out, "%spipeline: []\n", prefix);
         return;
     }
-    fputs("pipeline:\n", out);
+    fprintf(out, "%spipeline:\n", prefix);
     for (size_t i = 0; i < p->nblocks; i++) {
         const struct pipeline_block *b = &p->blocks[i];
-        fputs("  - match: ", out);
+        fprintf(out, "%s  - match: ", prefix);
         match_print(b, out);
-        fputs("\n    stages:\n", out);
+        fprintf(out, "\n%s    stages:\n", prefix);
         for (size_t s = 0; s < b->nstages; s++) {
-            fprintf(out, "      - %s: ", b->stages[s].ops->name);
+            fprintf(out, "%s      - %s: ", prefix, b->stages[s].ops->name);
             b->stages[s].ops->print(&b->stages[s], out);
             fputc('\n', out);
         }
@@ -722,12 +722,13 @@ bool pipeline_file_paused(const struct pipeline_file *pf, int64_t now_ms, int64_
     return false;
 }
 
-bool pipeline_file_handoff(struct pipeline_file *from, struct pipeline_file *to, void *origin, uint64_t origin_end)
+bool pipeline_file_handoff(struct pipeline_file *from, struct pipeline_file *to, void *origin, uint64_t origin_end,
+                           uint64_t to_offset)
 {
     if (!from || !to || from->block != to->block) return false;
     const struct stage *st = holder(from);
     if (!st || !st->ops->handoff) return false;
-    return st->ops->handoff(st, stage_state(from, st), stage_state(to, st), origin, origin_end);
+    return st->ops->handoff(st, stage_state(from, st), stage_state(to, st), origin, origin_end, to_offset);
 }
 
 void pipeline_set_origin_release(struct pipeline *p, void (*release)(void *origin)) { p->release_origin = release; }

@@ -76,8 +76,9 @@ typedef bool (*pipeline_emit_fn)(void *ctx, const struct pipeline_entry *e);
 struct pipeline *pipeline_create(const struct config *cfg, char *err, size_t errlen);
 void pipeline_destroy(struct pipeline *p);
 bool pipeline_empty(const struct pipeline *p);
-/* Prints the effective pipeline (every default filled in) as YAML. */
-void pipeline_print(const struct pipeline *p, FILE *out);
+/* Prints the effective pipeline (every default filled in) as YAML, each
+ * line after `prefix` ("# " to keep it beside config_print's output). */
+void pipeline_print(const struct pipeline *p, FILE *out, const char *prefix);
 /* Makes /metrics show this pipeline's counters (NULL: none). */
 void pipeline_publish_metrics(struct pipeline *p);
 size_t pipeline_render_metrics(char *buf, size_t cap);
@@ -112,10 +113,17 @@ bool pipeline_file_paused(const struct pipeline_file *pf, int64_t now_ms, int64_
 /* A rotated file closes while a join is held: the next file of the same
  * path (same block) takes the join over, with `origin` (a reference the
  * pipeline now owns) and `origin_end`, handed back in the entry when the
- * join goes out. False when `to` cannot take it (then nothing changed). */
-bool pipeline_file_handoff(struct pipeline_file *from, struct pipeline_file *to, void *origin, uint64_t origin_end);
+ * join goes out; `to` acknowledges nothing past `to_offset` (where its
+ * reading starts) until then. False when `to` cannot take it (nothing
+ * changed). */
+bool pipeline_file_handoff(struct pipeline_file *from, struct pipeline_file *to, void *origin, uint64_t origin_end,
+                           uint64_t to_offset);
 /* How the pipeline drops an origin reference it still owns when a file's
  * state is freed (set once by the collector). */
 void pipeline_set_origin_release(struct pipeline *p, void (*release)(void *origin));
+
+/* -pipeline-test: FILE through the pipeline `meta` selects, printed to out. */
+int pipeline_dry_run(const struct config *cfg, const char *path, const struct pipeline_meta *meta, FILE *out,
+                     char *err, size_t errlen);
 
 #endif

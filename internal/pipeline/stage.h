@@ -63,7 +63,8 @@ struct stage_ops {
     /* Drops what is held without sending it (the file is closed unread). */
     void (*discard)(const struct stage *st, void *state, void (*release_origin)(void *));
     /* Moves a held join to the state of the next file of the same path. */
-    bool (*handoff)(const struct stage *st, void *from, void *to, void *origin, uint64_t origin_end);
+    bool (*handoff)(const struct stage *st, void *from, void *to, void *origin, uint64_t origin_end,
+                    uint64_t to_offset);
     /* Rate-limiting stages: the file waits until *until_ms. */
     bool (*paused)(const struct stage *st, const void *state, int64_t now_ms, int64_t *until_ms);
     void (*print)(const struct stage *st, FILE *out);

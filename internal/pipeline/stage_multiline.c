@@ -251,7 +251,8 @@ static bool ml_due(const struct stage *st, const void *state, int64_t now_ms)
     return s->open && now_ms - s->last_ms >= mc->timeout_ms;
 }
 
-static bool ml_handoff(const struct stage *st, void *from, void *to, void *origin, uint64_t origin_end)
+static bool ml_handoff(const struct stage *st, void *from, void *to, void *origin, uint64_t origin_end,
+                       uint64_t to_offset)
 {
     (void)st;
     struct ml_state *a = from, *b = to;
@@ -259,9 +260,8 @@ static bool ml_handoff(const struct stage *st, void *from, void *to, void *origi
     char *spare = b->buf;
     size_t spare_cap = b->cap;
     *b = *a;
-    /* The next file's lines start at its own offset 0: nothing of it may be
-     * acknowledged before the entry is out. */
-    b->start_offset = 0;
+    /* Nothing of the next file may be acknowledged before the entry is out. */
+    b->start_offset = to_offset;
     b->origin = origin;
     b->origin_end = origin_end;
     *a = (struct ml_state){.buf = spare, .cap = spare_cap};
