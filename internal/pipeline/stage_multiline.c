@@ -40,7 +40,7 @@ enum ml_pattern {
     PAT_BLANK,
     PAT_GO_START,   /* go: panic / fatal error */
     PAT_GO_CONT,    /* go: goroutine headers, frames, created by, signal and exit lines */
-    PAT_RUBY,       /* ruby: "from" lines and bare frame lines */
+    PAT_RUBY,       /* ruby: indented lines ("from", source excerpts), blank lines, bare frame lines */
     NPATTERNS
 };
 
@@ -55,7 +55,9 @@ static const char *const patterns[NPATTERNS] = {
     [PAT_GO_START] = "^(?:panic: |fatal error: |runtime: |SIGSEGV: |SIGABRT: )",
     [PAT_GO_CONT] = "^(?:goroutine \\d+ \\[|created by |\\[signal |exit status \\d+$|\\.\\.\\.\\d+ frames elided\\.\\.\\.$"
                     "|\\[recovered\\]|\\S+\\(.*\\)$|r(?:ax|bx|cx|dx|di|si|bp|sp|ip|\\d+|flags) +0x|(?:cs|fs|gs) +0x)",
-    [PAT_RUBY] = "^(?:[\\t ]+from |[\\t ]+\\S+:\\d+:in |[^\\s:]+:\\d+:in [`'][^']*'$|[\\t ]*\\.\\.\\. \\d+ levels\\.\\.\\.$)",
+    /* Ruby 3.1+ prints error_highlight's source excerpt (a blank line, then
+     * indented code and carets) between the message and the "from" lines. */
+    [PAT_RUBY] = "^(?:[\\t ]|$|[^\\s:]+:\\d+:in [`'][^']*'$)",
 };
 
 /* Python and Go: where in a trace the last line was. */
