@@ -576,10 +576,8 @@ static void expect_error(const char *yaml, const char *want)
     char err[1024] = "";
     struct config cfg;
     struct pipeline *p = NULL;
-    if (load(&cfg, yaml, err, sizeof err) == 0) {
-        p = pipeline_create(&cfg, err, sizeof err);
-        config_free(&cfg);
-    }
+    if (load(&cfg, yaml, err, sizeof err) == 0) p = pipeline_create(&cfg, err, sizeof err);
+    config_free(&cfg);
     if (p) {
         pipeline_destroy(p);
         fail_msg("accepted:\n%s", yaml);
