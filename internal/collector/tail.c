@@ -542,7 +542,7 @@ stopped:
 static bool pipeline_pauses(struct collector *c, struct tailed_file *f)
 {
     int64_t until;
-    if (!pipeline_file_paused(f->pipe, metrics_now_ms(), &until)) return false;
+    if (!pipeline_file_paused(f->pipe, 0, &until)) return false;
     f->paused_until_ms = until;
     if (!c->next_resume_ms || until < c->next_resume_ms) c->next_resume_ms = until;
     return true;

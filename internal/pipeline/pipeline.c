@@ -366,6 +366,7 @@ struct pipeline_file *pipeline_file_new(struct pipeline *p, const struct pipelin
         }
         pf->p = p;
         pf->block = b;
+        for (size_t s = 0; s < b->nstages; s++) pf->can_pause |= b->stages[s].ops->paused != NULL;
         return pf;
     }
     return NULL;
@@ -714,6 +715,8 @@ bool stage_input(const struct stage_run *r, int source, const char **text, size_
 
 bool pipeline_file_paused(const struct pipeline_file *pf, int64_t now_ms, int64_t *until_ms)
 {
+    if (!pf->can_pause) return false;
+    if (!now_ms) now_ms = metrics_now_ms();
     for (size_t i = 0; i < pf->block->nstages; i++) {
         const struct stage *st = &pf->block->stages[i];
         if (st->ops->paused && st->ops->paused(st, stage_state((struct pipeline_file *)pf, st), now_ms, until_ms))

@@ -108,7 +108,9 @@ bool pipeline_file_due(const struct pipeline_file *pf, int64_t now_ms);
 bool pipeline_file_flush(struct pipeline_file *pf, pipeline_emit_fn emit, void *ctx);
 /* The bytes a flush may need in the ring (0: nothing held). */
 size_t pipeline_file_held_bytes(const struct pipeline_file *pf);
-/* limit, action wait: the file is not to be read before *until_ms. */
+/* limit, action wait: the file is not to be read before *until_ms. now_ms
+ * 0: read the clock only if a stage of the block can pause (the hot loop
+ * asks after every line). */
 bool pipeline_file_paused(const struct pipeline_file *pf, int64_t now_ms, int64_t *until_ms);
 /* A rotated file closes while a join is held: the next file of the same
  * path (same block) takes the join over, with `origin` (a reference the

@@ -159,6 +159,7 @@ struct pipeline {
 struct pipeline_file {
     struct pipeline *p;
     struct pipeline_block *block;
+    bool can_pause; /* a stage of the block rate-limits with action: wait */
     char state[]; /* block->state_size bytes, each stage's at its state_off */
 };
 
