@@ -217,7 +217,10 @@ static void service_pending(struct collector *c)
             push_front_pending(c, f); /* first in line when the ring has room again */
             return;
         }
-        if (r == READ_PAUSED) continue; /* resumed by resume_paused() */
+        if (r == READ_PAUSED) { /* resumed by resume_paused() */
+            if (f == last) break;
+            continue;
+        }
         /* A join that waited its timeout goes out; a rotated file's join
          * waits for the file to close and moves to its successor. */
         if (r == READ_EOF && f->pipe && pipeline_file_due(f->pipe, now) &&

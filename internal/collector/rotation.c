@@ -364,6 +364,7 @@ void rotation_truncated(struct collector *c, struct tailed_file *f)
     if (fstat(f->fd, &st) != 0) return;
     log_warn("%s was truncated (size %lld, read up to %llu): reading it again from the start",
              f->src->path, (long long)st.st_size, (unsigned long long)f->offset);
+    (void)tail_pipeline_flush(c, f); /* a held join is of the old content (kept if the ring is full) */
     metrics_add(truncations, 1);
     /* Chunks in flight acknowledge the old source; the positions file must
      * not resume past the new data, so the file gets a fresh one at 0. */

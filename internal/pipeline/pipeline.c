@@ -242,12 +242,6 @@ static int compile_block(struct stage_compile *cx, struct pipeline_block *b, con
     return 0;
 }
 
-static uint32_t captures_of(const struct pipeline *p)
-{
-    (void)p;
-    return 64;
-}
-
 static int run_init(struct stage_run *r, struct pipeline *p, size_t cap)
 {
     r->p = p;
@@ -289,7 +283,8 @@ struct pipeline *pipeline_create(const struct config *cfg, char *err, size_t err
     }
     /* An entry is at most a logical line repaired (3 bytes per invalid byte). */
     size_t cap = 3 * p->max_line + 16;
-    p->max_captures = captures_of(p);
+    p->max_captures = 64; /* regex refuses a pattern with more groups */
+    if (n == 0) return p; /* no block: nothing will ever run */
     if (run_init(&p->run, p, cap) != 0 || run_init(&p->held_run, p, cap) != 0 ||
         !(p->md = pcre2_match_data_create(p->max_captures, NULL)) || !(p->mctx = pcre2_match_context_create(NULL))) {
         snprintf(err, errlen, "out of memory");
