@@ -357,6 +357,7 @@ static int encode(struct aggregator *agg, struct aggregator_batch *b)
     b->body_len = body_len;
     b->entries = st->nentries;
     b->line_bytes = line_bytes;
+    metrics_set(batch_streams, (int64_t)st->nstreams);
     b->oldest_entry_ns = st->oldest_ns;
     b->acks = slot->acks;
     b->nacks = slot->nacks;

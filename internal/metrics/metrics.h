@@ -67,6 +67,7 @@ struct metrics {
     _Atomic int64_t files_tailed;
     _Atomic int64_t ring_used_bytes;
     _Atomic int64_t ring_capacity_bytes;
+    _Atomic int64_t batch_streams; /* streams (label sets) in the last batch: what pipeline labels add shows here */
     _Atomic int64_t last_beat_ms[METRICS_THREAD_COUNT];
 };
 

@@ -22,9 +22,11 @@ static const struct stage_ops *const kinds[] = {
 };
 #define NKINDS (sizeof kinds / sizeof kinds[0])
 
-/* Ten thousand backtracking steps is far more than a sane pattern needs on
- * a line and bounds a pathological one to well under a millisecond. */
+/* A hundred thousand backtracking steps is far more than a sane pattern
+ * needs on a line and bounds a pathological one to about a millisecond. */
 #define STAGE_MATCH_LIMIT 100000
+/* About 800 bytes of /metrics each: 256 fit its 256 KiB with room to spare. */
+#define PIPELINE_MAX_STAGES 256
 
 /* ------------------------------------------------------------------------ */
 /* Compile helpers (stage.h)                                                */
@@ -273,6 +275,7 @@ struct pipeline *pipeline_create(const struct config *cfg, char *err, size_t err
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    size_t stages = 0;
     for (size_t i = 0; i < n; i++) {
         struct pipeline_block *b = &p->blocks[i];
         b->index = i;
@@ -280,6 +283,11 @@ struct pipeline *pipeline_create(const struct config *cfg, char *err, size_t err
         cx.block = b;
         snprintf(cx.path, sizeof cx.path, "pipeline[%zu]", i);
         if (compile_block(&cx, b, top->items[i]) != 0) goto fail;
+        /* Each stage has its own series in /metrics, which is bounded. */
+        if ((stages += b->nstages) > PIPELINE_MAX_STAGES) {
+            stage_fail(&cx, top->items[i], NULL, "more than %d stages in all match blocks", PIPELINE_MAX_STAGES);
+            goto fail;
+        }
     }
     /* An entry is at most a logical line repaired (3 bytes per invalid byte). */
     size_t cap = 3 * p->max_line + 16;

@@ -160,7 +160,8 @@ struct pipeline_file {
     struct pipeline *p;
     struct pipeline_block *block;
     bool can_pause; /* a stage of the block rate-limits with action: wait */
-    char state[]; /* block->state_size bytes, each stage's at its state_off */
+    /* block->state_size bytes, each stage's at its state_off (16-aligned). */
+    _Alignas(16) char state[];
 };
 
 static inline void *stage_state(struct pipeline_file *pf, const struct stage *st)
