@@ -9,6 +9,7 @@
  * means the key was not set (or set to null / []); trees are deep-copied
  * with the configuration and printed back as YAML that loads again.
  */
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -81,12 +82,13 @@ const struct config_tree *config_tree_get(const struct config_tree *map, const c
     return NULL;
 }
 
-static void print_scalar(FILE *out, const char *s)
+/* Values are ${VAR}-expanded when loaded, so "$" prints as "$$"; keys are not. */
+static void print_scalar(FILE *out, const char *s, bool dollar)
 {
     fputc('"', out);
     for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
         if (*p == '"' || *p == '\\') fprintf(out, "\\%c", *p);
-        else if (*p == '$') fputs("$$", out); /* loads back to the same text after ${VAR} expansion */
+        else if (*p == '$' && dollar) fputs("$$", out);
         else if (*p < 0x20 || *p == 0x7f) fprintf(out, "\\x%02x", *p);
         else fputc(*p, out);
     }
@@ -102,7 +104,7 @@ void config_tree_print(const struct config_tree *t, FILE *out)
     }
     switch (t->kind) {
     case CONFIG_TREE_SCALAR:
-        print_scalar(out, t->text);
+        print_scalar(out, t->text, true);
         break;
     case CONFIG_TREE_LIST:
         fputc('[', out);
@@ -116,7 +118,7 @@ void config_tree_print(const struct config_tree *t, FILE *out)
         fputc('{', out);
         for (size_t i = 0; i < t->count; i++) {
             if (i) fputs(", ", out);
-            print_scalar(out, t->keys[i]);
+            print_scalar(out, t->keys[i], false);
             fputs(": ", out);
             config_tree_print(t->items[i], out);
         }

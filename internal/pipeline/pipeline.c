@@ -154,18 +154,22 @@ pcre2_code *stage_regex(struct stage_compile *cx, const struct config_tree *node
     return re;
 }
 
-void stage_print_string(FILE *out, const char *s, size_t len)
+static void print_quoted(FILE *out, const char *s, size_t len, bool dollar)
 {
     fputc('"', out);
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)s[i];
         if (ch == '"' || ch == '\\') fprintf(out, "\\%c", ch);
-        else if (ch == '$') fputs("$$", out);
+        else if (ch == '$' && dollar) fputs("$$", out);
         else if (ch < 0x20 || ch == 0x7f) fprintf(out, "\\x%02x", ch);
         else fputc(ch, out);
     }
     fputc('"', out);
 }
+
+/* Values are ${VAR}-expanded when loaded, so "$" prints as "$$"; keys are not. */
+void stage_print_string(FILE *out, const char *s, size_t len) { print_quoted(out, s, len, true); }
+void stage_print_key(FILE *out, const char *s, size_t len) { print_quoted(out, s, len, false); }
 
 char *stage_arena(struct stage_run *r, size_t len)
 {
@@ -691,7 +695,7 @@ void stage_fieldmap_print(const struct stage *st, const struct stage_fieldmap *f
     for (size_t i = 0; i < fm->n; i++) {
         const char *name = st->block->fields[fm->slot[i]];
         if (i) fputs(", ", out);
-        stage_print_string(out, name, strlen(name));
+        stage_print_key(out, name, strlen(name));
         fputs(": ", out);
         stage_print_string(out, fm->src[i], strlen(fm->src[i]));
     }

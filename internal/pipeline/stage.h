@@ -221,6 +221,7 @@ bool stage_input(const struct stage_run *r, int source, const char **text, size_
 pcre2_code *stage_regex(struct stage_compile *cx, const struct config_tree *node, const char *key,
                         const char *pattern);
 void stage_print_string(FILE *out, const char *s, size_t len);
+void stage_print_key(FILE *out, const char *s, size_t len);
 
 /* Every kind, for the compiler's lookup (pipeline.c). */
 extern const struct stage_ops stage_multiline, stage_json, stage_logfmt, stage_regex_ops, stage_labels,
