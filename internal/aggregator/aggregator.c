@@ -229,6 +229,16 @@ bool aggregator_add(struct aggregator *agg, const struct source_chunk *chunk, co
     /* Stream indexes of this call only: a batch boundary or another chunk
      * starts afresh, so nothing outlives the batch it was looked up in. */
     int64_t stream_of[SOURCE_STREAM_KINDS] = {-1, -1, -1};
+    /* Label sets a pipeline extended, seen in this call: a file's entries
+     * use a handful (a level label's values), so most lines find theirs
+     * here without rendering the set and hashing it. */
+    struct {
+        unsigned kind;
+        const char *labels;
+        size_t len;
+        int64_t stream;
+    } seen[8];
+    size_t nseen = 0, next_seen = 0;
     uint32_t meta = chunk->records > *done ? chunk_meta(agg, chunk->source) : UINT32_MAX;
     const struct source_record *rec = *next;
     for (; *done < chunk->records; (*done)++, rec = source_record_next(rec)) {
@@ -244,8 +254,20 @@ bool aggregator_add(struct aggregator *agg, const struct source_chunk *chunk, co
         size_t xlabels_len = 0, xmeta_len = 0, xmeta_off = 0;
         if (rec->extra_len) {
             source_record_extras(rec, &xlabels, &xlabels_len, &xmeta, &xmeta_len);
-            if (xlabels_len)
-                stream = merged_stream_index(agg, source_stream_labels(chunk->source, kind), xlabels, xlabels_len);
+            if (xlabels_len) {
+                stream = -1;
+                for (size_t k = 0; k < nseen && stream < 0; k++)
+                    if (seen[k].kind == kind && seen[k].len == xlabels_len && memcmp(seen[k].labels, xlabels, xlabels_len) == 0)
+                        stream = seen[k].stream;
+                if (stream < 0) {
+                    stream = merged_stream_index(agg, source_stream_labels(chunk->source, kind), xlabels, xlabels_len);
+                    size_t at = nseen < 8 ? nseen++ : next_seen++ % 8;
+                    seen[at].kind = kind;
+                    seen[at].labels = xlabels;
+                    seen[at].len = xlabels_len;
+                    seen[at].stream = stream;
+                }
+            }
         }
         size_t off;
         if (stream < 0 || RESERVE(st->entries, st->entries_cap, st->nentries + 1) != 0 ||

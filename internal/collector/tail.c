@@ -217,6 +217,7 @@ bool tail_pipeline_flush(struct collector *c, struct tailed_file *f)
     if (c->blocked) return false;
     struct pipe_ctx pc = {c, f};
     c->writer.end_offset = f->offset;
+    pipeline_set_clock(c->pipeline, metrics_now_ms(), realtime_ns());
     bool ok = pipeline_file_flush(f->pipe, pipe_emit, &pc);
     tail_commit(c, f);
     return ok;
@@ -564,6 +565,7 @@ enum read_result tail_read(struct collector *c, struct tailed_file *f, bool flus
         return READ_ERROR;
     }
     if (n == 0) return f->phys_at ? READ_EOF : check_truncation(c, f);
+    if (f->pipe) pipeline_set_clock(c->pipeline, metrics_now_ms(), realtime_ns()); /* once per read, not per line */
     if (f->phys_at) return continue_physical(c, f, (size_t)n, read_at, flush_incomplete);
 
     const bool buffer_full = (size_t)n == c->buf_size;

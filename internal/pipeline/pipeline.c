@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log/log.h"
 #include "metrics/metrics.h"
@@ -506,7 +507,7 @@ static void render_extras(struct stage_run *r, struct stage *last)
         o += vl;
         x[o++] = '\0';
     }
-    if (cut && last) atomic_fetch_add_explicit(&last->counters.errors, 1, memory_order_relaxed);
+    if (cut && last) stage_count(&last->counters.errors);
     if (o > 2) {
         r->e.extras = x;
         r->e.extras_len = o;
@@ -520,22 +521,22 @@ static enum stage_verdict run_from(struct stage_run *r, size_t from)
     for (size_t i = from; i < b->nstages; i++) {
         struct stage *st = &b->stages[i];
         r->at = i;
-        atomic_fetch_add_explicit(&st->counters.in, 1, memory_order_relaxed);
+        stage_count(&st->counters.in);
         enum stage_verdict v = st->ops->process(st, stage_state(r->pf, st), r);
         switch (v) {
         case STAGE_PASS:
-            atomic_fetch_add_explicit(&st->counters.out, 1, memory_order_relaxed);
+            stage_count(&st->counters.out);
             continue;
         case STAGE_DROP:
             if (r->drop_reason < STAGE_MAX_REASONS)
-                atomic_fetch_add_explicit(&st->counters.dropped[r->drop_reason], 1, memory_order_relaxed);
+                stage_count(&st->counters.dropped[r->drop_reason]);
             return STAGE_DROP;
         case STAGE_HOLD:
-            atomic_fetch_add_explicit(&st->counters.held, 1, memory_order_relaxed);
+            stage_count(&st->counters.held);
             return STAGE_HOLD;
         case STAGE_FAIL:
             /* Nothing went on: not counted as in. */
-            atomic_fetch_sub_explicit(&st->counters.in, 1, memory_order_relaxed);
+            stage_uncount(&st->counters.in);
             return STAGE_FAIL;
         }
     }
@@ -550,9 +551,29 @@ enum stage_verdict stage_run_rest(struct stage_run *from, struct stage_run *sub)
     sub->emit = from->emit;
     sub->emit_ctx = from->emit_ctx;
     sub->now_ms = from->now_ms;
+    sub->now_real_ns = from->now_real_ns;
     enum stage_verdict v = run_from(sub, from->at + 1);
     from->at = sub->at > from->at ? from->at : from->at; /* the caller's stage is still the current one */
     return v == STAGE_FAIL ? STAGE_FAIL : STAGE_PASS;
+}
+
+void pipeline_set_clock(struct pipeline *p, int64_t mono_ms, int64_t real_ns)
+{
+    p->clock_ms = mono_ms;
+    p->clock_real_ns = real_ns;
+}
+
+static void set_now(struct pipeline *p, struct stage_run *r)
+{
+    if (p->clock_ms) {
+        r->now_ms = p->clock_ms;
+        r->now_real_ns = p->clock_real_ns;
+        return;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    r->now_real_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    r->now_ms = metrics_now_ms();
 }
 
 bool pipeline_process(struct pipeline_file *pf, const char *content, size_t len, int64_t ts_ns, uint8_t stream,
@@ -566,7 +587,7 @@ bool pipeline_process(struct pipeline_file *pf, const char *content, size_t len,
     r->pf = pf;
     r->emit = emit;
     r->emit_ctx = ctx;
-    r->now_ms = metrics_now_ms();
+    set_now(pf->p, r);
     memcpy(r->line, content, len);
     r->e = (struct pipeline_entry){.line = r->line, .len = len, .ts_ns = ts_ns, .stream = stream, .flags = flags};
     r->line_start = line_start;
@@ -585,7 +606,7 @@ bool pipeline_file_flush(struct pipeline_file *pf, pipeline_emit_fn emit, void *
     r->pf = pf;
     r->emit = emit;
     r->emit_ctx = ctx;
-    r->now_ms = metrics_now_ms();
+    set_now(pf->p, r);
     r->at = st->index;
     return st->ops->flush(st, stage_state(pf, st), r) != STAGE_FAIL;
 }

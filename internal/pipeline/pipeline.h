@@ -93,6 +93,11 @@ void pipeline_file_free(struct pipeline_file *pf);
 /* The index of the block in the configuration. */
 size_t pipeline_file_block(const struct pipeline_file *pf);
 
+/* The time for the entries that follow (one read's worth): monotonic ms
+ * for timeouts and rate limits, realtime ns for older_than. Without it the
+ * clocks are read for each entry. */
+void pipeline_set_clock(struct pipeline *p, int64_t mono_ms, int64_t real_ns);
+
 /* One record of the file: its content, timestamp, stream kind and flags, and
  * `line_start`, the file offset where its line begins. On return *dropped
  * is true when a stage dropped it. */

@@ -118,7 +118,8 @@ struct stage_run {
     size_t at; /* the stage running now */
     pipeline_emit_fn emit;
     void *emit_ctx;
-    int64_t now_ms;
+    int64_t now_ms;      /* CLOCK_MONOTONIC: joins' timeouts, buckets */
+    int64_t now_real_ns; /* CLOCK_REALTIME: drop older_than */
     size_t drop_reason;
 
     struct pipeline_entry e; /* e.line points at `line` */
@@ -152,6 +153,9 @@ struct pipeline {
     pcre2_match_context *mctx;
     uint32_t max_captures;
     void (*release_origin)(void *origin);
+    /* pipeline_set_clock(): the caller's time for the entries of one read
+     * (0: read the clocks for each entry). */
+    int64_t clock_ms, clock_real_ns;
     struct stage_run run;       /* the current line */
     struct stage_run held_run;  /* a held join going out while the current line waits */
 };
@@ -163,6 +167,17 @@ struct pipeline_file {
     /* block->state_size bytes, each stage's at its state_off (16-aligned). */
     _Alignas(16) char state[];
 };
+
+/* Counters have one writer (the collector thread) and readers anywhere
+ * (/metrics): a relaxed load and store, no locked read-modify-write per line. */
+static inline void stage_count(_Atomic uint64_t *c)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1, memory_order_relaxed);
+}
+static inline void stage_uncount(_Atomic uint64_t *c)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) - 1, memory_order_relaxed);
+}
 
 static inline void *stage_state(struct pipeline_file *pf, const struct stage *st)
 {

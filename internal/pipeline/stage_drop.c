@@ -12,7 +12,6 @@
  */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "stage.h"
 
@@ -30,7 +29,7 @@ static bool matches(const struct stage *st, pcre2_code *re, const char *s, size_
 {
     int rc = pcre2_match(re, (PCRE2_SPTR)s, len, 0, 0, r->p->md, r->p->mctx);
     if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT || rc == PCRE2_ERROR_HEAPLIMIT)
-        atomic_fetch_add_explicit(&((struct stage *)st)->counters.errors, 1, memory_order_relaxed);
+        stage_count(&((struct stage *)st)->counters.errors);
     return rc >= 0;
 }
 
@@ -43,10 +42,7 @@ static enum stage_verdict drop_process(const struct stage *st, void *state, stru
         return STAGE_DROP;
     }
     if (dc->older_than_ms) {
-        struct timespec now;
-        clock_gettime(CLOCK_REALTIME, &now); /* vDSO: no system call */
-        int64_t now_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
-        if (r->e.ts_ns < now_ns - dc->older_than_ms * 1000000) {
+        if (r->e.ts_ns < r->now_real_ns - dc->older_than_ms * 1000000) {
             r->drop_reason = R_OLDER;
             return STAGE_DROP;
         }

@@ -329,7 +329,7 @@ static enum stage_verdict json_process(const struct stage *st, void *state, stru
     if (!ok) {
         for (size_t f = 0; f < jc->fm.n; f++)
             if (j.set & (1ULL << f)) r->gen[jc->fm.slot[f]] = 0;
-        atomic_fetch_add_explicit(&((struct stage *)st)->counters.errors, 1, memory_order_relaxed);
+        stage_count(&((struct stage *)st)->counters.errors);
     }
     return STAGE_PASS;
 }

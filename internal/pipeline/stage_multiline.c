@@ -197,7 +197,7 @@ static enum stage_verdict ml_process(const struct stage *st, void *state, struct
     bool limit = false;
     enum ml_trace next;
     bool cont = continues(mc, s->open ? s->trace : TR_NONE, r, &next, &limit);
-    if (limit) atomic_fetch_add_explicit(&((struct stage *)st)->counters.errors, 1, memory_order_relaxed);
+    if (limit) stage_count(&((struct stage *)st)->counters.errors);
     size_t max = (size_t)mc->max_bytes;
     if (s->open && cont && r->e.stream == s->stream && s->lines < (size_t)mc->max_lines &&
         s->len + 1 + r->e.len <= max && grow(s, s->len + 1 + r->e.len, max)) {

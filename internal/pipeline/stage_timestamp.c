@@ -59,7 +59,7 @@ static enum stage_verdict ts_process(const struct stage *st, void *state, struct
     default: ok = parse_unix(v, len, 1, &ns); break;
     }
     if (ok) r->e.ts_ns = ns;
-    else atomic_fetch_add_explicit(&((struct stage *)st)->counters.errors, 1, memory_order_relaxed);
+    else stage_count(&((struct stage *)st)->counters.errors);
     return STAGE_PASS;
 }
 
