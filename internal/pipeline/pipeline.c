@@ -374,7 +374,7 @@ struct pipeline_file *pipeline_file_new(struct pipeline *p, const struct pipelin
         }
         pf->p = p;
         pf->block = b;
-        for (size_t s = 0; s < b->nstages; s++) pf->can_pause |= b->stages[s].ops->paused != NULL;
+        for (size_t s = 0; s < b->nstages; s++) pf->can_pause |= b->stages[s].pauses;
         return pf;
     }
     return NULL;

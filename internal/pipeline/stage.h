@@ -82,6 +82,7 @@ struct stage {
     struct pipeline_block *block;
     void *conf; /* the kind's compiled settings */
     size_t state_off; /* into the file's state area */
+    bool pauses;      /* limit with action: wait (set by its compile) */
     struct stage_counters counters;
 };
 

@@ -42,29 +42,31 @@ static void ws(struct jp *j)
     while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')) j->p++;
 }
 
-/* At '"': the raw contents up to the closing quote; *esc when it holds escapes. */
+/* At '"': the raw contents up to the closing quote; *esc when it holds
+ * escapes. One pass: the quote, escapes, and control characters (which
+ * JSON forbids unescaped) are found in the same loop. */
 static bool raw_string(struct jp *j, const char **s, size_t *len, bool *esc)
 {
-    const char *p = j->p + 1;
-    *esc = false;
-    *s = p;
-    for (;;) {
-        const char *q = memchr(p, '"', (size_t)(j->end - p));
-        if (!q) return false;
-        /* Count the backslashes before the quote: an odd number escapes it. */
-        const char *b = q;
-        while (b > *s && b[-1] == '\\') b--;
-        if (b != q) *esc = true;
-        if (((q - b) & 1) == 0) {
-            *len = (size_t)(q - *s);
-            j->p = q + 1;
-            for (const char *c = *s; c < q; c++)
-                if ((unsigned char)*c < 0x20) return false;
-            if (!*esc) *esc = memchr(*s, '\\', *len) != NULL;
+    const unsigned char *p = (const unsigned char *)j->p + 1, *end = (const unsigned char *)j->end;
+    bool escaped = false;
+    *s = (const char *)p;
+    for (; p < end; p++) {
+        unsigned char c = *p;
+        if (c > '\\' || (c > '"' && c < '\\')) continue; /* the common case: nothing to look at */
+        if (c == '"') {
+            *len = (size_t)((const char *)p - *s);
+            *esc = escaped;
+            j->p = (const char *)p + 1;
             return true;
         }
-        p = q + 1;
+        if (c == '\\') {
+            escaped = true;
+            if (++p >= end) return false;
+            continue;
+        }
+        if (c < 0x20) return false;
     }
+    return false;
 }
 
 static int hex4(const char *s)

@@ -104,6 +104,7 @@ static int limit_compile(struct stage *st, const struct config_tree *node, struc
     if (action && strcmp(action, "drop") != 0 && strcmp(action, "wait") != 0)
         return stage_fail(cx, config_tree_get(node, "action"), "action", "'%s' is not one of drop, wait", action);
     lc->wait = action && strcmp(action, "wait") == 0;
+    st->pauses = lc->wait;
     return 0;
 }
 
