@@ -144,7 +144,7 @@ int pipeline_dry_run(const struct config *cfg, const char *path, const struct pi
         const struct pipeline_block *b = &p->blocks[pipeline_file_block(pf)];
         for (size_t s = 0; s < b->nstages; s++) {
             const struct stage *st = &b->stages[s];
-            fprintf(out, "# stage %zu %s: in %llu, out %llu, held %llu, errors %llu", s, st->ops->name,
+            fprintf(out, "# stage %zu %s: in %llu, out %llu, joined %llu, errors %llu", s, st->ops->name,
                     (unsigned long long)st->counters.in, (unsigned long long)st->counters.out,
                     (unsigned long long)st->counters.held, (unsigned long long)st->counters.errors);
             for (size_t r = 0; st->ops->drop_reasons && st->ops->drop_reasons[r]; r++)

@@ -643,7 +643,7 @@ size_t pipeline_render_metrics(char *buf, size_t cap)
     } series[] = {
         {"in", "Entries a pipeline stage received.", offsetof(struct stage_counters, in)},
         {"out", "Entries a pipeline stage passed on.", offsetof(struct stage_counters, out)},
-        {"held", "Lines a pipeline stage took into a join (multiline).", offsetof(struct stage_counters, held)},
+        {"joined", "Lines a multiline stage took into a join (an entry of N lines counts N).", offsetof(struct stage_counters, held)},
         {"errors", "Entries a stage could not process (malformed JSON or logfmt, regex match limit, bad timestamp, extras cut); they pass unchanged.",
          offsetof(struct stage_counters, errors)},
     };

@@ -170,7 +170,7 @@ class MultilineTest(PipelineTestCase):
             app.write(line, ts_ns=ts + 1 + k)
         # Until the agent delivered the first entry and holds ten lines of the trace.
         self.wait(lambda: len(self.entries_of(app)) == 1, what="the first entry")
-        self.wait(lambda: self.metric(a, "loglet_pipeline_held_total", block="0", stage="0") >= 10,
+        self.wait(lambda: self.metric(a, "loglet_pipeline_joined_total", block="0", stage="0") >= 10,
                   what="ten lines held")
         time.sleep(1.5)  # a positions save happens while the join is held
         held_at = self.positions().get(app.link_path)
