@@ -258,7 +258,10 @@ static bool ml_handoff(const struct stage *st, void *from, void *to, void *origi
 {
     (void)st;
     struct ml_state *a = from, *b = to;
-    if (!a->open || b->open || b->origin) return false;
+    /* A join that already began in an earlier file (a trace longer than a
+     * rotation) goes out here instead of moving on again: its first file
+     * must be acknowledged once, by one entry. */
+    if (!a->open || a->origin || b->open || b->origin) return false;
     char *spare = b->buf;
     size_t spare_cap = b->cap;
     *b = *a;

@@ -39,6 +39,8 @@ struct out {
     char *meta[256];
     int64_t ts[256];
     uint8_t stream[256];
+    void *origin[256];
+    uint64_t origin_end[256];
     size_t n;
     int refuse; /* refuse this many emits, then accept */
 };
@@ -64,6 +66,8 @@ static bool collect(void *ctx, const struct pipeline_entry *e)
     o->lines[o->n] = strndup(e->line, e->len);
     o->ts[o->n] = e->ts_ns;
     o->stream[o->n] = e->stream;
+    o->origin[o->n] = e->origin;
+    o->origin_end[o->n] = e->origin_end;
     char labels[9000] = "", meta[9000] = "";
     if (e->extras_len) {
         /* Read the extras as the aggregator does: through a record. */
@@ -330,6 +334,11 @@ static void test_multiline_handoff(void **state)
     feed(&fx, "\tat a.b(C.java:1)");
     static int origin;
     assert_true(pipeline_file_handoff(fx.pf, next, &origin, 777, 0));
+    /* Moved once, not twice: from the next file it goes out instead. */
+    struct pipeline_file *third = pipeline_file_new(fx.p, &m, &oom);
+    static int origin2;
+    assert_false(pipeline_file_handoff(next, third, &origin2, 5, 0));
+    pipeline_file_free(third);
     assert_int_equal(pipeline_file_ack_limit(fx.pf), UINT64_MAX);
     assert_int_equal(pipeline_file_ack_limit(next), 0);
     bool dropped;
@@ -339,6 +348,8 @@ static void test_multiline_handoff(void **state)
     assert_true(pipeline_process(next, l, strlen(l), 6, 0, 0, 12, collect, &fx.out, &dropped));
     assert_int_equal(fx.out.n, 1);
     assert_string_equal(fx.out.lines[0], "java.lang.Exception: x\n\tat a.b(C.java:1)\n\t... 3 more");
+    assert_ptr_equal(fx.out.origin[0], &origin); /* acknowledges the first file when delivered */
+    assert_int_equal(fx.out.origin_end[0], 777);
     pipeline_file_free(next);
     fx_teardown(&fx);
 }
