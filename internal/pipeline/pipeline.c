@@ -553,7 +553,6 @@ enum stage_verdict stage_run_rest(struct stage_run *from, struct stage_run *sub)
     sub->now_ms = from->now_ms;
     sub->now_real_ns = from->now_real_ns;
     enum stage_verdict v = run_from(sub, from->at + 1);
-    from->at = sub->at > from->at ? from->at : from->at; /* the caller's stage is still the current one */
     return v == STAGE_FAIL ? STAGE_FAIL : STAGE_PASS;
 }
 
