@@ -297,6 +297,37 @@ class DropLimitLabelsTest(PipelineTestCase):
         self.assertEqual(a.stop(), 0)
 
 
+class StdoutTest(PipelineTestCase):
+    def test_stdout_text_and_json_show_labels_and_metadata(self):
+        """Without Loki the entries go to stdout with what the pipeline added."""
+        pipeline = """pipeline:
+  - match: {namespaces: [shop]}
+    stages:
+      - logfmt: {fields: [level, msg, trace]}
+      - labels: {level: {values: [info, error]}}
+      - structured_metadata: [trace]
+      - output: {source: msg}
+"""
+        for fmt in ("text", "json"):
+            cfg = base_config(self.tree, self.workdir, f"output:\n  stdout:\n    format: {fmt}\n" + pipeline)
+            a = self.agent(cfg, name=f"{fmt}.yaml").start()
+            c = self.tree.container("shop", f"web-{fmt}", "app")
+            c.write('level=error msg="disk full" trace=abc', ts_ns=T0)
+            c.write("level=debug msg=quiet", ts_ns=T0 + 1)
+            lines = a.wait_lines(2)
+            self.assertEqual(a.stop(), 0)
+            if fmt == "text":
+                self.assertEqual(lines, [f"2024-05-02T10:15:30.000000000Z shop/web-text/app stdout {{level=\"error\"}} disk full",
+                                         f"2024-05-02T10:15:30.000000001Z shop/web-text/app stdout {{level=\"other\"}} quiet"])
+            else:
+                got = [json.loads(l) for l in lines]
+                self.assertEqual(got[0]["line"], "disk full")
+                self.assertEqual(got[0]["labels"], 'level="error"')
+                self.assertEqual(got[0]["metadata"], {"trace": "abc"})
+                self.assertEqual(got[1]["labels"], 'level="other"')
+                self.assertNotIn("metadata", got[1])
+
+
 class ConfigTest(PipelineTestCase):
     def test_check_config_errors_and_effective_pipeline(self):
         from harness import run_loglet
