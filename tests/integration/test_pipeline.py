@@ -258,7 +258,9 @@ class DropLimitLabelsTest(PipelineTestCase):
       - structured_metadata: [trace_id]
       - output: {source: msg}
 """
-        a = self.agent(self.config(pipeline)).start()
+        # With the agent's own structured metadata on, an entry carries both.
+        cfg = self.config(pipeline).replace("    batch_wait: 100ms\n", "    batch_wait: 100ms\n    structured_metadata: true\n")
+        a = self.agent(cfg).start()
         pods = [self.tree.container("shop", f"api-{p}", "api") for p in range(3)]
         plain = self.tree.container("infra", "dns-0", "dns")
         levels = ["info", "error"] + [f"lvl{i}" for i in range(40)]
@@ -282,13 +284,14 @@ class DropLimitLabelsTest(PipelineTestCase):
             got = self.entries_of(c)
             self.assertEqual(len(got), 121)
             for e in got:
+                own = {"pod_uid": c.uid, "container_id": c.container_id}
                 if e["line"] == "not json at all":
                     self.assert_labels(e, c)
-                    self.assertEqual(e["metadata"], {})
+                    self.assertEqual(e["metadata"], own)
                     continue
                 level, trace, stream = want.pop((c.pod, e["line"]))
                 self.assert_labels(e, c, stream=stream, level=level)
-                self.assertEqual(e["metadata"], {"trace_id": trace})
+                self.assertEqual(e["metadata"], dict(own, trace_id=trace))
         self.assertEqual(want, {})
         got = self.entries_of(plain)
         self.assertEqual(sorted(e["line"] for e in got), sorted(json.dumps({"level": "lvl9", "msg": i}) for i in range(30)))
