@@ -85,7 +85,7 @@ int pipeline_dry_run(const struct config *cfg, const char *path, const struct pi
                      meta->pod, meta->container);
     else fprintf(out, "# match block %zu applies\n", pipeline_file_block(pf));
     size_t cap = 3 * (size_t)cfg->collection.max_line_bytes + 16;
-    char *line = NULL, *joined = malloc(cap), *docker = malloc(cap);
+    char *line = NULL, *joined = malloc(cap), *docker = malloc(cap), *fixed = malloc(cap);
     size_t line_cap = 0, jlen = 0;
     int64_t jts = 0;
     uint8_t jstream = 0;
@@ -93,7 +93,7 @@ int pipeline_dry_run(const struct config *cfg, const char *path, const struct pi
     struct dry d = {.out = out};
     uint64_t offset = 0;
     int rc = 0;
-    if (!joined || !docker) {
+    if (!joined || !docker || !fixed) {
         snprintf(err, errlen, "out of memory");
         rc = -1;
         goto done;
@@ -126,13 +126,19 @@ int pipeline_dry_run(const struct config *cfg, const char *path, const struct pi
             stream = jstream;
             jlen = 0;
         }
-        size_t valid = parser_utf8_valid_prefix(content, len);
-        if (valid != len) len = valid; /* the agent repairs; for a dry run the valid prefix will do */
+        uint8_t flags = 0;
+        if (parser_utf8_valid_prefix(content, len) != len && len <= cap / 3) {
+            /* Repaired as the agent does (U+FFFD), so the stages see what they would. */
+            size_t replaced = 0;
+            len = parser_utf8_sanitize(content, len, fixed, &replaced);
+            content = fixed;
+            flags = SOURCE_RECORD_UTF8_FIXED;
+        }
         bool dropped;
         if (!pf) {
             struct pipeline_entry e = {.line = (char *)content, .len = len, .ts_ns = ts, .stream = stream};
             dry_emit(&d, &e);
-        } else if (!pipeline_process(pf, content, len, ts, stream, 0, start, dry_emit, &d, &dropped)) {
+        } else if (!pipeline_process(pf, content, len, ts, stream, flags, start, dry_emit, &d, &dropped)) {
             snprintf(err, errlen, "the pipeline refused an entry");
             rc = -1;
             goto done;
@@ -157,6 +163,7 @@ done:
     free(line);
     free(joined);
     free(docker);
+    free(fixed);
     fclose(in);
     pipeline_file_free(pf);
     pipeline_destroy(p);

@@ -244,13 +244,12 @@ static bool capture(struct jp *j, int depth, size_t f)
     return true;
 }
 
-static bool key_is(const char *key, size_t klen, bool esc, const char *want, size_t wlen, struct stage_run *r)
+static bool key_is(const char *key, size_t klen, bool esc, const char *want, size_t wlen)
 {
     if (!esc) return klen == wlen && memcmp(key, want, wlen) == 0;
     char buf[256];
     if (klen > sizeof buf) return false;
     long n = unescape(key, klen, buf);
-    (void)r;
     return n == (long)wlen && memcmp(buf, want, wlen) == 0;
 }
 
@@ -277,7 +276,7 @@ static bool object(struct jp *j, int depth, size_t level, uint64_t mask)
         long take = -1;
         for (size_t f = 0; f < j->jc->fm.n; f++) {
             if (!(mask & (1ULL << f)) || (j->set & (1ULL << f))) continue;
-            if (!key_is(key, klen, esc, j->jc->comp[f][level], j->jc->clen[f][level], j->r)) continue;
+            if (!key_is(key, klen, esc, j->jc->comp[f][level], j->jc->clen[f][level])) continue;
             if (j->jc->ncomp[f] == level + 1) {
                 if (take < 0) take = (long)f; /* two names for one path: the others copy it below */
             } else {
@@ -290,7 +289,7 @@ static bool object(struct jp *j, int depth, size_t level, uint64_t mask)
             /* Other fields naming the same path get the same value. */
             for (size_t f = (size_t)take + 1; ok && f < j->jc->fm.n; f++) {
                 if (!(mask & (1ULL << f)) || j->jc->ncomp[f] != level + 1 ||
-                    !key_is(key, klen, esc, j->jc->comp[f][level], j->jc->clen[f][level], j->r))
+                    !key_is(key, klen, esc, j->jc->comp[f][level], j->jc->clen[f][level]))
                     continue;
                 const char *v;
                 size_t vl;
