@@ -28,12 +28,17 @@ echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/10485
 echo "== build: $build"
 echo "== parser alone"
 "$build"/tests/bench_parser
+echo "== pipeline stages alone"
+"$build"/tests/bench_pipeline
 echo "== collector + parser into a null output"
 "$build"/tests/bench_collector "$mb" 100
 for filler in x random; do
   echo "== end to end: files -> loglet -> counting receiver on 127.0.0.1, filler $filler"
   /usr/bin/python3 tests/bench/bench_e2e.py --mb "$mb" --files 100 --filler "$filler"
 done
+echo "== end to end with the README's example pipeline (JSON lines), and the same lines without it"
+/usr/bin/python3 tests/bench/bench_e2e.py --mb "$mb" --files 100 --json --pipeline tests/bench/example_pipeline.yaml
+/usr/bin/python3 tests/bench/bench_e2e.py --mb "$mb" --files 100 --json
 for filler in x random; do
   echo "== catch-up of a 50 MB rotated file, gzip-compressed vs plain, filler $filler"
   /usr/bin/python3 tests/bench/bench_gz_catchup.py --mb 50 --filler "$filler"

@@ -14,6 +14,7 @@
 #include "api/api.h"
 #include "api/status_page.h"
 #include "api/tail_cli.h"
+#include "pipeline/pipeline.h"
 #include "collector/collector.h"
 #include "config/config.h"
 #include "httpd/httpd.h"
@@ -30,6 +31,8 @@
 struct options {
     const char *config_path;
     bool check_config;
+    const char *pipeline_test; /* a file to read through the pipeline */
+    struct pipeline_meta meta;
 };
 
 static void usage(FILE *out)
@@ -45,6 +48,9 @@ static void usage(FILE *out)
             "  -config FILE     YAML configuration (also --config FILE, -config=FILE)\n"
             "  -check-config    validate the configuration, print the effective one, exit 0 or 1\n"
             "  -config-reference  print every setting with its default as a Markdown table\n"
+            "  -pipeline-test FILE [-namespace NS] [-pod POD] [-container C]\n"
+            "                   read FILE through the pipeline stages that metadata selects and\n"
+            "                   print what would be sent\n"
             "  -version         print the version and exit\n"
             "  -help            this text\n");
 }
@@ -65,6 +71,17 @@ static int parse_flags(int argc, char **argv, struct options *opts)
             opts->config_path = arg + 8;
         } else if (strcmp(arg, "-check-config") == 0) {
             opts->check_config = true;
+        } else if (strcmp(arg, "-pipeline-test") == 0 || strcmp(arg, "-namespace") == 0 ||
+                   strcmp(arg, "-pod") == 0 || strcmp(arg, "-container") == 0) {
+            if (++i >= argc) {
+                fprintf(stderr, "loglet: %s needs a value\n", argv[i - 1]);
+                return -1;
+            }
+            const char **slot = strcmp(arg, "-pipeline-test") == 0 ? &opts->pipeline_test
+                                : strcmp(arg, "-namespace") == 0     ? &opts->meta.namespace_
+                                : strcmp(arg, "-pod") == 0           ? &opts->meta.pod
+                                                                     : &opts->meta.container;
+            *slot = argv[i];
         } else if (strcmp(arg, "-config-reference") == 0) {
             config_print_reference(stdout);
             return 1;
@@ -268,9 +285,27 @@ int main(int argc, char **argv)
         config_free(&agent.cfg);
         return 1;
     }
+    if (opts.pipeline_test) {
+        if (!opts.meta.namespace_) opts.meta.namespace_ = "";
+        if (!opts.meta.pod) opts.meta.pod = "";
+        if (!opts.meta.container) opts.meta.container = "";
+        int rc = pipeline_dry_run(&agent.cfg, opts.pipeline_test, &opts.meta, stdout, err, sizeof err);
+        if (rc != 0) fprintf(stderr, "loglet: %s\n", err);
+        config_free(&agent.cfg);
+        return rc != 0;
+    }
     if (opts.check_config) {
+        struct pipeline *p = pipeline_create(&agent.cfg, err, sizeof err);
+        if (!p) {
+            fprintf(stderr, "loglet: invalid configuration: %s\n", err);
+            config_free(&agent.cfg);
+            return 1;
+        }
         printf("# configuration is valid; effective values:\n");
         config_print(&agent.cfg, stdout);
+        printf("# the pipeline as compiled, every default filled in:\n");
+        pipeline_print(p, stdout, "# ");
+        pipeline_destroy(p);
         config_free(&agent.cfg);
         return 0;
     }

@@ -17,6 +17,10 @@ struct batch_entry {
     uint32_t len;
     uint32_t stream;
     uint32_t meta; /* index into metas, or UINT32_MAX */
+    /* Structured metadata a pipeline stage added: name NUL value NUL pairs
+     * in the arena (xmeta_len 0: none). */
+    size_t xmeta_off;
+    uint32_t xmeta_len, xmeta_pairs;
 };
 
 struct batch_stream {
@@ -64,6 +68,13 @@ struct fill_state {
     size_t lstreams_cap;
     struct loki_label *meta_labels;
     size_t meta_labels_cap;
+    size_t nxmeta; /* pipeline metadata pairs of all entries */
+    /* Label sets a pipeline extended (the source's set plus its labels):
+     * owned here, one per distinct set in the batch, freed at fill_clear. */
+    char **owned;
+    size_t nowned, owned_cap;
+    char *merge_buf;
+    size_t merge_cap;
     size_t *fill;
     size_t fill_cap;
     size_t size; /* lines + per-entry overhead, against batch_bytes */
@@ -110,7 +121,9 @@ struct aggregator *aggregator_create(const struct config *cfg, char *err, size_t
 static void fill_clear(struct fill_state *st)
 {
     table_free(&st->by_labels);
-    st->nstreams = st->nentries = st->nmetas = 0;
+    for (size_t i = 0; i < st->nowned; i++) free(st->owned[i]);
+    st->nowned = 0;
+    st->nstreams = st->nentries = st->nmetas = st->nxmeta = 0;
     st->arena_len = 0;
     st->size = 0;
     st->first_ms = 0;
@@ -129,6 +142,8 @@ void aggregator_destroy(struct aggregator *agg)
     free(st->lentries);
     free(st->lstreams);
     free(st->meta_labels);
+    free(st->owned);
+    free(st->merge_buf);
     free(st->fill);
     for (int i = 0; i < 2; i++) {
         free(agg->states[i].acks);
@@ -154,6 +169,37 @@ static int64_t stream_index(struct aggregator *agg, const char *labels)
     if (table_put_str(&st->by_labels, labels, (void *)(uintptr_t)(st->nstreams + 1)) != 0) return -1;
     st->streams[st->nstreams] = (struct batch_stream){labels, 0, 0};
     return (int64_t)st->nstreams++;
+}
+
+/* The stream of a source's label set extended by a pipeline's labels
+ * (`a="1", b="2"`, already escaped): the set's text with them before its
+ * closing brace. Loki sorts labels itself, and one block always adds them
+ * in the same order, so equal sets give equal text. */
+static int64_t merged_stream_index(struct aggregator *agg, const char *base, const char *extra, size_t extra_len)
+{
+    struct fill_state *st = &agg->fill;
+    size_t blen = strlen(base);
+    if (blen < 2 || base[blen - 1] != '}') return stream_index(agg, base);
+    size_t need = blen + 2 + extra_len + 2;
+    if (reserve((void **)&st->merge_buf, &st->merge_cap, need, 1) != 0) return -1;
+    char *m = st->merge_buf;
+    size_t o = blen - 1;
+    memcpy(m, base, o);
+    if (blen > 2) {
+        memcpy(m + o, ", ", 2);
+        o += 2;
+    }
+    memcpy(m + o, extra, extra_len);
+    o += extra_len;
+    m[o++] = '}';
+    m[o] = '\0';
+    size_t idx = (size_t)(uintptr_t)table_get_str(&st->by_labels, m);
+    if (idx) return (int64_t)idx - 1;
+    if (RESERVE(st->owned, st->owned_cap, st->nowned + 1) != 0) return -1;
+    char *copy = strdup(m);
+    if (!copy) return -1;
+    st->owned[st->nowned++] = copy;
+    return stream_index(agg, copy);
 }
 
 static int arena_put(struct fill_state *st, const void *data, size_t len, size_t *off)
@@ -201,6 +247,16 @@ bool aggregator_add(struct aggregator *agg, const struct source_chunk *chunk, co
     /* Stream indexes of this call only: a batch boundary or another chunk
      * starts afresh, so nothing outlives the batch it was looked up in. */
     int64_t stream_of[SOURCE_STREAM_KINDS] = {-1, -1, -1};
+    /* Label sets a pipeline extended, seen in this call: a file's entries
+     * use a handful (a level label's values), so most lines find theirs
+     * here without rendering the set and hashing it. */
+    struct {
+        unsigned kind;
+        const char *labels;
+        size_t len;
+        int64_t stream;
+    } seen[8];
+    size_t nseen = 0, next_seen = 0;
     uint32_t meta = chunk->records > *done ? chunk_meta(agg, chunk->source) : UINT32_MAX;
     const struct source_record *rec = *next;
     for (; *done < chunk->records; (*done)++, rec = source_record_next(rec)) {
@@ -211,14 +267,39 @@ bool aggregator_add(struct aggregator *agg, const struct source_chunk *chunk, co
         }
         unsigned kind = rec->stream < SOURCE_STREAM_KINDS ? rec->stream : PARSER_STREAM_UNKNOWN;
         if (stream_of[kind] < 0) stream_of[kind] = stream_index(agg, source_stream_labels(chunk->source, kind));
+        int64_t stream = stream_of[kind];
+        const char *xlabels = NULL, *xmeta = NULL;
+        size_t xlabels_len = 0, xmeta_len = 0, xmeta_off = 0;
+        if (rec->extra_len) {
+            source_record_extras(rec, &xlabels, &xlabels_len, &xmeta, &xmeta_len);
+            if (xlabels_len) {
+                stream = -1;
+                for (size_t k = 0; k < nseen && stream < 0; k++)
+                    if (seen[k].kind == kind && seen[k].len == xlabels_len && memcmp(seen[k].labels, xlabels, xlabels_len) == 0)
+                        stream = seen[k].stream;
+                if (stream < 0) {
+                    stream = merged_stream_index(agg, source_stream_labels(chunk->source, kind), xlabels, xlabels_len);
+                    size_t at = nseen < 8 ? nseen++ : next_seen++ % 8;
+                    seen[at].kind = kind;
+                    seen[at].labels = xlabels;
+                    seen[at].len = xlabels_len;
+                    seen[at].stream = stream;
+                }
+            }
+        }
         size_t off;
-        if (stream_of[kind] < 0 || RESERVE(st->entries, st->entries_cap, st->nentries + 1) != 0 ||
-            arena_put(st, source_record_content(rec), rec->len, &off) != 0) {
+        if (stream < 0 || RESERVE(st->entries, st->entries_cap, st->nentries + 1) != 0 ||
+            arena_put(st, source_record_content(rec), rec->len, &off) != 0 ||
+            (xmeta_len && arena_put(st, xmeta, xmeta_len, &xmeta_off) != 0)) {
             *next = rec; /* out of memory: the caller seals what is there and retries */
             return false;
         }
-        st->entries[st->nentries++] = (struct batch_entry){rec->ts_ns, off, rec->len, (uint32_t)stream_of[kind], meta};
-        st->streams[stream_of[kind]].count++;
+        uint32_t pairs = 0;
+        for (size_t i = 0; i < xmeta_len; i++) pairs += xmeta[i] == '\0';
+        st->entries[st->nentries++] = (struct batch_entry){rec->ts_ns, off, rec->len, (uint32_t)stream, meta,
+                                                           xmeta_off, (uint32_t)xmeta_len, pairs / 2};
+        st->nxmeta += pairs / 2;
+        st->streams[stream].count++;
         st->size += cost;
         if (!st->first_ms) st->first_ms = metrics_now_ms();
         if (!st->oldest_ns || rec->ts_ns < st->oldest_ns) st->oldest_ns = rec->ts_ns;
@@ -245,15 +326,22 @@ int64_t aggregator_due_ms(struct aggregator *agg)
 
 /* Groups entries per stream (stable counting sort), encodes, and copies the
  * compressed body into the batch's slot. */
+static size_t meta_count(const struct batch_meta *m) { return (m->ids ? 2u : 0u) + m->npairs; }
+
 static int encode(struct aggregator *agg, struct aggregator_batch *b)
 {
     struct fill_state *st = &agg->fill;
     struct aggregator_batch_state *slot = b->state;
-    size_t nlabels = 0;
-    for (size_t i = 0; i < st->nmetas; i++) nlabels += (st->metas[i].ids ? 2 : 0) + st->metas[i].npairs;
+    size_t nlabels = 0, per_entry = 0;
+    for (size_t i = 0; i < st->nmetas; i++) nlabels += meta_count(&st->metas[i]);
+    /* An entry with pipeline metadata gets its own array: its chunk's pairs, then its own. */
+    for (size_t i = 0; i < st->nentries; i++) {
+        const struct batch_entry *e = &st->entries[i];
+        if (e->xmeta_pairs) per_entry += (e->meta != UINT32_MAX ? meta_count(&st->metas[e->meta]) : 0) + e->xmeta_pairs;
+    }
     if (RESERVE(st->lentries, st->lentries_cap, st->nentries) != 0 ||
         RESERVE(st->lstreams, st->lstreams_cap, st->nstreams) != 0 ||
-        RESERVE(st->meta_labels, st->meta_labels_cap, nlabels ? nlabels : 1) != 0 ||
+        RESERVE(st->meta_labels, st->meta_labels_cap, nlabels + per_entry ? nlabels + per_entry : 1) != 0 ||
         RESERVE(st->fill, st->fill_cap, st->nstreams ? st->nstreams : 1) != 0)
         return -1;
     size_t at = 0;
@@ -280,14 +368,33 @@ static int encode(struct aggregator *agg, struct aggregator_batch *b)
     size_t *fill = st->fill;
     memset(fill, 0, st->nstreams * sizeof *fill);
     size_t line_bytes = 0;
+    size_t extra_at = nlabels; /* per-entry metadata arrays follow the per-chunk pairs */
     for (size_t i = 0; i < st->nentries; i++) {
         const struct batch_entry *e = &st->entries[i];
         struct loki_entry *out = &st->lentries[st->streams[e->stream].start + fill[e->stream]++];
         *out = (struct loki_entry){e->ts_ns, st->arena + e->off, e->len, NULL, 0};
-        if (e->meta != UINT32_MAX) {
+        if (e->xmeta_pairs) {
+            struct loki_label *m = &st->meta_labels[extra_at];
+            size_t n = 0;
+            if (e->meta != UINT32_MAX) {
+                const struct batch_meta *bm = &st->metas[e->meta];
+                n = meta_count(bm);
+                memcpy(m, &st->meta_labels[bm->first_label], n * sizeof *m);
+            }
+            const char *p = st->arena + e->xmeta_off;
+            for (uint32_t k = 0; k < e->xmeta_pairs; k++) {
+                const char *name = p;
+                p += strlen(p) + 1;
+                m[n++] = (struct loki_label){name, p};
+                p += strlen(p) + 1;
+            }
+            out->metadata = m;
+            out->nmetadata = n;
+            extra_at += n;
+        } else if (e->meta != UINT32_MAX) {
             const struct batch_meta *m = &st->metas[e->meta];
             out->metadata = &st->meta_labels[m->first_label];
-            out->nmetadata = (m->ids ? 2 : 0) + m->npairs;
+            out->nmetadata = meta_count(m);
         }
         line_bytes += e->len;
     }
@@ -304,6 +411,7 @@ static int encode(struct aggregator *agg, struct aggregator_batch *b)
     b->body_len = body_len;
     b->entries = st->nentries;
     b->line_bytes = line_bytes;
+    metrics_set(batch_streams, (int64_t)st->nstreams);
     b->oldest_entry_ns = st->oldest_ns;
     b->acks = slot->acks;
     b->nacks = slot->nacks;

@@ -76,6 +76,9 @@ static pcre2_code *compile_filter(const char *key, const char *pattern, char *er
     return re;
 }
 
+/* A rotated file's source a held join still owned when its file state went. */
+static void pipeline_release_source(void *origin) { source_unref(origin); }
+
 struct collector *collector_create(const struct config *cfg, struct ring *ring, char *err, size_t errlen)
 {
     struct collector *c = calloc(1, sizeof *c);
@@ -127,6 +130,12 @@ struct collector *collector_create(const struct config *cfg, struct ring *ring, 
         collector_destroy(c);
         return NULL;
     }
+    if (!(c->pipeline = pipeline_create(cfg, err, errlen))) {
+        collector_destroy(c);
+        return NULL;
+    }
+    pipeline_set_origin_release(c->pipeline, pipeline_release_source);
+    pipeline_publish_metrics(c->pipeline);
     return c;
 }
 
@@ -175,6 +184,7 @@ static void periodic_sweep(struct collector *c, int64_t now)
     for (struct tailed_file *f = c->all_files; f; f = f->all_next) {
         if (f->incomplete_since_ms && now - f->incomplete_since_ms >= flush_after) collector_mark_pending(c, f);
         if (f->state == FILE_DRAINING) collector_mark_pending(c, f);
+        if (f->pipe && pipeline_file_due(f->pipe, now)) collector_mark_pending(c, f);
     }
     rotation_enforce_held(c);
 }
@@ -213,11 +223,43 @@ static void service_pending(struct collector *c)
             push_front_pending(c, f); /* first in line when the ring has room again */
             return;
         }
+        if (r == READ_PAUSED) { /* resumed by resume_paused() */
+            if (f == last) break;
+            continue;
+        }
+        /* A join that waited its timeout goes out; a rotated file's join
+         * waits for the file to close and moves to its successor. */
+        if (r == READ_EOF && f->pipe && pipeline_file_due(f->pipe, now) &&
+            !(f->state == FILE_DRAINING && f->successor) && !tail_pipeline_flush(c, f)) {
+            push_front_pending(c, f);
+            return;
+        }
         if (r == READ_MORE) collector_mark_pending(c, f);
         else if (r == READ_ERROR) rotation_close(c, f);
-        else if (should_close(f, now)) rotation_close(c, f);
+        else if (should_close(f, now)) {
+            if (!rotation_release_pipeline(c, f)) {
+                push_front_pending(c, f); /* its join waits for room in the ring */
+                return;
+            }
+            rotation_close(c, f);
+        }
         metrics_beat(METRICS_THREAD_COLLECTOR);
         if (f == last) break;
+    }
+}
+
+/* Files a limit (action: wait) paused whose time has come are read again. */
+static void resume_paused(struct collector *c, int64_t now)
+{
+    if (!c->next_resume_ms || now < c->next_resume_ms) return;
+    c->next_resume_ms = 0;
+    for (struct tailed_file *f = c->all_files; f; f = f->all_next) {
+        if (!f->paused_until_ms) continue;
+        if (f->paused_until_ms <= now) {
+            collector_mark_pending(c, f);
+        } else if (!c->next_resume_ms || f->paused_until_ms < c->next_resume_ms) {
+            c->next_resume_ms = f->paused_until_ms;
+        }
     }
 }
 
@@ -238,6 +280,10 @@ static void *collector_main(void *arg)
         int timeout = c->blocked ? IDLE_POLL_MS : c->pending_head ? 0 : IDLE_POLL_MS;
         /* Files waiting for their pod's metadata look for it often (metadata.c). */
         if (c->metadata_waiting && timeout > METADATA_WAIT_POLL_MS) timeout = METADATA_WAIT_POLL_MS;
+        if (c->next_resume_ms && !c->pending_head) {
+            int64_t wait = c->next_resume_ms - metrics_now_ms();
+            if (wait < timeout) timeout = wait < 0 ? 0 : (int)wait;
+        }
         int rc = poll(fds, 3, timeout);
         if (rc < 0 && errno != EINTR) {
             log_error("collector poll: %s", strerror(errno));
@@ -262,6 +308,7 @@ static void *collector_main(void *arg)
         snapshot_tick(c, now);
         if (c->blocked && ring_has_room(c->ring, c->blocked_want)) c->blocked = false;
         metrics_set(collector_paused, c->blocked ? 1 : 0);
+        resume_paused(c, metrics_now_ms());
         service_pending(c);
     }
     return NULL;
@@ -359,6 +406,7 @@ void collector_destroy(struct collector *c)
     pcre2_code_free(c->include_lines);
     pcre2_code_free(c->exclude_lines);
     pcre2_match_data_free(c->match_data);
+    pipeline_destroy(c->pipeline);
     if (c->wake_fd >= 0) close(c->wake_fd);
     free(c->buf);
     free(c->docker_buf);

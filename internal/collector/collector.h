@@ -17,6 +17,11 @@
  *    pieces are joined into one logical line. Every line is parsed into a
  *    record (timestamp, stream, content); a line that does not parse is
  *    shipped as-is with the read time and counted, never dropped.
+ *  - Pipeline stages (internal/pipeline), chosen per file when it is
+ *    opened, run on each record before it enters the ring. A multiline
+ *    join they hold keeps the file's acknowledged offset at its first line;
+ *    a dropped line is acknowledged; a limit with action: wait pauses the
+ *    reading of that file only.
  *  - Back-pressure: when the ring is full the collector waits and reads
  *    nothing more; the files on disk are the buffer.
  *  - Positions: each file's acknowledged offset is saved (see positions.h);

@@ -28,6 +28,7 @@
 #include <zlib.h>
 
 #include "collector.h"
+#include "pipeline/pipeline.h"
 #include "positions.h"
 #include "source/source.h"
 #include "table/table.h"
@@ -47,7 +48,9 @@ struct watch_dir;
  *  - fd is open for the struct's whole life; gz is set only for a rotated,
  *    compressed sibling being caught up, and then reads go through it.
  *  - offset is where the first line no committed chunk covers starts: every
- *    byte before it is in the ring, delivered, or filtered out. It is a line
+ *    byte before it is in the ring, delivered, filtered out, or held by
+ *    the pipeline (`pipe`, a multiline join): then chunks acknowledge no
+ *    further than pipeline_file_ack_limit(), the held join's first line. It is a line
  *    boundary except while `continuing` (see below).
  *  - src->acked_offset <= offset, and acked_offset only grows, except that a
  *    truncation gives the file a fresh source.
@@ -117,6 +120,10 @@ struct tailed_file {
     /* != 0: its pod is not known yet; not read until it is, or until then
      * (kubernetes.wait_for_metadata). See metadata.c. */
     int64_t metadata_wait_until_ms;
+    /* The file's pipeline stages (NULL: none apply); paused_until_ms != 0:
+     * a limit with action: wait stopped reading it until then. */
+    struct pipeline_file *pipe;
+    int64_t paused_until_ms;
 };
 
 /* A directory the collector follows: a glob's directory (new and removed
@@ -218,6 +225,8 @@ struct collector {
         size_t n;
         int64_t last_ms;
     } snap;
+    struct pipeline *pipeline;
+    int64_t next_resume_ms; /* the earliest paused_until_ms of any file, 0: none */
 
     pcre2_code *include_lines;
     pcre2_code *exclude_lines;
@@ -245,8 +254,12 @@ enum read_result {
     READ_BLOCKED, /* the ring is full: nothing was lost, read again when it has room */
     READ_ERROR,
     READ_STOPPED,
+    READ_PAUSED, /* a pipeline limit (action: wait): read again at f->paused_until_ms */
 };
 enum read_result tail_read(struct collector *c, struct tailed_file *f, bool flush_incomplete);
+/* Sends what the file's pipeline holds (a join, at its timeout or when the
+ * file closes); false when the ring has no room (still held). */
+bool tail_pipeline_flush(struct collector *c, struct tailed_file *f);
 /* The ring space one read may need. */
 size_t tail_chunk_bytes(const struct collector *c);
 /* Counts the lines and bytes from f->offset to the end (a file released unread). */
@@ -287,6 +300,9 @@ void rotation_truncated(struct collector *c, struct tailed_file *f);
 /* Held files and bytes measured; beyond the bounds the oldest are released. */
 void rotation_enforce_held(struct collector *c);
 void rotation_teardown(struct collector *c);
+/* Before a drained file closes: a join its pipeline holds moves to the file
+ * that follows it on the path, or goes out. False: no room in the ring. */
+bool rotation_release_pipeline(struct collector *c, struct tailed_file *f);
 
 /* catchup.c */
 /* Opens the rotated siblings of `real` not open yet: from the one `known`

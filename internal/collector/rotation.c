@@ -201,6 +201,10 @@ static struct tailed_file *track(struct collector *c, const char *link_path, con
     f->fd = fd;
     f->gz = gz;
     f->format = c->cfg->collection.format;
+    bool oom = false;
+    struct pipeline_meta pm = {f->src->meta.namespace_, f->src->meta.pod, f->src->meta.container};
+    f->pipe = pipeline_file_new(c->pipeline, &pm, &oom);
+    if (oom) log_error("out of memory: %s is tailed without its pipeline stages", link_path);
     f->offset = offset;
     atomic_store(&f->src->acked_offset, offset);
     rotation_take_fingerprint(f);
@@ -272,6 +276,18 @@ struct tailed_file *rotation_awaited(struct collector *c, const char *link_path,
     return catchup_open(c, link_path, real, &after, 1, true, NULL, NULL);
 }
 
+bool rotation_release_pipeline(struct collector *c, struct tailed_file *f)
+{
+    if (!f->pipe || !pipeline_file_held_bytes(f->pipe)) return true;
+    struct tailed_file *next = f->successor;
+    if (next && next->pipe) {
+        source_ref(f->src);
+        if (pipeline_file_handoff(f->pipe, next->pipe, f->src, f->offset, next->offset)) return true;
+        source_unref(f->src);
+    }
+    return tail_pipeline_flush(c, f);
+}
+
 void rotation_close(struct collector *c, struct tailed_file *f)
 {
     struct stat link_st;
@@ -286,6 +302,10 @@ void rotation_close(struct collector *c, struct tailed_file *f)
         rotation_await_successor(c, f->src->path, &me);
     }
     file_unlink(c, f);
+    /* Anything still held (a read error, a release) is dropped here: the
+     * file's acknowledged offset is before it, but nothing reads it again
+     * in this run. */
+    pipeline_file_free(f->pipe);
     if (f->gz) gzclose(f->gz);
     if (close(f->fd) != 0) log_warn("closing %s: %s", f->src->real_path, strerror(errno));
     free(f->gz_carry);
@@ -415,6 +435,7 @@ void rotation_truncated(struct collector *c, struct tailed_file *f)
     if (fstat(f->fd, &st) != 0) return;
     log_warn("%s was truncated (size %lld, read up to %llu): reading it again from the start",
              f->src->path, (long long)st.st_size, (unsigned long long)f->offset);
+    (void)tail_pipeline_flush(c, f); /* a held join is of the old content (kept if the ring is full) */
     metrics_add(truncations, 1);
     /* copytruncate copies first: what was not read of the old content is in
      * the copy, found by the old content's full fingerprint (a shorter one,
@@ -524,7 +545,8 @@ void rotation_teardown(struct collector *c)
         if (f->gz) gzclose(f->gz);
         close(f->fd);
         free(f->gz_carry);
-    follows_clear(f);
+        follows_clear(f);
+        pipeline_file_free(f->pipe);
         source_unref(f->src);
         metrics_add(files_tailed, -1);
         free(f);

@@ -13,6 +13,11 @@
  * state kept between reads, and its invariants, are described at struct
  * tailed_file (collector_internal.h).
  *
+ * Pipeline stages (internal/pipeline) run on each finished record here, on
+ * the collector's side of the ring, so a multiline join sees a file's lines
+ * in order and dropped lines cost no ring space. The record is copied out
+ * of the chunk, and what comes out of the stages is written back.
+ *
  * Back-pressure never blocks here: when the ring has no room the read stops
  * at the last committed line and returns READ_BLOCKED, so the collector's
  * loop goes on following rotations and deletions while the output lags.
@@ -63,11 +68,22 @@ static struct source_record *record_at_end(struct chunk_writer *w)
 void tail_commit(struct collector *c, struct tailed_file *f)
 {
     struct chunk_writer *w = &c->writer;
-    if (!w->chunk) return;
+    if (!w->chunk) {
+        /* Lines dropped or held after a chunk of another source (a join
+         * from a rotated file) was committed: nothing to acknowledge now;
+         * the next chunk's end offset covers them. */
+        if (f->pipe && w->end_offset > f->offset) f->offset = w->end_offset;
+        return;
+    }
     if (w->chunk->records == 0 && w->end_offset == f->offset) {
         source_unref(w->chunk->source); /* nothing to say: give the space back */
     } else {
-        w->chunk->end_offset = w->end_offset;
+        uint64_t end = w->end_offset;
+        if (f->pipe) {
+            uint64_t limit = pipeline_file_ack_limit(f->pipe);
+            if (end > limit) end = limit;
+        }
+        w->chunk->end_offset = end;
         ring_commit(c->ring, w->len);
         f->offset = w->end_offset;
         metrics_add(lines_read, w->lines);
@@ -127,6 +143,86 @@ static bool line_filtered_out(struct collector *c, const char *content, size_t l
     return false;
 }
 
+struct pipe_ctx {
+    struct collector *c;
+    struct tailed_file *f;
+};
+
+/* A join that began in a rotated file, closed since: its own chunk, of that
+ * file's source, acknowledging that file to its end once delivered. */
+static bool emit_foreign(struct collector *c, struct tailed_file *f, const struct pipeline_entry *e)
+{
+    struct chunk_writer *w = &c->writer;
+    size_t size = sizeof(struct source_chunk) + SOURCE_RECORD_SIZE(e->len + e->extras_len);
+    tail_commit(c, f);
+    if (collector_stopping(c) || ring_is_closed(c->ring)) return false;
+    struct source_chunk *chunk = ring_reserve(c->ring, size, 0);
+    if (!chunk) {
+        c->blocked = !ring_is_closed(c->ring);
+        c->blocked_want = size;
+        return false;
+    }
+    /* The pipeline's reference to the old source becomes the chunk's. */
+    *chunk = (struct source_chunk){.source = e->origin, .end_offset = e->origin_end, .records = 1};
+    struct source_record *rec = (struct source_record *)(chunk + 1);
+    *rec = (struct source_record){.ts_ns = e->ts_ns, .len = (uint32_t)e->len, .stream = e->stream, .flags = e->flags,
+                                  .extra_len = (uint16_t)e->extras_len};
+    memcpy(rec + 1, e->line, e->len);
+    if (e->extras_len) memcpy((char *)(rec + 1) + e->len, e->extras, e->extras_len);
+    ring_commit(c->ring, size);
+    (void)w;
+    return true;
+}
+
+/* The pipeline's emit: one entry into the chunk being filled. Fails only
+ * before writing anything (the ring is full, or the agent stops). */
+static bool pipe_emit(void *ctx, const struct pipeline_entry *e)
+{
+    struct pipe_ctx *pc = ctx;
+    struct collector *c = pc->c;
+    struct chunk_writer *w = &c->writer;
+    if (e->origin) return emit_foreign(c, pc->f, e);
+    size_t total = e->len + e->extras_len;
+    if (!writer_room(c, pc->f, 0, SOURCE_RECORD_SIZE(total) + 8)) return false;
+    struct source_record *rec = record_at_end(w);
+    *rec = (struct source_record){.ts_ns = e->ts_ns, .len = (uint32_t)e->len, .stream = e->stream, .flags = e->flags,
+                                  .extra_len = (uint16_t)e->extras_len};
+    memcpy(rec + 1, e->line, e->len);
+    if (e->extras_len) memcpy((char *)(rec + 1) + e->len, e->extras, e->extras_len);
+    w->len += SOURCE_RECORD_SIZE(total);
+    w->chunk->records++;
+    return true;
+}
+
+/* The finished record at the writer's end goes through the file's stages
+ * instead of straight into the chunk. Its line starts at the writer's end
+ * offset (chunks end only at line ends). */
+static bool pipe_record(struct collector *c, struct tailed_file *f, const struct source_record *rec)
+{
+    struct chunk_writer *w = &c->writer;
+    struct pipe_ctx pc = {c, f};
+    bool dropped;
+    uint32_t len = rec->len;
+    if (!pipeline_process(f->pipe, (const char *)(rec + 1), len, rec->ts_ns, rec->stream, rec->flags, w->end_offset,
+                          pipe_emit, &pc, &dropped))
+        return false;
+    w->lines++;
+    w->bytes += len;
+    return true;
+}
+
+bool tail_pipeline_flush(struct collector *c, struct tailed_file *f)
+{
+    if (!f->pipe || !pipeline_file_held_bytes(f->pipe)) return true;
+    if (c->blocked) return false;
+    struct pipe_ctx pc = {c, f};
+    c->writer.end_offset = f->offset;
+    pipeline_set_clock(c->pipeline, metrics_now_ms(), realtime_ns());
+    bool ok = pipeline_file_flush(f->pipe, pipe_emit, &pc);
+    tail_commit(c, f);
+    return ok;
+}
+
 /* Closes the record being built. `line_end` is the file offset after the
  * last byte of the logical line, or 0 when only a piece of it is out (the
  * acknowledgement point must then stay before the line). */
@@ -153,6 +249,8 @@ static bool finish_record(struct collector *c, struct tailed_file *f, struct ass
     if (rec->flags & SOURCE_RECORD_FLUSHED) metrics_add(lines_flushed_incomplete, 1);
     if ((c->include_lines || c->exclude_lines) && line_filtered_out(c, (char *)(rec + 1), rec->len)) {
         metrics_add(lines_excluded, 1);
+    } else if (f->pipe) {
+        if (!pipe_record(c, f, rec)) return false;
     } else {
         w->len += SOURCE_RECORD_SIZE(rec->len);
         w->chunk->records++;
@@ -441,9 +539,23 @@ stopped:
     return c->blocked ? READ_BLOCKED : READ_STOPPED;
 }
 
+/* A limit with action: wait emptied its bucket: the file rests until then. */
+static bool pipeline_pauses(struct collector *c, struct tailed_file *f)
+{
+    int64_t until;
+    if (!pipeline_file_paused(f->pipe, 0, &until)) return false;
+    f->paused_until_ms = until;
+    if (!c->next_resume_ms || until < c->next_resume_ms) c->next_resume_ms = until;
+    return true;
+}
+
 enum read_result tail_read(struct collector *c, struct tailed_file *f, bool flush_incomplete)
 {
     if (c->blocked) return READ_BLOCKED;
+    if (f->paused_until_ms) {
+        if (metrics_now_ms() < f->paused_until_ms) return READ_PAUSED;
+        f->paused_until_ms = 0;
+    }
     const uint64_t read_at = next_read_at(f);
     ssize_t n = read_buffer(c, f, read_at);
     if (n < 0) {
@@ -453,6 +565,7 @@ enum read_result tail_read(struct collector *c, struct tailed_file *f, bool flus
         return READ_ERROR;
     }
     if (n == 0) return f->phys_at ? READ_EOF : check_truncation(c, f);
+    if (f->pipe) pipeline_set_clock(c->pipeline, metrics_now_ms(), realtime_ns()); /* once per read, not per line */
     if (f->phys_at) return continue_physical(c, f, (size_t)n, read_at, flush_incomplete);
 
     const bool buffer_full = (size_t)n == c->buf_size;
@@ -482,6 +595,13 @@ enum read_result tail_read(struct collector *c, struct tailed_file *f, bool flus
         uint64_t line_end = base + (uint64_t)(nl + 1 - c->buf);
         if (!process_line(c, f, &a, p, (size_t)(nl - p), line_end, read_ns, 0)) goto stopped;
         p = nl + 1;
+        if (f->pipe && !a.open && !a.continuing && pipeline_pauses(c, f)) {
+            /* The rest of the buffer is read again when the file resumes. */
+            f->continuing = false;
+            tail_commit(c, f);
+            keep_gz_tail(f, c->buf, base, (size_t)n);
+            return READ_PAUSED;
+        }
     }
 
     if (p == c->buf && buffer_full) {

@@ -35,6 +35,7 @@ enum key_type {
     KEY_ENUM_TEXT, /* char *, one of the allowed names (canonical spelling) */
     KEY_LIST,      /* struct config_strlist */
     KEY_MAP,       /* struct config_strmap */
+    KEY_TREE,      /* struct config_tree *: a section another module interprets */
 };
 
 struct enum_value {
@@ -84,6 +85,8 @@ struct config_key {
  * stored as "key=name" (keys of Kubernetes labels never contain '='). */
 #define K_RENAMES(P, F, D, H) \
     { .path = P, .type = KEY_LIST, .offset = FIELD(F, struct config_strlist), .def = D, .doc = H, .renames = true }
+#define K_TREE(P, F, H) \
+    { .path = P, .type = KEY_TREE, .offset = FIELD(F, struct config_tree *), .def = "", .doc = H }
 #define K_ALIAS_LIST(P, TARGET, F) \
     { .path = P, .type = KEY_LIST, .offset = FIELD(F, struct config_strlist), .alias_of = TARGET }
 
@@ -239,6 +242,8 @@ static const struct config_key keys[] = {
            "Send the pod_labels/namespace_labels copies and loglet.io/labels as Loki structured metadata instead of stream labels."),
     K_DURATION("kubernetes.wait_for_metadata", kubernetes.wait_for_metadata_ms, "2s", 0,
                "How long a new file whose pod is not known yet waits for it before it is sent with path labels; other files never wait."),
+    K_TREE("pipeline", pipeline,
+           "Processing stages (multiline, json, logfmt, regex, labels, structured_metadata, drop, limit, output, timestamp) per namespace, pod or container: see Pipeline stages."),
 
     K_ENUM_TEXT("log.level", log.level, "info", log_level_values, "Level of the agent's own log."),
     K_ENUM_TEXT("log.format", log.format, "logfmt", log_format_values, "Format of the agent's own log."),
@@ -785,6 +790,14 @@ static int set_scalar(struct config *cfg, const struct config_key *k, const char
         }
         strmap_free(field);
         return 0;
+    case KEY_TREE:
+        if (*text) {
+            setf(why, whylen, "expected a list, got a scalar");
+            return -1;
+        }
+        config_tree_free(*(struct config_tree **)field);
+        *(struct config_tree **)field = NULL;
+        return 0;
     }
     setf(why, whylen, "'%s' %s", text, reason ? reason : "is invalid");
     return -1;
@@ -840,6 +853,10 @@ static void free_field(struct config *cfg, const struct config_key *k)
     case KEY_MAP:
         strmap_free(field);
         break;
+    case KEY_TREE:
+        config_tree_free(*(struct config_tree **)field);
+        *(struct config_tree **)field = NULL;
+        break;
     default:
         break;
     }
@@ -893,6 +910,8 @@ static int config_copy(struct config *dst, const struct config *src, char *why, 
             memset(field, 0, sizeof(struct config_strlist));
         else if (k->type == KEY_MAP)
             memset(field, 0, sizeof(struct config_strmap));
+        else if (k->type == KEY_TREE)
+            *(struct config_tree **)field = NULL;
     }
     dst->source_path = strdup(src->source_path ? src->source_path : "");
     if (!dst->source_path) goto oom;
@@ -912,6 +931,9 @@ static int config_copy(struct config *dst, const struct config *src, char *why, 
             if (strlist_dup(to, from) < 0) goto oom;
         } else if (k->type == KEY_MAP) {
             if (strmap_dup(to, from) < 0) goto oom;
+        } else if (k->type == KEY_TREE) {
+            const struct config_tree *t = *(struct config_tree *const *)from;
+            if (t && !(*(struct config_tree **)to = config_tree_dup(t))) goto oom;
         }
     }
     return 0;
@@ -1203,6 +1225,62 @@ static int load_map(struct load *ld, const struct config_key *k, const yaml_node
     return 0;
 }
 
+/* A copy of the YAML subtree, scalars expanded; NULL after fail(). */
+static struct config_tree *load_tree(struct load *ld, const yaml_node_t *n, const char *path, int depth)
+{
+    if (depth > 32) return fail(ld, line_of(n), "key %s: nested too deeply", path), NULL;
+    enum config_tree_kind kind = n->type == YAML_MAPPING_NODE    ? CONFIG_TREE_MAP
+                                 : n->type == YAML_SEQUENCE_NODE ? CONFIG_TREE_LIST
+                                                                 : CONFIG_TREE_SCALAR;
+    struct config_tree *t = config_tree_new(kind, line_of(n));
+    if (!t) return fail(ld, line_of(n), "key %s: out of memory", path), NULL;
+    if (kind == CONFIG_TREE_SCALAR) {
+        if (!(t->text = scalar_value(ld, n, path))) goto fail;
+        return t;
+    }
+    if (kind == CONFIG_TREE_LIST) {
+        for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
+            yaml_node_t *item = yaml_document_get_node(ld->doc, *it);
+            if (!item) continue;
+            struct config_tree *sub = load_tree(ld, item, path, depth + 1);
+            if (!sub) goto fail;
+            if (config_tree_push(t, NULL, sub) < 0) {
+                config_tree_free(sub);
+                fail(ld, line_of(item), "key %s: out of memory", path);
+                goto fail;
+            }
+        }
+        return t;
+    }
+    for (yaml_node_pair_t *pair = n->data.mapping.pairs.start; pair < n->data.mapping.pairs.top; pair++) {
+        yaml_node_t *kn = yaml_document_get_node(ld->doc, pair->key);
+        yaml_node_t *vn = yaml_document_get_node(ld->doc, pair->value);
+        if (!kn || !vn) continue;
+        if (kn->type != YAML_SCALAR_NODE || strlen((const char *)kn->data.scalar.value) != kn->data.scalar.length) {
+            fail(ld, line_of(kn), "key %s: names must be text", path);
+            goto fail;
+        }
+        const char *name = (const char *)kn->data.scalar.value;
+        if (config_tree_get(t, name)) {
+            fail(ld, line_of(kn), "key %s: '%s' is given twice", path, name);
+            goto fail;
+        }
+        char *key = strdup(name);
+        struct config_tree *sub = key ? load_tree(ld, vn, path, depth + 1) : NULL;
+        if (!key) fail(ld, line_of(kn), "key %s: out of memory", path);
+        if (!sub || config_tree_push(t, key, sub) < 0) {
+            if (sub) fail(ld, line_of(kn), "key %s: out of memory", path);
+            free(key);
+            config_tree_free(sub);
+            goto fail;
+        }
+    }
+    return t;
+fail:
+    config_tree_free(t);
+    return NULL;
+}
+
 static int load_key(struct load *ld, size_t idx, const yaml_node_t *vn, size_t key_line)
 {
     const struct config_key *k = &keys[idx];
@@ -1217,6 +1295,20 @@ static int load_key(struct load *ld, size_t idx, const yaml_node_t *vn, size_t k
 
     if (k->type == KEY_LIST) return load_list(ld, k, vn);
     if (k->type == KEY_MAP) return load_map(ld, k, vn);
+    if (k->type == KEY_TREE) {
+        struct config_tree **field = field_ptr(ld->cfg, k);
+        config_tree_free(*field);
+        *field = NULL;
+        if (is_null(vn)) return 0;
+        if (vn->type != YAML_SEQUENCE_NODE)
+            return fail(ld, line_of(vn), "key %s: expected a list, got %s", k->path, node_kind(vn));
+        if (!(*field = load_tree(ld, vn, k->path, 0))) return -1;
+        if ((*field)->count == 0) {
+            config_tree_free(*field);
+            *field = NULL;
+        }
+        return 0;
+    }
     if (vn->type != YAML_SCALAR_NODE)
         return fail(ld, line_of(vn), "key %s: expected a scalar, got %s", k->path, node_kind(vn));
     char *text = scalar_value(ld, vn, k->path);
@@ -1424,6 +1516,12 @@ static void print_value(const struct config *cfg, const struct config_key *k, FI
 {
     const void *field = cfield_ptr(cfg, k);
     char buf[64];
+    if (k->type == KEY_TREE) {
+        fputc(' ', out);
+        config_tree_print(*(struct config_tree *const *)field, out);
+        fputc('\n', out);
+        return;
+    }
     bool block = (k->type == KEY_LIST && ((const struct config_strlist *)field)->count) ||
                  (k->type == KEY_MAP && ((const struct config_strmap *)field)->count);
     if (!block) fputc(' ', out); /* "key: value"; a block list/map starts on the next line */
@@ -1468,6 +1566,8 @@ static void print_value(const struct config *cfg, const struct config_key *k, FI
         }
         break;
     }
+    case KEY_TREE: /* printed above */
+        break;
     case KEY_MAP: {
         const struct config_strmap *m = field;
         if (m->count == 0) {
@@ -1529,6 +1629,7 @@ static const char *type_name(const struct config_key *k)
     case KEY_ENUM_TEXT: return "enum";
     case KEY_LIST: return "list of strings";
     case KEY_MAP: return "map of strings";
+    case KEY_TREE: return "list of match blocks";
     }
     return "?";
 }
@@ -1568,6 +1669,8 @@ void config_print_reference(FILE *out)
             fputs("`[]`", out);
         else if (k->type == KEY_MAP)
             fputs("`{}`", out);
+        else if (k->type == KEY_TREE)
+            fputs("`[]`", out);
         else
             fprintf(out, "`%s`", k->def);
         fprintf(out, " | %s |\n", k->doc);

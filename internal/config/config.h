@@ -39,6 +39,18 @@ struct config_strmap {
     size_t count;
 };
 
+/* A YAML subtree kept as written (tree.c), for a section another module
+ * interprets (pipeline:). Scalars are ${VAR}-expanded; `line` is 1-based. */
+enum config_tree_kind { CONFIG_TREE_SCALAR, CONFIG_TREE_LIST, CONFIG_TREE_MAP };
+struct config_tree {
+    enum config_tree_kind kind;
+    size_t line;
+    char *text; /* SCALAR only; "" for null */
+    size_t count;
+    char **keys; /* MAP only: item names, in file order */
+    struct config_tree **items;
+};
+
 enum config_format { CONFIG_FORMAT_AUTO, CONFIG_FORMAT_CRI, CONFIG_FORMAT_DOCKER };
 enum config_read_from { CONFIG_READ_FROM_END, CONFIG_READ_FROM_BEGINNING };
 enum config_stdout_format { CONFIG_STDOUT_TEXT, CONFIG_STDOUT_JSON };
@@ -124,6 +136,10 @@ struct config {
         bool stream;
     } labels;
 
+    /* pipeline: match blocks and their stages, compiled by internal/pipeline;
+     * NULL when not set. */
+    struct config_tree *pipeline;
+
     struct {
         enum config_kubernetes enabled;
         char *kubeconfig;          /* "" : $KUBECONFIG, then ~/.kube/config */
@@ -158,6 +174,14 @@ int config_parse_duration_ms(const char *text, int64_t *out);
 /* Expands ${VAR} and ${VAR:-default}; returns a malloc'd string or NULL with
  * `err` set (unterminated "${", allocation failure). "$$" is a literal "$". */
 char *config_expand_env(const char *text, char *err, size_t errlen);
+
+struct config_tree *config_tree_new(enum config_tree_kind kind, size_t line);
+/* Appends an item (and, to a map, its name); takes ownership of both on success. */
+int config_tree_push(struct config_tree *t, char *key, struct config_tree *item);
+struct config_tree *config_tree_dup(const struct config_tree *src); /* NULL on OOM (or NULL src) */
+void config_tree_free(struct config_tree *t);
+const struct config_tree *config_tree_get(const struct config_tree *map, const char *key);
+void config_tree_print(const struct config_tree *t, FILE *out);
 
 /* Prints the table of settings as Markdown (used to keep README in sync). */
 void config_print_reference(FILE *out);

@@ -1,4 +1,5 @@
 #include "metrics.h"
+#include "pipeline/pipeline.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -270,6 +271,8 @@ size_t metrics_render(char *buf, size_t cap)
     gauge(&w, "loglet_ring_used_bytes", "Bytes held in the ring buffer.", &metrics.ring_used_bytes);
     gauge(&w, "loglet_ring_capacity_bytes", "Capacity of the ring buffer.", &metrics.ring_capacity_bytes);
     kube_metrics(&w);
+    gauge(&w, "loglet_batch_streams", "Streams (distinct label sets) in the last batch sealed for Loki.", &metrics.batch_streams);
     process_metrics(&w);
+    if (w.len < w.cap) w.len += pipeline_render_metrics(w.buf + w.len, w.cap - w.len);
     return w.len;
 }

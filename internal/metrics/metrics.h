@@ -73,6 +73,7 @@ struct metrics {
     _Atomic int64_t files_tailed;
     _Atomic int64_t ring_used_bytes;
     _Atomic int64_t ring_capacity_bytes;
+    _Atomic int64_t batch_streams; /* streams (label sets) in the last batch: what pipeline labels add shows here */
     _Atomic int64_t last_beat_ms[METRICS_THREAD_COUNT];
     /* Kubernetes metadata (internal/kube, internal/metadata). */
     _Atomic uint64_t kube_watch_restarts;

@@ -18,7 +18,7 @@ size_t output_stdout_max(size_t content_len)
 {
     /* JSON escapes a byte into at most 6 (\u00XX); metadata is bounded by the
      * fixed-size fields of parser_path_meta plus the path. */
-    return content_len * 6 + 4096 + 2 * 4096;
+    return content_len * 6 + 4096 + 2 * 4096 + 6 * 8256; /* and a pipeline's labels and metadata */
 }
 
 static size_t put(char *dst, const char *s, size_t n)
@@ -70,6 +70,14 @@ size_t output_format_text(const struct source *src, const struct source_record *
     const char *stream = stream_names[rec->stream < 3 ? rec->stream : 2];
     o += put(dst + o, stream, strlen(stream));
     dst[o++] = ' ';
+    const char *labels, *meta;
+    size_t labels_len, meta_len;
+    source_record_extras(rec, &labels, &labels_len, &meta, &meta_len);
+    if (labels_len) { /* what a pipeline added to the stream's labels */
+        dst[o++] = '{';
+        o += put(dst + o, labels, labels_len);
+        o += put(dst + o, "} ", 2);
+    }
     o += put(dst + o, source_record_content(rec), rec->len);
     dst[o++] = '\n';
     return o;
@@ -91,6 +99,28 @@ size_t output_format_json(const struct source *src, const struct source_record *
     o += put(dst + o, stream, strlen(stream));
     o += put(dst + o, "\",\"line\":", 9);
     o += put_json_string(dst + o, source_record_content(rec), rec->len);
+    const char *labels, *meta;
+    size_t labels_len, meta_len;
+    source_record_extras(rec, &labels, &labels_len, &meta, &meta_len);
+    if (labels_len) {
+        o += put(dst + o, ",\"labels\":", 10);
+        o += put_json_string(dst + o, labels, labels_len);
+    }
+    if (meta_len) {
+        o += put(dst + o, ",\"metadata\":{", 13);
+        for (const char *p = meta, *end = meta + meta_len; p < end;) {
+            size_t nl = strnlen(p, (size_t)(end - p));
+            const char *v = p + nl + 1;
+            if (v > end) break;
+            size_t vl = strnlen(v, (size_t)(end - v));
+            if (p != meta) dst[o++] = ',';
+            o += put_json_string(dst + o, p, nl);
+            dst[o++] = ':';
+            o += put_json_string(dst + o, v, vl);
+            p = v + vl + 1;
+        }
+        dst[o++] = '}';
+    }
     if (!m->namespace_[0]) {
         o += put(dst + o, ",\"file\":", 8);
         o += put_json_string(dst + o, src->path, strnlen(src->path, 4000));

@@ -22,7 +22,11 @@
  *    it after a copytruncate (the file itself starts again at 0).
  *
  * Chunk layout, one ring block:
- *    struct source_chunk | record | content (padded to 8) | record | …
+ *    struct source_chunk | record | content [extras] (padded to 8) | record | …
+ *  A record's `extra_len` bytes after its content are what the pipeline
+ *  added (internal/pipeline): a little-endian u16 length, that many bytes of
+ *  labels (`name="value", name2="v2"`, Loki-escaped, to add to the source's
+ *  set), then structured metadata as name NUL value NUL pairs.
  *  A chunk holds lines of one source only, in file order; `end_offset` is
  *  where the file's next unread line starts once the chunk's lines are out.
  */
@@ -107,7 +111,7 @@ struct source_record {
     uint32_t len; /* content bytes that follow */
     uint8_t stream; /* enum parser_stream */
     uint8_t flags;  /* enum source_record_flags */
-    uint16_t reserved;
+    uint16_t extra_len; /* pipeline labels and metadata after the content (0: none) */
 };
 
 #define SOURCE_ALIGN(n) (((size_t)(n) + 7) & ~(size_t)7)
@@ -120,7 +124,23 @@ static inline const char *source_record_content(const struct source_record *rec)
 
 static inline const struct source_record *source_record_next(const struct source_record *rec)
 {
-    return (const struct source_record *)((const char *)rec + SOURCE_RECORD_SIZE(rec->len));
+    return (const struct source_record *)((const char *)rec + SOURCE_RECORD_SIZE((size_t)rec->len + rec->extra_len));
+}
+
+/* The record's pipeline labels (without braces) and metadata pairs. */
+static inline void source_record_extras(const struct source_record *rec, const char **labels, size_t *labels_len,
+                                        const char **meta, size_t *meta_len)
+{
+    const unsigned char *x = (const unsigned char *)source_record_content(rec) + rec->len;
+    *labels_len = *meta_len = 0;
+    *labels = *meta = NULL;
+    if (rec->extra_len < 2) return;
+    size_t ll = (size_t)x[0] | ((size_t)x[1] << 8);
+    if (ll > (size_t)rec->extra_len - 2) return;
+    *labels = (const char *)x + 2;
+    *labels_len = ll;
+    *meta = (const char *)x + 2 + ll;
+    *meta_len = (size_t)rec->extra_len - 2 - ll;
 }
 
 static inline const struct source_record *source_chunk_first(const struct source_chunk *chunk)

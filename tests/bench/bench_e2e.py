@@ -59,11 +59,20 @@ class Blocks:
     takes its fillers from its own place in a pool of random alphanumerics
     (generated once from SEED), so no two nearby blocks repeat each other."""
 
-    def __init__(self, filler):
+    def __init__(self, filler, json_lines=False):
         if filler not in ("x", "random"):
             raise ValueError(filler)
         self.filler = filler
         heads = _heads()
+        if json_lines:
+            # JSON content, as the pipeline benchmark's json stage wants: the
+            # same request head as a "message", a level, a trace id, x padding.
+            self.filler = "x"
+            levels = ["info", "info", "info", "debug", "warn", "error", "trace"]
+            js = [(PREFIX + '{"level":"%s","message":"GET /api/v1/items/%d 200","trace_id":"%016x","pad":"'
+                   % (levels[i % 7], i, i * 2654435761)).encode() for i in range(BLOCK_LINES)]
+            self.fixed = b"".join(h + b"x" * (LINE - len(h) - 3) + b'"}\n' for h in js)
+            return
         if filler == "x":
             self.fixed = b"".join(h + b"x" * (LINE - len(h) - 1) + b"\n" for h in heads)
             return
@@ -98,8 +107,8 @@ def write_lines(out, blocks, lines, first_block=0):
     return k
 
 
-def make_corpus(root, mb, files, filler="x"):
-    blocks = Blocks(filler)
+def make_corpus(root, mb, files, filler="x", json_lines=False):
+    blocks = Blocks(filler, json_lines)
     lines_each = mb * 1024 * 1024 // LINE // files
     paths = []
     os.makedirs(os.path.join(root, "containers"))
@@ -207,13 +216,15 @@ def main():
                     help="x: every line padded with 'x' (compresses ~15:1); random: random alphanumerics, fixed seed")
     ap.add_argument("--kubernetes", action="store_true",
                     help="Kubernetes metadata on, from a test API server that knows every pod")
+    ap.add_argument("--pipeline", help="a YAML file whose `pipeline:` section is added to the agent's configuration")
+    ap.add_argument("--json", action="store_true", help="JSON line content (level, message, trace_id, padding)")
     args = ap.parse_args()
     root = tempfile.mkdtemp(prefix="loglet-e2e-", dir="/dev/shm")
     receiver = agent = api = None
     kube_yaml, env = "", None
     try:
         g0 = time.time()
-        total, paths = make_corpus(os.path.join(root, "log"), args.mb, args.files, args.filler)
+        total, paths = make_corpus(os.path.join(root, "log"), args.mb, args.files, args.filler, args.json)
         mb = total * LINE / 1e6
         print(f"corpus: {args.files} files, {total} lines of {LINE} bytes = {mb:.0f} MB, filler {args.filler}, "
               f"on {root} (generated in {time.time() - g0:.1f} s)")
@@ -235,6 +246,9 @@ output:
   loki:
     url: http://127.0.0.1:{port}/loki/api/v1/push
 """ + kube_yaml)
+            if args.pipeline:
+                with open(args.pipeline) as p:
+                    f.write(p.read())
         load_before = loadavg()
         t0 = time.time()
         agent = subprocess.Popen([LOGLET, "-config", config], env=env,
@@ -255,7 +269,8 @@ output:
             print(f"NOT DELIVERED: the receiver counted {got} of {total} entries and nothing more arrived "
                   f"for 60 s; wall time below is up to the last entry that arrived")
         meta = "kubernetes metadata on" if args.kubernetes else "path labels only"
-        print(f"end to end, files -> loglet -> receiver (defaults, {args.files} files, filler {args.filler}, {meta}):")
+        print(f"end to end, files -> loglet -> receiver (defaults, {args.files} files, filler {args.filler}, {meta}"
+              f"{', JSON lines' if args.json else ''}{', pipeline ' + args.pipeline if args.pipeline else ''}):")
         print(f"  {mb / wall:.0f} MB/s of log input, {total / wall / 1e6:.2f} M lines/s, wall {wall:.2f} s "
               f"(before the last push: {mb_prev / wall_prev:.0f} MB/s, {mb_prev:.0f} MB by {wall_prev:.2f} s)")
         print(f"  agent CPU {cpu:.2f} s = {cpu / (mb / 1000):.2f} CPU-seconds per GB ({mb / cpu:.0f} MB per CPU-second)")

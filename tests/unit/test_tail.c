@@ -140,6 +140,7 @@ struct env_opts {
     enum config_format format;
     enum config_partial_ts partial_ts;
     const char *exclude;
+    const char *pipeline; /* YAML with a pipeline: section, or NULL */
 };
 
 static void env_close(void);
@@ -160,6 +161,19 @@ static void env_open(const struct env_opts *o)
     if (o->exclude) {
         free(E.cfg.collection.exclude_lines);
         E.cfg.collection.exclude_lines = strdup(o->exclude);
+    }
+    if (o->pipeline) {
+        char yaml[] = "/tmp/test_tail_pipeline.XXXXXX", err[1024];
+        int fd = mkstemp(yaml);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, o->pipeline, strlen(o->pipeline)), (ssize_t)strlen(o->pipeline));
+        close(fd);
+        struct config tmp;
+        config_defaults(&tmp);
+        if (config_load(&tmp, yaml, err, sizeof err) != 0) fail_msg("%s", err);
+        unlink(yaml);
+        E.cfg.pipeline = config_tree_dup(tmp.pipeline);
+        config_free(&tmp);
     }
     E.ring = ring_create(o->ring_bytes ? o->ring_bytes : 1 << 20);
     assert_non_null(E.ring);
@@ -1141,6 +1155,71 @@ static void test_full_ring_loses_and_duplicates_nothing(void **state)
     assert_true(blocked > runs);
 }
 
+/* A multiline join through a ring that fills anywhere (issue 11): every
+ * trace arrives joined, exactly once and in order, with its first line's
+ * time; no chunk acknowledges past a join still held (check_ack_order: a
+ * crash then would lose it); at the end everything is acknowledged. */
+static void test_full_ring_with_multiline_joins_loses_nothing(void **state)
+{
+    (void)state;
+    size_t runs = 0, blocked = 0;
+    struct truth t = {0};
+    srand(77);
+    for (int i = 0; i < 300; i++) {
+        char entry[1024];
+        size_t elen = 0;
+        int frames = rand() % 6;
+        int64_t first = 0;
+        for (int k = 0; k <= frames; k++) {
+            char line[128];
+            int n = k ? snprintf(line, sizeof line, "\tat frame.%d.%d(%s)", i, k, "Shop.java")
+                      : snprintf(line, sizeof line, "E%d %.*s", i, rand() % 60, "java.lang.IllegalStateException: "
+                                                                                 "inventory could not be loaded....");
+            int64_t ts = next_ts(&t);
+            if (!k) first = ts;
+            cri_physical(&t, ts, PARSER_STREAM_STDOUT, 'F', line, (size_t)n);
+            if (k) entry[elen++] = '\n';
+            memcpy(entry + elen, line, (size_t)n);
+            elen += (size_t)n;
+        }
+        want_rec(&t, entry, elen, PARSER_STREAM_STDOUT, 0, first, first);
+        t.want.v[t.want.n - 1].line_end = t.file.len;
+    }
+    for (size_t ring = 6400; ring < 30000; ring += 1536) {
+        for (int style = 0; style < 2; style++) {
+            size_t writes = style ? 11 : 1;
+            snprintf(ctx, sizeof ctx, "[multiline ring %zu drain %d writes %zu]", ring, style, writes);
+            env_open(&(struct env_opts){.max_line = 1024, .read_buffer = 4096, .ring_bytes = ring,
+                                        .pipeline = "pipeline:\n  - stages:\n      - multiline: {continue: '^\\t'}\n"});
+            assert_non_null(E.f->pipe);
+            E.drain_style = style;
+            size_t step = t.file.len / writes + 1;
+            for (size_t off = 0; off < t.file.len; off += step) {
+                size_t n = t.file.len - off < step ? t.file.len - off : step;
+                file_append(t.file.p + off, n);
+                assert_int_equal(read_until_eof(false), READ_EOF);
+                assert_true(atomic_load(&E.f->src->acked_offset) <= pipeline_file_ack_limit(E.f->pipe));
+            }
+            /* The last trace waits for its timeout: send it as the timeout would. */
+            while (!tail_pipeline_flush(E.c, E.f)) {
+                drain_all();
+                E.c->blocked = false;
+            }
+            drain_all();
+            check_ack_order = true;
+            expect_records(&t.want, &E.got, 0, false);
+            check_ack_order = false;
+            expect_all_acked();
+            blocked += E.blocked;
+            runs++;
+            env_close();
+        }
+    }
+    truth_free(&t);
+    print_message("      (%zu runs, the ring was full %zu times)\n", runs, blocked);
+    assert_true(blocked > runs);
+}
+
 static void test_full_ring_with_long_lines_loses_nothing(void **state)
 {
     (void)state;
@@ -1431,6 +1510,7 @@ int main(void)
         cmocka_unit_test_teardown(test_full_ring_while_a_flushed_line_waits_for_its_rest, env_teardown),
         cmocka_unit_test_teardown(test_blocked_at_the_first_reservation_in_every_state, env_teardown),
         cmocka_unit_test_teardown(test_truncation_starts_a_fresh_source, env_teardown),
+        cmocka_unit_test_teardown(test_full_ring_with_multiline_joins_loses_nothing, env_teardown),
         cmocka_unit_test_teardown(test_truncation_with_chunks_in_flight, env_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
