@@ -1279,7 +1279,11 @@ def spool_leftovers(spool_dir, log_root):
 
 def agent_config(glob, positions, loki_url=None, collection_extra="", extra=""):
     """The default configuration: only what the scenario must name."""
+    # The logs API socket is a path too: each run its own, beside its positions,
+    # so agents of tests running side by side do not meet at /run/loglet.
+    api_sock = os.path.join(os.path.dirname(positions), "api.sock")
     cfg = ("server:\n  http_listen_address: 127.0.0.1\n  http_listen_port: 0\n"
+           f"  api:\n    socket: {json.dumps(api_sock)}\n"
            f"collection:\n  paths: [{json.dumps(glob)}]\n  positions_file: {json.dumps(positions)}\n"
            + collection_extra)
     if loki_url:

@@ -166,6 +166,9 @@ def base_config(tree, workdir, extra=""):
     """A config tailing the tree, probes on an ephemeral loopback port."""
     return (
         "server:\n  http_listen_address: 127.0.0.1\n  http_listen_port: 0\n"
+        # The logs API socket is a path like the others: one per test, so
+        # agents of tests running side by side do not meet at /run/loglet.
+        f"  api:\n    socket: {yaml_quote(os.path.join(workdir, 'api.sock'))}\n"
         f"collection:\n  paths: [{yaml_quote(tree.glob)}]\n"
         f"  positions_file: {yaml_quote(os.path.join(workdir, 'positions.yaml'))}\n" + extra)
 
