@@ -32,16 +32,6 @@
 
 #define TOKEN_MAX_BYTES KUBE_TOKEN_MAX_BYTES
 
-static void setf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void setf(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen) return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static void wipe_free(char *s)
 {
     if (!s) return;
@@ -77,7 +67,7 @@ static char *read_token(const char *path, struct stat *st, char *err, size_t err
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
-        setf(err, errlen, "cannot read the token %s: %s", path, strerror(errno));
+        kube_setf(err, errlen, "cannot read the token %s: %s", path, strerror(errno));
         return NULL;
     }
     char *buf = malloc(TOKEN_MAX_BYTES + 1);
@@ -86,7 +76,7 @@ static char *read_token(const char *path, struct stat *st, char *err, size_t err
     if (st && fstat(fileno(f), st) != 0) memset(st, 0, sizeof *st);
     fclose(f);
     if (failed || n > TOKEN_MAX_BYTES) {
-        setf(err, errlen, "cannot read the token %s: %s", path, !buf ? "out of memory" : failed ? "read error" : "larger than 64 KiB");
+        kube_setf(err, errlen, "cannot read the token %s: %s", path, !buf ? "out of memory" : failed ? "read error" : "larger than 64 KiB");
         if (buf) explicit_bzero(buf, n);
         free(buf);
         return NULL;
@@ -94,7 +84,7 @@ static char *read_token(const char *path, struct stat *st, char *err, size_t err
     while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' || buf[n - 1] == '\t')) n--;
     buf[n] = '\0';
     if (!n || memchr(buf, '\n', n) || strlen(buf) != n) {
-        setf(err, errlen, "the token %s is %s", path, n ? "not one line of text" : "empty");
+        kube_setf(err, errlen, "the token %s is %s", path, n ? "not one line of text" : "empty");
         explicit_bzero(buf, n);
         free(buf);
         return NULL;
@@ -158,19 +148,19 @@ int kube_auth_in_cluster(const char *sa_dir, struct kube_auth *auth, char *err, 
     snprintf(origin, sizeof origin, "in-cluster (%s)", sa_dir);
     if (!(auth->server = strdup(server)) || !(auth->token_file = strdup(token)) || !(auth->ca_file = strdup(ca)) ||
         !(auth->origin = strdup(origin))) {
-        setf(err, errlen, "out of memory");
+        kube_setf(err, errlen, "out of memory");
         kube_auth_free(auth);
         return -1;
     }
     if (access(ca, R_OK) != 0) {
-        setf(err, errlen, "in cluster (KUBERNETES_SERVICE_HOST is set) but the CA %s cannot be read: %s", ca,
+        kube_setf(err, errlen, "in cluster (KUBERNETES_SERVICE_HOST is set) but the CA %s cannot be read: %s", ca,
              strerror(errno));
         kube_auth_free(auth);
         return -1;
     }
     char why[512];
     if (!(auth->token = read_token(token, &auth->token_stat, why, sizeof why))) {
-        setf(err, errlen, "in cluster (KUBERNETES_SERVICE_HOST is set) but %s", why);
+        kube_setf(err, errlen, "in cluster (KUBERNETES_SERVICE_HOST is set) but %s", why);
         kube_auth_free(auth);
         return -1;
     }
@@ -228,7 +218,7 @@ static int kc_fail(struct kc *kc, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    setf(kc->err, kc->errlen, "kubeconfig %s: %s", kc->path, msg);
+    kube_setf(kc->err, kc->errlen, "kubeconfig %s: %s", kc->path, msg);
     return -1;
 }
 

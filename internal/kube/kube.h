@@ -187,4 +187,7 @@ struct kube_watch *kube_watch_start(struct kube_auth *auth, struct kube_cache *c
                                     const char *node, char *err, size_t errlen);
 void kube_watch_stop(struct kube_watch *w);
 
+/* Formats an error into err (NULL or 0 length: nothing), for the module's files. */
+void kube_setf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 #endif

@@ -22,8 +22,7 @@
 
 #define ANNOTATION_PREFIX "loglet.io/"
 
-static void setf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void setf(char *err, size_t errlen, const char *fmt, ...)
+void kube_setf(char *err, size_t errlen, const char *fmt, ...)
 {
     if (!err || !errlen) return;
     va_list ap;
@@ -97,21 +96,21 @@ static int get_string(const json_t *parent, const char *member, const char *wher
     const json_t *v = json_object_get(parent, member);
     if (!v || json_is_null(v)) {
         if (!optional) {
-            setf(err, errlen, "%s.%s is missing", where, member);
+            kube_setf(err, errlen, "%s.%s is missing", where, member);
             return -1;
         }
         *out = strdup("");
     } else if (!json_is_string(v)) {
-        setf(err, errlen, "%s.%s is not a string", where, member);
+        kube_setf(err, errlen, "%s.%s is not a string", where, member);
         return -1;
     } else if (json_string_length(v) > KUBE_MAX_VALUE_BYTES) {
-        setf(err, errlen, "%s.%s is longer than %d bytes", where, member, KUBE_MAX_VALUE_BYTES);
+        kube_setf(err, errlen, "%s.%s is longer than %d bytes", where, member, KUBE_MAX_VALUE_BYTES);
         return -1;
     } else {
         *out = strndup(json_string_value(v), json_string_length(v));
     }
     if (!*out) {
-        setf(err, errlen, "out of memory");
+        kube_setf(err, errlen, "out of memory");
         return -1;
     }
     return 0;
@@ -124,7 +123,7 @@ static int get_pairs(const json_t *meta, const char *member, const char *prefix,
     const json_t *map = json_object_get(meta, member);
     if (!map || json_is_null(map)) return 0;
     if (!json_is_object(map)) {
-        setf(err, errlen, "%s.metadata.%s is not an object", where, member);
+        kube_setf(err, errlen, "%s.metadata.%s is not an object", where, member);
         return -1;
     }
     const char *key;
@@ -133,16 +132,16 @@ static int get_pairs(const json_t *meta, const char *member, const char *prefix,
     json_object_foreach((json_t *)map, key, value) {
         if (prefix && strncmp(key, prefix, strlen(prefix)) != 0) continue;
         if (!json_is_string(value)) {
-            setf(err, errlen, "%s.metadata.%s[\"%.64s\"] is not a string", where, member, key);
+            kube_setf(err, errlen, "%s.metadata.%s[\"%.64s\"] is not a string", where, member, key);
             return -1;
         }
         if (json_string_length(value) > KUBE_MAX_VALUE_BYTES || strlen(key) > KUBE_MAX_VALUE_BYTES) {
-            setf(err, errlen, "%s.metadata.%s[\"%.64s\"] is longer than %d bytes", where, member, key,
+            kube_setf(err, errlen, "%s.metadata.%s[\"%.64s\"] is longer than %d bytes", where, member, key,
                  KUBE_MAX_VALUE_BYTES);
             return -1;
         }
         if (++wanted > KUBE_MAX_PAIRS) {
-            setf(err, errlen, "%s.metadata.%s has more than %d entries", where, member, KUBE_MAX_PAIRS);
+            kube_setf(err, errlen, "%s.metadata.%s has more than %d entries", where, member, KUBE_MAX_PAIRS);
             return -1;
         }
     }
@@ -159,7 +158,7 @@ static int get_pairs(const json_t *meta, const char *member, const char *prefix,
     }
     return 0;
 oom:
-    setf(err, errlen, "out of memory");
+    kube_setf(err, errlen, "out of memory");
     return -1;
 }
 
@@ -169,19 +168,19 @@ static int get_owner(const json_t *meta, struct kube_object *obj, const char *wh
     const json_t *refs = json_object_get(meta, "ownerReferences");
     if (!refs || json_is_null(refs)) return 0;
     if (!json_is_array(refs)) {
-        setf(err, errlen, "%s.metadata.ownerReferences is not a list", where);
+        kube_setf(err, errlen, "%s.metadata.ownerReferences is not a list", where);
         return -1;
     }
     size_t i;
     const json_t *ref;
     json_array_foreach(refs, i, ref) {
         if (!json_is_object(ref)) {
-            setf(err, errlen, "%s.metadata.ownerReferences[%zu] is not an object", where, i);
+            kube_setf(err, errlen, "%s.metadata.ownerReferences[%zu] is not an object", where, i);
             return -1;
         }
         const json_t *controller = json_object_get(ref, "controller");
         if (controller && !json_is_boolean(controller) && !json_is_null(controller)) {
-            setf(err, errlen, "%s.metadata.ownerReferences[%zu].controller is not a boolean", where, i);
+            kube_setf(err, errlen, "%s.metadata.ownerReferences[%zu].controller is not a boolean", where, i);
             return -1;
         }
         if (!json_is_true(controller) || obj->owner_kind) continue;
@@ -200,12 +199,12 @@ static int parse_object(const json_t *root, enum kube_kind kind, struct kube_obj
     obj->kind = kind;
     const char *where = kind_name(kind);
     if (!json_is_object(root)) {
-        setf(err, errlen, "the %s is not an object", where);
+        kube_setf(err, errlen, "the %s is not an object", where);
         return -1;
     }
     const json_t *meta = json_object_get(root, "metadata");
     if (!json_is_object(meta)) {
-        setf(err, errlen, "%s.metadata is %s", where, meta ? "not an object" : "missing");
+        kube_setf(err, errlen, "%s.metadata is %s", where, meta ? "not an object" : "missing");
         return -1;
     }
     char ctx[32];
@@ -218,19 +217,19 @@ static int parse_object(const json_t *root, enum kube_kind kind, struct kube_obj
         if (get_string(meta, "namespace", ctx, false, &obj->namespace_, err, errlen) != 0) goto fail;
         const json_t *spec = json_object_get(root, "spec");
         if (spec && !json_is_object(spec)) {
-            setf(err, errlen, "pod.spec is not an object");
+            kube_setf(err, errlen, "pod.spec is not an object");
             goto fail;
         }
         if (spec) {
             if (get_string(spec, "nodeName", "pod.spec", true, &obj->node_name, err, errlen) != 0) goto fail;
         } else if (!(obj->node_name = strdup(""))) {
-            setf(err, errlen, "out of memory");
+            kube_setf(err, errlen, "out of memory");
             goto fail;
         }
         if (get_owner(meta, obj, where, err, errlen) != 0) goto fail;
     }
     if (!obj->name[0]) {
-        setf(err, errlen, "%s.metadata.name is empty", where);
+        kube_setf(err, errlen, "%s.metadata.name is empty", where);
         goto fail;
     }
     if (get_pairs(meta, "labels", NULL, &obj->labels, &obj->nlabels, where, err, errlen) != 0 ||
@@ -246,12 +245,12 @@ fail:
 static json_t *load(const char *text, size_t len, size_t max, const char *what, char *err, size_t errlen)
 {
     if (len > max) {
-        setf(err, errlen, "%s of %zu bytes is larger than the %zu bytes accepted", what, len, max);
+        kube_setf(err, errlen, "%s of %zu bytes is larger than the %zu bytes accepted", what, len, max);
         return NULL;
     }
     json_error_t jerr;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root) setf(err, errlen, "%s is not valid JSON: %s at byte %d", what, jerr.text, jerr.position);
+    if (!root) kube_setf(err, errlen, "%s is not valid JSON: %s at byte %d", what, jerr.text, jerr.position);
     return root;
 }
 
@@ -265,7 +264,7 @@ int kube_parse_event(const char *text, size_t len, enum kube_kind kind, struct k
     const json_t *type = json_object_get(root, "type");
     const json_t *object = json_object_get(root, "object");
     if (!json_is_object(root) || !json_is_string(type) || !json_is_object(object)) {
-        setf(err, errlen, "a watch event must be an object with a string \"type\" and an object \"object\"");
+        kube_setf(err, errlen, "a watch event must be an object with a string \"type\" and an object \"object\"");
         goto out;
     }
     const char *t = json_string_value(type);
@@ -284,7 +283,7 @@ int kube_parse_event(const char *text, size_t len, enum kube_kind kind, struct k
     else if (strcmp(t, "DELETED") == 0) ev->type = KUBE_EVENT_DELETED;
     else if (strcmp(t, "BOOKMARK") == 0) ev->type = KUBE_EVENT_BOOKMARK;
     else {
-        setf(err, errlen, "unknown watch event type \"%.32s\"", t);
+        kube_setf(err, errlen, "unknown watch event type \"%.32s\"", t);
         goto out;
     }
     if (ev->type == KUBE_EVENT_BOOKMARK) {
@@ -292,7 +291,7 @@ int kube_parse_event(const char *text, size_t len, enum kube_kind kind, struct k
         const json_t *meta = json_object_get(object, "metadata");
         if (!json_is_object(meta) ||
             get_string(meta, "resourceVersion", "bookmark.metadata", false, &ev->resource_version, err, errlen) != 0) {
-            if (!json_is_object(meta)) setf(err, errlen, "a BOOKMARK event has no metadata");
+            if (!json_is_object(meta)) kube_setf(err, errlen, "a BOOKMARK event has no metadata");
             goto out;
         }
         rc = 0;
@@ -300,7 +299,7 @@ int kube_parse_event(const char *text, size_t len, enum kube_kind kind, struct k
     }
     if (parse_object(object, kind, &ev->object, err, errlen) != 0) goto out;
     if (!(ev->resource_version = strdup(ev->object.resource_version))) {
-        setf(err, errlen, "out of memory");
+        kube_setf(err, errlen, "out of memory");
         kube_object_free(&ev->object);
         goto out;
     }
@@ -321,7 +320,7 @@ int kube_parse_list(const char *text, size_t len, enum kube_kind kind, struct ku
     const json_t *meta = json_object_get(root, "metadata");
     const json_t *items = json_object_get(root, "items");
     if (!json_is_object(root) || !json_is_object(meta) || !(json_is_array(items) || json_is_null(items))) {
-        setf(err, errlen, "a list answer must be an object with \"metadata\" and a list \"items\"");
+        kube_setf(err, errlen, "a list answer must be an object with \"metadata\" and a list \"items\"");
         goto out;
     }
     if (get_string(meta, "resourceVersion", "list.metadata", false, &list->resource_version, err, errlen) != 0)
@@ -329,26 +328,26 @@ int kube_parse_list(const char *text, size_t len, enum kube_kind kind, struct ku
     const json_t *cont = json_object_get(meta, "continue");
     if (cont && json_is_string(cont) && json_string_length(cont)) {
         if (!(list->continue_token = strdup(json_string_value(cont)))) {
-            setf(err, errlen, "out of memory");
+            kube_setf(err, errlen, "out of memory");
             goto out;
         }
     } else if (cont && !json_is_string(cont) && !json_is_null(cont)) {
-        setf(err, errlen, "list.metadata.continue is not a string");
+        kube_setf(err, errlen, "list.metadata.continue is not a string");
         goto out;
     }
     size_t n = json_is_array(items) ? json_array_size(items) : 0;
     if (n > KUBE_CACHE_MAX_OBJECTS) {
-        setf(err, errlen, "the list has %zu items, more than the %d accepted", n, KUBE_CACHE_MAX_OBJECTS);
+        kube_setf(err, errlen, "the list has %zu items, more than the %d accepted", n, KUBE_CACHE_MAX_OBJECTS);
         goto out;
     }
     if (n && !(list->items = calloc(n, sizeof *list->items))) {
-        setf(err, errlen, "out of memory");
+        kube_setf(err, errlen, "out of memory");
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
         char inner[256];
         if (parse_object(json_array_get(items, i), kind, &list->items[i], inner, sizeof inner) != 0) {
-            setf(err, errlen, "list item %zu: %s", i, inner);
+            kube_setf(err, errlen, "list item %zu: %s", i, inner);
             goto out;
         }
         list->count++;

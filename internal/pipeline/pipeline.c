@@ -400,23 +400,26 @@ static const struct stage *holder(const struct pipeline_file *pf)
     return NULL;
 }
 
-uint64_t pipeline_file_ack_limit(const struct pipeline_file *pf)
+/* What the holding stage holds: the offset its first line starts at and its bytes. */
+static bool held(const struct pipeline_file *pf, uint64_t *off, size_t *bytes)
 {
     const struct stage *st = holder(pf);
-    uint64_t off;
     int64_t since;
+    return st && st->ops->holding(st, stage_state((struct pipeline_file *)pf, st), off, &since, bytes);
+}
+
+uint64_t pipeline_file_ack_limit(const struct pipeline_file *pf)
+{
+    uint64_t off;
     size_t bytes;
-    if (st && st->ops->holding(st, stage_state((struct pipeline_file *)pf, st), &off, &since, &bytes)) return off;
-    return UINT64_MAX;
+    return held(pf, &off, &bytes) ? off : UINT64_MAX;
 }
 
 size_t pipeline_file_held_bytes(const struct pipeline_file *pf)
 {
-    const struct stage *st = holder(pf);
     uint64_t off;
-    int64_t since;
     size_t bytes;
-    if (st && st->ops->holding(st, stage_state((struct pipeline_file *)pf, st), &off, &since, &bytes)) return bytes;
+    if (held(pf, &off, &bytes)) return bytes;
     return 0;
 }
 
