@@ -27,8 +27,8 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 echo "== soak under faults (short form, ASan+UBSan binary)"
 LOGLET_BIN=build-sanitize/loglet /usr/bin/python3 tests/soak/soak.py --duration "${LOGLET_SOAK_SECONDS:-150}"
 
-echo "== fuzzing (${LOGLET_FUZZ_SECONDS:-20} s per harness, clang + ASan + UBSan)"
-scripts/fuzz.sh "${LOGLET_FUZZ_SECONDS:-20}"
+echo "== fuzzing (${LOGLET_FUZZ_SECONDS:-10} s per harness, clang + ASan + UBSan)"
+scripts/fuzz.sh "${LOGLET_FUZZ_SECONDS:-10}"
 
 # Every stage above exits on failure (set -e), so reaching here means all passed.
 echo "suite: 4 passed, 0 failed (release tests, sanitizer tests, soak, fuzzing)"
