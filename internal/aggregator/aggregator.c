@@ -175,6 +175,17 @@ static int64_t stream_index(struct aggregator *agg, const char *labels)
  * (`a="1", b="2"`, already escaped): the set's text with them before its
  * closing brace. Loki sorts labels itself, and one block always adds them
  * in the same order, so equal sets give equal text. */
+/* Whether a rendered label set `{a="1", b="2"}` has a label of this name. */
+static bool label_named(const char *set, const char *name, size_t len)
+{
+    for (const char *p = set; (p = strstr(p, "=\"")); p++) {
+        const char *q = p;
+        while (q > set && q[-1] != '{' && q[-1] != ' ') q--;
+        if ((size_t)(p - q) == len && memcmp(q, name, len) == 0) return true;
+    }
+    return false;
+}
+
 static int64_t merged_stream_index(struct aggregator *agg, const char *base, const char *extra, size_t extra_len)
 {
     struct fill_state *st = &agg->fill;
@@ -185,12 +196,29 @@ static int64_t merged_stream_index(struct aggregator *agg, const char *base, con
     char *m = st->merge_buf;
     size_t o = blen - 1;
     memcpy(m, base, o);
-    if (blen > 2) {
-        memcpy(m + o, ", ", 2);
-        o += 2;
+    /* A pipeline label the file's own set already has (a Kubernetes label
+     * named like an extracted field: `app`, `job`) is left out: Loki refuses
+     * a stream with a name twice, and the file's own labels win. */
+    size_t kept = 0;
+    for (size_t i = 0; i < extra_len;) {
+        size_t start = i, name_end;
+        while (i < extra_len && extra[i] != '=') i++;
+        name_end = i;
+        if (i + 1 < extra_len && extra[i + 1] == '"') i += 2;
+        while (i < extra_len && extra[i] != '"') i += extra[i] == '\\' ? 2 : 1;
+        if (i < extra_len) i++; /* the closing quote */
+        if (i > extra_len) i = extra_len; /* a trailing backslash */
+        size_t item_end = i;
+        while (i < extra_len && (extra[i] == ',' || extra[i] == ' ')) i++;
+        if (label_named(base, extra + start, name_end - start)) continue;
+        if (kept || blen > 2) {
+            memcpy(m + o, ", ", 2);
+            o += 2;
+        }
+        memcpy(m + o, extra + start, item_end - start);
+        o += item_end - start;
+        kept++;
     }
-    memcpy(m + o, extra, extra_len);
-    o += extra_len;
     m[o++] = '}';
     m[o] = '\0';
     size_t idx = (size_t)(uintptr_t)table_get_str(&st->by_labels, m);

@@ -446,20 +446,43 @@ static void run_reset(struct stage_run *r)
 }
 
 /* Label values as Loki reads them: `name="value"`, with \ " and newline escaped. */
-static size_t put_escaped(char *dst, size_t room, const char *s, size_t len, bool *cut)
+/* A label value as Loki's label syntax quotes it. Control characters (a
+ * NUL would end the label text early) become U+FFFD, as invalid UTF-8 does. */
+static const char *escape_of(char ch, size_t *n)
 {
-    size_t o = 0;
+    *n = 2;
+    switch (ch) {
+    case '"': return "\\\"";
+    case '\\': return "\\\\";
+    case '\n': return "\\n";
+    case '\t': return "\\t";
+    }
+    if ((unsigned char)ch < 0x20 || ch == 0x7f) {
+        *n = 3;
+        return "\xef\xbf\xbd";
+    }
+    *n = 1;
+    return NULL;
+}
+
+static size_t escaped_len(const char *s, size_t len)
+{
+    size_t total = 0, n;
     for (size_t i = 0; i < len; i++) {
-        char ch = s[i];
-        const char *esc = ch == '"' ? "\\\"" : ch == '\\' ? "\\\\" : ch == '\n' ? "\\n" : NULL;
-        size_t need = esc ? 2 : 1;
-        if (o + need > room) {
-            *cut = true;
-            return o;
-        }
-        if (esc) memcpy(dst + o, esc, 2);
-        else dst[o] = ch;
-        o += need;
+        escape_of(s[i], &n);
+        total += n;
+    }
+    return total;
+}
+
+static size_t put_escaped(char *dst, const char *s, size_t len)
+{
+    size_t o = 0, n;
+    for (size_t i = 0; i < len; i++) {
+        const char *esc = escape_of(s[i], &n);
+        if (esc) memcpy(dst + o, esc, n);
+        else dst[o] = s[i];
+        o += n;
     }
     return o;
 }
@@ -475,7 +498,9 @@ static void render_extras(struct stage_run *r, struct stage *last)
     for (size_t i = 0; i < b->nlabels; i++) {
         if (!r->label_set[i]) continue;
         size_t nl = strlen(b->labels[i]);
-        if (o + nl + 6 + r->label_len[i] > room) {
+        /* Whole or not at all: a value cut short would be a wrong value. */
+        size_t vl = escaped_len(r->label_val[i], r->label_len[i]);
+        if (o + nl + 6 + vl > room) {
             cut = true;
             continue;
         }
@@ -487,7 +512,7 @@ static void render_extras(struct stage_run *r, struct stage *last)
         o += nl;
         memcpy(x + o, "=\"", 2);
         o += 2;
-        o += put_escaped(x + o, room - o - 1, r->label_val[i], r->label_len[i], &cut);
+        o += put_escaped(x + o, r->label_val[i], r->label_len[i]);
         x[o++] = '"';
         any = true;
     }
