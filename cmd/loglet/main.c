@@ -19,6 +19,7 @@
 #include "config/config.h"
 #include "httpd/httpd.h"
 #include "log/log.h"
+#include "loki/loki.h"
 #include "metadata/metadata.h"
 #include "metrics/metrics.h"
 #include "output/livetail.h"
@@ -324,9 +325,10 @@ int main(int argc, char **argv)
     }
 
     raise_descriptor_limit();
+    char shown_url[1024];
+    loki_url_redacted(agent.cfg.output.loki.url, shown_url, sizeof shown_url);
     log_info("loglet %s starting, config %s, output %s", LOGLET_VERSION,
-             opts.config_path ? opts.config_path : "(defaults)",
-             agent.cfg.output.loki.url[0] ? agent.cfg.output.loki.url : "stdout");
+             opts.config_path ? opts.config_path : "(defaults)", agent.cfg.output.loki.url[0] ? shown_url : "stdout");
     int rc = 0;
     if (start(&agent, err, sizeof err) != 0) {
         log_error("cannot start: %s", err);

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "loki/loki.h"
 #include "metrics/metrics.h"
 
 #define STATUS_REFRESH_S 5
@@ -85,7 +86,9 @@ static void summary(struct page *p, const struct api_status_env *env, int64_t no
     duration(v, sizeof v, (now - env->started_ms) / 1000);
     row(p, "uptime", v);
     const char *url = env->cfg->output.loki.url;
-    row(p, "output", url[0] ? url : "stdout");
+    char shown[1024];
+    loki_url_redacted(url, shown, sizeof shown);
+    row(p, "output", url[0] ? shown : "stdout");
     int64_t failing = atomic_load(&metrics.push_failing_since_ms);
     if (!url[0]) snprintf(v, sizeof v, "writing to standard output");
     else if (failing) snprintf(v, sizeof v, "pushes failing for %lld s (retrying)", (long long)(now - failing) / 1000);

@@ -736,3 +736,18 @@ int64_t loki_backoff_ms(int attempt, int64_t min_ms, int64_t max_ms, int64_t ret
     }
     return delay;
 }
+
+void loki_url_redacted(const char *url, char *out, size_t outlen)
+{
+    const char *scheme = strstr(url, "://");
+    const char *host = scheme ? scheme + 3 : url;
+    size_t authority = strcspn(host, "/?#");
+    const char *at = NULL; /* the last '@' of the authority ends the userinfo (a password may hold one) */
+    for (size_t i = 0; i < authority; i++)
+        if (host[i] == '@') at = host + i;
+    if (!at) {
+        snprintf(out, outlen, "%s", url);
+        return;
+    }
+    snprintf(out, outlen, "%.*s***%s", (int)(host - url), url, at);
+}

@@ -158,4 +158,8 @@ void loki_push(struct loki_client *client, const uint8_t *body, size_t len, stru
  * retry_after_ms when that is >= 0 (capped at max). */
 int64_t loki_backoff_ms(int attempt, int64_t min_ms, int64_t max_ms, int64_t retry_after_ms);
 
+/* The URL with any user:password@ replaced by "***@", for logs and pages
+ * (libcurl accepts credentials in the URL; they must not leak there). */
+void loki_url_redacted(const char *url, char *out, size_t outlen);
+
 #endif

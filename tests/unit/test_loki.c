@@ -1500,6 +1500,20 @@ static void test_client_create_errors(void **state)
     config_free(&cfg);
 }
 
+static void test_url_redacted(void **state)
+{
+    (void)state;
+    char out[256];
+    loki_url_redacted("https://tenant:s3cr@t@loki.example/loki/api/v1/push", out, sizeof out);
+    assert_string_equal(out, "https://***@loki.example/loki/api/v1/push");
+    loki_url_redacted("http://loki:3100/push?a=b@c", out, sizeof out); /* an '@' past the authority is not userinfo */
+    assert_string_equal(out, "http://loki:3100/push?a=b@c");
+    loki_url_redacted("http://user@loki", out, sizeof out);
+    assert_string_equal(out, "http://***@loki");
+    loki_url_redacted("", out, sizeof out);
+    assert_string_equal(out, "");
+}
+
 int main(void)
 {
     log_setup(LOG_LEVEL_ERROR, LOG_FORMAT_LOGFMT);
@@ -1534,6 +1548,7 @@ int main(void)
         cmocka_unit_test(test_client_connection_refused),
         cmocka_unit_test(test_client_timeout),
         cmocka_unit_test(test_client_create_errors),
+        cmocka_unit_test(test_url_redacted),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
