@@ -14,11 +14,13 @@
  */
 #include <jansson.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kube.h"
+#include "log/log.h"
 
 #define ANNOTATION_PREFIX "loglet.io/"
 
@@ -116,6 +118,8 @@ static int get_string(const json_t *parent, const char *member, const char *wher
     return 0;
 }
 
+static atomic_bool oversized_said;
+
 /* A map of strings (labels, annotations); with `prefix`, only keys under it. */
 static int get_pairs(const json_t *meta, const char *member, const char *prefix, struct kube_pair **out,
                      size_t *n, const char *where, char *err, size_t errlen)
@@ -135,21 +139,25 @@ static int get_pairs(const json_t *meta, const char *member, const char *prefix,
             kube_setf(err, errlen, "%s.metadata.%s[\"%.64s\"] is not a string", where, member, key);
             return -1;
         }
-        if (json_string_length(value) > KUBE_MAX_VALUE_BYTES || strlen(key) > KUBE_MAX_VALUE_BYTES) {
-            kube_setf(err, errlen, "%s.metadata.%s[\"%.64s\"] is longer than %d bytes", where, member, key,
-                 KUBE_MAX_VALUE_BYTES);
-            return -1;
+        /* One pod over the bounds must not make the whole list unreadable
+         * (every pod of the node would lose its metadata): its oversized
+         * entries are left out, said once. */
+        if (json_string_length(value) > KUBE_MAX_VALUE_BYTES || strlen(key) > KUBE_MAX_VALUE_BYTES ||
+            wanted >= KUBE_MAX_PAIRS) {
+            if (!atomic_exchange(&oversized_said, true))
+                log_warn("%s.metadata.%s: entries over %d bytes or past the first %d are left out (said once)",
+                         where, member, KUBE_MAX_VALUE_BYTES, KUBE_MAX_PAIRS);
+            continue;
         }
-        if (++wanted > KUBE_MAX_PAIRS) {
-            kube_setf(err, errlen, "%s.metadata.%s has more than %d entries", where, member, KUBE_MAX_PAIRS);
-            return -1;
-        }
+        wanted++;
     }
     if (!wanted) return 0;
     *out = calloc(wanted, sizeof **out);
     if (!*out) goto oom;
     json_object_foreach((json_t *)map, key, value) {
         if (prefix && strncmp(key, prefix, strlen(prefix)) != 0) continue;
+        if (json_string_length(value) > KUBE_MAX_VALUE_BYTES || strlen(key) > KUBE_MAX_VALUE_BYTES) continue;
+        if (*n == wanted) break;
         struct kube_pair *p = &(*out)[*n];
         p->key = strdup(key);
         p->value = strndup(json_string_value(value), json_string_length(value));
