@@ -30,6 +30,7 @@
 #include "log/log.h"
 #include "metrics/metrics.h"
 
+#define WATCH_MIN_HEALTHY_MS 1000 /* a shorter watch with no event is an error */
 #define MIN_BACKOFF_MS 500
 #define MAX_BACKOFF_MS 30000
 #define LIST_TIMEOUT_MS 60000
@@ -134,9 +135,12 @@ static void failed(struct kube_watch *w, const char *fmt, ...)
     w->backoff_ms = w->backoff_ms * 2 > MAX_BACKOFF_MS ? MAX_BACKOFF_MS : w->backoff_ms * 2;
 }
 
+/* The back-off is not reset here: a list that works followed by a watch
+ * that fails at once (an ERROR event, an empty 200) would otherwise loop at
+ * the minimum delay and hammer the API server from every node. It is reset
+ * only by a watch that lasted or brought events (watch_main). */
 static void recovered(struct kube_watch *w, const char *what)
 {
-    w->backoff_ms = MIN_BACKOFF_MS;
     if (w->kind == KUBE_POD) atomic_store(&w->cache->unavailable, false);
     metrics_set(kube_last_update_ms, metrics_now_ms());
     if (w->outage_said) log_info("kubernetes: %s %s again", what, resource(w));
@@ -477,14 +481,23 @@ static void *watch_main(void *arg)
             just_listed = true;
         }
         build_url(w, url, sizeof url, true, NULL);
+        int64_t watch_began = metrics_now_ms();
         enum outcome out = get(w, url, true, why, sizeof why);
         bool watched_after_list = just_listed;
         just_listed = false;
         if (out == STOPPED) break;
-        if (out == DONE) {
+        if (out == DONE && (w->events > 0 || metrics_now_ms() - watch_began >= WATCH_MIN_HEALTHY_MS)) {
             /* The server ended the watch (its timeout): go on from where it left off. */
             metrics_add(kube_watch_restarts, 1);
+            w->backoff_ms = MIN_BACKOFF_MS;
             recovered(w, "watching");
+            continue;
+        }
+        if (out == DONE) {
+            /* Ended at once with nothing in it, as client-go counts it: an
+             * error, so that a server doing this is not asked again at once. */
+            metrics_add(kube_watch_restarts, 1);
+            failed(w, "the watch of %s ended at once with no event", resource(w));
             continue;
         }
         count_error(w->status);
