@@ -230,7 +230,7 @@ static char *json_string(char *p, char **out)
         p++;
         switch (*p) {
         case 'n': *w++ = '\n'; break;
-        case 'r': *w++ = '\r'; break;
+        case 'r': *w++ = ' '; break; /* a carriage return would let a line overwrite the terminal */
         case 't': *w++ = '\t'; break;
         case 'u': {
             unsigned v = 0;

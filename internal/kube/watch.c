@@ -30,6 +30,8 @@
 #include "log/log.h"
 #include "metrics/metrics.h"
 
+#define WATCH_IDLE_LIMIT_S 180
+#define LIST_MAX_ITEMS 5000 /* over every page of one list; a node runs at most a few hundred pods */
 #define WATCH_MIN_HEALTHY_MS 1000 /* a shorter watch with no event is an error */
 #define MIN_BACKOFF_MS 500
 #define MAX_BACKOFF_MS 30000
@@ -389,7 +391,9 @@ static void build_url(struct kube_watch *w, char *url, size_t cap, bool watch, c
         long timeout = 300 + (long)(rng_next(w) % 300);
         snprintf(url + n, cap - (size_t)n, "watch=true&allowWatchBookmarks=true&resourceVersion=%s&timeoutSeconds=%ld",
                  w->version ? w->version : "", timeout);
-        w->idle_limit_ms = (timeout + 60) * 1000;
+        /* Bookmarks come about every minute from a live server: three
+         * minutes of silence is a stalled watch, not a quiet node. */
+        w->idle_limit_ms = (timeout + 60 < WATCH_IDLE_LIMIT_S ? timeout + 60 : WATCH_IDLE_LIMIT_S) * 1000;
     } else {
         snprintf(url + n, cap - (size_t)n, "limit=500%s%s", cont ? "&continue=" : "", cont ? cont : "");
         w->idle_limit_ms = 0;
@@ -444,6 +448,15 @@ static enum outcome list(struct kube_watch *w, char *why, size_t whylen)
         kube_list_free(&page);
         if (merged != 0) {
             snprintf(why, whylen, "out of memory listing %s", resource(w));
+            w->status = -1;
+            out = FAILED;
+            break;
+        }
+        /* One node holds a few hundred pods: pages that never end are a
+         * broken or hostile server, not a big node. */
+        if (cont && all.count >= LIST_MAX_ITEMS) {
+            snprintf(why, whylen, "the list of %s goes on past %d items (continue tokens that never end)",
+                     resource(w), LIST_MAX_ITEMS);
             w->status = -1;
             out = FAILED;
             break;

@@ -4,9 +4,10 @@
  * builds its own (stdout prints the same metadata; Loki groups by the text).
  *
  * Labels: namespace, pod, container; `filename` when the path tells none of
- * them; node_name from NODE_NAME; what the metadata provider adds (pod
- * labels, workload…), which never overrides those; the static labels, which
- * override none of the above; `stream` when the policy asks for it.
+ * them; node_name from NODE_NAME; `stream` when the policy asks for it; the
+ * static labels, which override none of those; what the metadata provider
+ * adds (pod labels, workload, a pod's loglet.io/labels), which overrides
+ * none of the above: a pod cannot claim the operator's labels.
  * Pod uid and container id never become labels (unbounded cardinality);
  * the Loki sink may send them as structured metadata.
  */
@@ -66,12 +67,14 @@ static size_t render_one(const struct source *src, const struct source_label_pol
     if (!m->namespace_[0] || !m->pod[0] || !m->container[0]) labels[n++] = (struct loki_label){"filename", src->path};
     if (policy->node_name) labels[n++] = (struct loki_label){"node_name", policy->node_name};
     if (stream) labels[n++] = (struct loki_label){"stream", stream};
-    const struct metadata_labels *extra = src->extra;
-    for (size_t i = 0; extra && i < extra->nlabels; i++)
-        if (!add_unique(labels, &n, extra->labels[i].name, extra->labels[i].value)) return 0;
+    /* The operator's static labels before what a pod says about itself: a
+     * pod's loglet.io/labels must not claim another cluster or env. */
     const struct config_strmap *st = policy->static_labels;
     for (size_t i = 0; st && i < st->count; i++)
         if (!add_unique(labels, &n, st->keys[i], st->values[i])) return 0;
+    const struct metadata_labels *extra = src->extra;
+    for (size_t i = 0; extra && i < extra->nlabels; i++)
+        if (!add_unique(labels, &n, extra->labels[i].name, extra->labels[i].value)) return 0;
     return loki_render_labels(labels, n, dst, cap);
 }
 

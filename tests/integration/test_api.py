@@ -449,8 +449,6 @@ class AccessTest(ApiTestCase):
         f2.close()
 
 
-if __name__ == "__main__":
-    unittest.main()
 
 
 class TargetsAndStatusPageTest(ApiTestCase):
@@ -549,3 +547,7 @@ class TargetsAndStatusPageTest(ApiTestCase):
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
         print(f"\nstatus page screenshot: {shot}")
         self.assertEqual(a.stop(), 0)
+
+
+if __name__ == "__main__":
+    unittest.main()

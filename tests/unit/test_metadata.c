@@ -71,7 +71,7 @@ static void test_provider_labels_join_the_path_labels_without_overriding_them(vo
 {
     (void)state;
     struct fake f = {.base = {&fake_ops}, .status = METADATA_FOUND};
-    metadata_builder_add(&f.answer, false, "app", "checkout");
+    metadata_builder_add(&f.answer, false, "app", "checkout");     /* the operator's static app wins */
     metadata_builder_add(&f.answer, false, "pod", "forged");       /* origin labels win */
     metadata_builder_add(&f.answer, false, "workload", "web");
     metadata_builder_add(&f.answer, false, "tier-x", "one");
@@ -81,10 +81,10 @@ static void test_provider_labels_join_the_path_labels_without_overriding_them(vo
     struct config_strmap st = {keys, values, 2};
     struct source *s = render(&f, &st);
     assert_string_equal(source_stream_labels(s, PARSER_STREAM_STDOUT),
-                        "{app=\"checkout\", cluster=\"prod\", container=\"app\", namespace=\"shop\", "
+                        "{app=\"static-app\", cluster=\"prod\", container=\"app\", namespace=\"shop\", "
                         "node_name=\"node-a\", pod=\"web-1\", stream=\"stdout\", tier_x=\"one\", workload=\"web\"}");
     assert_string_equal(source_stream_labels(s, PARSER_STREAM_STDERR),
-                        "{app=\"checkout\", cluster=\"prod\", container=\"app\", namespace=\"shop\", "
+                        "{app=\"static-app\", cluster=\"prod\", container=\"app\", namespace=\"shop\", "
                         "node_name=\"node-a\", pod=\"web-1\", stream=\"stderr\", tier_x=\"one\", workload=\"web\"}");
     assert_int_equal(f.calls, 1); /* once per source, not per stream kind */
     assert_int_equal(s->extra_status, METADATA_FOUND);
