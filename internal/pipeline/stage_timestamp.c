@@ -26,9 +26,12 @@ static bool parse_unix(const char *s, size_t len, int64_t scale, int64_t *out)
     size_t i = 0;
     if (len == 0) return false;
     for (; i < len && s[i] >= '0' && s[i] <= '9'; i++) {
-        if (whole > (INT64_MAX / 10 - 9) / scale) return false;
+        if (whole > (INT64_MAX - 9) / 10) return false;
         whole = whole * 10 + (s[i] - '0');
     }
+    /* The whole part, scaled to nanoseconds, and what the fraction adds,
+     * must fit: checked after the last digit, not before it. */
+    if (whole > (INT64_MAX - (scale - 1)) / scale) return false;
     if (i == 0) return false;
     if (i < len && s[i] == '.') {
         for (i++; i < len && s[i] >= '0' && s[i] <= '9'; i++)
