@@ -25,6 +25,7 @@
 #include "api/query.h"
 #include "httpd/httpd.h"
 #include "log/log.h"
+#include "metrics/metrics.h"
 #include "parser/parser.h"
 
 #define OUT_BYTES (64 * 1024)
@@ -573,7 +574,16 @@ static int follow(struct logs *lg, struct history *h, struct livetail_sub *sub, 
         }
         *f = (struct followed){dev, ino, off, 0, true, false, c, num};
     }
+    int64_t checked_ms = metrics_now_ms();
     while (!lg->limit_hit && !lg->o->failed && !atomic_load(lg->env->stop)) {
+        /* Also while entries keep coming that a filter (grep, stream, since)
+         * skips: nothing is written then, and only this notices a client
+         * that left, whose slot would be held for as long as its pod logs. */
+        int64_t now = metrics_now_ms();
+        if (now - checked_ms >= FOLLOW_WAIT_MS) {
+            checked_ms = now;
+            if (!lg->o->len && client_gone(lg->o->fd)) break;
+        }
         uint64_t missed = livetail_take_missed(sub);
         if (missed) {
             char msg[256];
