@@ -189,8 +189,11 @@ bool spool_reopen(struct collector *c, const struct position *p, int *fd, gzFile
         *gz = NULL;
         *fd = openat(c->spool_fd, name, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
         if (*fd < 0) continue;
+        /* Only a file gone from the tree (the spool's link its last): one
+         * still there is read through its path, and reading it here too would
+         * send it twice (an entry saved while it was empty names no file). */
         bool ok = fstat(*fd, st) == 0 && S_ISREG(st->st_mode) && (uint64_t)st->st_dev == p->dev &&
-                  (uint64_t)st->st_ino == p->ino;
+                  (uint64_t)st->st_ino == p->ino && st->st_nlink == 1;
         if (ok && compressed) {
             int dup_fd = dup(*fd);
             *gz = dup_fd >= 0 ? gzdopen(dup_fd, "rb") : NULL;
