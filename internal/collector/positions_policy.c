@@ -94,8 +94,18 @@ void positions_policy_load(struct collector *c)
  * since they may have held lines not yet delivered. */
 static void resume_orphan(struct collector *c, struct saved_range *range)
 {
-    range->used = true;
     const struct position *known = &c->saved.items[range->first];
+    /* The scan found the link dangling (between the kubelet's rename and the
+     * runtime's reopen) and the new file has come since: resume the path as
+     * the scan would have. Read as an orphan instead, the new file was left
+     * to a rescan that found it as a new path at offset 0, after it had
+     * rotated away unread (found by the crash loop: a whole file lost). */
+    char real[PATH_MAX];
+    if (realpath(known->path, real)) {
+        discovery_open(c, known->path, true, NULL);
+        if (table_get_str(&c->files_by_path, known->path)) return;
+    }
+    range->used = true;
     /* The current file of the path is the entry whose name is shortest
      * (0.log beside 0.log.<stamp>); its siblings are found from it. */
     const struct position *base = known;

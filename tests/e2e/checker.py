@@ -1321,6 +1321,7 @@ class Report:
         self.lost_by = collections.defaultdict(collections.Counter)
         self.lost_groups = {}          # (container, generation, reason) -> [n, first seq, last seq, t1, t2]
         self.lost_keys = []            # (wid, seq) of every line lost
+        self.exempt_groups = {}        # (container, generation) -> [n, first seq, last seq, t1, t2]
         self.dup_copies = 0
         self.torn = 0
         self.notes = []
@@ -1349,6 +1350,11 @@ class Report:
             out.append("  latency write -> first correct arrival: p50 %.2fs p99 %.2fs max %.2fs" % self.latency)
         for n in self.notes:
             out.append("  note: " + n)
+        if self.exempt_groups:
+            out.append(f"  exempt (not delivered; file deleted while no agent ran): {self.exempt}, by (container, "
+                       "file generation):")
+            for (cname, gen), (n, s1, s2, t1, t2) in sorted(self.exempt_groups.items(), key=lambda kv: -kv[1][0])[:16]:
+                out.append(f"      {cname} gen {gen}: {n} lines, seq {s1}..{s2}, written {t1}..{t2}")
         for cat in self.CATEGORIES:
             if not self.counts[cat]:
                 continue
@@ -1481,6 +1487,14 @@ class Checker:
             # like any other.
             if exempt and (st is None or not all(st.copies)) and exempt(info):
                 rep.exempt += 1
+                gkey = (str(truth.containers[info.cidx]), info.gen)
+                g = rep.exempt_groups.get(gkey)
+                if g is None:
+                    rep.exempt_groups[gkey] = [1, info.seq, info.seq, self._rel(info.t), self._rel(info.t)]
+                else:
+                    g[0] += 1
+                    g[2] = info.seq
+                    g[4] = self._rel(info.t)
                 continue
             rep.written += 1
             if st is None or not all(st.copies):

@@ -2,6 +2,7 @@
 pod churn and bad input — the real binary against a writer that imitates the
 kubelet (rename + create + gzip + delete), checking every line by its id."""
 import collections
+import ctypes
 import os
 import shutil
 import tempfile
@@ -266,6 +267,77 @@ class RestartTest(AgentTestCase):
         b.wait_lines(20, timeout=15)
         self.assertEqual(b.stop(), 0)
         self.assertEqual(ids_of(a.lines() + b.lines()), [f"h-{i}" for i in range(40)])
+
+    def test_reopen_during_the_start_scan(self):
+        # The runtime reopens 0.log after the start-up scan found the link
+        # dangling but before the scan's end. That new file must be resumed
+        # as the scan would have, not left to a rescan that takes it for a
+        # new path (after it rotated away unread: the crash loop lost a
+        # whole file this way, in CI only). The test makes the moment
+        # certain: it stops the agent as it opens the next pod's file, which
+        # it reaches right after finding the first link dangling.
+        a = self.agent(base_config(self.tree, self.workdir)).start()
+        pods = [self.tree.container("shop", f"p-{i:03d}", "app") for i in range(200)]
+        # The scan goes in directory order (glob without sorting): the racer
+        # is the first link in that order, and the agent is stopped as it
+        # opens the second one's file.
+        order = os.listdir(os.path.dirname(pods[0].link_path))
+        by_link = {os.path.basename(p.link_path): p for p in pods}
+        racer, next_pod = by_link[order[0]], by_link[order[1]]
+        for i in range(5):
+            racer.write(f"id=q-{i}")
+        for p in pods:
+            if p is not racer:
+                p.write("id=other-0")
+        a.wait_lines(204)
+        self.assertEqual(a.stop(), 0)
+        rotated = racer.log_path + ".20261201-000000"
+        os.rename(racer.log_path, rotated)
+        racer.rotations.append(rotated)
+        racer._file.close()
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        ino = libc.inotify_init1(os.O_CLOEXEC)
+        self.assertGreaterEqual(ino, 0)
+        IN_OPEN = 0x20
+        self.assertGreaterEqual(libc.inotify_add_watch(ino, next_pod.dir.encode(), IN_OPEN), 0)
+        b = self.agent(base_config(self.tree, self.workdir), name="b.yaml")
+        stopped = threading.Event()
+
+        def stop_at_first_open():
+            os.read(ino, 4096)
+            while b.proc is None:
+                time.sleep(0.0005)
+            os.kill(b.proc.pid, signal.SIGSTOP)
+            stopped.set()
+
+        t = threading.Thread(target=stop_at_first_open, daemon=True)
+        t.start()
+        starter = threading.Thread(target=b.start, daemon=True)
+        starter.start()
+        self.assertTrue(stopped.wait(20), "the agent never opened the next pod's file")
+        try:
+            # The runtime reopens and the container writes, before the agent
+            # goes on; the kubelet rotates that file a moment later.
+            racer._file = open(racer.log_path, "ab", buffering=0)
+            for i in range(5, 15):
+                racer.write(f"id=q-{i}")
+        finally:
+            os.kill(b.proc.pid, signal.SIGCONT)
+            os.close(ino)
+        starter.join(20)
+        time.sleep(1.0)
+        racer.rotate(compress=True)
+        for i in range(15, 20):
+            racer.write(f"id=q-{i}")
+        deadline = time.time() + 14  # past the 10 s rescan, which found only the newest file
+        while time.time() < deadline and len([x for x in ids_of(b.lines()) if x.startswith("q-")]) < 15:
+            time.sleep(0.1)
+        self.assertEqual(b.stop(), 0)
+        self.assertTrue(any(os.path.basename(racer.link_path) in l and "dangling" in l for l in b.stderr_lines),
+                        "the scan did not find the link dangling: the test did not make its case\n" + b.stderr_text())
+        got = [x for x in ids_of(a.lines() + b.lines()) if x.startswith("q-")]
+        self.assertEqual(got, [f"q-{i}" for i in range(20)])
 
     def test_corrupt_positions_file_is_reported_and_not_fatal(self):
         web = self.tree.container("shop", "web-0", "app")
