@@ -352,6 +352,24 @@ struct tailed_file *catchup_open(struct collector *c, const char *link_path, con
     return last;
 }
 
+bool catchup_was_rotated(const struct position *p)
+{
+    char **names;
+    size_t n = list_rotated(p->real_path, &names);
+    bool rotated = false;
+    for (size_t i = n; i-- > 0 && !rotated;) { /* the newest first: the likeliest */
+        int fd;
+        gzFile gz;
+        struct stat st;
+        if (!catchup_open_any(names[i], &fd, &gz, &st)) continue;
+        rotated = identifies(p, fd, gz, &st);
+        if (gz) gzclose(gz);
+        close(fd);
+    }
+    free_names(names, n);
+    return rotated;
+}
+
 struct tailed_file *catchup_copy(struct collector *c, struct tailed_file *f, const struct position *old)
 {
     char **names;

@@ -316,6 +316,8 @@ struct tailed_file *catchup_open(struct collector *c, const char *link_path, con
                                  const struct position *known, size_t nknown, bool after_known,
                                  const struct position *current, struct tailed_file *predecessor);
 bool catchup_open_any(const char *path, int *fd, gzFile *gz, struct stat *st);
+/* True when a rotated sibling of p->real_path is the file `p` names. */
+bool catchup_was_rotated(const struct position *p);
 /* After a copytruncate of `f`: the sibling holding its old content (known
  * by `old`, its full fingerprint), opened from old->offset and draining;
  * NULL when there is none. */

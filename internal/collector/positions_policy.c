@@ -122,7 +122,18 @@ static void resume_orphan(struct collector *c, struct saved_range *range)
     struct tailed_file *last = NULL;
     if (range->count > 1 || !same) last = catchup_open(c, base->path, base->real_path, known, range->count, false, same ? base : NULL, NULL);
     struct stat link_st;
-    if (!there && lstat(base->path, &link_st) == 0) {
+    bool link_lives = lstat(base->path, &link_st) == 0;
+    if (!there && !link_lives && base->fp_len && catchup_was_rotated(base)) {
+        /* Rotated, so the runtime most likely opened a new file at its path;
+         * that file, never opened by loglet, went with the link (the
+         * kubelet removes a dead container's logs when it restarts again):
+         * its lines, if it had any, are lost. */
+        metrics_add(files_missed, 1);
+        log_warn("%s (%s): rotated, and the file that followed it was deleted while loglet was down, never read: "
+                 "its lines, if any, are lost (loglet_files_missed_total)",
+                 base->path, base->real_path);
+    }
+    if (!there && link_lives) {
         /* The link is there but names nothing: loglet started between the
          * kubelet's rename and the runtime's reopen. The last file of the
          * chain waits (as after a live rotation) for the new one, opened at

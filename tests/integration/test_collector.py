@@ -11,7 +11,7 @@ import threading
 import time
 import unittest
 
-from harness import AgentTestCase, base_config, cri_line
+from harness import AgentTestCase, base_config, cri_line, http_get
 
 FAST_SYNC = "  positions_sync_period: 200ms\n"
 
@@ -338,6 +338,37 @@ class RestartTest(AgentTestCase):
                         "the scan did not find the link dangling: the test did not make its case\n" + b.stderr_text())
         got = [x for x in ids_of(a.lines() + b.lines()) if x.startswith("q-")]
         self.assertEqual(got, [f"q-{i}" for i in range(20)])
+
+    def test_never_opened_successor_deleted_while_down_is_said(self):
+        # Loss case 2 of the README: while loglet is down the kubelet rotates
+        # 0.log, the runtime opens a new one, the container writes and ends,
+        # and its restart after next removes that file and its link. loglet
+        # cannot read it, but must say so and count it; the rest of the
+        # rotated file is still read. (The poll-watcher crash loop lost 572
+        # such lines with nothing said.)
+        web = self.tree.container("shop", "web-0", "app")
+        a = self.agent(base_config(self.tree, self.workdir)).start()
+        for i in range(10):
+            web.write(f"id=s-{i}")
+        a.wait_lines(10)
+        self.assertEqual(a.stop(), 0)
+        for i in range(10, 15):
+            web.write(f"id=s-{i}")
+        web.rotate(compress=False)
+        for i in range(15, 20):
+            web.write(f"id=s-{i}")  # into the new file, never read
+        web.close()
+        os.unlink(web.log_path)
+        os.unlink(web.link_path)
+        b = self.agent(base_config(self.tree, self.workdir), name="b.yaml").start()
+        b.wait_lines(5)
+        b.wait_stderr(r"rotated, and the file that followed it was deleted while loglet was down", timeout=5)
+        self.assertTrue(any(web.link_path in l and "followed it" in l for l in b.stderr_lines), b.stderr_text())
+        code, body = http_get(b.port, "/metrics")
+        self.assertEqual(code, 200)
+        self.assertRegex(body, r"(?m)^loglet_files_missed_total 1$")
+        self.assertEqual(b.stop(), 0)
+        self.assertEqual(ids_of(a.lines() + b.lines()), [f"s-{i}" for i in range(15)])
 
     def test_corrupt_positions_file_is_reported_and_not_fatal(self):
         web = self.tree.container("shop", "web-0", "app")
