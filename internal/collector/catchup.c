@@ -362,7 +362,8 @@ bool catchup_was_rotated(const struct position *p)
         gzFile gz;
         struct stat st;
         if (!catchup_open_any(names[i], &fd, &gz, &st)) continue;
-        rotated = identifies(p, fd, gz, &st);
+        /* Saved while empty: only its inode tells it (a rename keeps it). */
+        rotated = p->fp_len ? identifies(p, fd, gz, &st) : !gz && same_file(p, &st);
         if (gz) gzclose(gz);
         close(fd);
     }

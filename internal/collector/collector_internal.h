@@ -288,6 +288,12 @@ struct tailed_file *rotation_track_detached(struct collector *c, const char *lin
 void rotation_await_successor(struct collector *c, const char *link_path, const struct position *after);
 struct tailed_file *rotation_awaited(struct collector *c, const char *link_path, const char *real);
 void rotation_forget_awaited(struct collector *c, const char *link_path);
+/* Adds the awaited paths' last files to a positions save: without them a
+ * path whose new file is late would be taken for a new one at the next
+ * start and its rotated file read again. */
+int rotation_save_awaited(struct collector *c, struct positions *ps);
+/* True when a configured glob names `path`. */
+bool discovery_matches(const struct collector *c, const char *path);
 void rotation_begin_draining(struct collector *c, struct tailed_file *f, const char *why);
 void rotation_schedule_check(struct collector *c, struct watch_dir *dir);
 void rotation_check_identities(struct collector *c);

@@ -152,6 +152,13 @@ int discovery_setup(struct collector *c, char *err, size_t errlen)
     return setup_roots(c, err, errlen);
 }
 
+bool discovery_matches(const struct collector *c, const char *path)
+{
+    for (size_t i = 0; i < c->nglobs; i++)
+        if (fnmatch(c->globs[i].pattern, path, FNM_PATHNAME) == 0) return true;
+    return false;
+}
+
 static bool name_excluded(const struct config_strlist *patterns, const char *name)
 {
     for (size_t i = 0; i < patterns->count; i++)

@@ -43,6 +43,11 @@ struct position {
      * if it is gone at the next start, nothing was lost. Written as
      * `done: 1`; older files without it read as not done. */
     bool done;
+    /* Renamed away from its path with no newer file there yet (the runtime
+     * had not reopened): the next file at the path follows this one. Written
+     * as `renamed: 1`; if the path is gone at the next start, that next
+     * file went unread. */
+    bool renamed;
 };
 
 struct positions {

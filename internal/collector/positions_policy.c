@@ -92,6 +92,31 @@ void positions_policy_load(struct collector *c)
  * kubelet keeps a deleted pod's logs for a while — so what they hold past
  * the saved offsets is read now; files already gone are said and counted,
  * since they may have held lines not yet delivered. */
+/* The entry of the path's current file: the one whose name is shortest
+ * (0.log beside 0.log.<stamp>). A file renamed while loglet ran keeps its
+ * old name in its entry, so among equal names the one still found at its
+ * name wins, then one not marked renamed (a tie lost to the rotated entry
+ * left the current file unread). */
+static const struct position *current_entry(const struct position *known, size_t n)
+{
+    const struct position *base = NULL;
+    size_t base_len = 0;
+    int base_rank = -1;
+    for (size_t k = 0; k < n; k++) {
+        size_t len = strlen(known[k].real_path);
+        if (base && len > base_len) continue;
+        struct stat st;
+        int rank = (stat(known[k].real_path, &st) == 0 && known[k].dev == (uint64_t)st.st_dev &&
+                    known[k].ino == (uint64_t)st.st_ino) * 2 + !known[k].renamed;
+        if (!base || len < base_len || rank > base_rank) {
+            base = &known[k];
+            base_len = len;
+            base_rank = rank;
+        }
+    }
+    return base;
+}
+
 static void resume_orphan(struct collector *c, struct saved_range *range)
 {
     const struct position *known = &c->saved.items[range->first];
@@ -101,16 +126,12 @@ static void resume_orphan(struct collector *c, struct saved_range *range)
      * to a rescan that found it as a new path at offset 0, after it had
      * rotated away unread (found by the crash loop: a whole file lost). */
     char real[PATH_MAX];
-    if (realpath(known->path, real)) {
+    if (discovery_matches(c, known->path) && realpath(known->path, real)) {
         discovery_open(c, known->path, true, NULL);
         if (table_get_str(&c->files_by_path, known->path)) return;
     }
     range->used = true;
-    /* The current file of the path is the entry whose name is shortest
-     * (0.log beside 0.log.<stamp>); its siblings are found from it. */
-    const struct position *base = known;
-    for (size_t k = 1; k < range->count; k++)
-        if (strlen(known[k].real_path) < strlen(base->real_path)) base = &known[k];
+    const struct position *base = current_entry(known, range->count);
     int fd;
     gzFile gz;
     struct stat st;
@@ -123,10 +144,11 @@ static void resume_orphan(struct collector *c, struct saved_range *range)
     if (range->count > 1 || !same) last = catchup_open(c, base->path, base->real_path, known, range->count, false, same ? base : NULL, NULL);
     struct stat link_st;
     bool link_lives = lstat(base->path, &link_st) == 0;
-    if (!there && !link_lives && base->fp_len && catchup_was_rotated(base)) {
-        /* Rotated, so the runtime most likely opened a new file at its path;
-         * that file, never opened by loglet, went with the link (the
-         * kubelet removes a dead container's logs when it restarts again):
+    if (!there && !link_lives && (base->renamed || catchup_was_rotated(base))) {
+        /* Renamed (seen by the last run, or found rotated now), so the
+         * runtime most likely opened a new file at its path; that file,
+         * never opened by loglet, went with the link (the kubelet removes a
+         * dead container's logs when it restarts again, or the pod went):
          * its lines, if it had any, are lost. */
         metrics_add(files_missed, 1);
         log_warn("%s (%s): rotated, and the file that followed it was deleted while loglet was down, never read: "
@@ -277,12 +299,12 @@ void positions_policy_retire(struct collector *c, struct source *src)
     c->retired[c->nretired++] = src;
 }
 
-static int add_position(struct positions *ps, struct source *src, bool done)
+static int add_position(struct positions *ps, struct source *src, bool done, bool renamed)
 {
     struct position p = {
         .path = src->path, .real_path = src->real_path, .dev = (uint64_t)src->dev, .ino = (uint64_t)src->ino,
         .fp = src->fp, .fp_len = src->fp_len,
-        .offset = atomic_load_explicit(&src->acked_offset, memory_order_acquire), .done = done,
+        .offset = atomic_load_explicit(&src->acked_offset, memory_order_acquire), .done = done, .renamed = renamed,
     };
     return positions_add(ps, &p);
 }
@@ -303,7 +325,7 @@ int positions_policy_save(struct collector *c)
             continue;
         }
         c->retired[kept++] = src;
-        if (rc == 0 && !src->relabelled) rc = add_position(&ps, src, false);
+        if (rc == 0 && !src->relabelled) rc = add_position(&ps, src, false, false);
     }
     c->nretired = kept;
     for (struct tailed_file *f = c->all_files; f && rc == 0; f = f->all_next) {
@@ -321,12 +343,16 @@ int positions_policy_save(struct collector *c)
             if (next->src->fp_len < POSITIONS_FP_MAX) rotation_take_fingerprint(next);
             if (next->src->fp_len > 0) continue; /* the newer file identifies itself */
         }
-        rc = add_position(&ps, f->src, done);
+        struct stat link_st;
+        bool renamed = f->state == FILE_DRAINING && !f->successor && !f->successor_opened &&
+                       !table_get_str(&c->files_by_path, f->src->path) && lstat(f->src->path, &link_st) == 0;
+        rc = add_position(&ps, f->src, done, renamed);
         if (rc == 0 && f->follows.real_path) {
             if (f->src->fp_len > 0) follows_clear(f);
             else rc = positions_add(&ps, &f->follows);
         }
     }
+    if (rc == 0) rc = rotation_save_awaited(c, &ps);
     char err[1024];
     if (rc != 0) {
         log_error("out of memory saving positions");

@@ -254,8 +254,25 @@ void rotation_await_successor(struct collector *c, const char *link_path, const 
             return;
         }
     }
+    char *real = strdup(after->real_path ? after->real_path : link_path);
+    if (!real) {
+        log_error("out of memory remembering %s: files rotated before its next file appears may be skipped",
+                  link_path);
+        return;
+    }
+    free(a->after.real_path);
     a->after = *after;
-    a->after.path = a->after.real_path = NULL;
+    a->after.path = a->path;
+    a->after.real_path = real;
+    a->after.done = a->after.renamed = true; /* read to its end; its successor still to come */
+}
+
+int rotation_save_awaited(struct collector *c, struct positions *ps)
+{
+    size_t cursor = 0;
+    for (struct awaited *a; (a = table_next(&c->awaited, &cursor));)
+        if (!table_get_str(&c->files_by_path, a->path) && positions_add(ps, &a->after) != 0) return -1;
+    return 0;
 }
 
 void rotation_forget_awaited(struct collector *c, const char *link_path)
@@ -263,6 +280,7 @@ void rotation_forget_awaited(struct collector *c, const char *link_path)
     struct awaited *a = table_get_str(&c->awaited, link_path);
     if (!a) return;
     table_del_str(&c->awaited, link_path);
+    free(a->after.real_path);
     free(a->path);
     free(a);
 }
@@ -272,6 +290,7 @@ struct tailed_file *rotation_awaited(struct collector *c, const char *link_path,
     struct awaited *a = table_get_str(&c->awaited, link_path);
     if (!a) return NULL;
     struct position after = a->after;
+    after.path = after.real_path = NULL; /* freed with the entry */
     rotation_forget_awaited(c, link_path);
     return catchup_open(c, link_path, real, &after, 1, true, NULL, NULL);
 }
@@ -297,8 +316,9 @@ void rotation_close(struct collector *c, struct tailed_file *f)
          * reopen, or the container ended): whatever appears there later
          * follows this file, with the files rotated in between. */
         if (f->src->fp_len < POSITIONS_FP_MAX) rotation_take_fingerprint(f);
-        struct position me = {.dev = (uint64_t)f->src->dev, .ino = (uint64_t)f->src->ino, .fp = f->src->fp,
-                              .fp_len = f->src->fp_len, .offset = f->offset};
+        struct position me = {.real_path = f->src->real_path, .dev = (uint64_t)f->src->dev,
+                              .ino = (uint64_t)f->src->ino, .fp = f->src->fp, .fp_len = f->src->fp_len,
+                              .offset = f->offset};
         rotation_await_successor(c, f->src->path, &me);
     }
     file_unlink(c, f);
@@ -555,6 +575,7 @@ void rotation_teardown(struct collector *c)
     while (c->all_dirs) dir_free(c, c->all_dirs);
     size_t cursor = 0;
     for (struct awaited *a; (a = table_next(&c->awaited, &cursor));) {
+        free(a->after.real_path);
         free(a->path);
         free(a);
     }

@@ -11,7 +11,7 @@ import threading
 import time
 import unittest
 
-from harness import AgentTestCase, base_config, cri_line, http_get
+from harness import AgentTestCase, base_config, cri_line, http_get, yaml_quote
 
 FAST_SYNC = "  positions_sync_period: 200ms\n"
 
@@ -369,6 +369,172 @@ class RestartTest(AgentTestCase):
         self.assertRegex(body, r"(?m)^loglet_files_missed_total 1$")
         self.assertEqual(b.stop(), 0)
         self.assertEqual(ids_of(a.lines() + b.lines()), [f"s-{i}" for i in range(15)])
+
+    def _paths(self, glob):
+        return base_config(self.tree, self.workdir).replace(f"paths: [{yaml_quote(self.tree.glob)}]",
+                                                            f"paths: [{yaml_quote(glob)}]")
+
+    def test_a_path_no_glob_names_any_more_is_not_tailed_again(self):
+        # collection.paths narrowed between runs: a saved path it no longer
+        # names has the rest of its file read, and is then left alone (the
+        # resume of a dangling-at-scan link once tailed it again, forever).
+        web = self.tree.container("shop", "web-0", "app")
+        db = self.tree.container("shop", "db-0", "pg")
+        a = self.agent(base_config(self.tree, self.workdir)).start()
+        web.write("id=w-0")
+        db.write("id=x-0")
+        a.wait_lines(2)
+        self.assertEqual(a.stop(), 0)
+        only_web = os.path.join(self.tree.root, "containers", "web-*.log")
+        for run in (1, 2):
+            b = self.agent(self._paths(only_web), name=f"n{run}.yaml").start()
+            web.write(f"id=w-{run}")
+            db.write(f"id=x-{run}")
+            b.wait_lines(1)
+            db.rotate(compress=False)
+            db.write(f"id=x-{run}-after-rotation")
+            time.sleep(2.5)
+            self.assertEqual(b.stop(), 0)
+            self.assertEqual(ids_of(b.lines()), [f"w-{run}"], b.stderr_text())
+
+    def test_glob_switched_to_the_pod_files_reads_each_line_once(self):
+        web = self.tree.container("shop", "web-0", "app")
+        a = self.agent(base_config(self.tree, self.workdir)).start()
+        web.write("id=w-0")
+        a.wait_lines(1)
+        self.assertEqual(a.stop(), 0)
+        b = self.agent(self._paths(os.path.join(self.tree.root, "pods", "*", "*", "*.log")), name="b.yaml").start()
+        for i in range(1, 6):
+            web.write(f"id=w-{i}")
+        b.wait_lines(5)
+        time.sleep(1.0)
+        self.assertEqual(b.stop(), 0)
+        got = [x for x in ids_of(b.lines()) if x != "w-0"]
+        self.assertEqual(got, [f"w-{i}" for i in range(1, 6)])
+
+    def test_slow_reopen_then_clean_restart_sends_nothing_twice(self):
+        # Renamed, and the runtime slower to reopen than the rotated file's
+        # wait: the file is closed and its path waits for a successor. That
+        # wait is saved (done + renamed), so a restart does not take the
+        # path for a new one and send the rotated file again.
+        web = self.tree.container("shop", "web-0", "app")
+        a = self.agent(base_config(self.tree, self.workdir)).start()
+        for i in range(10):
+            web.write(f"id=r-{i}")
+        a.wait_lines(10)
+        rotated = web.log_path + ".20261201-000000"
+        os.rename(web.log_path, rotated)
+        web.close()
+        web.rotations.append(rotated)
+        time.sleep(3.5)
+        self.assertEqual(a.stop(), 0)
+        web._file = open(web.log_path, "ab", buffering=0)
+        for i in range(10, 15):
+            web.write(f"id=r-{i}")
+        b = self.agent(base_config(self.tree, self.workdir), name="b.yaml").start()
+        b.wait_lines(5)
+        time.sleep(1.0)
+        self.assertEqual(b.stop(), 0)
+        self.assertEqual(ids_of(a.lines() + b.lines()), [f"r-{i}" for i in range(15)])
+
+    def test_dangling_at_start_slow_reopen_then_restart_sends_nothing_twice(self):
+        web = self.tree.container("shop", "web-0", "app")
+        a = self.agent(base_config(self.tree, self.workdir)).start()
+        for i in range(10):
+            web.write(f"id=d-{i}")
+        a.wait_lines(10)
+        self.assertEqual(a.stop(), 0)
+        rotated = web.log_path + ".20261201-000000"
+        os.rename(web.log_path, rotated)
+        web.close()
+        web.rotations.append(rotated)
+        b = self.agent(base_config(self.tree, self.workdir), name="b.yaml").start()
+        time.sleep(3.5)
+        self.assertEqual(b.stop(), 0)
+        web._file = open(web.log_path, "ab", buffering=0)
+        for i in range(10, 15):
+            web.write(f"id=d-{i}")
+        c = self.agent(base_config(self.tree, self.workdir), name="c.yaml").start()
+        c.wait_lines(5)
+        time.sleep(1.0)
+        self.assertEqual(c.stop(), 0)
+        self.assertEqual(ids_of(a.lines() + b.lines() + c.lines()), [f"d-{i}" for i in range(15)])
+
+    def test_a_rotated_entry_is_not_taken_for_the_current_file(self):
+        # A renamed file keeps its old name (0.log) in its entry, as long as
+        # the new current file's: with the rotated entry listed first and the
+        # link removed while loglet was down, the current file must still be
+        # read to its end (it was taken for gone, and its lines never read).
+        web = self.tree.container("shop", "web-0", "app")
+        pad = "x" * 1000
+        a = self.agent(base_config(self.tree, self.workdir)).start(read_stdout=False)  # stdout stalls
+        for i in range(300):
+            web.write(f"id=t-{i} {pad}")
+        time.sleep(0.5)
+        web.rotate(compress=False)
+        for i in range(300, 310):
+            web.write(f"id=t-{i}")
+        time.sleep(3.5)  # the rotated file is read to its end and closed, its lines not delivered
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait()
+        os.unlink(web.link_path)
+        b = self.agent(base_config(self.tree, self.workdir), name="b.yaml").start()
+        deadline = time.time() + 10
+        while time.time() < deadline and len(set(ids_of(b.lines()))) < 310:
+            time.sleep(0.2)
+        self.assertEqual(b.stop(), 0)
+        assert_exactly_once(self, ids_of(b.lines()), [f"t-{i}" for i in range(310)])
+
+    def test_successor_of_a_file_saved_empty_deleted_while_down_is_said(self):
+        # Saved before its first line (no fingerprint): a rename keeps its
+        # inode, which is enough to know it rotated and that the file after
+        # it went unread.
+        web = self.tree.container("shop", "web-0", "app")
+        a = self.agent(base_config(self.tree, self.workdir)).start()
+        time.sleep(1)
+        self.assertEqual(a.stop(), 0)
+        for i in range(5):
+            web.write(f"id=e-{i}")
+        web.rotate(compress=False)
+        for i in range(5, 10):
+            web.write(f"id=e-{i}")
+        web.close()
+        os.unlink(web.log_path)
+        os.unlink(web.link_path)
+        b = self.agent(base_config(self.tree, self.workdir), name="b.yaml").start()
+        b.wait_lines(5)
+        b.wait_stderr(r"the file that followed it was deleted while loglet was down", timeout=5)
+        code, body = http_get(b.port, "/metrics")
+        self.assertRegex(body, r"(?m)^loglet_files_missed_total 1$")
+        self.assertEqual(b.stop(), 0)
+        self.assertEqual(ids_of(b.lines()), [f"e-{i}" for i in range(5)])
+
+    def test_rename_seen_then_killed_and_the_pod_gone_is_said(self):
+        # loglet saw 0.log renamed, the runtime had not reopened yet, and
+        # loglet was killed. While it was down the new file was written and
+        # the pod deleted: nothing of the new file can be read, and the
+        # saved `renamed` mark lets the next start say so.
+        web = self.tree.container("shop", "web-0", "app")
+        a = self.agent(base_config(self.tree, self.workdir)).start()
+        for i in range(5):
+            web.write(f"id=k-{i}")
+        a.wait_lines(5)
+        rotated = web.log_path + ".20261201-000000"
+        os.rename(web.log_path, rotated)
+        web.close()
+        deadline = time.time() + 5
+        positions = os.path.join(self.workdir, "positions.yaml")
+        while time.time() < deadline and "renamed: 1" not in open(positions).read():
+            time.sleep(0.1)
+        self.assertIn("renamed: 1", open(positions).read())
+        a.proc.send_signal(signal.SIGKILL)
+        a.proc.wait()
+        web.remove()
+        b = self.agent(base_config(self.tree, self.workdir), name="b.yaml").start()
+        b.wait_stderr(r"the file that followed it was deleted while loglet was down", timeout=5)
+        code, body = http_get(b.port, "/metrics")
+        self.assertRegex(body, r"(?m)^loglet_files_missed_total 1$")
+        self.assertEqual(b.stop(), 0)
 
     def test_corrupt_positions_file_is_reported_and_not_fatal(self):
         web = self.tree.container("shop", "web-0", "app")

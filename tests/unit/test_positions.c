@@ -105,6 +105,8 @@ static void assert_same_position(const struct position *a, const struct position
     assert_int_equal(a->fp, b->fp);
     assert_int_equal(a->fp_len, b->fp_len);
     assert_int_equal(a->offset, b->offset);
+    assert_int_equal(a->done, b->done);
+    assert_int_equal(a->renamed, b->renamed);
 }
 
 /* Writes `in`, reads it back, and compares every field of every entry. */
@@ -123,8 +125,9 @@ static void round_trip(const char *file, const struct positions *in)
 }
 
 /* A position to add (positions_add copies the strings). */
-#define POS(path, real, dev, ino, fp, fp_len, offset) \
-    (&(struct position){(char *)(path), (char *)(real), (dev), (ino), (fp), (uint32_t)(fp_len), (offset), false})
+#define POS(path_, real_, dev_, ino_, fp_, fp_len_, offset_) \
+    (&(struct position){.path = (char *)(path_), .real_path = (char *)(real_), .dev = (dev_), .ino = (ino_), \
+                        .fp = (fp_), .fp_len = (uint32_t)(fp_len_), .offset = (offset_)})
 
 /* ---------------------------------------------------------------------------
  * Round trips.
@@ -141,6 +144,14 @@ static void test_round_trip_ordinary_and_extreme_values(void **state)
     assert_int_equal(positions_add(&ps, POS("/a", "/b", UINT64_MAX, UINT64_MAX, UINT64_MAX, POSITIONS_FP_MAX,
                                              (uint64_t)INT64_MAX)), 0);
     assert_int_equal(positions_add(&ps, POS("/a", "/b", 1, 2, 1, 1, 1)), 0); /* duplicates are kept */
+    /* The flags: delivered to its end; renamed with its successor still to come. */
+    struct position flagged = *POS("/c", "/d", 3, 4, 5, 6, 7);
+    flagged.done = true;
+    assert_int_equal(positions_add(&ps, &flagged), 0);
+    flagged.renamed = true;
+    assert_int_equal(positions_add(&ps, &flagged), 0);
+    flagged.done = false;
+    assert_int_equal(positions_add(&ps, &flagged), 0);
     round_trip(d->file, &ps);
     positions_free(&ps);
     assert_int_equal(ps.count, 0);
