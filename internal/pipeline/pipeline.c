@@ -239,19 +239,27 @@ static int compile_block(struct stage_compile *cx, struct pipeline_block *b, con
     if (stages->kind != CONFIG_TREE_LIST) return stage_fail(cx, stages, "stages", "expected a list, got %s", kind_name(stages));
     if (!(b->stages = calloc(stages->count ? stages->count : 1, sizeof *b->stages)))
         return stage_fail(cx, stages, "stages", "out of memory");
-    size_t multiline = 0;
+    size_t multiline = 0, limits = 0;
     for (size_t i = 0; i < stages->count; i++) {
         b->nstages = i + 1;
         if (compile_stage(cx, b, i, stages->items[i]) != 0) return -1;
         if (b->stages[i].ops == &stage_multiline && ++multiline > 1)
             return stage_fail(cx, stages->items[i], NULL, "only one multiline stage per match block");
+        /* Each keeps a bucket an entry refused by emit must give back (stage_remember). */
+        if (b->stages[i].ops == &stage_limit && ++limits > STAGE_MAX_UNDO)
+            return stage_fail(cx, stages->items[i], NULL, "more than %d limit stages in one match block", STAGE_MAX_UNDO);
     }
     return 0;
 }
 
-static int run_init(struct stage_run *r, struct pipeline *p, size_t cap)
+static int run_init(struct stage_run *r, struct pipeline *p, size_t cap, size_t max_stages)
 {
     r->p = p;
+    /* in, out or dropped, and errors (a stage may count two) per stage,
+     * and the extras' error. */
+    r->pending_cap = 4 * max_stages + 4;
+    r->pending = calloc(r->pending_cap, sizeof *r->pending);
+    if (!r->pending) return -1;
     r->line_cap = cap;
     r->arena_cap = 2 * cap + 64;
     r->line = malloc(r->line_cap);
@@ -298,7 +306,10 @@ struct pipeline *pipeline_create(const struct config *cfg, char *err, size_t err
     size_t cap = 3 * p->max_line + 16;
     p->max_captures = 64; /* regex refuses a pattern with more groups */
     if (n == 0) return p; /* no block: nothing will ever run */
-    if (run_init(&p->run, p, cap) != 0 || run_init(&p->held_run, p, cap) != 0 ||
+    size_t longest = 0;
+    for (size_t i = 0; i < n; i++)
+        if (p->blocks[i].nstages > longest) longest = p->blocks[i].nstages;
+    if (run_init(&p->run, p, cap, longest) != 0 || run_init(&p->held_run, p, cap, longest) != 0 ||
         !(p->md = pcre2_match_data_create(p->max_captures, NULL)) || !(p->mctx = pcre2_match_context_create(NULL))) {
         snprintf(err, errlen, "out of memory");
         goto fail;
@@ -323,6 +334,8 @@ void pipeline_destroy(struct pipeline *p)
     free(p->run.arena);
     free(p->held_run.line);
     free(p->held_run.arena);
+    free(p->run.pending);
+    free(p->held_run.pending);
     pcre2_match_data_free(p->md);
     pcre2_match_context_free(p->mctx);
     free(p);
@@ -432,7 +445,39 @@ bool pipeline_file_due(const struct pipeline_file *pf, int64_t now_ms)
 /* ------------------------------------------------------------------------ */
 /* Running                                                                  */
 
-static void run_reset(struct stage_run *r)
+void stage_note(struct stage_run *r, _Atomic uint64_t *c, uint64_t n)
+{
+    if (r->npending == r->pending_cap) { /* cannot happen: sized for the longest block */
+        stage_count(c, n);
+        return;
+    }
+    r->pending[r->npending++] = (struct stage_pending){c, n};
+}
+
+void stage_remember(struct stage_run *r, void *at, size_t len)
+{
+    struct stage_undo *u = &r->undo[r->nundo];
+    if (r->nundo == STAGE_MAX_UNDO || len > sizeof u->was) return; /* compile refuses more such stages */
+    u->at = at;
+    u->len = len;
+    memcpy(u->was, at, len);
+    r->nundo++;
+}
+
+/* The entry is through (keep) or refused: apply its counts, or forget them
+ * and put back what its stages changed, latest first. */
+static void run_settle(struct stage_run *r, bool keep)
+{
+    if (keep) {
+        for (size_t i = 0; i < r->npending; i++) stage_count(r->pending[i].counter, r->pending[i].n);
+    } else {
+        for (size_t i = r->nundo; i-- > 0;) memcpy(r->undo[i].at, r->undo[i].was, r->undo[i].len);
+    }
+    r->npending = 0;
+    r->nundo = 0;
+}
+
+void stage_run_begin(struct stage_run *r)
 {
     if (++r->cur_gen == 0) { /* wrapped: every old mark must read as unset */
         memset(r->gen, 0, sizeof r->gen);
@@ -443,7 +488,11 @@ static void run_reset(struct stage_run *r)
     memset(r->meta_set, 0, sizeof r->meta_set);
     r->e.extras = NULL;
     r->e.extras_len = 0;
+    r->npending = 0;
+    r->nundo = 0;
 }
+
+static void run_reset(struct stage_run *r) { stage_run_begin(r); }
 
 /* Label values as Loki reads them: `name="value"`, with \ " and newline escaped. */
 /* A label value as Loki's label syntax quotes it. Control characters (a
@@ -535,7 +584,7 @@ static void render_extras(struct stage_run *r, struct stage *last)
         o += vl;
         x[o++] = '\0';
     }
-    if (cut && last) stage_count(&last->counters.errors);
+    if (cut && last) stage_note(r, &last->counters.errors, 1);
     if (o > 2) {
         r->e.extras = x;
         r->e.extras_len = o;
@@ -549,22 +598,18 @@ static enum stage_verdict run_from(struct stage_run *r, size_t from)
     for (size_t i = from; i < b->nstages; i++) {
         struct stage *st = &b->stages[i];
         r->at = i;
-        stage_count(&st->counters.in);
+        stage_note(r, &st->counters.in, 1);
         enum stage_verdict v = st->ops->process(st, stage_state(r->pf, st), r);
         switch (v) {
         case STAGE_PASS:
-            stage_count(&st->counters.out);
+            stage_note(r, &st->counters.out, 1);
             continue;
         case STAGE_DROP:
-            if (r->drop_reason < STAGE_MAX_REASONS)
-                stage_count(&st->counters.dropped[r->drop_reason]);
+            if (r->drop_reason < STAGE_MAX_REASONS) stage_note(r, &st->counters.dropped[r->drop_reason], 1);
             return STAGE_DROP;
-        case STAGE_HOLD:
-            stage_count(&st->counters.held);
+        case STAGE_HOLD: /* counted as out (and joined) when the join is sent */
             return STAGE_HOLD;
         case STAGE_FAIL:
-            /* Nothing went on: not counted as in. */
-            stage_uncount(&st->counters.in);
             return STAGE_FAIL;
         }
     }
@@ -581,6 +626,7 @@ enum stage_verdict stage_run_rest(struct stage_run *from, struct stage_run *sub)
     sub->now_ms = from->now_ms;
     sub->now_real_ns = from->now_real_ns;
     enum stage_verdict v = run_from(sub, from->at + 1);
+    run_settle(sub, v != STAGE_FAIL);
     return v == STAGE_FAIL ? STAGE_FAIL : STAGE_PASS;
 }
 
@@ -619,6 +665,7 @@ bool pipeline_process(struct pipeline_file *pf, const char *content, size_t len,
     r->e = (struct pipeline_entry){.line = r->line, .len = len, .ts_ns = ts_ns, .stream = stream, .flags = flags};
     r->line_start = line_start;
     enum stage_verdict v = run_from(r, 0);
+    run_settle(r, v != STAGE_FAIL);
     *dropped = v == STAGE_DROP;
     return v != STAGE_FAIL;
 }
@@ -635,7 +682,9 @@ bool pipeline_file_flush(struct pipeline_file *pf, pipeline_emit_fn emit, void *
     r->emit_ctx = ctx;
     set_now(pf->p, r);
     r->at = st->index;
-    return st->ops->flush(st, stage_state(pf, st), r) != STAGE_FAIL;
+    bool ok = st->ops->flush(st, stage_state(pf, st), r) != STAGE_FAIL;
+    run_settle(r, ok);
+    return ok;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -670,7 +719,7 @@ size_t pipeline_render_metrics(char *buf, size_t cap)
     } series[] = {
         {"in", "Entries a pipeline stage received.", offsetof(struct stage_counters, in)},
         {"out", "Entries a pipeline stage passed on.", offsetof(struct stage_counters, out)},
-        {"joined", "Lines a multiline stage took into a join (an entry of N lines counts N).", offsetof(struct stage_counters, held)},
+        {"joined", "Lines a multiline stage sent joined (an entry of N >= 2 lines counts N).", offsetof(struct stage_counters, joined)},
         {"errors", "Entries a stage could not process (malformed JSON or logfmt, regex match limit, bad timestamp, extras cut); they pass unchanged.",
          offsetof(struct stage_counters, errors)},
     };

@@ -300,6 +300,77 @@ class DropLimitLabelsTest(PipelineTestCase):
         self.assertEqual(a.stop(), 0)
 
 
+class MetricsTest(PipelineTestCase):
+    def test_counters_exact_while_the_ring_refuses_entries(self):
+        """The output (stdout, its reader stalled) stops taking lines until
+        the ring is full, then takes them slowly, so entries the pipeline
+        made are refused and read again, over and over: every stage's
+        counters still count each entry once (a stage's out is the next
+        one's in), and a limit's bucket is charged once per entry (its burst
+        is exactly the number of entries: a token taken twice would drop the
+        last ones)."""
+        import threading
+        # Joins of many short lines: the entry a line lets out is much larger
+        # than the line, so the ring is met full where the pipeline emits.
+        entries = []
+        for i in range(600):
+            entries.append([f"BEGIN {i}"] + [f" at frame {j} " + "x" * 90 for j in range(30)])
+            entries.append([f"single {i}"])
+        lines = [l for g in entries for l in g]
+        n_entries = len(entries)
+        pipeline = f"""pipeline:
+  - match: {{namespaces: [shop]}}
+    stages:
+      - multiline: {{start: '^(BEGIN|single)', timeout: 1s}}
+      - json: {{fields: [level]}}
+      - limit: {{rate: 0.001, burst: {n_entries}}}
+"""
+        cfg = base_config(self.tree, self.workdir, "output:\n  stdout:\n    format: json\n"
+                          "  shutdown_grace: 1s\nbuffer:\n  max_bytes: 96KiB\n" + pipeline)
+        cfg = cfg.replace("collection:\n", "collection:\n  max_line_bytes: 4KiB\n", 1)
+        a = self.agent(cfg).start(read_stdout=False)
+        c = self.tree.container("shop", "api-0", "api")
+        data, expected, ts = [], [], T0
+        for group in entries:
+            for k, line in enumerate(group):
+                data.append(cri_line(line, ts_ns=ts + k))
+            expected.append("\n".join(group))
+            ts += len(group)
+        c.write_raw("".join(data).encode())
+        self.wait(lambda: self.metric(a, "loglet_collector_paused") == 1, timeout=20, what="the ring to fill")
+        time.sleep(0.5)
+
+        def slow_reader():  # a pipe's worth at a time, so the ring fills again and again
+            for raw in a.proc.stdout:
+                with a.cond:
+                    a.stdout_lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                    a.cond.notify_all()
+                if len(a.stdout_lines) % 50 == 0:
+                    time.sleep(0.05)
+        threading.Thread(target=slow_reader, daemon=True).start()
+        a.wait_lines(n_entries, timeout=60)
+        time.sleep(1.5)  # nothing more may come
+        got = [json.loads(l) for l in a.lines()]
+        self.assertEqual([e["line"] for e in got], expected)
+        for e in got:
+            self.assertEqual((e["namespace"], e["pod"], e["container"], e["stream"]), ("shop", "api-0", "api", "stdout"))
+            self.assertNotIn("labels", e)
+        joined = sum(len(g) for g in entries if len(g) > 1)
+        want = {
+            ("in", "0", "multiline"): len(lines), ("out", "0", "multiline"): n_entries,
+            ("joined", "0", "multiline"): joined, ("errors", "0", "multiline"): 0,
+            ("in", "1", "json"): n_entries, ("out", "1", "json"): n_entries, ("errors", "1", "json"): n_entries,
+            ("in", "2", "limit"): n_entries, ("out", "2", "limit"): n_entries,
+        }
+        got_metrics = {k: self.metric(a, f"loglet_pipeline_{k[0]}_total", block="0", stage=k[1], type=k[2])
+                       for k in want}
+        self.maxDiff = None
+        self.assertEqual(got_metrics, want)
+        self.assertEqual(self.metric(a, "loglet_pipeline_dropped_total", block="0", stage="2", type="limit",
+                                     reason="rate"), 0)
+        self.assertEqual(a.stop(), 0)
+
+
 class StdoutTest(PipelineTestCase):
     def test_stdout_text_and_json_show_labels_and_metadata(self):
         """Without Loki the entries go to stdout with what the pipeline added."""
