@@ -193,6 +193,9 @@ struct collector {
      * but reads nothing until the ring has room again. */
     bool blocked;
     size_t blocked_want;
+    /* The thread is stopping but still writes what the pipeline holds
+     * (flush_held_at_stop): collector_stopping() says no meanwhile. */
+    bool final_flush;
 
     /* Held files (rotated away or deleted, not read to their end) are
      * released oldest first: the order they began to be held in. */

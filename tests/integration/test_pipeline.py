@@ -193,6 +193,43 @@ class MultilineTest(PipelineTestCase):
         self.assertEqual(b.stop(), 0)
 
 
+    def test_sigterm_sends_held_join_before_positions_are_saved(self):
+        """A join held (timeout 30 s) when the agent is stopped goes out before
+        it exits, and the saved position covers it: a file deleted before the
+        next start loses nothing, and nothing is sent twice."""
+        _, entries = fixture("java")
+        cfg = self.config(JAVA_PIPELINE.replace("{mode: java}", "{mode: java, timeout: 30s}"))
+        a = self.agent(cfg).start()
+        api = self.tree.container("shop-eu", "api-0", "api")
+        ts = T0
+        for group in entries:
+            for k, line in enumerate(group):
+                api.write(line, ts_ns=ts + k)
+            ts += len(group)
+        # Every entry but the last goes out; the last (an 11-line trace) is held.
+        self.wait(lambda: len(self.entries_of(api)) == len(entries) - 1, what="all but the held join")
+        self.wait(lambda: self.metric(a, "loglet_pipeline_in_total", block="0", stage="0", type="multiline")
+                  == sum(len(g) for g in entries), what="the held lines read")
+        held_from = os.path.getsize(api.log_path) - sum(len(cri_line(l, ts_ns=0)) for l in entries[-1])
+        self.wait(lambda: self.positions().get(api.link_path) == held_from, what="the position at the held join")
+        self.assertEqual(a.stop(), 0)
+        got = sorted(self.entries_of(api), key=lambda e: e["ts_ns"])
+        self.assertEqual([e["line"] for e in got], ["\n".join(g) for g in entries])
+        for e in got:
+            self.assert_labels(e, api)
+        self.assertIn("sent 1 held multiline join at shutdown", a.stderr_text())
+        self.assertEqual(self.positions().get(api.link_path), os.path.getsize(api.log_path))
+        api.remove()  # the pod goes while no agent runs
+        other = self.tree.container("batch", "api-1", "api")  # no block: sent at once
+        b = self.agent(cfg, name="b.yaml").start()
+        other.write("after restart", ts_ns=ts)
+        self.wait(lambda: len(self.entries_of(other)) == 1, what="a line after the restart")
+        time.sleep(4)  # more than the multiline timeout: a join sent twice would show
+        self.assertEqual(len(self.entries_of(api)), len(entries))
+        self.assertEqual([e["line"] for e in self.entries_of(other)], ["after restart"])
+        self.assertEqual(b.stop(), 0)
+
+
 class DropLimitLabelsTest(PipelineTestCase):
     def test_dropped_lines_are_acknowledged_and_counted(self):
         pipeline = """pipeline:
