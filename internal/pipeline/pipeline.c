@@ -28,6 +28,13 @@ static const struct stage_ops *const kinds[] = {
 #define STAGE_MATCH_LIMIT 100000
 /* About 800 bytes of /metrics each: 256 fit its 256 KiB with room to spare. */
 #define PIPELINE_MAX_STAGES 256
+/* A label set unused this long no longer counts against
+ * labels.max_pipeline_streams: Loki's default chunk_idle_period, after which
+ * an ingester lets an idle stream go. */
+#define STREAM_IDLE_MS (30 * 60 * 1000)
+/* When the bound is reached, expired sets are swept at most this often
+ * (a sweep walks the whole table). */
+#define STREAM_SWEEP_EVERY_MS 1000
 
 /* ------------------------------------------------------------------------ */
 /* Compile helpers (stage.h)                                                */
@@ -268,6 +275,8 @@ static int run_init(struct stage_run *r, struct pipeline *p, size_t cap, size_t 
     return r->line && r->arena ? 0 : -1;
 }
 
+static int streams_init(struct stream_bound *sb, size_t max);
+
 struct pipeline *pipeline_create(const struct config *cfg, char *err, size_t errlen)
 {
     struct pipeline *p = calloc(1, sizeof *p);
@@ -314,6 +323,10 @@ struct pipeline *pipeline_create(const struct config *cfg, char *err, size_t err
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    if (streams_init(&p->streams, (size_t)cfg->labels.max_pipeline_streams) != 0) {
+        snprintf(err, errlen, "out of memory (labels.max_pipeline_streams)");
+        goto fail;
+    }
     pcre2_set_match_limit(p->mctx, STAGE_MATCH_LIMIT);
     pcre2_set_depth_limit(p->mctx, STAGE_MATCH_LIMIT / 10);
     return p;
@@ -338,6 +351,8 @@ void pipeline_destroy(struct pipeline *p)
     free(p->held_run.pending);
     pcre2_match_data_free(p->md);
     pcre2_match_context_free(p->mctx);
+    free(p->streams.slots);
+    free(p->streams.spare);
     free(p);
 }
 
@@ -372,6 +387,16 @@ void pipeline_print(const struct pipeline *p, FILE *out, const char *prefix)
 /* ------------------------------------------------------------------------ */
 /* Files                                                                    */
 
+bool pipeline_choose(const struct pipeline *p, const struct pipeline_meta *meta, size_t *block)
+{
+    for (size_t i = 0; p && i < p->nblocks; i++) {
+        if (!match_block(&p->blocks[i], meta)) continue;
+        *block = i;
+        return p->blocks[i].nstages > 0;
+    }
+    return false;
+}
+
 struct pipeline_file *pipeline_file_new(struct pipeline *p, const struct pipeline_meta *meta, bool *oom)
 {
     *oom = false;
@@ -405,6 +430,8 @@ void pipeline_file_free(struct pipeline_file *pf)
 }
 
 size_t pipeline_file_block(const struct pipeline_file *pf) { return pf->block->index; }
+
+void pipeline_file_set_identity(struct pipeline_file *pf, uint64_t identity) { pf->identity = identity; }
 
 static const struct stage *holder(const struct pipeline_file *pf)
 {
@@ -591,6 +618,103 @@ static void render_extras(struct stage_run *r, struct stage *last)
     }
 }
 
+/* ------------------------------------------------------------------------ */
+/* The node's bound on streams made by pipeline labels                      */
+
+uint64_t pipeline_hash(uint64_t seed, const char *s, size_t len)
+{
+    uint64_t h = seed ^ 14695981039346656037ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static int streams_init(struct stream_bound *sb, size_t max)
+{
+    sb->max = max;
+    if (!max) return 0;
+    for (sb->cap = 16; sb->cap < 2 * max; sb->cap *= 2) {}
+    sb->slots = calloc(sb->cap, sizeof *sb->slots);
+    sb->spare = calloc(sb->cap, sizeof *sb->spare);
+    return sb->slots && sb->spare ? 0 : -1;
+}
+
+static struct stream_slot *streams_find(struct stream_slot *slots, size_t cap, uint64_t key)
+{
+    for (size_t i = key & (cap - 1);; i = (i + 1) & (cap - 1))
+        if (slots[i].key == key || slots[i].key == 0) return &slots[i];
+}
+
+/* Keeps the sets used within STREAM_IDLE_MS (rebuilt: open addressing has no cheap delete). */
+static void streams_sweep(struct stream_bound *sb, int64_t now)
+{
+    memset(sb->spare, 0, sb->cap * sizeof *sb->spare);
+    sb->live = 0;
+    for (size_t i = 0; i < sb->cap; i++) {
+        struct stream_slot *old = &sb->slots[i];
+        if (!old->key || now - old->last_ms >= STREAM_IDLE_MS) continue;
+        *streams_find(sb->spare, sb->cap, old->key) = *old;
+        sb->live++;
+    }
+    struct stream_slot *t = sb->slots;
+    sb->slots = sb->spare;
+    sb->spare = t;
+    sb->last_sweep_ms = now;
+    atomic_store_explicit(&sb->active, sb->live, memory_order_relaxed);
+}
+
+/* Whether the entry's label set may be a stream: one in use, or a new one
+ * while the node is under labels.max_pipeline_streams. */
+static bool streams_admit(struct stream_bound *sb, uint64_t key, int64_t now)
+{
+    if (!key) key = 1; /* 0 marks an empty slot */
+    struct stream_slot *slot = streams_find(sb->slots, sb->cap, key);
+    if (slot->key) {
+        slot->last_ms = now;
+        return true;
+    }
+    if (sb->live >= sb->max && now - sb->last_sweep_ms >= STREAM_SWEEP_EVERY_MS) {
+        streams_sweep(sb, now);
+        slot = streams_find(sb->slots, sb->cap, key);
+    }
+    if (sb->live >= sb->max) return false;
+    *slot = (struct stream_slot){key, now};
+    sb->live++;
+    atomic_store_explicit(&sb->active, sb->live, memory_order_relaxed);
+    return true;
+}
+
+/* Beyond the bound the entry keeps its file's own labels (never dropped);
+ * its structured metadata stays. */
+static void bound_streams(struct stage_run *r)
+{
+    struct stream_bound *sb = &r->p->streams;
+    if (!sb->max || r->e.extras_len < 2) return;
+    char *x = r->extras;
+    size_t labels_len = (size_t)(unsigned char)x[0] | (size_t)(unsigned char)x[1] << 8;
+    if (!labels_len) return;
+    uint64_t key = pipeline_hash(r->pf->identity ^ ((uint64_t)r->e.stream << 56), x + 2, labels_len);
+    if (streams_admit(sb, key, r->now_ms)) return;
+    stage_note(r, &sb->limited, 1);
+    if (!sb->said) {
+        sb->said = true;
+        log_warn("pipeline labels reached labels.max_pipeline_streams (%zu label sets used in the last %d minutes): "
+                 "entries that would make a new stream keep their file's own labels; said once, counted in "
+                 "loglet_pipeline_streams_limited_total",
+                 sb->max, STREAM_IDLE_MS / 60000);
+    }
+    size_t rest = r->e.extras_len - 2 - labels_len;
+    memmove(x + 2, x + 2 + labels_len, rest);
+    x[0] = x[1] = 0;
+    r->e.extras_len = 2 + rest;
+    if (!rest) {
+        r->e.extras = NULL;
+        r->e.extras_len = 0;
+    }
+}
+
 /* Runs r's entry from stage `from` to the end and emits it. */
 static enum stage_verdict run_from(struct stage_run *r, size_t from)
 {
@@ -614,6 +738,7 @@ static enum stage_verdict run_from(struct stage_run *r, size_t from)
         }
     }
     if (b->nlabels || b->nmeta) render_extras(r, b->nstages ? &b->stages[b->nstages - 1] : NULL);
+    if (b->nlabels) bound_streams(r);
     return r->emit(r->emit_ctx, &r->e) ? STAGE_PASS : STAGE_FAIL;
 }
 
@@ -745,6 +870,16 @@ size_t pipeline_render_metrics(char *buf, size_t cap)
                        s, st->ops->name, st->ops->drop_reasons[r],
                        (unsigned long long)atomic_load_explicit(&st->counters.dropped[r], memory_order_relaxed));
         }
+    if (p->streams.max) {
+        mw_put(&w, "# HELP loglet_pipeline_streams Label sets pipeline labels made on this node in the last %d minutes "
+                   "(at most labels.max_pipeline_streams, %zu).\n# TYPE loglet_pipeline_streams gauge\nloglet_pipeline_streams %llu\n",
+               STREAM_IDLE_MS / 60000, p->streams.max,
+               (unsigned long long)atomic_load_explicit(&p->streams.active, memory_order_relaxed));
+        mw_put(&w, "# HELP loglet_pipeline_streams_limited_total Entries sent with their file's own labels because "
+                   "their pipeline labels would have made more streams than labels.max_pipeline_streams.\n"
+                   "# TYPE loglet_pipeline_streams_limited_total counter\nloglet_pipeline_streams_limited_total %llu\n",
+               (unsigned long long)atomic_load_explicit(&p->streams.limited, memory_order_relaxed));
+    }
     return w.len;
 }
 

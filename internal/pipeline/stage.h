@@ -97,6 +97,7 @@ struct stage {
 /* A glob list per metadata field; an empty list matches everything. */
 struct match_rule {
     size_t field; /* index into match.c's field table */
+    char *label; /* pod_labels: the pod label's key */
     char **globs;
     size_t nglobs;
 };
@@ -169,9 +170,29 @@ struct stage_run {
     size_t nundo;
 };
 
+/* The label sets pipeline labels made on this node lately (labels.
+ * max_pipeline_streams): open addressing on a hash of the file's identity,
+ * stream kind and labels text. Invariant: live <= max, and every slot with
+ * key != 0 is counted in live, expired or not (sweeps drop the expired). */
+struct stream_slot {
+    uint64_t key;
+    int64_t last_ms;
+};
+struct stream_bound {
+    size_t max;             /* 0: no bound */
+    struct stream_slot *slots, *spare;
+    size_t cap;             /* a power of two, at least 2 * max */
+    size_t live;
+    int64_t last_sweep_ms;
+    bool said;
+    _Atomic uint64_t limited; /* entries sent with their file's own labels */
+    _Atomic uint64_t active;  /* live, for /metrics */
+};
+
 struct pipeline {
     struct pipeline_block *blocks;
     size_t nblocks;
+    struct stream_bound streams;
     size_t max_line;   /* largest entry: collection.max_line_bytes, UTF-8 repaired */
     /* Every pattern matches with these: ovector for the largest pattern,
      * and a match limit, so a pathological line costs a bounded time. */
@@ -189,6 +210,7 @@ struct pipeline {
 struct pipeline_file {
     struct pipeline *p;
     struct pipeline_block *block;
+    uint64_t identity; /* the file's own label set (pipeline_file_set_identity) */
     bool can_pause; /* a stage of the block rate-limits with action: wait */
     /* block->state_size bytes, each stage's at its state_off (16-aligned). */
     _Alignas(16) char state[];

@@ -408,6 +408,49 @@ class MetricsTest(PipelineTestCase):
         self.assertEqual(a.stop(), 0)
 
 
+class StreamBoundTest(PipelineTestCase):
+    def test_new_label_sets_beyond_the_bound_keep_the_files_labels(self):
+        """labels.max_pipeline_streams: 4. Two files, each with levels from an
+        allow-list: the first four label sets seen (file, stream, level) are
+        streams; entries that would make a fifth are sent with their file's
+        own labels, never dropped, counted, and said once."""
+        pipeline = """labels:
+  max_pipeline_streams: 4
+pipeline:
+  - match: {namespaces: [shop]}
+    stages:
+      - json: {fields: [level, msg]}
+      - labels: {level: {values: [a, b, c, d, e]}}
+      - output: {source: msg}
+"""
+        a = self.agent(self.config(pipeline)).start()
+        one = self.tree.container("shop", "one-0", "app")
+        two = self.tree.container("shop", "two-0", "app")
+        admitted, want = set(), {}
+        # One file first, then the other, so the order of first sight is known.
+        for c, levels in ((one, "abcab"), (two, "aeaec")):
+            for i, lvl in enumerate(levels):
+                key = (c.pod, lvl)
+                if key not in admitted and len(admitted) < 4:
+                    admitted.add(key)
+                want[f"{c.pod} {i}"] = (c, lvl if key in admitted else None)
+                c.write(json.dumps({"level": lvl, "msg": f"{c.pod} {i}"}))
+            self.wait(lambda: len(self.entries_of(c)) == len(levels), what=f"{c.pod}'s lines")
+        got = self.receiver.all_entries()
+        self.assertEqual(sorted(e["line"] for e in got), sorted(want))
+        for e in got:
+            c, lvl = want[e["line"]]
+            if lvl:
+                self.assert_labels(e, c, level=lvl)
+            else:
+                self.assert_labels(e, c)
+        # one: a, b, c; two: a (4 sets); two's e and c fall back: 3 entries.
+        self.assertEqual(self.metric(a, "loglet_pipeline_streams"), 4)
+        self.assertEqual(self.metric(a, "loglet_pipeline_streams_limited_total"), 3)
+        self.assertEqual(len(re.findall("reached labels.max_pipeline_streams", a.stderr_text())), 1)
+        self.assertEqual(a.stop(), 0)
+
+
 class StdoutTest(PipelineTestCase):
     def test_stdout_text_and_json_show_labels_and_metadata(self):
         """Without Loki the entries go to stdout with what the pipeline added."""
