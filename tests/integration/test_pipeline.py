@@ -170,8 +170,8 @@ class MultilineTest(PipelineTestCase):
             app.write(line, ts_ns=ts + 1 + k)
         # Until the agent delivered the first entry and holds ten lines of the trace.
         self.wait(lambda: len(self.entries_of(app)) == 1, what="the first entry")
-        self.wait(lambda: self.metric(a, "loglet_pipeline_joined_total", block="0", stage="0") >= 10,
-                  what="ten lines held")
+        self.wait(lambda: self.metric(a, "loglet_pipeline_in_total", block="0", stage="0") >= 11,
+                  what="ten lines held")  # (joined counts lines once their entry is sent)
         # The saved position reaches the held trace's first line and stays there.
         first_line_end = len(cri_line(entries[0][0], ts_ns=ts).encode())
         self.wait(lambda: self.positions().get(app.link_path) == first_line_end, timeout=10,
