@@ -27,7 +27,10 @@
 #define ROTATE_WAIT_MS 2000
 #define IDLE_POLL_MS 250
 
-bool collector_stopping(struct collector *c) { return atomic_load_explicit(&c->stop, memory_order_relaxed); }
+bool collector_stopping(struct collector *c)
+{
+    return atomic_load_explicit(&c->stop, memory_order_relaxed) && !c->final_flush;
+}
 
 void collector_mark_pending(struct collector *c, struct tailed_file *f)
 {
@@ -263,6 +266,48 @@ static void resume_paused(struct collector *c, int64_t now)
     }
 }
 
+/* At a clean stop, before the last positions are saved: joins the pipeline
+ * holds go into the ring, so the output can deliver them and the offsets
+ * acknowledged then cover their lines (otherwise they are only read again at
+ * the next start, and lost if their file is deleted meanwhile). Waits for
+ * room in the ring at most output.shutdown_grace. */
+static void flush_held_at_stop(struct collector *c)
+{
+    int64_t deadline = metrics_now_ms() + c->cfg->output.shutdown_grace_ms;
+    size_t flushed = 0, left = 0;
+    c->final_flush = true;
+    for (struct tailed_file *f = c->all_files; f; f = f->all_next) {
+        if (!f->pipe || !pipeline_file_held_bytes(f->pipe)) continue;
+        for (;;) {
+            c->blocked = false;
+            if (tail_pipeline_flush(c, f)) {
+                flushed++;
+                break;
+            }
+            int64_t wait = deadline - metrics_now_ms();
+            if (!c->blocked || wait <= 0) {
+                left++;
+                break;
+            }
+            /* The output is still running: it frees room as it sends. */
+            if (!ring_has_room(c->ring, c->blocked_want)) {
+                struct pollfd room = {.fd = ring_room_fd(c->ring), .events = POLLIN};
+                if (poll(&room, 1, wait > 100 ? 100 : (int)wait) < 0 && errno != EINTR) {
+                    log_error("waiting for room in the ring at shutdown: %s", strerror(errno));
+                    left++;
+                    break;
+                }
+            }
+        }
+    }
+    c->final_flush = false;
+    c->blocked = false;
+    if (flushed) log_info("sent %zu held multiline join%s at shutdown", flushed, flushed == 1 ? "" : "s");
+    if (left)
+        log_warn("%zu held multiline join%s could not be sent within output.shutdown_grace (the ring stayed full); "
+                 "their lines are read again at the next start", left, left == 1 ? "" : "s");
+}
+
 static void *collector_main(void *arg)
 {
     struct collector *c = arg;
@@ -311,6 +356,7 @@ static void *collector_main(void *arg)
         resume_paused(c, metrics_now_ms());
         service_pending(c);
     }
+    flush_held_at_stop(c);
     return NULL;
 }
 

@@ -193,6 +193,9 @@ struct collector {
      * but reads nothing until the ring has room again. */
     bool blocked;
     size_t blocked_want;
+    /* The thread is stopping but still writes what the pipeline holds
+     * (flush_held_at_stop): collector_stopping() says no meanwhile. */
+    bool final_flush;
 
     /* Held files (rotated away or deleted, not read to their end) are
      * released oldest first: the order they began to be held in. */
@@ -352,6 +355,13 @@ void positions_policy_teardown(struct collector *c);
 void metadata_track(struct collector *c, struct tailed_file *f);
 /* Every turn of the loop: ends waits, relabels files whose pod changed. */
 void metadata_tick(struct collector *c, int64_t now);
+/* Chooses f's pipeline block from what its source says now (path names,
+ * the pod's labels); on a change of block a join still held under the old
+ * one goes out first. False when it cannot (no room in the ring): f keeps
+ * its old stages and the caller tries again later. */
+bool metadata_choose_pipeline(struct collector *c, struct tailed_file *f);
+/* Whether a fresh source of f would choose another block. */
+bool metadata_pipeline_changes(struct collector *c, const struct tailed_file *f, const struct source *fresh);
 /* Whether an annotation excludes a file with this path metadata (*why says which). */
 bool metadata_excluded(struct collector *c, const struct parser_path_meta *meta, const char **why);
 

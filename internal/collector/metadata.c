@@ -66,6 +66,48 @@ void metadata_track(struct collector *c, struct tailed_file *f)
     }
 }
 
+static struct pipeline_meta pipeline_meta_of(const struct source *src)
+{
+    return (struct pipeline_meta){src->meta.namespace_, src->meta.pod, src->meta.container,
+                                  src->extra ? src->extra->pod_labels : NULL, src->extra ? src->extra->npod_labels : 0};
+}
+
+static bool block_of(struct collector *c, const struct source *src, size_t *block)
+{
+    struct pipeline_meta pm = pipeline_meta_of(src);
+    return pipeline_choose(c->pipeline, &pm, block);
+}
+
+bool metadata_pipeline_changes(struct collector *c, const struct tailed_file *f, const struct source *fresh)
+{
+    size_t block;
+    bool any = block_of(c, fresh, &block);
+    if (!f->pipe) return any;
+    return !any || block != pipeline_file_block(f->pipe);
+}
+
+bool metadata_choose_pipeline(struct collector *c, struct tailed_file *f)
+{
+    const char *labels = source_stream_labels(f->src, 0);
+    uint64_t identity = pipeline_hash(0, labels, strlen(labels));
+    if (!metadata_pipeline_changes(c, f, f->src)) {
+        if (f->pipe) pipeline_file_set_identity(f->pipe, identity);
+        return true;
+    }
+    if (f->pipe) {
+        if (!tail_pipeline_flush(c, f)) return false; /* its join goes out under the stages that held it */
+        pipeline_file_free(f->pipe);
+        f->pipe = NULL;
+        f->paused_until_ms = 0;
+    }
+    bool oom = false;
+    struct pipeline_meta pm = pipeline_meta_of(f->src);
+    f->pipe = pipeline_file_new(c->pipeline, &pm, &oom);
+    if (oom) log_error("out of memory: %s is tailed without its pipeline stages", f->src->path);
+    if (f->pipe) pipeline_file_set_identity(f->pipe, identity);
+    return true;
+}
+
 /* A source like f's with what the provider knows now; NULL on failure (said). */
 static struct source *fresh_source(struct collector *c, struct tailed_file *f)
 {
@@ -94,9 +136,13 @@ static bool same_labels(const struct source *a, const struct source *b)
     return true;
 }
 
-static void swap_source(struct collector *c, struct tailed_file *f, struct source *fresh)
+/* False when f's pipeline must change and its held join cannot go out now
+ * (no room in the ring): nothing changed, f is tried again later. */
+static bool swap_source(struct collector *c, struct tailed_file *f, struct source *fresh)
 {
     struct source *old = f->src;
+    /* A join held under the old stages goes out with the old labels. */
+    if (f->pipe && metadata_pipeline_changes(c, f, fresh) && !tail_pipeline_flush(c, f)) return false;
     if (f->in_path_index) table_del_str(&c->files_by_path, old->path);
     old->relabelled = true;
     spool_handover(old, fresh); /* the same file: its link stays */
@@ -107,6 +153,8 @@ static void swap_source(struct collector *c, struct tailed_file *f, struct sourc
         f->in_path_index = false;
         rotation_begin_draining(c, f, "out of memory");
     }
+    metadata_choose_pipeline(c, f); /* nothing is held any more: settles */
+    return true;
 }
 
 /* Excluded once its pod was known: out, and not found again (discovery asks). */
@@ -132,7 +180,7 @@ static bool end_wait(struct collector *c, struct tailed_file *f, int64_t now)
         return true;
     }
     f->metadata_wait_until_ms = 0;
-    if (fresh) swap_source(c, f, fresh);
+    if (fresh && !swap_source(c, f, fresh)) source_unref(fresh); /* not read yet: holds nothing */
     if (f->src->extra_status != METADATA_FOUND) {
         metrics_add(files_without_metadata, 1);
         log_info("%s: pod %s/%s still not known after %lld ms: sending its lines with path labels", f->src->path,
@@ -154,6 +202,7 @@ void metadata_tick(struct collector *c, int64_t now)
     bool changed = gen != c->metadata_generation;
     if (!changed && !c->metadata_waiting) return;
     c->metadata_generation = gen;
+    bool retry = false;
     /* Counted afresh: a waiting file may also have been closed elsewhere
      * (released over collection.max_held_*). */
     size_t waiting = 0;
@@ -173,12 +222,25 @@ void metadata_tick(struct collector *c, int64_t now)
             continue;
         struct source *fresh = fresh_source(c, f);
         if (!fresh) continue;
-        if (fresh->extra_status != METADATA_FOUND || same_labels(fresh, f->src)) {
+        bool relabel = !same_labels(fresh, f->src), restage = metadata_pipeline_changes(c, f, fresh);
+        if (fresh->extra_status != METADATA_FOUND || (!relabel && !restage)) {
             source_unref(fresh);
             continue;
         }
-        log_info("%s: the pod's metadata changed, new lines are labelled %s", f->src->path, source_stream_labels(fresh, 0));
-        swap_source(c, f, fresh);
+        if (!swap_source(c, f, fresh)) {
+            source_unref(fresh);
+            retry = true; /* its join waits for room in the ring */
+            continue;
+        }
+        if (relabel)
+            log_info("%s: the pod's metadata changed, new lines are labelled %s", f->src->path, source_stream_labels(f->src, 0));
+        if (restage && f->pipe)
+            log_info("%s: the pod's metadata changed, its lines now go through pipeline match block %zu", f->src->path,
+                     pipeline_file_block(f->pipe));
+        else if (restage)
+            log_info("%s: the pod's metadata changed, no pipeline match block applies any more", f->src->path);
     }
     c->metadata_waiting = waiting;
+    /* Looked at again next turn, as if the generation had moved. */
+    if (retry) c->metadata_generation = gen - 1;
 }

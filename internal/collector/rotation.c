@@ -201,10 +201,7 @@ static struct tailed_file *track(struct collector *c, const char *link_path, con
     f->fd = fd;
     f->gz = gz;
     f->format = c->cfg->collection.format;
-    bool oom = false;
-    struct pipeline_meta pm = {f->src->meta.namespace_, f->src->meta.pod, f->src->meta.container};
-    f->pipe = pipeline_file_new(c->pipeline, &pm, &oom);
-    if (oom) log_error("out of memory: %s is tailed without its pipeline stages", link_path);
+    metadata_choose_pipeline(c, f); /* nothing is held yet: always settles */
     f->offset = offset;
     atomic_store(&f->src->acked_offset, offset);
     rotation_take_fingerprint(f);

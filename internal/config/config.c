@@ -219,6 +219,8 @@ static const struct config_key keys[] = {
 
     K_MAP("labels.static", labels.static_labels, "Labels added to every stream."),
     K_BOOL("labels.stream", labels.stream, "true", "Add the stream (stdout or stderr) as a label."),
+    K_INT("labels.max_pipeline_streams", labels.max_pipeline_streams, "2000", 0, 1000000,
+          "Most streams pipeline `labels` stages may add on this node (label sets used in the last 30 minutes, beyond each file's own); entries that would make more keep their file's own labels (counted, never dropped). 0: no bound."),
 
     K_ENUM("kubernetes.enabled", kubernetes.enabled, "auto", kubernetes_values,
            "Pod metadata from the API server: auto (in a cluster, or with kubernetes.kubeconfig or $KUBECONFIG), true (also ~/.kube/config; an error if none) or false."),

@@ -134,6 +134,7 @@ struct config {
     struct {
         struct config_strmap static_labels;
         bool stream;
+        int64_t max_pipeline_streams;
     } labels;
 
     /* pipeline: match blocks and their stages, compiled by internal/pipeline;

@@ -228,6 +228,9 @@ static enum metadata_status kube_describe(struct metadata_provider *base, const 
         metadata_builder_add(&b, k->structured, k->pod_rules[i].name, kube_object_label(pod, k->pod_rules[i].key));
     for (size_t i = 0; ns && i < k->nns_rules; i++)
         metadata_builder_add(&b, k->structured, k->ns_rules[i].name, kube_object_label(ns, k->ns_rules[i].key));
+    /* For the pipeline's match.pod_labels: the pod's labels, unrenamed. */
+    for (size_t i = 0; i < pod->nlabels && b.npod_labels < sizeof b.pod_labels / sizeof b.pod_labels[0]; i++)
+        b.pod_labels[b.npod_labels++] = (struct loki_label){pod->labels[i].key, pod->labels[i].value};
     const char *static_labels = kube_object_annotation(pod, LABELS_ANNOTATION);
     if (static_labels) annotation_labels(&b, k->structured, static_labels, arena, sizeof arena, &used);
     if (b.overflow) log_debug("kubernetes: pod %s/%s has more labels than are kept (64)", path->namespace_, path->pod);

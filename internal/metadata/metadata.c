@@ -72,11 +72,12 @@ static size_t sanitise_name(char *dst, const char *name)
 
 struct metadata_labels *metadata_builder_finish(const struct metadata_builder *b)
 {
-    size_t n = b->nlabels + b->nstructured;
+    enum { STREAM, STRUCTURED, POD };
+    const struct loki_label *all[3] = {b->labels, b->structured, b->pod_labels};
+    const size_t counts[3] = {b->nlabels, b->nstructured, b->npod_labels};
+    size_t n = counts[STREAM] + counts[STRUCTURED] + counts[POD];
     size_t bytes = sizeof(struct metadata_labels) + n * sizeof(struct loki_label);
-    const struct loki_label *all[2] = {b->labels, b->structured};
-    const size_t counts[2] = {b->nlabels, b->nstructured};
-    for (int s = 0; s < 2; s++)
+    for (int s = 0; s < 3; s++)
         for (size_t i = 0; i < counts[s]; i++) bytes += strlen(all[s][i].name) + strlen(all[s][i].value) + 3;
     if (b->why_excluded) bytes += strlen(b->why_excluded) + 1;
     struct metadata_labels *m = malloc(bytes);
@@ -85,17 +86,19 @@ struct metadata_labels *metadata_builder_finish(const struct metadata_builder *b
     char *text = (char *)(pairs + n);
     m->excluded = b->excluded;
     m->why_excluded = NULL;
-    m->nlabels = b->nlabels;
+    m->nlabels = counts[STREAM];
     m->labels = pairs;
-    m->nstructured = b->nstructured;
-    m->structured = pairs + b->nlabels;
-    for (int s = 0; s < 2; s++) {
+    m->nstructured = counts[STRUCTURED];
+    m->structured = pairs + counts[STREAM];
+    m->npod_labels = counts[POD];
+    m->pod_labels = pairs + counts[STREAM] + counts[STRUCTURED];
+    for (int s = 0; s < 3; s++) {
         for (size_t i = 0; i < counts[s]; i++) {
             size_t ln = strlen(all[s][i].name) + 1, lv = strlen(all[s][i].value) + 1;
             pairs->name = text;
-            if (s == 1) {
+            if (s == STRUCTURED) {
                 text += sanitise_name(text, all[s][i].name);
-            } else {
+            } else { /* stream labels were sanitised when added; pod labels keep their Kubernetes keys */
                 memcpy(text, all[s][i].name, ln);
                 text += ln;
             }

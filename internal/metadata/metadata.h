@@ -48,6 +48,8 @@ struct metadata_labels {
     const struct loki_label *labels;
     size_t nstructured;    /* Loki structured metadata for every line */
     const struct loki_label *structured;
+    size_t npod_labels;    /* the pod's own Kubernetes labels, keys as they are (pipeline match.pod_labels) */
+    const struct loki_label *pod_labels;
 };
 
 struct metadata_provider;
@@ -90,6 +92,8 @@ struct metadata_builder {
     size_t nlabels;
     struct loki_label structured[64];
     size_t nstructured;
+    struct loki_label pod_labels[64]; /* the pod's labels as Kubernetes has them (first 64) */
+    size_t npod_labels;
     bool excluded;
     const char *why_excluded;
     bool overflow;

@@ -152,7 +152,7 @@ int pipeline_dry_run(const struct config *cfg, const char *path, const struct pi
             const struct stage *st = &b->stages[s];
             fprintf(out, "# stage %zu %s: in %llu, out %llu, joined %llu, errors %llu", s, st->ops->name,
                     (unsigned long long)st->counters.in, (unsigned long long)st->counters.out,
-                    (unsigned long long)st->counters.held, (unsigned long long)st->counters.errors);
+                    (unsigned long long)st->counters.joined, (unsigned long long)st->counters.errors);
             for (size_t r = 0; st->ops->drop_reasons && st->ops->drop_reasons[r]; r++)
                 fprintf(out, ", dropped (%s) %llu", st->ops->drop_reasons[r],
                         (unsigned long long)st->counters.dropped[r]);

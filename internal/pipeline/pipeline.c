@@ -28,6 +28,13 @@ static const struct stage_ops *const kinds[] = {
 #define STAGE_MATCH_LIMIT 100000
 /* About 800 bytes of /metrics each: 256 fit its 256 KiB with room to spare. */
 #define PIPELINE_MAX_STAGES 256
+/* A label set unused this long no longer counts against
+ * labels.max_pipeline_streams: Loki's default chunk_idle_period, after which
+ * an ingester lets an idle stream go. */
+#define STREAM_IDLE_MS (30 * 60 * 1000)
+/* When the bound is reached, expired sets are swept at most this often
+ * (a sweep walks the whole table). */
+#define STREAM_SWEEP_EVERY_MS 1000
 
 /* ------------------------------------------------------------------------ */
 /* Compile helpers (stage.h)                                                */
@@ -239,19 +246,27 @@ static int compile_block(struct stage_compile *cx, struct pipeline_block *b, con
     if (stages->kind != CONFIG_TREE_LIST) return stage_fail(cx, stages, "stages", "expected a list, got %s", kind_name(stages));
     if (!(b->stages = calloc(stages->count ? stages->count : 1, sizeof *b->stages)))
         return stage_fail(cx, stages, "stages", "out of memory");
-    size_t multiline = 0;
+    size_t multiline = 0, limits = 0;
     for (size_t i = 0; i < stages->count; i++) {
         b->nstages = i + 1;
         if (compile_stage(cx, b, i, stages->items[i]) != 0) return -1;
         if (b->stages[i].ops == &stage_multiline && ++multiline > 1)
             return stage_fail(cx, stages->items[i], NULL, "only one multiline stage per match block");
+        /* Each keeps a bucket an entry refused by emit must give back (stage_remember). */
+        if (b->stages[i].ops == &stage_limit && ++limits > STAGE_MAX_UNDO)
+            return stage_fail(cx, stages->items[i], NULL, "more than %d limit stages in one match block", STAGE_MAX_UNDO);
     }
     return 0;
 }
 
-static int run_init(struct stage_run *r, struct pipeline *p, size_t cap)
+static int run_init(struct stage_run *r, struct pipeline *p, size_t cap, size_t max_stages)
 {
     r->p = p;
+    /* in, out or dropped, and errors (a stage may count two) per stage,
+     * and the extras' error. */
+    r->pending_cap = 4 * max_stages + 4;
+    r->pending = calloc(r->pending_cap, sizeof *r->pending);
+    if (!r->pending) return -1;
     r->line_cap = cap;
     r->arena_cap = 2 * cap + 64;
     r->line = malloc(r->line_cap);
@@ -259,6 +274,8 @@ static int run_init(struct stage_run *r, struct pipeline *p, size_t cap)
     r->cur_gen = 1;
     return r->line && r->arena ? 0 : -1;
 }
+
+static int streams_init(struct stream_bound *sb, size_t max);
 
 struct pipeline *pipeline_create(const struct config *cfg, char *err, size_t errlen)
 {
@@ -298,9 +315,16 @@ struct pipeline *pipeline_create(const struct config *cfg, char *err, size_t err
     size_t cap = 3 * p->max_line + 16;
     p->max_captures = 64; /* regex refuses a pattern with more groups */
     if (n == 0) return p; /* no block: nothing will ever run */
-    if (run_init(&p->run, p, cap) != 0 || run_init(&p->held_run, p, cap) != 0 ||
+    size_t longest = 0;
+    for (size_t i = 0; i < n; i++)
+        if (p->blocks[i].nstages > longest) longest = p->blocks[i].nstages;
+    if (run_init(&p->run, p, cap, longest) != 0 || run_init(&p->held_run, p, cap, longest) != 0 ||
         !(p->md = pcre2_match_data_create(p->max_captures, NULL)) || !(p->mctx = pcre2_match_context_create(NULL))) {
         snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    if (streams_init(&p->streams, (size_t)cfg->labels.max_pipeline_streams) != 0) {
+        snprintf(err, errlen, "out of memory (labels.max_pipeline_streams)");
         goto fail;
     }
     pcre2_set_match_limit(p->mctx, STAGE_MATCH_LIMIT);
@@ -323,8 +347,12 @@ void pipeline_destroy(struct pipeline *p)
     free(p->run.arena);
     free(p->held_run.line);
     free(p->held_run.arena);
+    free(p->run.pending);
+    free(p->held_run.pending);
     pcre2_match_data_free(p->md);
     pcre2_match_context_free(p->mctx);
+    free(p->streams.slots);
+    free(p->streams.spare);
     free(p);
 }
 
@@ -359,6 +387,16 @@ void pipeline_print(const struct pipeline *p, FILE *out, const char *prefix)
 /* ------------------------------------------------------------------------ */
 /* Files                                                                    */
 
+bool pipeline_choose(const struct pipeline *p, const struct pipeline_meta *meta, size_t *block)
+{
+    for (size_t i = 0; p && i < p->nblocks; i++) {
+        if (!match_block(&p->blocks[i], meta)) continue;
+        *block = i;
+        return p->blocks[i].nstages > 0;
+    }
+    return false;
+}
+
 struct pipeline_file *pipeline_file_new(struct pipeline *p, const struct pipeline_meta *meta, bool *oom)
 {
     *oom = false;
@@ -392,6 +430,8 @@ void pipeline_file_free(struct pipeline_file *pf)
 }
 
 size_t pipeline_file_block(const struct pipeline_file *pf) { return pf->block->index; }
+
+void pipeline_file_set_identity(struct pipeline_file *pf, uint64_t identity) { pf->identity = identity; }
 
 static const struct stage *holder(const struct pipeline_file *pf)
 {
@@ -432,7 +472,39 @@ bool pipeline_file_due(const struct pipeline_file *pf, int64_t now_ms)
 /* ------------------------------------------------------------------------ */
 /* Running                                                                  */
 
-static void run_reset(struct stage_run *r)
+void stage_note(struct stage_run *r, _Atomic uint64_t *c, uint64_t n)
+{
+    if (r->npending == r->pending_cap) { /* cannot happen: sized for the longest block */
+        stage_count(c, n);
+        return;
+    }
+    r->pending[r->npending++] = (struct stage_pending){c, n};
+}
+
+void stage_remember(struct stage_run *r, void *at, size_t len)
+{
+    struct stage_undo *u = &r->undo[r->nundo];
+    if (r->nundo == STAGE_MAX_UNDO || len > sizeof u->was) return; /* compile refuses more such stages */
+    u->at = at;
+    u->len = len;
+    memcpy(u->was, at, len);
+    r->nundo++;
+}
+
+/* The entry is through (keep) or refused: apply its counts, or forget them
+ * and put back what its stages changed, latest first. */
+static void run_settle(struct stage_run *r, bool keep)
+{
+    if (keep) {
+        for (size_t i = 0; i < r->npending; i++) stage_count(r->pending[i].counter, r->pending[i].n);
+    } else {
+        for (size_t i = r->nundo; i-- > 0;) memcpy(r->undo[i].at, r->undo[i].was, r->undo[i].len);
+    }
+    r->npending = 0;
+    r->nundo = 0;
+}
+
+void stage_run_begin(struct stage_run *r)
 {
     if (++r->cur_gen == 0) { /* wrapped: every old mark must read as unset */
         memset(r->gen, 0, sizeof r->gen);
@@ -443,7 +515,11 @@ static void run_reset(struct stage_run *r)
     memset(r->meta_set, 0, sizeof r->meta_set);
     r->e.extras = NULL;
     r->e.extras_len = 0;
+    r->npending = 0;
+    r->nundo = 0;
 }
+
+static void run_reset(struct stage_run *r) { stage_run_begin(r); }
 
 /* Label values as Loki reads them: `name="value"`, with \ " and newline escaped. */
 /* A label value as Loki's label syntax quotes it. Control characters (a
@@ -535,10 +611,107 @@ static void render_extras(struct stage_run *r, struct stage *last)
         o += vl;
         x[o++] = '\0';
     }
-    if (cut && last) stage_count(&last->counters.errors);
+    if (cut && last) stage_note(r, &last->counters.errors, 1);
     if (o > 2) {
         r->e.extras = x;
         r->e.extras_len = o;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* The node's bound on streams made by pipeline labels                      */
+
+uint64_t pipeline_hash(uint64_t seed, const char *s, size_t len)
+{
+    uint64_t h = seed ^ 14695981039346656037ULL;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static int streams_init(struct stream_bound *sb, size_t max)
+{
+    sb->max = max;
+    if (!max) return 0;
+    for (sb->cap = 16; sb->cap < 2 * max; sb->cap *= 2) {}
+    sb->slots = calloc(sb->cap, sizeof *sb->slots);
+    sb->spare = calloc(sb->cap, sizeof *sb->spare);
+    return sb->slots && sb->spare ? 0 : -1;
+}
+
+static struct stream_slot *streams_find(struct stream_slot *slots, size_t cap, uint64_t key)
+{
+    for (size_t i = key & (cap - 1);; i = (i + 1) & (cap - 1))
+        if (slots[i].key == key || slots[i].key == 0) return &slots[i];
+}
+
+/* Keeps the sets used within STREAM_IDLE_MS (rebuilt: open addressing has no cheap delete). */
+static void streams_sweep(struct stream_bound *sb, int64_t now)
+{
+    memset(sb->spare, 0, sb->cap * sizeof *sb->spare);
+    sb->live = 0;
+    for (size_t i = 0; i < sb->cap; i++) {
+        struct stream_slot *old = &sb->slots[i];
+        if (!old->key || now - old->last_ms >= STREAM_IDLE_MS) continue;
+        *streams_find(sb->spare, sb->cap, old->key) = *old;
+        sb->live++;
+    }
+    struct stream_slot *t = sb->slots;
+    sb->slots = sb->spare;
+    sb->spare = t;
+    sb->last_sweep_ms = now;
+    atomic_store_explicit(&sb->active, sb->live, memory_order_relaxed);
+}
+
+/* Whether the entry's label set may be a stream: one in use, or a new one
+ * while the node is under labels.max_pipeline_streams. */
+static bool streams_admit(struct stream_bound *sb, uint64_t key, int64_t now)
+{
+    if (!key) key = 1; /* 0 marks an empty slot */
+    struct stream_slot *slot = streams_find(sb->slots, sb->cap, key);
+    if (slot->key) {
+        slot->last_ms = now;
+        return true;
+    }
+    if (sb->live >= sb->max && now - sb->last_sweep_ms >= STREAM_SWEEP_EVERY_MS) {
+        streams_sweep(sb, now);
+        slot = streams_find(sb->slots, sb->cap, key);
+    }
+    if (sb->live >= sb->max) return false;
+    *slot = (struct stream_slot){key, now};
+    sb->live++;
+    atomic_store_explicit(&sb->active, sb->live, memory_order_relaxed);
+    return true;
+}
+
+/* Beyond the bound the entry keeps its file's own labels (never dropped);
+ * its structured metadata stays. */
+static void bound_streams(struct stage_run *r)
+{
+    struct stream_bound *sb = &r->p->streams;
+    if (!sb->max || r->e.extras_len < 2) return;
+    char *x = r->extras;
+    size_t labels_len = (size_t)(unsigned char)x[0] | (size_t)(unsigned char)x[1] << 8;
+    if (!labels_len) return;
+    uint64_t key = pipeline_hash(r->pf->identity ^ ((uint64_t)r->e.stream << 56), x + 2, labels_len);
+    if (streams_admit(sb, key, r->now_ms)) return;
+    stage_note(r, &sb->limited, 1);
+    if (!sb->said) {
+        sb->said = true;
+        log_warn("pipeline labels reached labels.max_pipeline_streams (%zu label sets used in the last %d minutes): "
+                 "entries that would make a new stream keep their file's own labels; said once, counted in "
+                 "loglet_pipeline_streams_limited_total",
+                 sb->max, STREAM_IDLE_MS / 60000);
+    }
+    size_t rest = r->e.extras_len - 2 - labels_len;
+    memmove(x + 2, x + 2 + labels_len, rest);
+    x[0] = x[1] = 0;
+    r->e.extras_len = 2 + rest;
+    if (!rest) {
+        r->e.extras = NULL;
+        r->e.extras_len = 0;
     }
 }
 
@@ -549,26 +722,23 @@ static enum stage_verdict run_from(struct stage_run *r, size_t from)
     for (size_t i = from; i < b->nstages; i++) {
         struct stage *st = &b->stages[i];
         r->at = i;
-        stage_count(&st->counters.in);
+        stage_note(r, &st->counters.in, 1);
         enum stage_verdict v = st->ops->process(st, stage_state(r->pf, st), r);
         switch (v) {
         case STAGE_PASS:
-            stage_count(&st->counters.out);
+            stage_note(r, &st->counters.out, 1);
             continue;
         case STAGE_DROP:
-            if (r->drop_reason < STAGE_MAX_REASONS)
-                stage_count(&st->counters.dropped[r->drop_reason]);
+            if (r->drop_reason < STAGE_MAX_REASONS) stage_note(r, &st->counters.dropped[r->drop_reason], 1);
             return STAGE_DROP;
-        case STAGE_HOLD:
-            stage_count(&st->counters.held);
+        case STAGE_HOLD: /* counted as out (and joined) when the join is sent */
             return STAGE_HOLD;
         case STAGE_FAIL:
-            /* Nothing went on: not counted as in. */
-            stage_uncount(&st->counters.in);
             return STAGE_FAIL;
         }
     }
     if (b->nlabels || b->nmeta) render_extras(r, b->nstages ? &b->stages[b->nstages - 1] : NULL);
+    if (b->nlabels) bound_streams(r);
     return r->emit(r->emit_ctx, &r->e) ? STAGE_PASS : STAGE_FAIL;
 }
 
@@ -581,6 +751,7 @@ enum stage_verdict stage_run_rest(struct stage_run *from, struct stage_run *sub)
     sub->now_ms = from->now_ms;
     sub->now_real_ns = from->now_real_ns;
     enum stage_verdict v = run_from(sub, from->at + 1);
+    run_settle(sub, v != STAGE_FAIL);
     return v == STAGE_FAIL ? STAGE_FAIL : STAGE_PASS;
 }
 
@@ -619,6 +790,7 @@ bool pipeline_process(struct pipeline_file *pf, const char *content, size_t len,
     r->e = (struct pipeline_entry){.line = r->line, .len = len, .ts_ns = ts_ns, .stream = stream, .flags = flags};
     r->line_start = line_start;
     enum stage_verdict v = run_from(r, 0);
+    run_settle(r, v != STAGE_FAIL);
     *dropped = v == STAGE_DROP;
     return v != STAGE_FAIL;
 }
@@ -635,7 +807,9 @@ bool pipeline_file_flush(struct pipeline_file *pf, pipeline_emit_fn emit, void *
     r->emit_ctx = ctx;
     set_now(pf->p, r);
     r->at = st->index;
-    return st->ops->flush(st, stage_state(pf, st), r) != STAGE_FAIL;
+    bool ok = st->ops->flush(st, stage_state(pf, st), r) != STAGE_FAIL;
+    run_settle(r, ok);
+    return ok;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -670,7 +844,7 @@ size_t pipeline_render_metrics(char *buf, size_t cap)
     } series[] = {
         {"in", "Entries a pipeline stage received.", offsetof(struct stage_counters, in)},
         {"out", "Entries a pipeline stage passed on.", offsetof(struct stage_counters, out)},
-        {"joined", "Lines a multiline stage took into a join (an entry of N lines counts N).", offsetof(struct stage_counters, held)},
+        {"joined", "Lines a multiline stage sent joined (an entry of N >= 2 lines counts N).", offsetof(struct stage_counters, joined)},
         {"errors", "Entries a stage could not process (malformed JSON or logfmt, regex match limit, bad timestamp, extras cut); they pass unchanged.",
          offsetof(struct stage_counters, errors)},
     };
@@ -696,6 +870,16 @@ size_t pipeline_render_metrics(char *buf, size_t cap)
                        s, st->ops->name, st->ops->drop_reasons[r],
                        (unsigned long long)atomic_load_explicit(&st->counters.dropped[r], memory_order_relaxed));
         }
+    if (p->streams.max) {
+        mw_put(&w, "# HELP loglet_pipeline_streams Label sets pipeline labels made on this node in the last %d minutes "
+                   "(at most labels.max_pipeline_streams, %zu).\n# TYPE loglet_pipeline_streams gauge\nloglet_pipeline_streams %llu\n",
+               STREAM_IDLE_MS / 60000, p->streams.max,
+               (unsigned long long)atomic_load_explicit(&p->streams.active, memory_order_relaxed));
+        mw_put(&w, "# HELP loglet_pipeline_streams_limited_total Entries sent with their file's own labels because "
+                   "their pipeline labels would have made more streams than labels.max_pipeline_streams.\n"
+                   "# TYPE loglet_pipeline_streams_limited_total counter\nloglet_pipeline_streams_limited_total %llu\n",
+               (unsigned long long)atomic_load_explicit(&p->streams.limited, memory_order_relaxed));
+    }
     return w.len;
 }
 

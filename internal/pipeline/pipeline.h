@@ -42,12 +42,17 @@
 struct pipeline;
 struct pipeline_file;
 
-/* What a match block can test. New metadata (pod labels, issue 10) is a new
- * field here and a row in match.c's table. */
+struct loki_label;
+
+/* What a match block can test: the path's names and, with Kubernetes
+ * metadata, the pod's labels (keys as Kubernetes has them; none: no pod
+ * labels known, and a block with pod_labels does not apply). */
 struct pipeline_meta {
     const char *namespace_;
     const char *pod;
     const char *container;
+    const struct loki_label *pod_labels;
+    size_t npod_labels;
 };
 
 /* One entry leaving the pipeline. `extras`, when extras_len > 0, is the
@@ -90,8 +95,17 @@ size_t pipeline_extras_max(const struct pipeline *p);
  * without stages, logged by the caller). */
 struct pipeline_file *pipeline_file_new(struct pipeline *p, const struct pipeline_meta *meta, bool *oom);
 void pipeline_file_free(struct pipeline_file *pf);
+/* Which block pipeline_file_new() would choose: false when none applies
+ * (or it has no stages). */
+bool pipeline_choose(const struct pipeline *p, const struct pipeline_meta *meta, size_t *block);
 /* The index of the block in the configuration. */
 size_t pipeline_file_block(const struct pipeline_file *pf);
+/* What tells the file's streams from another file's: a hash of its own
+ * labels, for labels.max_pipeline_streams (files with the same labels, a
+ * rotated file and the next, share their streams). 0 until set. */
+void pipeline_file_set_identity(struct pipeline_file *pf, uint64_t identity);
+/* FNV-1a, 64 bits: a label text's identity. */
+uint64_t pipeline_hash(uint64_t seed, const char *s, size_t len);
 
 /* The time for the entries that follow (one read's worth): monotonic ms
  * for timeouts and rate limits, realtime ns for older_than. Without it the

@@ -27,6 +27,7 @@
 #define STAGE_MAX_LABELS 16 /* labels a block may add */
 #define STAGE_MAX_META 16   /* structured metadata a block may add */
 #define STAGE_MAX_REASONS 4
+#define STAGE_MAX_UNDO 8    /* stages of a block that change shared state per entry (limit) */
 #define STAGE_EXTRAS_MAX 8192 /* labels and metadata of one entry; more is cut, counted */
 
 struct stage;
@@ -71,8 +72,15 @@ struct stage_ops {
     void (*free)(struct stage *st);
 };
 
+/* What a stage counts. For each entry: `in` once when it reaches the stage,
+ * then `out` (passed on), a `dropped` reason, or nothing while a multiline
+ * join holds it; a multiline stage counts `out` once per entry it sends and
+ * `joined` the lines of those entries made of two or more. So for a stage,
+ * in = out + dropped + (lines held or discarded by a join), and a stage's out
+ * is the next one's in. Counted only for entries that got through: a refused
+ * emit counts nothing (stage_note). */
 struct stage_counters {
-    _Atomic uint64_t in, out, held, errors;
+    _Atomic uint64_t in, out, joined, errors;
     _Atomic uint64_t dropped[STAGE_MAX_REASONS];
 };
 
@@ -89,6 +97,7 @@ struct stage {
 /* A glob list per metadata field; an empty list matches everything. */
 struct match_rule {
     size_t field; /* index into match.c's field table */
+    char *label; /* pod_labels: the pod label's key */
     char **globs;
     size_t nglobs;
 };
@@ -142,11 +151,48 @@ struct stage_run {
     const char *meta_val[STAGE_MAX_META];
     size_t meta_len[STAGE_MAX_META];
     char extras[STAGE_EXTRAS_MAX + 64];
+
+    /* What this entry changed, settled when it is through: counter
+     * increments applied, state a stage changed (a limit's bucket) kept;
+     * when emit refuses it, the increments are forgotten and the state put
+     * back, so the record read again counts and costs once. Sized at
+     * pipeline_create for the longest block. */
+    struct stage_pending {
+        _Atomic uint64_t *counter;
+        uint64_t n;
+    } *pending;
+    size_t npending, pending_cap;
+    struct stage_undo {
+        void *at;
+        size_t len;
+        unsigned char was[32];
+    } undo[STAGE_MAX_UNDO];
+    size_t nundo;
+};
+
+/* The label sets pipeline labels made on this node lately (labels.
+ * max_pipeline_streams): open addressing on a hash of the file's identity,
+ * stream kind and labels text. Invariant: live <= max, and every slot with
+ * key != 0 is counted in live, expired or not (sweeps drop the expired). */
+struct stream_slot {
+    uint64_t key;
+    int64_t last_ms;
+};
+struct stream_bound {
+    size_t max;             /* 0: no bound */
+    struct stream_slot *slots, *spare;
+    size_t cap;             /* a power of two, at least 2 * max */
+    size_t live;
+    int64_t last_sweep_ms;
+    bool said;
+    _Atomic uint64_t limited; /* entries sent with their file's own labels */
+    _Atomic uint64_t active;  /* live, for /metrics */
 };
 
 struct pipeline {
     struct pipeline_block *blocks;
     size_t nblocks;
+    struct stream_bound streams;
     size_t max_line;   /* largest entry: collection.max_line_bytes, UTF-8 repaired */
     /* Every pattern matches with these: ovector for the largest pattern,
      * and a match limit, so a pathological line costs a bounded time. */
@@ -164,6 +210,7 @@ struct pipeline {
 struct pipeline_file {
     struct pipeline *p;
     struct pipeline_block *block;
+    uint64_t identity; /* the file's own label set (pipeline_file_set_identity) */
     bool can_pause; /* a stage of the block rate-limits with action: wait */
     /* block->state_size bytes, each stage's at its state_off (16-aligned). */
     _Alignas(16) char state[];
@@ -171,14 +218,14 @@ struct pipeline_file {
 
 /* Counters have one writer (the collector thread) and readers anywhere
  * (/metrics): a relaxed load and store, no locked read-modify-write per line. */
-static inline void stage_count(_Atomic uint64_t *c)
+static inline void stage_count(_Atomic uint64_t *c, uint64_t n)
 {
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1, memory_order_relaxed);
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n, memory_order_relaxed);
 }
-static inline void stage_uncount(_Atomic uint64_t *c)
-{
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) - 1, memory_order_relaxed);
-}
+/* Counts n for the entry being run, once it is through (see stage_run.pending). */
+void stage_note(struct stage_run *r, _Atomic uint64_t *c, uint64_t n);
+/* Remembers `len` bytes at `at` (at most 32), put back if the entry is refused. */
+void stage_remember(struct stage_run *r, void *at, size_t len);
 
 static inline void *stage_state(struct pipeline_file *pf, const struct stage *st)
 {
@@ -202,6 +249,8 @@ static inline bool stage_get(const struct stage_run *r, size_t field, const char
 /* Room for `len` more bytes of decoded values; NULL when the arena (sized
  * for the largest entry) has none, which a line cannot cause. */
 char *stage_arena(struct stage_run *r, size_t len);
+/* Makes r ready for a new entry (values, labels, what it changed). */
+void stage_run_begin(struct stage_run *r);
 /* Runs the stages after the current one on another entry (a join ending):
  * PASS when it went out or was dropped, FAIL when emit refused. */
 enum stage_verdict stage_run_rest(struct stage_run *from, struct stage_run *sub);

@@ -29,7 +29,7 @@ static bool matches(const struct stage *st, pcre2_code *re, const char *s, size_
 {
     int rc = pcre2_match(re, (PCRE2_SPTR)s, len, 0, 0, r->p->md, r->p->mctx);
     if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT || rc == PCRE2_ERROR_HEAPLIMIT)
-        stage_count(&((struct stage *)st)->counters.errors);
+        stage_note(r, &((struct stage *)st)->counters.errors, 1);
     return rc >= 0;
 }
 

@@ -330,7 +330,7 @@ static enum stage_verdict json_process(const struct stage *st, void *state, stru
     if (!ok) {
         for (size_t f = 0; f < jc->fm.n; f++)
             if (j.set & (1ULL << f)) r->gen[jc->fm.slot[f]] = 0;
-        stage_count(&((struct stage *)st)->counters.errors);
+        stage_note(r, &((struct stage *)st)->counters.errors, 1);
     }
     return STAGE_PASS;
 }

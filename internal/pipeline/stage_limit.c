@@ -56,6 +56,7 @@ static enum stage_verdict limit_process(const struct stage *st, void *state, str
 {
     const struct limit_conf *lc = st->conf;
     struct bucket *b = bucket_of(st, state);
+    stage_remember(r, b, sizeof *b); /* a refused entry gives its token back */
     refill(lc, b, r->now_ms);
     if (b->tokens >= 1.0 || lc->wait) {
         b->tokens -= 1.0;

@@ -118,7 +118,7 @@ static enum stage_verdict logfmt_process(const struct stage *st, void *state, st
     if (!ok) {
         for (size_t f = 0; f < lc->fm.n; f++)
             if (set & (1ULL << f)) r->gen[lc->fm.slot[f]] = 0;
-        stage_count(&((struct stage *)st)->counters.errors);
+        stage_note(r, &((struct stage *)st)->counters.errors, 1);
     }
     return STAGE_PASS;
 }

@@ -167,16 +167,11 @@ static bool grow(struct ml_state *s, size_t need, size_t max)
 /* Sends the held entry through the stages after this one. */
 static enum stage_verdict send_held(const struct stage *st, struct ml_state *s, struct stage_run *r)
 {
-    (void)st;
     struct stage_run *out = &r->p->held_run;
-    /* run_reset of the held run, done here so the current one keeps its values. */
-    if (++out->cur_gen == 0) {
-        memset(out->gen, 0, sizeof out->gen);
-        out->cur_gen = 1;
-    }
-    out->arena_len = 0;
-    memset(out->label_set, 0, sizeof out->label_set);
-    memset(out->meta_set, 0, sizeof out->meta_set);
+    stage_run_begin(out); /* the held run: the current one keeps its values */
+    /* Counted with the entry: applied only if it gets through. */
+    stage_note(out, &((struct stage *)st)->counters.out, 1);
+    if (s->lines > 1) stage_note(out, &((struct stage *)st)->counters.joined, s->lines);
     size_t len = s->len < out->line_cap ? s->len : out->line_cap;
     memcpy(out->line, s->buf, len);
     out->e = (struct pipeline_entry){.line = out->line, .len = len, .ts_ns = s->ts_ns, .stream = s->stream,
@@ -197,7 +192,7 @@ static enum stage_verdict ml_process(const struct stage *st, void *state, struct
     bool limit = false;
     enum ml_trace next;
     bool cont = continues(mc, s->open ? s->trace : TR_NONE, r, &next, &limit);
-    if (limit) stage_count(&((struct stage *)st)->counters.errors);
+    if (limit) stage_note(r, &((struct stage *)st)->counters.errors, 1);
     size_t max = (size_t)mc->max_bytes;
     if (s->open && cont && r->e.stream == s->stream && s->lines < (size_t)mc->max_lines &&
         s->len + 1 + r->e.len <= max && grow(s, s->len + 1 + r->e.len, max)) {

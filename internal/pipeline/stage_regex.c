@@ -28,7 +28,7 @@ static enum stage_verdict regex_process(const struct stage *st, void *state, str
     if (!stage_input(r, rc->source, &text, &len)) return STAGE_PASS;
     int n = pcre2_match(rc->re, (PCRE2_SPTR)text, len, 0, 0, r->p->md, r->p->mctx);
     if (n == PCRE2_ERROR_MATCHLIMIT || n == PCRE2_ERROR_DEPTHLIMIT || n == PCRE2_ERROR_HEAPLIMIT) {
-        stage_count(&((struct stage *)st)->counters.errors);
+        stage_note(r, &((struct stage *)st)->counters.errors, 1);
         return STAGE_PASS;
     }
     if (n < 0) return STAGE_PASS;

@@ -62,7 +62,7 @@ static enum stage_verdict ts_process(const struct stage *st, void *state, struct
     default: ok = parse_unix(v, len, 1, &ns); break;
     }
     if (ok) r->e.ts_ns = ns;
-    else stage_count(&((struct stage *)st)->counters.errors);
+    else stage_note(r, &((struct stage *)st)->counters.errors, 1);
     return STAGE_PASS;
 }
 

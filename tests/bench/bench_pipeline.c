@@ -132,7 +132,7 @@ static void run(const char *name, const char *stages, const char *corpus_kind, s
         exit(1);
     }
     bool oom;
-    struct pipeline_meta meta = {"shop", "api-0", "api"};
+    struct pipeline_meta meta = {.namespace_ = "shop", .pod = "api-0", .container = "api"};
     struct pipeline_file *pf = pipeline_file_new(p, &meta, &oom);
     struct corpus c = make(corpus_kind, 64u << 20);
     size_t want = mb << 20, done = 0;

@@ -86,7 +86,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1) return 0;
     size_t which = data[0] % NPIPELINES;
     bool oom;
-    struct pipeline_meta meta = {"ns", "pod", "c"};
+    struct pipeline_meta meta = {.namespace_ = "ns", .pod = "pod", .container = "c"};
     struct pipeline_file *pf = pipeline_file_new(ps[which], &meta, &oom);
     if (!pf) abort();
     struct joined j = {0};

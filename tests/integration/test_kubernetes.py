@@ -84,9 +84,12 @@ class KubeTestCase(AgentTestCase):
                     f"users:\n- name: loglet\n  user:\n{user}")
         return path
 
+    config_extra = ""  # more configuration (a pipeline)
+
     def config(self, kube=""):
         return base_config(self.tree, self.workdir,
-                           f"output:\n  loki:\n    url: {self.receiver.url}\n" + (f"kubernetes:\n{kube}" if kube else ""))
+                           f"output:\n  loki:\n    url: {self.receiver.url}\n" + (f"kubernetes:\n{kube}" if kube else "")
+                           + self.config_extra)
 
     def start_agent(self, kube="", env=None, wait_list=True, api_up=True):
         if api_up and not self.api.httpd:
@@ -181,6 +184,48 @@ class LabelsTest(KubeTestCase):
         self.assertEqual(self.api.unauthorized, 0)
         self.assertTrue(all(t is None for t in self.api.tokens_seen), "no token was configured")
         self.assertGreaterEqual(self.api.lists, 3, "the 6 pods of this node come in pages of 2")
+
+
+class PipelinePodLabelsTest(KubeTestCase):
+    def test_match_pod_labels_chooses_stages_and_follows_label_changes(self):
+        """A pipeline block matching `pod_labels: {tier: front}` applies to the
+        files of pods labelled so, and is chosen again when a pod's labels
+        change (tier is not a copied label: the streams stay the same)."""
+        web = Pod(self, "shop", "web-0", labels={"tier": "front"})
+        db = Pod(self, "shop", "db-0", labels={"tier": "back"})
+        self.api.put_pod(web.obj)
+        self.api.put_pod(db.obj)
+        pipeline = ("pipeline:\n  - match: {pod_labels: {tier: [front, edge]}}\n    stages:\n"
+                    "      - logfmt: {fields: [msg]}\n      - output: {source: msg}\n")
+        self.config_extra = pipeline
+        a = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n")
+        web.create_files()
+        db.create_files()
+        want = []  # (pod, content as sent)
+
+        def write(p, tag, rewritten):
+            for i in range(5):
+                p.files["app"].write(f"msg={tag}{i}")
+                want.append((p, f"{tag}{i}" if rewritten else f"msg={tag}{i}"))
+        write(web, "w", True)
+        write(db, "d", False)
+        self.assertTrue(self.receiver.wait_for(10, timeout=20), a.stderr_text()[-2000:])
+        db.obj["metadata"]["labels"] = {"tier": "edge"}
+        web.obj["metadata"]["labels"] = {"tier": "back"}
+        self.api.put_pod(db.obj)
+        self.api.put_pod(web.obj)
+        a.wait_stderr(r"db-0.*the pod's metadata changed, its lines now go through pipeline match block 0")
+        a.wait_stderr(r"web-0.*the pod's metadata changed, no pipeline match block applies any more")
+        write(web, "W", False)
+        write(db, "D", True)
+        self.assertTrue(self.receiver.wait_for(20, timeout=20), a.stderr_text()[-2000:])
+        time.sleep(0.5)
+        self.assertEqual(a.stop(), 0)
+        got = sorted(((e["label_map"]["pod"], e["line"], tuple(sorted(e["label_map"].items())))
+                      for e in self.receiver.all_entries()))
+        expected = sorted((p.name, line, tuple(sorted(self.path_labels(p, "app", "stdout").items())))
+                          for p, line in want)
+        self.assertEqual(got, expected)
 
 
 class StructuredMetadataTest(KubeTestCase):

@@ -170,8 +170,8 @@ class MultilineTest(PipelineTestCase):
             app.write(line, ts_ns=ts + 1 + k)
         # Until the agent delivered the first entry and holds ten lines of the trace.
         self.wait(lambda: len(self.entries_of(app)) == 1, what="the first entry")
-        self.wait(lambda: self.metric(a, "loglet_pipeline_joined_total", block="0", stage="0") >= 10,
-                  what="ten lines held")
+        self.wait(lambda: self.metric(a, "loglet_pipeline_in_total", block="0", stage="0") >= 11,
+                  what="ten lines held")  # (joined counts lines once their entry is sent)
         # The saved position reaches the held trace's first line and stays there.
         first_line_end = len(cri_line(entries[0][0], ts_ns=ts).encode())
         self.wait(lambda: self.positions().get(app.link_path) == first_line_end, timeout=10,
@@ -190,6 +190,43 @@ class MultilineTest(PipelineTestCase):
         got = sorted(self.entries_of(app), key=lambda e: e["ts_ns"])
         self.assertEqual([e["line"] for e in got], ["\n".join(g) for g in entries])
         self.assertEqual([e["ts_ns"] for e in got], [ts, ts + 1, ts + 1 + len(trace)])
+        self.assertEqual(b.stop(), 0)
+
+
+    def test_sigterm_sends_held_join_before_positions_are_saved(self):
+        """A join held (timeout 30 s) when the agent is stopped goes out before
+        it exits, and the saved position covers it: a file deleted before the
+        next start loses nothing, and nothing is sent twice."""
+        _, entries = fixture("java")
+        cfg = self.config(JAVA_PIPELINE.replace("{mode: java}", "{mode: java, timeout: 30s}"))
+        a = self.agent(cfg).start()
+        api = self.tree.container("shop-eu", "api-0", "api")
+        ts = T0
+        for group in entries:
+            for k, line in enumerate(group):
+                api.write(line, ts_ns=ts + k)
+            ts += len(group)
+        # Every entry but the last goes out; the last (an 11-line trace) is held.
+        self.wait(lambda: len(self.entries_of(api)) == len(entries) - 1, what="all but the held join")
+        self.wait(lambda: self.metric(a, "loglet_pipeline_in_total", block="0", stage="0", type="multiline")
+                  == sum(len(g) for g in entries), what="the held lines read")
+        held_from = os.path.getsize(api.log_path) - sum(len(cri_line(l, ts_ns=0)) for l in entries[-1])
+        self.wait(lambda: self.positions().get(api.link_path) == held_from, what="the position at the held join")
+        self.assertEqual(a.stop(), 0)
+        got = sorted(self.entries_of(api), key=lambda e: e["ts_ns"])
+        self.assertEqual([e["line"] for e in got], ["\n".join(g) for g in entries])
+        for e in got:
+            self.assert_labels(e, api)
+        self.assertIn("sent 1 held multiline join at shutdown", a.stderr_text())
+        self.assertEqual(self.positions().get(api.link_path), os.path.getsize(api.log_path))
+        api.remove()  # the pod goes while no agent runs
+        other = self.tree.container("batch", "api-1", "api")  # no block: sent at once
+        b = self.agent(cfg, name="b.yaml").start()
+        other.write("after restart", ts_ns=ts)
+        self.wait(lambda: len(self.entries_of(other)) == 1, what="a line after the restart")
+        time.sleep(4)  # more than the multiline timeout: a join sent twice would show
+        self.assertEqual(len(self.entries_of(api)), len(entries))
+        self.assertEqual([e["line"] for e in self.entries_of(other)], ["after restart"])
         self.assertEqual(b.stop(), 0)
 
 
@@ -297,6 +334,120 @@ class DropLimitLabelsTest(PipelineTestCase):
         self.assertEqual(sorted(e["line"] for e in got), sorted(json.dumps({"level": "lvl9", "msg": i}) for i in range(30)))
         for e in got:
             self.assert_labels(e, plain)
+        self.assertEqual(a.stop(), 0)
+
+
+class MetricsTest(PipelineTestCase):
+    def test_counters_exact_while_the_ring_refuses_entries(self):
+        """The output (stdout, its reader stalled) stops taking lines until
+        the ring is full, then takes them slowly, so entries the pipeline
+        made are refused and read again, over and over: every stage's
+        counters still count each entry once (a stage's out is the next
+        one's in), and a limit's bucket is charged once per entry (its burst
+        is exactly the number of entries: a token taken twice would drop the
+        last ones)."""
+        import threading
+        # Joins of many short lines: the entry a line lets out is much larger
+        # than the line, so the ring is met full where the pipeline emits.
+        entries = []
+        for i in range(600):
+            entries.append([f"BEGIN {i}"] + [f" at frame {j} " + "x" * 90 for j in range(30)])
+            entries.append([f"single {i}"])
+        lines = [l for g in entries for l in g]
+        n_entries = len(entries)
+        pipeline = f"""pipeline:
+  - match: {{namespaces: [shop]}}
+    stages:
+      - multiline: {{start: '^(BEGIN|single)', timeout: 1s}}
+      - json: {{fields: [level]}}
+      - limit: {{rate: 0.001, burst: {n_entries}}}
+"""
+        cfg = base_config(self.tree, self.workdir, "output:\n  stdout:\n    format: json\n"
+                          "  shutdown_grace: 1s\nbuffer:\n  max_bytes: 96KiB\n" + pipeline)
+        cfg = cfg.replace("collection:\n", "collection:\n  max_line_bytes: 4KiB\n", 1)
+        a = self.agent(cfg).start(read_stdout=False)
+        c = self.tree.container("shop", "api-0", "api")
+        data, expected, ts = [], [], T0
+        for group in entries:
+            for k, line in enumerate(group):
+                data.append(cri_line(line, ts_ns=ts + k))
+            expected.append("\n".join(group))
+            ts += len(group)
+        c.write_raw("".join(data).encode())
+        self.wait(lambda: self.metric(a, "loglet_collector_paused") == 1, timeout=20, what="the ring to fill")
+        time.sleep(0.5)
+
+        def slow_reader():  # a pipe's worth at a time, so the ring fills again and again
+            for raw in a.proc.stdout:
+                with a.cond:
+                    a.stdout_lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                    a.cond.notify_all()
+                if len(a.stdout_lines) % 50 == 0:
+                    time.sleep(0.05)
+        threading.Thread(target=slow_reader, daemon=True).start()
+        a.wait_lines(n_entries, timeout=60)
+        time.sleep(1.5)  # nothing more may come
+        got = [json.loads(l) for l in a.lines()]
+        self.assertEqual([e["line"] for e in got], expected)
+        for e in got:
+            self.assertEqual((e["namespace"], e["pod"], e["container"], e["stream"]), ("shop", "api-0", "api", "stdout"))
+            self.assertNotIn("labels", e)
+        joined = sum(len(g) for g in entries if len(g) > 1)
+        want = {
+            ("in", "0", "multiline"): len(lines), ("out", "0", "multiline"): n_entries,
+            ("joined", "0", "multiline"): joined, ("errors", "0", "multiline"): 0,
+            ("in", "1", "json"): n_entries, ("out", "1", "json"): n_entries, ("errors", "1", "json"): n_entries,
+            ("in", "2", "limit"): n_entries, ("out", "2", "limit"): n_entries,
+        }
+        got_metrics = {k: self.metric(a, f"loglet_pipeline_{k[0]}_total", block="0", stage=k[1], type=k[2])
+                       for k in want}
+        self.maxDiff = None
+        self.assertEqual(got_metrics, want)
+        self.assertEqual(self.metric(a, "loglet_pipeline_dropped_total", block="0", stage="2", type="limit",
+                                     reason="rate"), 0)
+        self.assertEqual(a.stop(), 0)
+
+
+class StreamBoundTest(PipelineTestCase):
+    def test_new_label_sets_beyond_the_bound_keep_the_files_labels(self):
+        """labels.max_pipeline_streams: 4. Two files, each with levels from an
+        allow-list: the first four label sets seen (file, stream, level) are
+        streams; entries that would make a fifth are sent with their file's
+        own labels, never dropped, counted, and said once."""
+        pipeline = """labels:
+  max_pipeline_streams: 4
+pipeline:
+  - match: {namespaces: [shop]}
+    stages:
+      - json: {fields: [level, msg]}
+      - labels: {level: {values: [a, b, c, d, e]}}
+      - output: {source: msg}
+"""
+        a = self.agent(self.config(pipeline)).start()
+        one = self.tree.container("shop", "one-0", "app")
+        two = self.tree.container("shop", "two-0", "app")
+        admitted, want = set(), {}
+        # One file first, then the other, so the order of first sight is known.
+        for c, levels in ((one, "abcab"), (two, "aeaec")):
+            for i, lvl in enumerate(levels):
+                key = (c.pod, lvl)
+                if key not in admitted and len(admitted) < 4:
+                    admitted.add(key)
+                want[f"{c.pod} {i}"] = (c, lvl if key in admitted else None)
+                c.write(json.dumps({"level": lvl, "msg": f"{c.pod} {i}"}))
+            self.wait(lambda: len(self.entries_of(c)) == len(levels), what=f"{c.pod}'s lines")
+        got = self.receiver.all_entries()
+        self.assertEqual(sorted(e["line"] for e in got), sorted(want))
+        for e in got:
+            c, lvl = want[e["line"]]
+            if lvl:
+                self.assert_labels(e, c, level=lvl)
+            else:
+                self.assert_labels(e, c)
+        # one: a, b, c; two: a (4 sets); two's e and c fall back: 3 entries.
+        self.assertEqual(self.metric(a, "loglet_pipeline_streams"), 4)
+        self.assertEqual(self.metric(a, "loglet_pipeline_streams_limited_total"), 3)
+        self.assertEqual(len(re.findall("reached labels.max_pipeline_streams", a.stderr_text())), 1)
         self.assertEqual(a.stop(), 0)
 
 

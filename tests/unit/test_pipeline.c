@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "config/config.h"
+#include "loki/loki.h"
 #include "metrics/metrics.h"
 #include "pipeline/pipeline.h"
 #include "source/source.h"
@@ -124,7 +125,7 @@ static void fx_setup(struct fx *fx, const char *yaml)
     fx->p = pipeline_create(&fx->cfg, err, sizeof err);
     if (!fx->p) fail_msg("pipeline: %s", err);
     bool oom;
-    struct pipeline_meta m = {"shop", "api-0", "api"};
+    struct pipeline_meta m = {.namespace_ = "shop", .pod = "api-0", .container = "api"};
     fx->pf = pipeline_file_new(fx->p, &m, &oom);
     assert_false(oom);
     assert_non_null(fx->pf);
@@ -328,7 +329,7 @@ static void test_multiline_handoff(void **state)
     struct fx fx;
     fx_setup(&fx, "pipeline:\n  - stages:\n      - multiline: {mode: java}\n");
     bool oom;
-    struct pipeline_meta m = {"shop", "api-0", "api"};
+    struct pipeline_meta m = {.namespace_ = "shop", .pod = "api-0", .container = "api"};
     struct pipeline_file *next = pipeline_file_new(fx.p, &m, &oom);
     feed(&fx, "java.lang.Exception: x");
     feed(&fx, "\tat a.b(C.java:1)");
@@ -564,8 +565,8 @@ static void test_match_first_block_wins(void **state)
     struct pipeline *p = pipeline_create(&cfg, err, sizeof err);
     assert_non_null(p);
     bool oom;
-    struct pipeline_meta m1 = {"shop-eu", "batch-1", "api"}, m2 = {"shop-eu", "batch-1", "db"},
-                         m3 = {"other", "x", "api"}, m4 = {"quiet", "batch-2", "c"};
+    struct pipeline_meta m1 = {.namespace_ = "shop-eu", .pod = "batch-1", .container = "api"}, m2 = {.namespace_ = "shop-eu", .pod = "batch-1", .container = "db"},
+                         m3 = {.namespace_ = "other", .pod = "x", .container = "api"}, m4 = {.namespace_ = "quiet", .pod = "batch-2", .container = "c"};
     struct pipeline_file *f1 = pipeline_file_new(p, &m1, &oom), *f2 = pipeline_file_new(p, &m2, &oom),
                          *f3 = pipeline_file_new(p, &m3, &oom), *f4 = pipeline_file_new(p, &m4, &oom);
     assert_int_equal(pipeline_file_block(f1), 0);
@@ -577,6 +578,82 @@ static void test_match_first_block_wins(void **state)
     pipeline_file_free(f4);
     pipeline_destroy(p);
     config_free(&cfg);
+}
+
+static void expect_error(const char *yaml, const char *want);
+
+static void test_match_pod_labels(void **state)
+{
+    (void)state;
+    struct config cfg;
+    char err[1024];
+    assert_int_equal(load(&cfg,
+                          "pipeline:\n"
+                          "  - match: {namespaces: [shop], pod_labels: {app.kubernetes.io/name: [web, 'api-*'], tier: front}}\n"
+                          "    stages: [{drop: {line: a}}]\n"
+                          "  - match: {pod_labels: {tier: '*'}}\n    stages: [{drop: {line: b}}]\n",
+                          err, sizeof err),
+                     0);
+    struct pipeline *p = pipeline_create(&cfg, err, sizeof err);
+    assert_non_null(p);
+    struct loki_label web[] = {{"app.kubernetes.io/name", "api-v2"}, {"tier", "front"}},
+                      back[] = {{"app.kubernetes.io/name", "api-v2"}, {"tier", "back"}},
+                      none[] = {{"app", "api"}};
+    struct pipeline_meta m1 = {.namespace_ = "shop", .pod = "p", .container = "c", .pod_labels = web, .npod_labels = 2},
+                         m2 = {.namespace_ = "shop", .pod = "p", .container = "c", .pod_labels = back, .npod_labels = 2},
+                         m3 = {.namespace_ = "shop", .pod = "p", .container = "c", .pod_labels = none, .npod_labels = 1},
+                         m4 = {.namespace_ = "shop", .pod = "p", .container = "c"};
+    size_t block = 99;
+    assert_true(pipeline_choose(p, &m1, &block));
+    assert_int_equal(block, 0);
+    assert_true(pipeline_choose(p, &m2, &block)); /* tier: back is not front, but has a tier */
+    assert_int_equal(block, 1);
+    assert_false(pipeline_choose(p, &m3, &block)); /* no tier label: '*' does not stand for a missing label */
+    assert_false(pipeline_choose(p, &m4, &block)); /* labels not known */
+    char *text = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&text, &len);
+    pipeline_print(p, out, "");
+    fclose(out);
+    assert_non_null(strstr(text, "match: {namespaces: [\"shop\"], pod_labels: {\"app.kubernetes.io/name\": [\"web\", \"api-*\"], \"tier\": [\"front\"]}}"));
+    free(text);
+    pipeline_destroy(p);
+    config_free(&cfg);
+    expect_error("pipeline:\n  - match: {pod_labels: [app]}\n    stages: [{drop: {line: a}}]\n",
+                 ":2: key pipeline[0].match.pod_labels: expected a mapping of label key to glob(s)");
+}
+
+static void test_stream_bound_falls_back_to_file_labels(void **state)
+{
+    (void)state;
+    struct fx fx;
+    fx_setup(&fx, "labels:\n  max_pipeline_streams: 3\npipeline:\n  - stages:\n"
+                  "      - logfmt: {fields: [level, trace]}\n"
+                  "      - labels: {level: {max_values: 10}}\n      - structured_metadata: [trace]\n");
+    pipeline_file_set_identity(fx.pf, 42);
+    pipeline_set_clock(fx.p, 1000, 1);
+    const char *levels[] = {"a", "b", "c", "d", "a", "e", "c"};
+    for (size_t i = 0; i < 7; i++) {
+        char line[64];
+        snprintf(line, sizeof line, "level=%s trace=t%zu", levels[i], i);
+        feed(&fx, line);
+    }
+    assert_int_equal(fx.out.n, 7);
+    const char *want[] = {"level=\"a\"", "level=\"b\"", "level=\"c\"", "", "level=\"a\"", "", "level=\"c\""};
+    for (size_t i = 0; i < 7; i++) {
+        assert_string_equal(fx.out.labels[i] ? fx.out.labels[i] : "", want[i]);
+        char meta[32];
+        snprintf(meta, sizeof meta, "trace=t%zu", i);
+        assert_string_equal(fx.out.meta[i], meta); /* metadata stays */
+    }
+    /* 30 minutes without "b": its place goes to the next new set. */
+    pipeline_set_clock(fx.p, 1000 + 30 * 60 * 1000 + 1, 1);
+    feed(&fx, "level=a trace=x"); /* a, c used again */
+    feed(&fx, "level=c trace=x");
+    pipeline_set_clock(fx.p, 1000 + 31 * 60 * 1000, 1);
+    feed(&fx, "level=d trace=x");
+    assert_string_equal(fx.out.labels[9], "level=\"d\"");
+    fx_teardown(&fx);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -669,6 +746,8 @@ int main(void)
         cmocka_unit_test(test_limit),
         cmocka_unit_test(test_timestamp),
         cmocka_unit_test(test_match_first_block_wins),
+        cmocka_unit_test(test_match_pod_labels),
+        cmocka_unit_test(test_stream_bound_falls_back_to_file_labels),
         cmocka_unit_test(test_config_errors),
         cmocka_unit_test(test_effective_print),
     };
