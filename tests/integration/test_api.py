@@ -185,7 +185,7 @@ class HistoryTest(ApiTestCase):
         lines, _ = self.logs("namespace=other,x*")
         self.assertEqual(lines, [])
         # The CLI: kubectl's flags, text output TIME ns/pod/container LINE.
-        out = subprocess.run([LOGLET_BIN, "tail", "--socket", self.sock, "-p", "db-0", "--tail", "2"],
+        out = subprocess.run([LOGLET_BIN, "tail", "--socket", self.sock, "db-0", "--tail", "2"],
                              capture_output=True, text=True, timeout=20)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.splitlines(),
@@ -194,7 +194,7 @@ class HistoryTest(ApiTestCase):
                               "--color", "always"], capture_output=True, text=True, timeout=20)
         got = [json.loads(l) for l in out.stdout.splitlines()]
         self.assertEqual([key(o) for o in got[:-1]], [e for e in exp if e[3].startswith(("web line 16", "web line 18"))])
-        out = subprocess.run([LOGLET_BIN, "tail", "--socket", self.sock, "-p", "web-0", "--tail=1", "--color", "always"],
+        out = subprocess.run([LOGLET_BIN, "tail", "--socket", self.sock, "--pod", "web-0", "--tail=1", "--color", "always"],
                              capture_output=True, text=True, timeout=20)
         e = [e for e in exp if e[1] == "web-0"][-1]
         self.assertRegex(out.stdout, "^" + re.escape(e[5]) + r" \x1b\[\d+mshop/web-0\x1b\[0m/\x1b\[\d+mapp\x1b\[0m "
