@@ -190,7 +190,7 @@ static int start(struct agent *agent, char *err, size_t errlen)
         }
         agent->api = api_start(cfg, agent->livetail, agent->collector, err, errlen);
         if (!agent->api && err[0]) return -1;
-        if (agent->api) output_set_livetail(agent->output, agent->livetail);
+        if (agent->api) collector_set_livetail(agent->collector, agent->livetail);
         if (agent->api && strcmp(agent->metadata->ops->name, "kubernetes") == 0)
             api_set_job_label(agent->api, metadata_job_name, agent->metadata);
     }

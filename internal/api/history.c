@@ -21,37 +21,55 @@
  * to max_line_bytes; the docker buffer only for docker files). */
 #define HISTORY_READ_BYTES (32 * 1024)
 
+/* One file of a container's set, opened when the set was listed. */
+struct history_file {
+    char *path;
+    int fd;
+    dev_t dev;
+    ino_t ino;
+    bool gz;
+};
+
 struct history_container {
     struct parser_path_meta meta;
     char *dir;
-    char **files; /* oldest first */
+    struct history_file *files; /* oldest first; every fd open from the scan until history_finish() */
     size_t nfiles;
-    /* Iteration. Invariant: fd >= 0 iff a file is open; gz only for a .gz
-     * file; buf[pos, len) is read but not consumed; `base` is the file
-     * offset of buf[0] (uncompressed for .gz); `done` is the offset after
-     * the last complete logical line (a partial one may follow it). */
-    size_t next_file;
-    int fd;
+    /* Iteration. Invariant: cur >= 0 iff a file is being read (files[cur]);
+     * gz is set only for a .gz file; buf[pos, len) is read but not consumed;
+     * `base` is the file offset of buf[0] (uncompressed for .gz); `done` is
+     * the offset after the last complete logical line. */
+    long cur;
     gzFile gz;
-    dev_t dev;
-    ino_t ino;
-    bool is_last; /* the open file is the current one (the last listed) */
+    bool is_last; /* files[cur] is the current file (the last listed) */
     char *buf;
     size_t pos, len;
     uint64_t base, done;
-    /* A logical line being joined from partial pieces. */
+    /* A logical line being joined from partial pieces, and what of the
+     * physical line being taken is not in it yet (a line longer than
+     * max_line_bytes goes out in pieces of that size, as the collector
+     * sends it; `rest` points into buf or scratch, consumed before any
+     * further read). */
     char *line;
     size_t line_len, line_cap, line_max;
     int64_t line_ts;
     int line_stream;
+    const char *rest;
+    size_t rest_len;
+    bool rest_partial, rest_pending, pieces_out, yielded;
     char *scratch; /* docker unescaping */
     uint64_t number, stop_at;
     bool has_pending, done_all;
     struct history_line pending;
     int64_t last_ts;
     size_t index; /* in the scan */
-    /* Plain files read to their end before the last one, so a follower
-     * can skip what the collector still delivers of them. */
+    /* Where the first pass ended (the follower goes on from there; a
+     * second pass for tail_lines ends at the same line): end_file < 0 when
+     * no file was open. */
+    long end_file;
+    uint64_t end_done;
+    /* Plain files before the last one that the first pass read to their end,
+     * so a follower can skip what the collector still sends of them. */
     struct history_file_end *read_files;
     size_t nread, capread;
 };
@@ -62,6 +80,7 @@ struct history {
     size_t n;
     int64_t max_bytes, read_bytes;
     size_t max_line;
+    bool second_pass; /* re-reads what the first pass counted against max_bytes */
 };
 
 /* --- scanning ----------------------------------------------------------- */
@@ -103,9 +122,12 @@ static int cmp_fname(const void *pa, const void *pb)
     return c ? c : (na > nb) - (na < nb);
 }
 
-static int list_dir(struct history_container *c)
+/* The container's file names, sorted oldest first, X and X.gz as one. */
+static int list_dir(const char *dirpath, char ***out, size_t *nout)
 {
-    DIR *d = opendir(c->dir);
+    DIR *d = opendir(dirpath);
+    *out = NULL;
+    *nout = 0;
     if (!d) return -1;
     struct fname *names = NULL;
     size_t n = 0, cap = 0;
@@ -136,13 +158,14 @@ static int list_dir(struct history_container *c)
     closedir(d);
     if (rc == 0 && n) qsort(names, n, sizeof *names, cmp_fname);
     /* X and X.gz both exist while the kubelet compresses: the same lines. */
-    c->files = rc == 0 ? calloc(n ? n : 1, sizeof *c->files) : NULL;
-    if (!c->files) rc = -1;
+    char **paths = rc == 0 ? calloc(n ? n : 1, sizeof *paths) : NULL;
+    size_t np = 0;
+    if (!paths) rc = -1;
     for (size_t i = 0; i < n; i++) {
         bool dup = i + 1 < n && cmp_fname(&names[i], &names[i + 1]) == 0;
         if (rc == 0 && !dup) {
-            if (asprintf(&c->files[c->nfiles], "%s/%s", c->dir, names[i].name) < 0) rc = -1;
-            else c->nfiles++;
+            if (asprintf(&paths[np], "%s/%s", dirpath, names[i].name) < 0) rc = -1;
+            else np++;
         } else if (rc == 0 && dup) {
             /* keep the uncompressed one: it sorts equal; prefer the name without .gz */
             size_t li = strlen(names[i].name);
@@ -155,16 +178,92 @@ static int list_dir(struct history_container *c)
         free(names[i].name);
     }
     free(names);
-    return rc;
+    if (rc != 0) {
+        for (size_t i = 0; i < np; i++) free(paths[i]);
+        free(paths);
+        return -1;
+    }
+    *out = paths;
+    *nout = np;
+    return 0;
+}
+
+static void free_paths(char **paths, size_t n)
+{
+    for (size_t i = 0; i < n; i++) free(paths[i]);
+    free(paths);
+}
+
+static void close_set(struct history_container *c)
+{
+    for (size_t i = 0; i < c->nfiles; i++) {
+        if (c->files[i].fd >= 0) close(c->files[i].fd);
+        free(c->files[i].path);
+    }
+    free(c->files);
+    c->files = NULL;
+    c->nfiles = 0;
+}
+
+/* Whether the directory lists exactly `c`'s files, each still the file
+ * opened under its name. */
+static bool set_unchanged(struct history_container *c)
+{
+    char **paths;
+    size_t n;
+    if (list_dir(c->dir, &paths, &n) != 0) return false;
+    bool same = n == c->nfiles;
+    for (size_t i = 0; same && i < n; i++) {
+        struct stat st;
+        same = strcmp(paths[i], c->files[i].path) == 0 && stat(paths[i], &st) == 0 &&
+               st.st_dev == c->files[i].dev && st.st_ino == c->files[i].ino;
+    }
+    free_paths(paths, n);
+    return same;
+}
+
+/* Opens every file of the container before any is read, so that a rotation,
+ * a compression or a deletion while the history is read (slowly, by a
+ * client on a pipe) cannot make it skip a file or read one twice: the
+ * descriptors stay on the files listed, whatever their names become. A set
+ * that changed between listing and opening is listed again; a directory in
+ * constant churn is read as last opened. */
+static int open_set(struct history_container *c)
+{
+    for (int attempt = 0; attempt < 5; attempt++) {
+        close_set(c);
+        char **paths;
+        size_t n;
+        if (list_dir(c->dir, &paths, &n) != 0) return errno == ENOMEM ? -1 : 0; /* the pod went: no files */
+        c->files = calloc(n ? n : 1, sizeof *c->files);
+        if (!c->files) {
+            free_paths(paths, n);
+            return -1;
+        }
+        bool vanished = false;
+        for (size_t i = 0; i < n; i++) {
+            int fd = open(paths[i], O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+            struct stat st;
+            if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+                if (fd >= 0) close(fd);
+                free(paths[i]);
+                vanished = true; /* rotated or deleted since the listing */
+                continue;
+            }
+            size_t len = strlen(paths[i]);
+            c->files[c->nfiles++] = (struct history_file){paths[i], fd, st.st_dev, st.st_ino, strip_gz(paths[i], len) != len};
+        }
+        free(paths);
+        if (!vanished && set_unchanged(c)) return 0;
+    }
+    return 0;
 }
 
 static void container_free(struct history_container *c)
 {
     if (!c) return;
     if (c->gz) gzclose(c->gz);
-    if (c->fd >= 0) close(c->fd);
-    for (size_t i = 0; i < c->nfiles; i++) free(c->files[i]);
-    free(c->files);
+    close_set(c);
     free(c->dir);
     free(c->buf);
     free(c->line);
@@ -192,12 +291,13 @@ static int add_container(struct history *h, const char *dir, const struct parser
         free(c);
         return -1;
     }
-    c->fd = -1;
+    c->cur = -1;
+    c->end_file = -1;
     c->stop_at = UINT64_MAX;
     c->meta = *meta;
     c->line_max = h->max_line;
     c->dir = strdup(dir);
-    if (!c->dir || list_dir(c) != 0) {
+    if (!c->dir || open_set(c) != 0) {
         container_free(c);
         return -1;
     }
@@ -264,18 +364,61 @@ size_t history_read_files(const struct history_container *c, const struct histor
 
 bool history_end(const struct history_container *c, dev_t *dev, ino_t *ino, uint64_t *offset)
 {
-    if (c->fd < 0 || !c->is_last) return false;
-    *dev = c->dev;
-    *ino = c->ino;
-    *offset = c->done;
+    if (c->end_file < 0 || (size_t)c->end_file + 1 != c->nfiles || c->files[c->end_file].gz ||
+        c->files[c->end_file].fd < 0)
+        return false;
+    *dev = c->files[c->end_file].dev;
+    *ino = c->files[c->end_file].ino;
+    *offset = c->end_done;
     return true;
+}
+
+void history_finish(struct history *h)
+{
+    for (size_t i = 0; i < h->n; i++) {
+        struct history_container *c = h->c[i];
+        if (c->gz) gzclose(c->gz);
+        c->gz = NULL;
+        c->cur = -1;
+        for (size_t k = 0; k + 1 < c->nfiles; k++) {
+            if (c->files[k].fd >= 0) close(c->files[k].fd);
+            c->files[k].fd = -1;
+        }
+        if (c->nfiles && c->files[c->nfiles - 1].gz && c->files[c->nfiles - 1].fd >= 0) {
+            close(c->files[c->nfiles - 1].fd);
+            c->files[c->nfiles - 1].fd = -1;
+        }
+    }
+}
+
+bool history_holds(const struct history_container *c)
+{
+    return c->nfiles && c->files[c->nfiles - 1].fd >= 0;
+}
+
+int history_nlink(const struct history_container *c)
+{
+    struct stat st;
+    if (!history_holds(c) || fstat(c->files[c->nfiles - 1].fd, &st) != 0) return -1;
+    return (int)st.st_nlink;
+}
+
+void history_let_go(struct history_container *c)
+{
+    if (c->gz) gzclose(c->gz);
+    c->gz = NULL;
+    c->cur = -1;
+    for (size_t k = 0; k < c->nfiles; k++) {
+        if (c->files[k].fd >= 0) close(c->files[k].fd);
+        c->files[k].fd = -1;
+    }
 }
 
 /* --- reading ------------------------------------------------------------ */
 
-static void remember_read(struct history_container *c)
+static void remember_read(struct history *h, struct history_container *c)
 {
-    if (c->fd < 0 || c->gz) return;
+    if (h->second_pass || c->cur < 0 || c->gz) return;
     if (c->nread == c->capread) {
         size_t cap = c->capread ? c->capread * 2 : 8;
         struct history_file_end *g = realloc(c->read_files, cap * sizeof *g);
@@ -283,49 +426,41 @@ static void remember_read(struct history_container *c)
         c->read_files = g;
         c->capread = cap;
     }
-    c->read_files[c->nread++] = (struct history_file_end){c->dev, c->ino, c->done};
+    c->read_files[c->nread++] = (struct history_file_end){c->files[c->cur].dev, c->files[c->cur].ino, c->done};
 }
 
 static void close_file(struct history_container *c)
 {
     if (c->gz) gzclose(c->gz); /* closes its own descriptor (a dup) */
     c->gz = NULL;
-    if (c->fd >= 0) close(c->fd);
-    c->fd = -1;
+    c->cur = -1;
 }
 
-/* Opens the next listed file that can be opened; false when none is left. */
-static bool open_next(struct history_container *c)
+/* Moves on to the next file of the set; false when none is left. */
+static bool open_next(struct history *h, struct history_container *c, size_t next)
 {
-    remember_read(c);
+    if (c->cur >= 0) remember_read(h, c);
     close_file(c);
-    while (c->next_file < c->nfiles) {
-        const char *path = c->files[c->next_file++];
-        if (!c->buf && !(c->buf = malloc(HISTORY_READ_BYTES))) return false;
-        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        if (fd < 0) continue; /* rotated or deleted since the listing */
-        struct stat st;
-        if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-            close(fd);
-            continue;
-        }
-        size_t len = strlen(path);
-        if (strip_gz(path, len) != len) {
-            int dup_fd = dup(fd);
-            c->gz = dup_fd >= 0 ? gzdopen(dup_fd, "rb") : NULL;
-            if (!c->gz) {
+    if (!c->buf && !(c->buf = malloc(HISTORY_READ_BYTES))) return false;
+    for (; next < c->nfiles; next++) {
+        struct history_file *hf = &c->files[next];
+        if (hf->fd < 0) continue;
+        if (hf->gz) {
+            /* zlib reads through a duplicate, which shares the file offset:
+             * rewound, since a second pass reads the file again. */
+            int dup_fd = dup(hf->fd);
+            if (dup_fd < 0 || lseek(dup_fd, 0, SEEK_SET) != 0 || !(c->gz = gzdopen(dup_fd, "rb"))) {
                 if (dup_fd >= 0) close(dup_fd);
-                close(fd);
                 continue;
             }
         }
-        c->fd = fd;
-        c->dev = st.st_dev;
-        c->ino = st.st_ino;
-        c->is_last = c->next_file == c->nfiles && !c->gz;
+        c->cur = (long)next;
+        c->is_last = next + 1 == c->nfiles && !hf->gz;
         c->pos = c->len = 0;
         c->base = c->done = 0;
         c->line_len = 0;
+        c->rest_len = 0;
+        c->rest_pending = c->pieces_out = false;
         return true;
     }
     return false;
@@ -356,14 +491,14 @@ static ssize_t fill(struct history *h, struct history_container *c, uint64_t lim
         r = n;
     } else {
         do
-            r = pread(c->fd, c->buf + c->len, room, (off_t)file_at);
+            r = pread(c->files[c->cur].fd, c->buf + c->len, room, (off_t)file_at);
         while (r < 0 && errno == EINTR);
         if (r < 0) {
             snprintf(err, errlen, "reading in %s: %s", c->dir, strerror(errno));
             return -1;
         }
     }
-    h->read_bytes += r;
+    if (!h->second_pass) h->read_bytes += r;
     if (h->read_bytes > h->max_bytes) {
         snprintf(err, errlen,
                  "history is over server.api.max_history_bytes (%lld bytes read): narrow it with since, "
@@ -380,7 +515,7 @@ static void append_piece(struct history_container *c, const char *p, size_t n)
     if (c->line_len + n > c->line_cap && c->line_cap < c->line_max) {
         size_t cap = c->line_cap ? c->line_cap * 2 : 1024;
         while (cap < c->line_len + n) cap *= 2;
-        if (cap > c->line_max) cap = c->line_max;
+        if (cap > c->line_max + 4) cap = c->line_max + 4; /* a piece may run 3 bytes past, to end a character */
         char *g = realloc(c->line, cap);
         if (g) {
             c->line = g;
@@ -388,44 +523,100 @@ static void append_piece(struct history_container *c, const char *p, size_t n)
         }
     }
     size_t room = c->line_cap - c->line_len;
-    if (n > room) n = room; /* longer than max_line_bytes (or out of memory): the rest is cut */
+    if (n > room) n = room; /* out of memory: the rest is cut */
     memcpy(c->line + c->line_len, p, n);
     c->line_len += n;
 }
 
-/* Parses one physical line; true when a logical line is complete in
- * c->line (ts, stream). */
-static bool take_physical(struct history_container *c, const char *p, size_t n)
+static bool utf8_continuation(char ch) { return ((unsigned char)ch & 0xC0) == 0x80; }
+
+/* Where the collector cuts a piece (tail.c's piece_cut): on a UTF-8
+ * boundary, so pieces are the same bytes in history and follow. */
+static size_t piece_cut(const char *s, size_t len, size_t room)
+{
+    size_t cut = room;
+    for (int back = 0; back < 3 && cut > 0 && utf8_continuation(s[cut]); back++) cut--;
+    if (!utf8_continuation(s[cut])) return cut;
+    if (cut > 0) return room;
+    size_t forward = 0;
+    while (forward < len && forward < 3 && utf8_continuation(s[forward])) forward++;
+    return forward;
+}
+
+/* Parses one physical line into c->rest (its content, not yet in the line)
+ * and the line's time and stream when it starts one. */
+static void take_physical(struct history_container *c, const char *p, size_t n)
 {
     struct parser_line pl;
     bool truncated;
     if (n > 0 && p[n - 1] == '\r') n--;
     bool docker = n > 0 && p[0] == '{' && (c->scratch || (c->scratch = malloc(HISTORY_READ_BYTES)));
+    bool starts = c->line_len == 0 && !c->pieces_out;
     if (parser_cri_line(p, n, &pl) == 0 ||
         (docker && parser_docker_line(p, n, c->scratch, HISTORY_READ_BYTES, &pl, &truncated) == 0)) {
-        if (c->line_len == 0) {
+        if (starts) {
             c->line_ts = pl.ts_ns;
             c->line_stream = pl.stream;
         }
-        append_piece(c, pl.content, pl.content_len);
-        return !pl.partial;
+        c->rest = pl.content;
+        c->rest_len = pl.content_len;
+        c->rest_partial = pl.partial;
+    } else {
+        /* Not in either format: as the collector, shipped as it is, at the
+         * time of the line before it. */
+        if (starts) {
+            c->line_ts = c->last_ts;
+            c->line_stream = PARSER_STREAM_UNKNOWN;
+        }
+        c->rest = p;
+        c->rest_len = n;
+        c->rest_partial = false;
     }
-    /* Not in either format: as the collector, shipped as it is, at the
-     * time of the line before it. */
-    if (c->line_len == 0) {
-        c->line_ts = c->last_ts;
-        c->line_stream = PARSER_STREAM_UNKNOWN;
-    }
-    append_piece(c, p, n);
-    return true;
+    c->rest_pending = true;
 }
 
-/* The next logical line of c (up to file offset `limit` in the last file),
- * into c->pending; 1, 0 when c has no more, -1 on error. */
+/* Yields c->line as the next line (or piece of one). */
+static int yield(struct history_container *c, bool complete)
+{
+    bool continued = c->pieces_out;
+    if (!continued) c->number++;
+    if (complete) {
+        c->done = c->base + c->pos;
+        c->last_ts = c->line_ts;
+        c->pieces_out = false;
+    } else {
+        c->pieces_out = true;
+    }
+    c->pending = (struct history_line){c->line_ts, c->line_stream, c->line, c->line_len, c->number, continued};
+    c->yielded = true;
+    return 1;
+}
+
+/* The next logical line of c, or piece of one longer than max_line_bytes
+ * (up to file offset `limit` in the last file), into c->pending; 1, 0 when
+ * c has no more, -1 on error. */
 static int read_line(struct history *h, struct history_container *c, uint64_t limit, char *err, size_t errlen)
 {
+    if (c->yielded) {
+        c->line_len = 0;
+        c->yielded = false;
+    }
     for (;;) {
-        if (c->fd < 0 && !open_next(c)) return 0;
+        if (c->rest_pending) {
+            size_t room = c->line_max > c->line_len ? c->line_max - c->line_len : 0;
+            if (c->rest_len > room) {
+                size_t cut = piece_cut(c->rest, c->rest_len, room);
+                append_piece(c, c->rest, cut);
+                c->rest += cut;
+                c->rest_len -= cut;
+                return yield(c, false);
+            }
+            append_piece(c, c->rest, c->rest_len);
+            c->rest_len = 0;
+            c->rest_pending = false;
+            if (!c->rest_partial) return yield(c, true);
+        }
+        if (c->cur < 0 && !open_next(h, c, 0)) return 0;
         char *nl = memchr(c->buf + c->pos, '\n', c->len - c->pos);
         if (!nl) {
             if (c->len - c->pos == HISTORY_READ_BYTES) {
@@ -436,34 +627,29 @@ static int read_line(struct history *h, struct history_container *c, uint64_t li
                 if (r < 0) return -1;
                 if (r > 0) continue;
                 /* EOF. The last file stays open: a follower goes on from it. */
-                if (c->is_last || c->next_file >= c->nfiles) return 0;
-                if (!open_next(c)) return 0;
+                if (c->is_last || (size_t)c->cur + 1 >= c->nfiles) return 0;
+                if (!open_next(h, c, (size_t)c->cur + 1)) return 0;
                 continue;
             }
         }
         size_t n = (size_t)(nl - (c->buf + c->pos));
         const char *p = c->buf + c->pos;
-        bool done = take_physical(c, p, *nl == '\n' ? n : n + 1);
-        c->pos += n + 1;
-        if (!done) continue;
-        c->done = c->base + c->pos;
-        c->number++;
-        c->last_ts = c->line_ts;
-        c->pending = (struct history_line){c->line_ts, c->line_stream, c->line, c->line_len, c->number};
-        c->line_len = 0;
-        return 1;
+        take_physical(c, p, *nl == '\n' ? n : n + 1);
+        c->pos += n + 1; /* rest points into buf still: nothing is read until it is taken */
     }
 }
 
 void history_rewind(struct history *h, const uint64_t *stop_at)
 {
+    h->second_pass = true;
     for (size_t i = 0; i < h->n; i++) {
         struct history_container *c = h->c[i];
         close_file(c);
-        c->nread = 0;
-        c->next_file = 0;
         c->number = 0;
         c->last_ts = 0;
+        c->line_len = 0;
+        c->rest_len = 0;
+        c->rest_pending = c->pieces_out = c->yielded = false;
         c->has_pending = c->done_all = false;
         c->stop_at = stop_at ? stop_at[i] : UINT64_MAX;
     }
@@ -476,10 +662,20 @@ int history_next(struct history *h, struct history_container **out, struct histo
     for (size_t i = 0; i < h->n; i++) {
         struct history_container *c = h->c[i];
         if (!c->has_pending && !c->done_all) {
-            int r = c->number >= c->stop_at ? 0 : read_line(h, c, UINT64_MAX, err, errlen);
+            /* The second pass stops after the first pass's last line (and
+             * the pieces of it), not at a piece of the next one. */
+            int r = c->number >= c->stop_at && !c->pieces_out ? 0 : read_line(h, c, UINT64_MAX, err, errlen);
+            if (r > 0 && c->pending.number > c->stop_at) r = 0;
             if (r < 0) return -1;
-            if (r == 0) c->done_all = true;
-            else c->has_pending = true;
+            if (r == 0) {
+                c->done_all = true;
+                if (!h->second_pass) {
+                    c->end_file = c->cur;
+                    c->end_done = c->done;
+                }
+            } else {
+                c->has_pending = true;
+            }
         }
         if (c->has_pending && (!best || c->pending.ts_ns < best->pending.ts_ns)) best = c;
     }
@@ -490,15 +686,24 @@ int history_next(struct history *h, struct history_container **out, struct histo
     return 1;
 }
 
-long history_read_on(struct history_container *c, uint64_t to,
+long history_read_on(struct history_container *c, uint64_t from, uint64_t to,
                      void (*emit)(void *ctx, struct history_container *c, const struct history_line *l), void *ctx,
                      char *err, size_t errlen)
 {
-    if (c->fd < 0 || !c->is_last || to <= c->done) return 0;
+    if (!history_holds(c) || c->files[c->nfiles - 1].gz || to <= from) return 0;
     struct history h = {.max_bytes = INT64_MAX};
-    c->base = c->done;
+    close_file(c);
+    c->cur = (long)c->nfiles - 1;
+    c->is_last = true;
+    if (!c->buf && !(c->buf = malloc(HISTORY_READ_BYTES))) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    c->base = c->done = from;
     c->pos = c->len = 0;
     c->line_len = 0;
+    c->rest_len = 0;
+    c->rest_pending = c->pieces_out = c->yielded = false;
     long n = 0;
     for (;;) {
         int r = read_line(&h, c, to, err, errlen);

@@ -8,15 +8,24 @@
  * Contract:
  *  - history_scan() finds the selected containers by the collector's globs
  *    (the kubelet's symlinks) and groups them by log directory, so a pod
- *    restart (a new <n>.log beside the old) is one container.
+ *    restart (a new <n>.log beside the old) is one container. It opens every
+ *    file of each container before anything is read (listing again when the
+ *    set changed meanwhile), so a rotation, compression or deletion during
+ *    the read can neither skip a file nor read one twice.
  *  - history_next() yields the containers' lines merged in timestamp order
- *    (ties: the order of the scan); only complete lines are yielded, and
- *    after it returns 0 each container remembers the current file it ended
- *    in (kept open, by device and inode) and the offset after its last
- *    complete line, so a follower can go on from there exactly.
- *  - Every byte read counts against `max_bytes`; beyond it history_next()
+ *    (ties: the order of the scan); only complete lines are yielded, a line
+ *    longer than max_line_bytes as pieces of that size cut where the
+ *    collector cuts them (`continued` on all but the first, which share its
+ *    number). After the first pass returns 0 each container remembers the
+ *    current file it ended in (kept open) and the offset after its last
+ *    complete line, so a follower can go on from there exactly; a second
+ *    pass (history_rewind) changes neither.
+ *  - Every byte the first pass reads counts against `max_bytes` (a second
+ *    pass reads the same bytes again, uncounted); beyond it history_next()
  *    returns -1 with a message saying so. Allocation is per container and
  *    per request (a read buffer, a line buffer), never per line.
+ *  - history_finish() closes every file but each container's current one;
+ *    history_let_go() closes that one too (a follower done with it).
  */
 #ifndef LOGLET_API_HISTORY_H
 #define LOGLET_API_HISTORY_H
@@ -35,6 +44,7 @@ struct history_line {
     const char *content;
     size_t len;
     uint64_t number; /* 1-based within the container */
+    bool continued;  /* a piece after the first of a long line */
 };
 
 struct history_container;
@@ -76,10 +86,18 @@ struct history_file_end {
     uint64_t done;
 };
 size_t history_read_files(const struct history_container *c, const struct history_file_end **files);
-/* Reads c's last file from its end offset up to `to`, yielding each line as
- * history_next() would (numbering on); returns lines yielded or -1. */
-long history_read_on(struct history_container *c, uint64_t to,
+/* Reads c's last file from `from` (a line start) up to `to`, yielding each
+ * line as history_next() would (numbering on from history_lines()); returns
+ * lines yielded or -1. */
+long history_read_on(struct history_container *c, uint64_t from, uint64_t to,
                      void (*emit)(void *ctx, struct history_container *c, const struct history_line *l), void *ctx,
                      char *err, size_t errlen);
+/* After the history is sent: only each container's current file stays open. */
+void history_finish(struct history *h);
+/* Whether c still holds its current file open; its link count (0: deleted),
+ * -1 when not held. */
+bool history_holds(const struct history_container *c);
+int history_nlink(const struct history_container *c);
+void history_let_go(struct history_container *c);
 
 #endif

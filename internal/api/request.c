@@ -240,11 +240,10 @@ static const char *bearer(const char *head, size_t len, size_t *n)
     return NULL;
 }
 
-static bool authorized(const struct api_request_env *env, const char *head, size_t len)
+bool api_request_authorized(const struct config *cfg, const char *head, size_t len)
 {
-    if (!env->tcp) return true; /* the socket's mode is the access control */
     char token[TOKEN_MAX + 1], why[512];
-    if (api_token_load(env->cfg->server.api.bearer_token_file, token, sizeof token, why, sizeof why) != 0) {
+    if (api_token_load(cfg->server.api.bearer_token_file, token, sizeof token, why, sizeof why) != 0) {
         log_warn("api: refusing TCP requests: server.api.bearer_token_file: %s", why);
         return false;
     }
@@ -267,6 +266,13 @@ struct logs {
     bool limit_hit;
     char **dirs; /* of the files the collector tails; NULL: no collector, all */
     size_t ndirs;
+    bool dirs_failed; /* out of memory taking them: answered 500 */
+    /* The sources the collector tailed when this follower subscribed (each
+     * a reference), to bind the history's files to, and the live tail's
+     * generation then. */
+    struct source **tailed;
+    size_t ntailed, captailed;
+    uint64_t sub_gen;
 };
 
 static bool grep_ok(struct logs *lg, const char *s, size_t n)
@@ -346,30 +352,62 @@ static bool dir_allowed(void *ctx, const char *dir)
     return false;
 }
 
-/* The directories of the files the collector tails now (its snapshot). */
-static int load_dirs(struct logs *lg)
+static void add_dir(struct logs *lg, const char *real_path)
+{
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", real_path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) return;
+    *slash = '\0';
+    if (!lg->dirs || dir_allowed(lg, dir)) return;
+    if (lg->ndirs % 64 == 0) {
+        char **g = realloc(lg->dirs, (lg->ndirs + 64) * sizeof *g);
+        if (!g) {
+            lg->dirs_failed = true;
+            return;
+        }
+        lg->dirs = g;
+    }
+    if (!(lg->dirs[lg->ndirs] = strdup(dir))) {
+        lg->dirs_failed = true;
+        return;
+    }
+    lg->ndirs++;
+}
+
+/* Under the hub lock (at subscribe, or for a request without follow): the
+ * collector's tailed files are the ones the API serves. Taken from the live
+ * tail's registry, which has a file from before its first line is read, so
+ * a pod started a moment ago is in the history or in the live tail. */
+static void visit_tailed(void *ctx, const struct source *src)
+{
+    struct logs *lg = ctx;
+    add_dir(lg, src->real_path);
+    if (!lg->q.follow || !selects_source(lg, src)) return;
+    if (lg->ntailed == lg->captailed) {
+        size_t cap = lg->captailed ? lg->captailed * 2 : 16;
+        struct source **g = realloc(lg->tailed, cap * sizeof *g);
+        if (!g) return; /* only costs binding: a held file is let go later */
+        lg->tailed = g;
+        lg->captailed = cap;
+    }
+    source_ref((struct source *)src);
+    lg->tailed[lg->ntailed++] = (struct source *)src;
+}
+
+/* Without a live tail: the directories of the collector's snapshot. */
+static int load_dirs_snapshot(struct logs *lg)
 {
     struct collector *c = lg->env->collector;
     if (!c) return 0;
     size_t n = collector_targets(c, NULL, 0);
     struct collector_target *t = calloc(n ? n : 1, sizeof *t);
-    lg->dirs = calloc(n ? n : 1, sizeof *lg->dirs);
-    if (!t || !lg->dirs) {
-        free(t);
-        return -1;
-    }
+    if (!t) return -1;
     size_t got = collector_targets(c, t, n);
     if (got < n) n = got;
-    for (size_t i = 0; i < n; i++) {
-        char *slash = strrchr(t[i].real_path, '/');
-        if (!slash) continue;
-        *slash = '\0';
-        if (dir_allowed(lg, t[i].real_path)) continue;
-        if (!(lg->dirs[lg->ndirs] = strdup(t[i].real_path))) break;
-        lg->ndirs++;
-    }
+    for (size_t i = 0; i < n; i++) add_dir(lg, t[i].real_path);
     free(t);
-    return 0;
+    return lg->dirs_failed ? -1 : 0;
 }
 
 /* History, oldest first, merged; with tail_lines a first pass counts each
@@ -393,6 +431,7 @@ static int send_history(struct logs *lg, struct history *h, char *err, size_t er
         }
         while ((r = history_next(h, &c, &l, err, errlen)) > 0)
             if (wanted(lg, l.ts_ns, l.stream, l.content, l.len)) matched[history_index(c)]++;
+        /* tail_lines counts what is sent: a piece of a long line is one. */
         if (r < 0) goto done;
         for (size_t i = 0; i < n; i++) stop[i] = history_lines(history_at(h, i));
         history_rewind(h, stop);
@@ -413,15 +452,24 @@ done:
     return r;
 }
 
-/* What a follower knows of one file: where it has its lines up to. */
+/* What a follower knows of one file: where it has its lines up to.
+ * Invariants: `src` set once the live tail's source of the file is known
+ * (a reference); until then the file is known by device and inode, and a
+ * source is taken for it only if the two held the inode at once (their
+ * generations overlap: see livetail.h), so a reused inode is another file.
+ * !started: lines up to `upto` came from the history; `hc` set while the
+ * history still holds the file open, to read from it what the live tail
+ * has not brought (the rest of a straddling entry, a gap). */
 struct followed {
+    struct source *src;
     dev_t dev;
     ino_t ino;
-    uint64_t upto;      /* file offset up to which its lines were sent */
-    uint64_t next_seq;  /* the live tail's number of the next record */
-    bool from_history, started;
-    struct history_container *hc; /* from_history: to read on from */
-    uint64_t *number;   /* the container's line counter */
+    uint64_t gen_from, gen_to; /* the history held it between these (gen_to: UINT64_MAX while held) */
+    uint64_t upto;             /* file offset up to which its lines were sent */
+    uint64_t next_seq;         /* the live tail's number of the next record */
+    bool started, seen;
+    struct history_container *hc;
+    uint64_t *number; /* the container's line counter */
 };
 
 struct counter {
@@ -436,6 +484,7 @@ struct follow_state {
     size_t nfiles, capfiles;
     struct counter **ctrs;
     size_t nctrs;
+    uint64_t missed; /* to say in the next error object */
 };
 
 static uint64_t *counter_for(struct follow_state *fs, const char *dir)
@@ -466,6 +515,52 @@ static struct followed *followed_add(struct follow_state *fs)
     return f;
 }
 
+static bool same_file(const struct followed *f, const struct source *src)
+{
+    if (f->src || f->dev != src->dev || f->ino != src->ino) return false;
+    uint64_t closed = atomic_load(&((struct source *)src)->livetail_close_gen);
+    return src->livetail_open_gen < f->gen_to && (closed == 0 || closed > f->gen_from);
+}
+
+static struct followed *find_bound(struct follow_state *fs, const struct source *src)
+{
+    for (size_t i = 0; i < fs->nfiles; i++)
+        if (fs->files[i].src == src) return &fs->files[i];
+    return NULL;
+}
+
+/* The follower's record of src's file: bound, taken over from the history,
+ * or new (numbered on from its directory's counter). NULL: out of memory. */
+static struct followed *followed_for(struct follow_state *fs, struct source *src)
+{
+    struct followed *f = find_bound(fs, src);
+    if (f) return f;
+    for (size_t i = 0; i < fs->nfiles && !f; i++)
+        if (same_file(&fs->files[i], src)) f = &fs->files[i];
+    if (f) {
+        source_ref(src);
+        f->src = src;
+        return f;
+    }
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", src->real_path);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = '\0';
+    uint64_t *num = counter_for(fs, dir);
+    if (!num || !(f = followed_add(fs))) return NULL;
+    source_ref(src);
+    f->src = src;
+    f->dev = src->dev;
+    f->ino = src->ino;
+    f->number = num;
+    f->started = true;
+    /* A file tailed since before this follower came, that its history did
+     * not have (its link gone): its earlier lines were never this
+     * follower's. One tailed since: every record of it is. */
+    f->next_seq = src->livetail_open_gen < fs->lg->sub_gen ? UINT64_MAX : 0;
+    return f;
+}
+
 static void emit_read_on(void *ctx, struct history_container *c, const struct history_line *l)
 {
     struct logs *lg = ctx;
@@ -473,54 +568,89 @@ static void emit_read_on(void *ctx, struct history_container *c, const struct hi
         emit(lg, history_meta(c), l->ts_ns, l->stream, l->content, l->len, l->number);
 }
 
+/* Sends f's lines from upto to `to` from the file the history holds. */
+static int read_from_file(struct follow_state *fs, struct followed *f, uint64_t to, char *err, size_t errlen)
+{
+    history_set_lines(f->hc, *f->number);
+    if (history_read_on(f->hc, f->upto, to, emit_read_on, fs->lg, err, errlen) < 0) return -1;
+    *f->number = history_lines(f->hc);
+    f->upto = to;
+    return 0;
+}
+
+static void let_go(struct follow_state *fs, struct followed *f)
+{
+    if (!f->hc) return;
+    history_let_go(f->hc);
+    f->hc = NULL;
+    f->gen_to = livetail_generation(fs->lg->env->hub);
+}
+
+/* Entries of f's source that did not fit the queue: read from the file
+ * while the history holds it, else counted as missed. */
+static int follow_gap(struct follow_state *fs, const struct livetail_gap *g, char *err, size_t errlen)
+{
+    struct followed *f = followed_for(fs, g->source);
+    if (!f) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    if (f->next_seq == UINT64_MAX) f->next_seq = g->first_seq;
+    f->seen = true;
+    if (!f->started && g->end_offset <= f->upto) {
+        f->next_seq = g->end_seq; /* the history sent them */
+        return 0;
+    }
+    if (f->hc && history_holds(f->hc)) {
+        if (read_from_file(fs, f, g->end_offset, err, errlen) != 0) return -1;
+        f->started = true;
+        f->next_seq = g->end_seq;
+        return 0;
+    }
+    uint64_t from = g->first_seq > f->next_seq ? g->first_seq : f->next_seq;
+    if (g->end_seq > from) {
+        fs->missed += g->end_seq - from;
+        *f->number += g->end_seq - from; /* as lines: a long line's pieces count each */
+    }
+    f->started = true;
+    f->upto = g->end_offset;
+    f->next_seq = g->end_seq;
+    return 0;
+}
+
 /* One live-tail entry: skipped when history had it, read from the file
  * when it straddles the history's end, else sent record by record. */
 static int follow_entry(struct follow_state *fs, const struct livetail_entry *e, char *err, size_t errlen)
 {
-    const struct source *src = e->source;
-    struct followed *f = NULL;
-    for (size_t i = 0; i < fs->nfiles && !f; i++)
-        if (fs->files[i].dev == src->dev && fs->files[i].ino == src->ino) f = &fs->files[i];
+    struct source *src = e->source;
+    struct followed *f = followed_for(fs, src);
     if (!f) {
-        char dir[4096];
-        snprintf(dir, sizeof dir, "%s", src->real_path);
-        char *slash = strrchr(dir, '/');
-        if (slash) *slash = '\0';
-        uint64_t *num = counter_for(fs, dir);
-        if (!num || !(f = followed_add(fs))) {
-            snprintf(err, errlen, "out of memory");
-            return -1;
-        }
-        f->dev = src->dev;
-        f->ino = src->ino;
-        f->number = num;
-        f->started = true;
-        /* Not in the history, so opened after it was read: every record of it
-         * went out after this follower subscribed, and those before this
-         * entry were missed (the live tail numbers a source's records from 0). */
-        f->next_seq = 0;
+        snprintf(err, errlen, "out of memory");
+        return -1;
     }
     uint64_t end_seq = e->first_seq + e->records;
+    if (f->next_seq == UINT64_MAX) f->next_seq = e->first_seq;
+    f->seen = true;
     if (!f->started) {
         if (e->end_offset <= f->upto) {
             f->next_seq = end_seq;
             return 0;
         }
-        if (!f->hc) f->started = true; /* a rotated file that grew after the history read it: rare */
+        if (f->hc && history_holds(f->hc)) {
+            if (read_from_file(fs, f, e->end_offset, err, errlen) != 0) return -1;
+            f->started = true;
+            f->next_seq = end_seq;
+            return 0;
+        }
+        f->started = true; /* a rotated file that grew after the history read it: rare */
     }
-    if (!f->started) {
-        history_set_lines(f->hc, *f->number);
-        if (history_read_on(f->hc, e->end_offset, emit_read_on, fs->lg, err, errlen) < 0) return -1;
-        *f->number = history_lines(f->hc);
-        f->started = true;
-        f->upto = e->end_offset;
-        f->next_seq = end_seq;
-        return 0;
+    if (e->first_seq > f->next_seq) {
+        fs->missed += e->first_seq - f->next_seq;
+        *f->number += e->first_seq - f->next_seq;
     }
-    if (e->first_seq > f->next_seq) *f->number += e->first_seq - f->next_seq; /* entries this follower missed */
     const struct source_record *rec = livetail_entry_first(e);
     for (uint32_t i = 0; i < e->records; i++, rec = source_record_next(rec)) {
-        ++*f->number;
+        if (!(rec->flags & SOURCE_RECORD_CONTINUED)) ++*f->number; /* a piece shares its line's number */
         const char *s = source_record_content(rec);
         if (wanted(fs->lg, rec->ts_ns, rec->stream, s, rec->len))
             emit(fs->lg, &src->meta, rec->ts_ns, rec->stream, s, rec->len, *f->number);
@@ -528,6 +658,39 @@ static int follow_entry(struct follow_state *fs, const struct livetail_entry *e,
     f->upto = e->end_offset;
     f->next_seq = end_seq;
     return 0;
+}
+
+/* A gap can be made up once every queued entry of its source before it is
+ * done: its source's next record is the gap's first. */
+static bool gap_ready(void *ctx, const struct livetail_gap *g)
+{
+    struct followed *f = find_bound(ctx, g->source);
+    return f && f->seen && f->next_seq == g->first_seq;
+}
+
+static int take_gaps(struct follow_state *fs, struct livetail_sub *sub, bool queue_empty, char *err, size_t errlen)
+{
+    struct livetail_gap g;
+    while (livetail_take_gap(fs->lg->env->hub, sub, queue_empty ? NULL : gap_ready, fs, &g)) {
+        int rc = follow_gap(fs, &g, err, errlen);
+        source_unref(g.source);
+        if (rc != 0) return -1;
+    }
+    return 0;
+}
+
+/* With nothing queued: files the follower holds that nobody else needs
+ * are let go, so a deleted pod's files do not stay on disk for as long
+ * as `loglet tail -f` runs. The collector closed the file (every line of
+ * it is out), or it is deleted and nobody tails it. */
+static void let_go_drained(struct follow_state *fs)
+{
+    for (size_t i = 0; i < fs->nfiles; i++) {
+        struct followed *f = &fs->files[i];
+        if (!f->hc) continue;
+        bool closed = f->src && atomic_load(&f->src->livetail_close_gen) != 0;
+        if (closed || (!f->src && history_nlink(f->hc) == 0)) let_go(fs, f);
+    }
 }
 
 /* Whether the client closed its side (a follower's only way to say stop). */
@@ -538,41 +701,58 @@ static bool client_gone(int fd)
     return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
-static int follow(struct logs *lg, struct history *h, struct livetail_sub *sub, char *err, size_t errlen)
+static int follow_setup(struct follow_state *fs, struct history *h, uint64_t gen_from, uint64_t gen_closed,
+                        char *err, size_t errlen)
 {
-    struct follow_state fs = {.lg = lg, .h = h};
-    int rc = 0;
+    struct logs *lg = fs->lg;
     for (size_t i = 0; i < history_count(h); i++) {
         struct history_container *c = history_at(h, i);
-        uint64_t *num = counter_for(&fs, history_dir(c));
-        if (!num) {
-            snprintf(err, errlen, "out of memory");
-            rc = -1;
-            goto done;
-        }
+        uint64_t *num = counter_for(fs, history_dir(c));
+        if (!num) goto oom;
         *num = history_lines(c);
         const struct history_file_end *done;
         size_t nd = history_read_files(c, &done);
         for (size_t k = 0; k < nd; k++) {
-            struct followed *f = followed_add(&fs);
-            if (!f) {
-                snprintf(err, errlen, "out of memory");
-                rc = -1;
-                goto done;
-            }
-            *f = (struct followed){done[k].dev, done[k].ino, done[k].done, 0, true, false, NULL, num};
+            struct followed *f = followed_add(fs);
+            if (!f) goto oom;
+            *f = (struct followed){.dev = done[k].dev, .ino = done[k].ino, .gen_from = gen_from,
+                                   .gen_to = gen_closed, .upto = done[k].done, .number = num};
         }
         dev_t dev;
         ino_t ino;
         uint64_t off;
         if (!history_end(c, &dev, &ino, &off)) continue;
-        struct followed *f = followed_add(&fs);
-        if (!f) {
-            snprintf(err, errlen, "out of memory");
-            rc = -1;
-            goto done;
-        }
-        *f = (struct followed){dev, ino, off, 0, true, false, c, num};
+        struct followed *f = followed_add(fs);
+        if (!f) goto oom;
+        *f = (struct followed){.dev = dev, .ino = ino, .gen_from = gen_from, .gen_to = UINT64_MAX,
+                               .upto = off, .hc = c, .number = num};
+    }
+    /* The files the collector tailed at subscription are bound now, so a
+     * held one is let go as soon as the collector closes it. */
+    for (size_t t = 0; t < lg->ntailed; t++)
+        for (size_t i = 0; i < fs->nfiles; i++)
+            if (same_file(&fs->files[i], lg->tailed[t])) {
+                source_ref(lg->tailed[t]);
+                fs->files[i].src = lg->tailed[t];
+                break;
+            }
+    for (size_t i = 0; i < fs->nfiles; i++) fs->files[i].next_seq = UINT64_MAX; /* from their first entry */
+    return 0;
+oom:
+    snprintf(err, errlen, "out of memory");
+    return -1;
+}
+
+static int follow(struct logs *lg, struct history *h, struct livetail_sub *sub, uint64_t gen_from, char *err,
+                  size_t errlen)
+{
+    struct follow_state fs = {.lg = lg, .h = h};
+    int rc = 0;
+    history_finish(h);
+    uint64_t gen_closed = livetail_generation(lg->env->hub);
+    if (follow_setup(&fs, h, gen_from, gen_closed, err, errlen) != 0) {
+        rc = -1;
+        goto done;
     }
     int64_t checked_ms = metrics_now_ms();
     while (!lg->limit_hit && !lg->o->failed && !atomic_load(lg->env->stop)) {
@@ -584,27 +764,34 @@ static int follow(struct logs *lg, struct history *h, struct livetail_sub *sub, 
             checked_ms = now;
             if (!lg->o->len && client_gone(lg->o->fd)) break;
         }
-        uint64_t missed = livetail_take_missed(sub);
-        if (missed) {
+        fs.missed += livetail_take_missed(sub);
+        if (fs.missed) {
             char msg[256];
             snprintf(msg, sizeof msg,
                      "%llu lines missed: this follower read too slowly for its queue (server.api.subscriber_buffer)",
-                     (unsigned long long)missed);
+                     (unsigned long long)fs.missed);
             out_status(lg->o, "error", msg);
+            fs.missed = 0;
         }
         const struct livetail_entry *e = livetail_next(sub, lg->o->len ? 0 : FOLLOW_WAIT_MS);
         if (!e) {
+            if (take_gaps(&fs, sub, true, err, errlen) != 0) {
+                rc = -1;
+                break;
+            }
+            let_go_drained(&fs);
             if (lg->o->len) out_flush(lg->o);
             else if (client_gone(lg->o->fd)) break;
             continue;
         }
-        if (follow_entry(&fs, e, err, errlen) != 0) {
-            rc = -1;
-            break;
-        }
+        rc = follow_entry(&fs, e, err, errlen);
         livetail_release(sub);
+        if (rc == 0) rc = take_gaps(&fs, sub, false, err, errlen);
+        if (rc != 0) break;
     }
 done:
+    for (size_t i = 0; i < fs.nfiles; i++)
+        if (fs.files[i].src) source_unref(fs.files[i].src);
     free(fs.files);
     for (size_t i = 0; i < fs.nctrs; i++) free(fs.ctrs[i]);
     free(fs.ctrs);
@@ -664,21 +851,32 @@ static void serve_logs(const struct api_request_env *env, struct out *o, const c
         }
     }
     /* Subscribe before reading history: every line is then in one or the
-     * other (or both, and the offsets sort that out). */
+     * other (or both, and the offsets sort that out). The directories served
+     * are those tailed at that moment, taken with the subscription. */
+    lg->dirs = env->collector ? calloc(64, sizeof *lg->dirs) : NULL;
+    if (env->collector && !lg->dirs) lg->dirs_failed = true;
     if (lg->q.follow) {
         if (!env->hub) {
             respond(o, 503, "Service Unavailable", NULL, "follow is not available (no live tail)");
             goto out;
         }
-        if (!(sub = livetail_subscribe(env->hub, selects_source, lg, err, sizeof err))) {
+        lg->sub_gen = livetail_generation(env->hub);
+        if (!(sub = livetail_subscribe(env->hub, selects_source, lg, visit_tailed, lg, err, sizeof err))) {
             respond(o, 503, "Service Unavailable", NULL, err);
             goto out;
         }
+    } else if (env->hub && lg->dirs) {
+        livetail_sources(env->hub, visit_tailed, lg);
+    } else if (lg->dirs && load_dirs_snapshot(lg) != 0) {
+        lg->dirs_failed = true;
     }
-    if (load_dirs(lg) != 0) {
+    if (lg->dirs_failed) {
         respond(o, 500, "Internal Server Error", NULL, "out of memory");
         goto out;
     }
+    /* Files the history opens from now on: a source holding the same inode
+     * later than this is the same file (livetail.h). */
+    uint64_t gen_from = env->hub ? livetail_generation(env->hub) : 0;
     h = history_scan(env->cfg, selects_meta, dir_allowed, lg, env->cfg->server.api.max_history_bytes, err,
                      sizeof err);
     if (!h) {
@@ -688,7 +886,7 @@ static void serve_logs(const struct api_request_env *env, struct out *o, const c
     out_str(o, "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\n"
                "Connection: close\r\n\r\n");
     int rc = send_history(lg, h, err, sizeof err);
-    if (rc == 0 && lg->q.follow && !lg->limit_hit) rc = follow(lg, h, sub, err, sizeof err);
+    if (rc == 0 && lg->q.follow && !lg->limit_hit) rc = follow(lg, h, sub, gen_from, err, sizeof err);
     if (rc < 0) {
         out_status(o, "error", err);
     } else if (!lg->q.follow || lg->limit_hit) {
@@ -706,6 +904,8 @@ out:
     free(lg->clean);
     for (size_t i = 0; i < lg->ndirs; i++) free(lg->dirs[i]);
     free(lg->dirs);
+    for (size_t i = 0; i < lg->ntailed; i++) source_unref(lg->tailed[i]);
+    free(lg->tailed);
     free(lg);
     atomic_fetch_sub(env->active, 1);
 }
@@ -791,7 +991,7 @@ static size_t read_head(const struct api_request_env *env, struct out *o, char *
     }
 }
 
-void api_request_serve(const struct api_request_env *env, int fd)
+void api_request_serve(const struct api_request_env *env, int fd, const char *head, size_t head_len)
 {
     struct out *o = calloc(1, sizeof *o);
     char *buf = malloc(HTTPD_MAX_REQUEST);
@@ -803,13 +1003,21 @@ void api_request_serve(const struct api_request_env *env, int fd)
     o->fd = fd;
     o->stop = env->stop;
     struct httpd_request req;
-    size_t len = read_head(env, o, buf, &req);
+    size_t len = head_len;
+    if (head_len) {
+        memcpy(buf, head, head_len < HTTPD_MAX_REQUEST ? head_len : HTTPD_MAX_REQUEST);
+        if (httpd_parse_request(buf, len, &req) != HTTPD_PARSE_OK) len = 0; /* the listener parsed it: cannot be */
+    } else {
+        len = read_head(env, o, buf, &req);
+    }
     if (len == 0) goto done;
     /* The target: after the method's space, up to the next space. */
     const char *t = memchr(buf, ' ', len);
     const char *te = t ? memchr(t + 1, ' ', len - (size_t)(t + 1 - buf)) : NULL;
     const char *q = t && te ? memchr(t + 1, '?', (size_t)(te - t - 1)) : NULL;
-    if (!authorized(env, buf, req.head_len)) {
+    /* On TCP the listener checked the token before giving a slot (server.c);
+     * on the socket, its mode is the access control. */
+    if (env->tcp && !head_len && !api_request_authorized(env->cfg, buf, req.head_len)) {
         respond(o, 401, "Unauthorized", "WWW-Authenticate: Bearer realm=\"loglet\"\r\n",
                 "a valid bearer token is required (Authorization: Bearer …)");
     } else if (strcmp(req.method, "GET") != 0) {

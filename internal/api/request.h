@@ -27,8 +27,13 @@ struct api_request_env {
     void *job_ctx;
 };
 
-/* Serves one connection to its end; the caller closes fd. */
-void api_request_serve(const struct api_request_env *env, int fd);
+/* Serves one connection to its end; the caller closes fd. `head` (may be
+ * NULL, head_len 0: read it here) is a request head the caller already read
+ * and authorized. */
+void api_request_serve(const struct api_request_env *env, int fd, const char *head, size_t head_len);
+/* Whether the head carries `Authorization: Bearer <the token file's token>`
+ * (the file is read again each time, so the token can be rotated). */
+bool api_request_authorized(const struct config *cfg, const char *head, size_t len);
 
 /* Reads the token file (surrounding whitespace trimmed) into buf (NULL:
  * only check it). 0, or -1 with `why` (unreadable, empty, too long). */

@@ -5,6 +5,14 @@
  * each accepted connection gets a slot (a fixed array of max_subscribers)
  * and a thread, which reads the head, answers and exits. Slots are joined
  * lazily by the listener, and all of them at stop.
+ *
+ * A TCP connection gets no slot until it has proved it holds the token: the
+ * listener itself reads its head (non-blocking, in its poll loop) within
+ * API_AUTH_TIMEOUT_MS, checks the bearer token and only then hands the
+ * connection and its head to a slot; a wrong token is answered 401 there.
+ * At most API_UNAUTH_MAX such connections wait at once, the oldest closed
+ * for a newer one, so anonymous clients that send nothing cannot take the
+ * slots the socket's users (and the token's holders) need.
  */
 #include "api/api.h"
 
@@ -31,11 +39,15 @@
 #include "log/log.h"
 
 #define API_SPARE_SLOTS 4
+#define API_UNAUTH_MAX 32
+#define API_AUTH_TIMEOUT_MS 2000
 
 struct api_slot {
     struct api *api;
     int fd;
     bool tcp;
+    char *head; /* TCP: the head the listener read and authorized; NULL on the socket */
+    size_t head_len;
     pthread_t thread;
     atomic_bool busy;   /* a thread runs (or ran and is not joined yet) */
     atomic_bool exited; /* the thread is done: joinable */
@@ -58,6 +70,13 @@ struct api {
     bool thread_started;
     size_t nslots;
     struct api_slot *slots;
+    /* TCP connections whose head is being read, not yet authorized (fd -1: free). */
+    struct {
+        int fd;
+        int64_t deadline_ms;
+        size_t len;
+        char *buf; /* HTTPD_MAX_REQUEST bytes */
+    } unauth[API_UNAUTH_MAX];
 };
 
 static void close_fd(int fd)
@@ -93,9 +112,12 @@ static void *slot_main(void *arg)
                                   .collector = s->api->collector,
                                   .job_label = s->api->job_label,
                                   .job_ctx = s->api->job_ctx};
-    api_request_serve(&env, s->fd);
+    api_request_serve(&env, s->fd, s->head, s->head_len);
     close_fd(s->fd);
     s->fd = -1;
+    free(s->head);
+    s->head = NULL;
+    s->head_len = 0;
     atomic_store(&s->exited, true);
     return NULL;
 }
@@ -116,6 +138,141 @@ static void refuse_busy(int fd, size_t max)
     close_fd(fd);
 }
 
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Gives fd a slot and a thread; `head` (owned, may be NULL) was read and
+ * authorized by the listener. */
+static void start_slot(struct api *api, int fd, bool tcp, char *head, size_t head_len)
+{
+    reap(api, false);
+    struct api_slot *free_slot = NULL;
+    for (size_t i = 0; i < api->nslots && !free_slot; i++)
+        if (!atomic_load(&api->slots[i].busy)) free_slot = &api->slots[i];
+    if (!free_slot) {
+        free(head);
+        refuse_busy(fd, api->nslots - API_SPARE_SLOTS);
+        return;
+    }
+    free_slot->fd = fd;
+    free_slot->tcp = tcp;
+    free_slot->head = head;
+    free_slot->head_len = head_len;
+    atomic_store(&free_slot->exited, false);
+    atomic_store(&free_slot->busy, true);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int rc = pthread_create(&free_slot->thread, NULL, slot_main, free_slot);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        log_warn("api: cannot start a request thread: %s", strerror(rc));
+        free_slot->head = NULL;
+        free(head);
+        atomic_store(&free_slot->busy, false);
+        refuse_busy(fd, api->nslots - API_SPARE_SLOTS);
+    }
+}
+
+static void answer_and_close(int fd, const char *status, const char *extra, const char *message)
+{
+    char msg[768];
+    int bl = (int)strlen(message) + 32; /* the JSON around it */
+    int n = snprintf(msg, sizeof msg,
+                     "HTTP/1.1 %s\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n"
+                     "Connection: close\r\n\r\n{\"status\":\"error\",\"message\":\"%s\"}\n",
+                     status, extra, bl, message);
+    if (n > 0 && send(fd, msg, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+        log_debug("api: answering %s: %s", status, strerror(errno));
+    close_fd(fd);
+}
+
+static void unauth_drop(struct api *api, size_t i)
+{
+    close_fd(api->unauth[i].fd);
+    api->unauth[i].fd = -1;
+    api->unauth[i].len = 0;
+}
+
+/* A TCP connection waits, slotless, for its head (the oldest waiting one
+ * makes room when all API_UNAUTH_MAX places are taken). */
+static void unauth_add(struct api *api, int fd)
+{
+    size_t at = API_UNAUTH_MAX, oldest = 0;
+    for (size_t i = 0; i < API_UNAUTH_MAX && at == API_UNAUTH_MAX; i++) {
+        if (api->unauth[i].fd < 0) at = i;
+        else if (api->unauth[i].deadline_ms < api->unauth[oldest].deadline_ms) oldest = i;
+    }
+    if (at == API_UNAUTH_MAX) {
+        log_debug("api: %d TCP connections without a request head: closing the oldest", API_UNAUTH_MAX);
+        unauth_drop(api, oldest);
+        at = oldest;
+    }
+    if (!api->unauth[at].buf && !(api->unauth[at].buf = malloc(HTTPD_MAX_REQUEST))) {
+        log_warn("api: out of memory for a request head: connection closed");
+        close_fd(fd);
+        return;
+    }
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) {
+        log_warn("api: cannot make a connection non-blocking: %s", strerror(errno));
+        close_fd(fd);
+        return;
+    }
+    api->unauth[at].fd = fd;
+    api->unauth[at].len = 0;
+    api->unauth[at].deadline_ms = mono_ms() + API_AUTH_TIMEOUT_MS;
+}
+
+/* Reads what a waiting connection sent; with a whole head, authorizes it
+ * and hands it to a slot, or answers and closes it. */
+static void unauth_read(struct api *api, size_t i)
+{
+    int fd = api->unauth[i].fd;
+    char *buf = api->unauth[i].buf;
+    ssize_t r = recv(fd, buf + api->unauth[i].len, HTTPD_MAX_REQUEST - api->unauth[i].len, MSG_DONTWAIT);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    if (r <= 0) {
+        unauth_drop(api, i);
+        return;
+    }
+    api->unauth[i].len += (size_t)r;
+    struct httpd_request req;
+    enum httpd_parse_status st = httpd_parse_request(buf, api->unauth[i].len, &req);
+    if (st == HTTPD_PARSE_INCOMPLETE) return;
+    api->unauth[i].fd = -1;
+    size_t len = api->unauth[i].len;
+    api->unauth[i].len = 0;
+    if (st == HTTPD_PARSE_BAD) {
+        answer_and_close(fd, "400 Bad Request", "", "malformed request");
+    } else if (st == HTTPD_PARSE_TOO_LARGE) {
+        answer_and_close(fd, "431 Request Header Fields Too Large", "", "request head too large");
+    } else if (!api_request_authorized(api->cfg, buf, req.head_len)) {
+        answer_and_close(fd, "401 Unauthorized", "WWW-Authenticate: Bearer realm=\"loglet\"\r\n",
+                         "a valid bearer token is required (Authorization: Bearer ...)");
+    } else {
+        char *head = malloc(len);
+        if (!head) {
+            answer_and_close(fd, "500 Internal Server Error", "", "out of memory");
+            return;
+        }
+        memcpy(head, buf, len);
+        int flags = fcntl(fd, F_GETFL);
+        if (flags >= 0) (void)fcntl(fd, F_SETFL, flags & ~O_NONBLOCK); /* the thread polls before each send */
+        start_slot(api, fd, true, head, len);
+    }
+}
+
+static void unauth_expire(struct api *api, int64_t now)
+{
+    for (size_t i = 0; i < API_UNAUTH_MAX; i++)
+        if (api->unauth[i].fd >= 0 && now >= api->unauth[i].deadline_ms) unauth_drop(api, i);
+}
+
 static void accept_one(struct api *api, int lfd, bool tcp)
 {
     int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
@@ -126,44 +283,33 @@ static void accept_one(struct api *api, int lfd, bool tcp)
         }
         return;
     }
-    reap(api, false);
-    struct api_slot *free_slot = NULL;
-    for (size_t i = 0; i < api->nslots && !free_slot; i++)
-        if (!atomic_load(&api->slots[i].busy)) free_slot = &api->slots[i];
-    if (!free_slot) {
-        refuse_busy(fd, api->nslots - API_SPARE_SLOTS);
-        return;
-    }
-    free_slot->fd = fd;
-    free_slot->tcp = tcp;
-    atomic_store(&free_slot->exited, false);
-    atomic_store(&free_slot->busy, true);
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    int rc = pthread_create(&free_slot->thread, NULL, slot_main, free_slot);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc != 0) {
-        log_warn("api: cannot start a request thread: %s", strerror(rc));
-        atomic_store(&free_slot->busy, false);
-        refuse_busy(fd, api->nslots - API_SPARE_SLOTS);
-    }
+    if (tcp) unauth_add(api, fd);
+    else start_slot(api, fd, false, NULL, 0);
 }
 
 static void *api_main(void *arg)
 {
     struct api *api = arg;
     while (!atomic_load(&api->stop)) {
-        struct pollfd p[3] = {{api->wake_rd, POLLIN, 0}, {api->ufd, POLLIN, 0}, {api->tfd, POLLIN, 0}};
-        int rc = poll(p, 3, 1000);
+        struct pollfd p[3 + API_UNAUTH_MAX] = {{api->wake_rd, POLLIN, 0}, {api->ufd, POLLIN, 0}, {api->tfd, POLLIN, 0}};
+        size_t which[API_UNAUTH_MAX], np = 3;
+        for (size_t i = 0; i < API_UNAUTH_MAX; i++)
+            if (api->unauth[i].fd >= 0) {
+                which[np - 3] = i;
+                p[np++] = (struct pollfd){api->unauth[i].fd, POLLIN, 0};
+            }
+        int rc = poll(p, (nfds_t)np, np > 3 ? 250 : 1000);
         if (rc < 0 && errno != EINTR) {
             log_error("api: poll: %s", strerror(errno));
             nanosleep(&(struct timespec){0, 100 * 1000000L}, NULL);
             continue;
         }
         reap(api, false);
+        unauth_expire(api, mono_ms());
         if (rc <= 0) continue;
         if (p[0].revents) break;
+        for (size_t k = 3; k < np; k++)
+            if (p[k].revents && api->unauth[which[k - 3]].fd == p[k].fd) unauth_read(api, which[k - 3]);
         if (p[1].revents) accept_one(api, api->ufd, false);
         if (p[2].revents) accept_one(api, api->tfd, true);
     }
@@ -289,6 +435,10 @@ void api_stop(struct api *api)
         pthread_join(api->thread, NULL);
     }
     if (api->slots) reap(api, true);
+    for (size_t i = 0; i < API_UNAUTH_MAX; i++) {
+        if (api->unauth[i].fd >= 0) close_fd(api->unauth[i].fd);
+        free(api->unauth[i].buf);
+    }
     close_fd(api->ufd);
     close_fd(api->tfd);
     close_fd(api->wake_rd);
@@ -317,6 +467,7 @@ struct api *api_start(const struct config *cfg, struct livetail *hub, struct col
     api->hub = hub;
     api->collector = collector;
     api->ufd = api->tfd = api->wake_rd = api->wake_wr = -1;
+    for (size_t i = 0; i < API_UNAUTH_MAX; i++) api->unauth[i].fd = -1;
     /* A few slots beyond the limit, so that one request too many is read
      * and answered 503 with a reason rather than reset. */
     api->nslots = (size_t)cfg->server.api.max_subscribers + API_SPARE_SLOTS;

@@ -30,20 +30,22 @@ struct tail_opts {
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: loglet tail [flags]\n"
+            "usage: loglet tail [POD] [flags]\n"
             "\n"
             "Prints the logs of the containers on this node from its files (current, rotated and\n"
             "gzipped), merged in time order across pods; with -f, goes on with new lines.\n"
+            "Flags follow stern's and kubectl's: the pod is the argument, as with stern\n"
+            "(-p is kubectl's --previous; earlier files are always read here).\n"
             "\n"
-            "  -n, --namespace GLOB     namespaces (globs, comma-separated)\n"
-            "  -p, --pod GLOB           pods\n"
+            "  POD, --pod GLOB          pods (globs, comma-separated)\n"
+            "  -n, --namespace GLOB     namespaces\n"
             "  -c, --container GLOB     containers\n"
             "      --exclude-pod GLOB   pods to leave out\n"
-            "      --exclude-container GLOB\n"
+            "  -E, --exclude-container GLOB\n"
             "      --job NAME           a Job's pods (needs Kubernetes metadata)\n"
-            "  -g, --grep REGEX         only lines matching this PCRE2 pattern\n"
+            "  -g, -i, --grep, --include REGEX  only lines matching this PCRE2 pattern\n"
             "      --stream stdout|stderr\n"
-            "      --since DURATION|TIME  e.g. 10m or 2026-01-02T15:04:05Z\n"
+            "  -s, --since DURATION|TIME  e.g. 10m or 2026-01-02T15:04:05Z\n"
             "      --until DURATION|TIME\n"
             "      --tail N             the last N lines of each container (-1: all, the default)\n"
             "      --max-lines N        stop after N lines in total\n"
@@ -73,11 +75,15 @@ struct flag {
     const char *s, *l, *param; /* short, long, query parameter (NULL: handled below) */
 };
 
+/* Short flags are stern's (and kubectl's where they agree): -n, -c, -E,
+ * -i, -s, -f, -o. No -p: kubectl's -p is --previous, so a user's habit
+ * would silently select pods named like a flag's value. */
 static const struct flag flags[] = {
-    {"-n", "--namespace", "namespace"}, {"-p", "--pod", "pod"},       {"-c", "--container", "container"},
-    {NULL, "--exclude-pod", "exclude_pod"}, {NULL, "--exclude-container", "exclude_container"},
-    {NULL, "--job", "job"},             {"-g", "--grep", "grep"},     {NULL, "--stream", "stream"},
-    {NULL, "--since", "since"},         {NULL, "--until", "until"},   {NULL, "--tail", "tail_lines"},
+    {"-n", "--namespace", "namespace"}, {NULL, "--pod", "pod"},       {"-c", "--container", "container"},
+    {NULL, "--exclude-pod", "exclude_pod"}, {"-E", "--exclude-container", "exclude_container"},
+    {NULL, "--job", "job"},             {"-g", "--grep", "grep"},     {"-i", "--include", "grep"},
+    {NULL, "--stream", "stream"},
+    {"-s", "--since", "since"},         {NULL, "--until", "until"},   {NULL, "--tail", "tail_lines"},
     {NULL, "--max-lines", "max_lines"}, {"-o", "--output", NULL},     {NULL, "--color", NULL},
     {NULL, "--socket", NULL},           {NULL, "--address", NULL},    {NULL, "--token-file", NULL},
 };
@@ -96,6 +102,25 @@ static int parse(int argc, char **argv, struct tail_opts *o)
         }
         if (strcmp(arg, "--follow=false") == 0) {
             o->follow = false;
+            continue;
+        }
+        if (strcmp(arg, "-p") == 0 || strncmp(arg, "--previous", 10) == 0) {
+            fprintf(stderr,
+                    "loglet tail: %s is kubectl's --previous: earlier files (restarts, rotations, .gz) are always "
+                    "read here; give the pod as the argument (loglet tail web-*) or with --pod\n",
+                    arg);
+            return -1;
+        }
+        if (arg[0] != '-') {
+            /* stern's pod query: the one argument that is not a flag */
+            bool given = false;
+            for (int k = 0; k < o->n; k++) given |= strcmp(o->names[k], "pod") == 0;
+            if (given) {
+                fprintf(stderr, "loglet tail: more than one pod given ('%s'): use a glob or a comma-separated list\n",
+                        arg);
+                return -1;
+            }
+            if (add_param(o, "pod", arg) != 0) return -1;
             continue;
         }
         const struct flag *f = NULL;

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "collector_internal.h"
+#include "output/livetail.h"
 #include "log/log.h"
 #include "metrics/metrics.h"
 
@@ -458,5 +459,8 @@ void collector_destroy(struct collector *c)
     free(c->docker_buf);
     free(c->scratch);
     free(c->utf8_buf);
+    free(c->live_buf);
     free(c);
 }
+
+void collector_set_livetail(struct collector *c, struct livetail *hub) { c->livetail = hub; }

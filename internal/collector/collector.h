@@ -55,6 +55,11 @@ struct collector *collector_create(const struct config *cfg, struct ring *ring, 
  * owned; it must outlive the collector). Call before collector_start. */
 struct metadata_provider;
 void collector_use_metadata(struct collector *collector, struct metadata_provider *provider);
+/* The live tail the collector offers every record it reads and every file
+ * it starts or stops tailing (kept, not owned; it must outlive the
+ * collector). Call before collector_start. */
+struct livetail;
+void collector_set_livetail(struct collector *collector, struct livetail *hub);
 /* Scans the globs, sets up the watches and starts the thread. */
 int collector_start(struct collector *collector, char *err, size_t errlen);
 /* True once the initial scan is done and the directories are watched. */

@@ -101,6 +101,7 @@ struct tailed_file {
     int64_t phys_ts;
     uint8_t phys_stream;
     bool phys_partial;
+    bool phys_piece_out; /* a piece of that physical line went out: the next continues it */
     int64_t incomplete_since_ms;
     uint64_t incomplete_offset;
     struct watch_dir *dir;
@@ -234,6 +235,16 @@ struct collector {
     pcre2_code *include_lines;
     pcre2_code *exclude_lines;
     pcre2_match_data *match_data;
+
+    /* The live tail (NULL: no logs API). Every record a read finishes goes
+     * to live_buf, before the line filters and pipeline stages, while
+     * someone follows (live_on, decided once per read); tail_commit()
+     * publishes it with the chunk. Allocated on first need, once. */
+    struct livetail *livetail;
+    char *live_buf;
+    size_t live_len, live_cap;
+    uint32_t live_records;
+    bool live_on, live_alloc_failed;
 
     /* The read buffer and scratch areas, allocated once for every file. */
     char *buf;

@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "collector_internal.h"
+#include "output/livetail.h"
 #include "log/log.h"
 #include "metrics/metrics.h"
 
@@ -147,6 +148,8 @@ static bool swap_source(struct collector *c, struct tailed_file *f, struct sourc
     old->relabelled = true;
     spool_handover(old, fresh); /* the same file: its link stays */
     positions_policy_retire(c, old);
+    livetail_source_open(c->livetail, fresh);
+    livetail_source_close(c->livetail, old);
     f->src = fresh;
     if (f->in_path_index && table_put_str(&c->files_by_path, f->src->path, f) != 0) {
         log_error("out of memory indexing %s", f->src->path);

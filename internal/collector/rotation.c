@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "collector_internal.h"
+#include "output/livetail.h"
 #include "log/log.h"
 #include "metrics/metrics.h"
 
@@ -210,6 +211,7 @@ static struct tailed_file *track(struct collector *c, const char *link_path, con
         snprintf(real_dir, sizeof real_dir, "%s", real);
         f->dir = rotation_dir(c, dirname(real_dir), false);
     }
+    livetail_source_open(c->livetail, f->src); /* before any of its lines is read */
     file_link(c, f);
     spool_keep(c, f);
     metadata_track(c, f);
@@ -325,6 +327,7 @@ void rotation_close(struct collector *c, struct tailed_file *f)
     pipeline_file_free(f->pipe);
     if (f->gz) gzclose(f->gz);
     if (close(f->fd) != 0) log_warn("closing %s: %s", f->src->real_path, strerror(errno));
+    livetail_source_close(c->livetail, f->src); /* after the close: a follower may then let go of it too */
     free(f->gz_carry);
     follows_clear(f);
     log_info("closed %s (%s) at offset %llu", f->src->path, f->src->real_path, (unsigned long long)f->offset);
@@ -470,6 +473,8 @@ void rotation_truncated(struct collector *c, struct tailed_file *f)
         if (f->in_path_index) table_del_str(&c->files_by_path, f->src->path);
         spool_handover(f->src, fresh); /* the same file: its link stays */
         positions_policy_retire(c, f->src);
+        livetail_source_open(c->livetail, fresh);
+        livetail_source_close(c->livetail, f->src);
         f->src = fresh;
         if (f->in_path_index && table_put_str(&c->files_by_path, f->src->path, f) != 0) {
             log_error("out of memory indexing %s", f->src->path);

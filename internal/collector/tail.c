@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "collector_internal.h"
+#include "output/livetail.h"
 #include "log/log.h"
 #include "metrics/metrics.h"
 
@@ -36,6 +37,7 @@ struct assembly {
     bool open;         /* a record is being built at the writer's end */
     bool continuing;   /* the line began before this read or was already split */
     bool split_emitted;
+    bool piece_out_before; /* an earlier read sent pieces of the line at the offset */
     const char *start; /* its first byte in the read buffer (NULL: an earlier read) */
     uint64_t last_piece_end;
     /* The piece being appended: where its line starts and ends in the file,
@@ -65,9 +67,54 @@ static struct source_record *record_at_end(struct chunk_writer *w)
     return (struct source_record *)((char *)w->chunk + w->len);
 }
 
+/* The live tail's copy of what this read finished, up to the writer's end
+ * offset (a line boundary, or inside a long line whose pieces went out). */
+static void live_publish(struct collector *c, struct tailed_file *f)
+{
+    if (!c->live_records) return;
+    livetail_publish(c->livetail, f->src, c->writer.end_offset, c->live_buf, c->live_len, c->live_records);
+    c->live_len = 0;
+    c->live_records = 0;
+}
+
+/* Records not committed are read again: their live copies go too. */
+static void live_discard(struct collector *c)
+{
+    c->live_len = 0;
+    c->live_records = 0;
+}
+
+/* Once per read: whether records are copied for followers. */
+static void live_begin(struct collector *c)
+{
+    c->live_on = livetail_wanted(c->livetail);
+    if (!c->live_on || c->live_buf || c->live_alloc_failed) return;
+    c->live_cap = tail_chunk_bytes(c);
+    if (!(c->live_buf = malloc(c->live_cap))) {
+        c->live_alloc_failed = true;
+        log_error("out of memory for the live tail's buffer (%zu bytes): followers get no lines", c->live_cap);
+    }
+}
+
+/* A finished record (before filters and stages) for the followers. */
+static void live_append(struct collector *c, struct tailed_file *f, const struct source_record *rec)
+{
+    if (!c->live_on || !c->live_buf) return;
+    size_t size = SOURCE_RECORD_SIZE(rec->len);
+    if (size > c->live_cap) return; /* cannot be: a record is at most 3 * max_line_bytes */
+    if (c->live_len + size > c->live_cap) live_publish(c, f); /* up to the last finished line */
+    struct source_record *copy = (struct source_record *)(c->live_buf + c->live_len);
+    *copy = *rec;
+    copy->extra_len = 0;
+    memcpy(copy + 1, rec + 1, rec->len);
+    c->live_len += size;
+    c->live_records++;
+}
+
 void tail_commit(struct collector *c, struct tailed_file *f)
 {
     struct chunk_writer *w = &c->writer;
+    live_publish(c, f);
     if (!w->chunk) {
         /* Lines dropped or held after a chunk of another source (a join
          * from a rotated file) was committed: nothing to acknowledge now;
@@ -247,6 +294,7 @@ static bool finish_record(struct collector *c, struct tailed_file *f, struct ass
     }
     if (rec->flags & SOURCE_RECORD_SPLIT) metrics_add(lines_split, 1);
     if (rec->flags & SOURCE_RECORD_FLUSHED) metrics_add(lines_flushed_incomplete, 1);
+    live_append(c, f, rec);
     if ((c->include_lines || c->exclude_lines) && line_filtered_out(c, (char *)(rec + 1), rec->len)) {
         metrics_add(lines_excluded, 1);
     } else if (f->pipe) {
@@ -291,8 +339,10 @@ static bool append_piece(struct collector *c, struct tailed_file *f, struct asse
         if (!writer_room(c, f, keep, room_needed)) return false;
         struct source_record *rec = record_at_end(&c->writer);
         if (!a->open) {
+            bool continues = a->split_emitted || a->piece_out_before;
             *rec = (struct source_record){.ts_ns = ts, .stream = stream,
-                                          .flags = (uint8_t)(flags | (a->continuing ? SOURCE_RECORD_SPLIT : 0))};
+                                          .flags = (uint8_t)(flags | (a->continuing ? SOURCE_RECORD_SPLIT : 0) |
+                                                             (continues ? SOURCE_RECORD_CONTINUED : 0))};
             a->open = true;
             a->len = 0;
             a->ts = ts;
@@ -339,6 +389,7 @@ static bool interrupt_assembly(struct collector *c, struct tailed_file *f, struc
     if (a->open) ok = finish_record(c, f, a, a->last_piece_end, SOURCE_RECORD_SPLIT);
     a->continuing = false;
     a->split_emitted = false;
+    a->piece_out_before = false;
     a->resume_valid = false;
     return ok;
 }
@@ -383,6 +434,7 @@ static bool process_line(struct collector *c, struct tailed_file *f, struct asse
     if (!finish_record(c, f, a, line_end, 0)) return false;
     a->continuing = false;
     a->split_emitted = false;
+    a->piece_out_before = false;
     a->resume_valid = false;
     return true;
 }
@@ -468,11 +520,14 @@ static bool emit_phys_piece(struct collector *c, struct tailed_file *f, struct a
     if (!writer_room(c, f, 0, len + sizeof(struct source_record) + 8)) return false;
     struct source_record *rec = record_at_end(&c->writer);
     *rec = (struct source_record){.ts_ns = f->phys_ts, .stream = f->phys_stream,
-                                  .flags = (uint8_t)(flags | SOURCE_RECORD_SPLIT)};
+                                  .flags = (uint8_t)(flags | SOURCE_RECORD_SPLIT |
+                                                     (f->phys_piece_out ? SOURCE_RECORD_CONTINUED : 0))};
     memcpy(rec + 1, content, len);
     a->open = true;
     a->len = len;
-    return finish_record(c, f, a, line_end, 0);
+    if (!finish_record(c, f, a, line_end, 0)) return false;
+    f->phys_piece_out = true;
+    return true;
 }
 
 /* Reading inside a physical line longer than the buffer (containerd with
@@ -512,6 +567,7 @@ static enum read_result continue_physical(struct collector *c, struct tailed_fil
         f->continuing_skip = 0;
         f->after_flush = false;
         f->phys_at = 0;
+        f->phys_piece_out = false;
         f->incomplete_since_ms = 0;
         tail_commit(c, f);
         return READ_MORE;
@@ -531,6 +587,7 @@ static enum read_result continue_physical(struct collector *c, struct tailed_fil
     return READ_EOF;
 stopped:
     /* Pieces already committed are sent again from phys_at: duplicates only. */
+    live_discard(c);
     if (c->writer.chunk) {
         source_unref(c->writer.chunk->source);
         c->writer.chunk = NULL;
@@ -565,6 +622,7 @@ enum read_result tail_read(struct collector *c, struct tailed_file *f, bool flus
         return READ_ERROR;
     }
     if (n == 0) return f->phys_at ? READ_EOF : check_truncation(c, f);
+    live_begin(c);
     if (f->pipe) pipeline_set_clock(c->pipeline, metrics_now_ms(), realtime_ns()); /* once per read, not per line */
     if (f->phys_at) return continue_physical(c, f, (size_t)n, read_at, flush_incomplete);
 
@@ -572,7 +630,7 @@ enum read_result tail_read(struct collector *c, struct tailed_file *f, bool flus
     const int64_t read_ns = realtime_ns();
     const uint64_t base = read_at;
     struct assembly a = {.continuing = f->continuing, .ts = f->continuing_ts, .stream = f->continuing_stream,
-                         .skip = f->continuing ? f->continuing_skip : 0,
+                         .piece_out_before = f->continuing, .skip = f->continuing ? f->continuing_skip : 0,
                          .resume_valid = f->continuing, .resume_at = base, .resume_skip = f->continuing_skip};
     const char *p = c->buf, *end = c->buf + n, *nl;
     c->writer.end_offset = f->offset;
@@ -616,6 +674,7 @@ enum read_result tail_read(struct collector *c, struct tailed_file *f, bool flus
             f->phys_ts = f->continuing && keep_first_ts ? f->continuing_ts : parsed.ts_ns;
             f->phys_stream = (uint8_t)parsed.stream;
             f->phys_partial = parsed.partial;
+            f->phys_piece_out = false;
             f->continuing = false;
             f->phys_at = base + (uint64_t)(parsed.content - c->buf);
             return READ_MORE;
@@ -685,6 +744,7 @@ stopped:
      * line (chunks end only there), so no line is in progress. Pieces of a
      * line over max_line_bytes already committed are sent again (a
      * duplicate, never a loss). */
+    live_discard(c);
     if (c->writer.chunk) {
         source_unref(c->writer.chunk->source);
         c->writer.chunk = NULL;

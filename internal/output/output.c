@@ -72,7 +72,6 @@ static void *output_main(void *arg)
             }
         }
         const struct source_chunk *chunk = block;
-        if (out->livetail) livetail_publish(out->livetail, chunk, size);
         if (!deliver(out, chunk)) {
             source_unref(chunk->source); /* given up: this chunk stays unacknowledged */
             ring_release(out->ring);
@@ -106,8 +105,6 @@ struct output *output_create(const struct config *cfg, struct ring *ring, char *
     }
     return out;
 }
-
-void output_set_livetail(struct output *out, struct livetail *hub) { out->livetail = hub; }
 
 int output_start(struct output *out, char *err, size_t errlen)
 {

@@ -27,10 +27,6 @@
 struct output;
 
 struct output *output_create(const struct config *cfg, struct ring *ring, char *err, size_t errlen);
-/* Before output_start(): every chunk is offered to the live tail (never
- * waited for, never acknowledging) before it is delivered. */
-struct livetail;
-void output_set_livetail(struct output *out, struct livetail *hub);
 int output_start(struct output *out, char *err, size_t errlen);
 int output_finish(struct output *out, int64_t grace_ms);
 void output_destroy(struct output *out);

@@ -13,7 +13,6 @@
 #include "aggregator/aggregator.h"
 #include "loki/loki.h"
 #include "output.h"
-#include "output/livetail.h"
 #include "source/source.h"
 
 #define STDOUT_BUFFER_BYTES (256 * 1024)
@@ -29,7 +28,6 @@ struct output {
     atomic_bool finishing;
     _Atomic int64_t deadline_ms; /* when finishing: give up delivering after this */
     atomic_int result;
-    struct livetail *livetail; /* NULL: no logs API; offered every chunk before delivery */
 
     /* stdout */
     char *buf;

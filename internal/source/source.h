@@ -87,9 +87,16 @@ struct source {
      * collector-owned. */
     bool spooled, spooled_gz;
     _Atomic uint64_t acked_offset;
-    /* Records of this source the output thread has offered to the live tail
-     * (output-owned): lets a follower number lines across chunks it missed. */
+    /* Records of this source the collector has offered to the live tail
+     * (collector-owned): lets a follower number lines across entries it
+     * missed. */
     uint64_t published_records;
+    /* The live tail's generations when the collector began and stopped
+     * tailing the file (livetail.h): set under the hub lock; close 0 while
+     * it is tailed. */
+    uint64_t livetail_open_gen;
+    _Atomic uint64_t livetail_close_gen;
+    size_t livetail_index; /* in the hub's registry, while registered */
 };
 
 enum source_record_flags {
@@ -97,6 +104,7 @@ enum source_record_flags {
     SOURCE_RECORD_SPLIT = 1 << 1,     /* a piece of a line longer than max_line_bytes */
     SOURCE_RECORD_UTF8_FIXED = 1 << 2,  /* invalid UTF-8 replaced by U+FFFD */
     SOURCE_RECORD_FLUSHED = 1 << 3,   /* emitted without its newline after the flush timeout */
+    SOURCE_RECORD_CONTINUED = 1 << 4, /* a piece after the first of a split line: the same line number */
 };
 
 struct source_chunk {

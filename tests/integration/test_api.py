@@ -14,6 +14,7 @@ import unittest
 from harness import LOGLET_BIN, AgentTestCase, run_loglet, yaml_quote
 
 import loki_receiver as lr
+from kubelet import cri_line
 
 T0 = 1_700_000_000_000_000_000  # a fixed past time, so since/until have exact answers
 
@@ -185,7 +186,7 @@ class HistoryTest(ApiTestCase):
         lines, _ = self.logs("namespace=other,x*")
         self.assertEqual(lines, [])
         # The CLI: kubectl's flags, text output TIME ns/pod/container LINE.
-        out = subprocess.run([LOGLET_BIN, "tail", "--socket", self.sock, "-p", "db-0", "--tail", "2"],
+        out = subprocess.run([LOGLET_BIN, "tail", "--socket", self.sock, "db-0", "--tail", "2"],
                              capture_output=True, text=True, timeout=20)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.splitlines(),
@@ -194,7 +195,7 @@ class HistoryTest(ApiTestCase):
                               "--color", "always"], capture_output=True, text=True, timeout=20)
         got = [json.loads(l) for l in out.stdout.splitlines()]
         self.assertEqual([key(o) for o in got[:-1]], [e for e in exp if e[3].startswith(("web line 16", "web line 18"))])
-        out = subprocess.run([LOGLET_BIN, "tail", "--socket", self.sock, "-p", "web-0", "--tail=1", "--color", "always"],
+        out = subprocess.run([LOGLET_BIN, "tail", "--socket", self.sock, "--pod", "web-0", "--tail=1", "--color", "always"],
                              capture_output=True, text=True, timeout=20)
         e = [e for e in exp if e[1] == "web-0"][-1]
         self.assertRegex(out.stdout, "^" + re.escape(e[5]) + r" \x1b\[\d+mshop/web-0\x1b\[0m/\x1b\[\d+mapp\x1b\[0m "
@@ -547,6 +548,257 @@ class TargetsAndStatusPageTest(ApiTestCase):
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
         print(f"\nstatus page screenshot: {shot}")
         self.assertEqual(a.stop(), 0)
+
+
+def read_all(s, timeout=15):
+    """Everything a connection sends until it closes (or goes quiet for `timeout`)."""
+    data = b""
+    s.settimeout(timeout)
+    try:
+        while True:
+            chunk = s.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+    except socket.timeout:
+        pass
+    return [json.loads(l) for l in data.partition(b"\r\n\r\n")[2].decode().splitlines() if l.strip()]
+
+
+class ReviewTest(ApiTestCase):
+    """The findings of issue 12's review, each against the real agent."""
+
+    def test_anonymous_tcp_connections_hold_no_request_slot(self):
+        token = os.path.join(self.workdir, "token")
+        with open(token, "w") as f:
+            f.write("s3cret-token\n")
+        self.tree.container("shop", "web-0", "app").write("hello")
+        a = self.start(extra_api=f"    listen_address: 127.0.0.1\n    listen_port: 0\n"
+                                 f"    bearer_token_file: {yaml_quote(token)}\n    max_subscribers: 2\n")
+        a.wait_lines(1)
+        a.wait_stderr(r"logs API on tcp 127.0.0.1:(\d+)")
+        port = int([re.search(r"logs API on tcp 127.0.0.1:(\d+)", l).group(1) for l in a.stderr_lines
+                    if "logs API on tcp" in l][0])
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+        wrong = []
+        for _ in range(5):
+            w = socket.create_connection(("127.0.0.1", port))
+            w.sendall(b"GET /api/v1/logs?follow=true HTTP/1.1\r\nAuthorization: Bearer nope\r\n\r\n")
+            wrong.append(w)
+        time.sleep(0.5)
+        # Local users and token holders are served, with every slot they are owed.
+        f1 = Follower(self.sock, "namespace=shop")
+        f1.wait(1)
+        status, _, objs = request("/api/v1/logs?namespace=shop", sock=self.sock)
+        self.assertEqual((status, objs[0]["log_line"]), (200, "hello"))
+        status, _, objs = request("/api/v1/logs?namespace=shop", tcp=("127.0.0.1", port),
+                                  headers="Authorization: Bearer s3cret-token\r\n")
+        self.assertEqual((status, objs[0]["log_line"]), (200, "hello"))
+        for w in wrong:
+            w.settimeout(5)
+            self.assertIn(b" 401 ", w.recv(4096))
+        # Connections that send nothing are closed after the header timeout.
+        time.sleep(2.5)
+        for s_ in idle:
+            s_.settimeout(5)
+            self.assertEqual(s_.recv(100), b"")
+        f1.close()
+
+    def test_rotation_and_compression_during_a_history_read_skip_nothing(self):
+        a = self.start()
+        c = self.tree.container("shop", "web-0", "app")
+        for gen in ("gen1", "gen2"):
+            c.write_raw("".join(cri_line(f"{gen} {i} " + "x" * 200) for i in range(8000)))
+            c.rotate(compress=False)
+            time.sleep(1.1)  # the kubelet's stamp has seconds
+        for i in range(100):
+            c.write(f"gen3 {i}")
+        a.wait_lines(16100, timeout=60)
+        s_ = socket.socket(socket.AF_UNIX)
+        s_.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s_.connect(self.sock)
+        s_.sendall(b"GET /api/v1/logs?namespace=shop HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(1.0)  # the history waits for the client, in gen1
+        c.rotate(compress=True)  # gen3 renamed, gen1 and gen2 gzipped and their plain files unlinked
+        objs = read_all(s_)
+        got = [o["log_line"].split()[0] + " " + o["log_line"].split()[1] for o in objs if o["status"] == "streaming"]
+        want = [f"gen1 {i}" for i in range(8000)] + [f"gen2 {i}" for i in range(8000)] + [f"gen3 {i}" for i in range(100)]
+        self.assertEqual(got, want)
+        self.assertEqual(objs[-1]["status"], "completed")
+
+    def test_a_new_pods_first_lines_reach_a_follower(self):
+        a = self.start()
+        for k in range(4):
+            c = self.tree.container("race", f"pod-{k}", "app")
+            n0 = len(a.lines())
+            for i in range(3):
+                c.write(f"pod-{k} early-{i}")
+            a.wait_lines(n0 + 3)  # read and shipped, less than a snapshot period ago
+            f = Follower(self.sock, f"namespace=race&pod=pod-{k}")
+            time.sleep(0.2)
+            c.write(f"pod-{k} late")
+            got = f.wait(4)
+            f.close()
+            self.assertEqual([(o["log_line"], o["line_number"]) for o in got],
+                             [(f"pod-{k} early-{i}", i + 1) for i in range(3)] + [(f"pod-{k} late", 4)])
+
+    def test_tail_lines_with_follow_while_the_collector_lags_sends_no_duplicate(self):
+        receiver = lr.Receiver().start()
+        self.addCleanup(receiver.stop)
+        receiver.set_faults(fail_ratio=1.0)
+        self.start(extra=f"  max_line_bytes: 16KiB\nbuffer:\n  max_bytes: 192KiB\n"
+                         f"output:\n  loki:\n    url: {receiver.url}\n    batch_wait: 100ms\n    batch_bytes: 64KiB\n"
+                         "    min_backoff: 100ms\n    max_backoff: 200ms\n")
+        c = self.tree.container("shop", "web-0", "app")
+        for i in range(4000):
+            c.write(f"old {i} " + "x" * 200)
+        c.rotate(compress=False)  # the current file is empty; the collector is far behind (Loki down)
+        time.sleep(2.0)
+        f = Follower(self.sock, "namespace=shop&tail_lines=2")
+        f.wait(2)
+        receiver.reset_faults()
+        self.assertTrue(receiver.wait_for(4000, timeout=60))
+        c.write("new 0")
+        got = f.wait(3)
+        time.sleep(1.0)
+        self.assertEqual([(o["log_line"][:8], o["line_number"]) for o in f.lines()],
+                         [("old 3998", 3999), ("old 3999", 4000), ("new 0", 4001)])
+
+    def test_followers_get_lines_while_loki_is_down(self):
+        receiver = lr.Receiver().start()
+        self.addCleanup(receiver.stop)
+        self.start(extra=f"output:\n  loki:\n    url: {receiver.url}\n    batch_wait: 100ms\n"
+                         "    batch_bytes: 64KiB\n    min_backoff: 100ms\n")
+        c = self.tree.container("shop", "web-0", "app")
+        c.write("before")
+        self.assertTrue(receiver.wait_for(1, timeout=10))
+        f = Follower(self.sock, "tail_lines=0")
+        time.sleep(0.3)
+        receiver.set_faults(fail_ratio=1.0)  # every push answered 5xx from now on
+        time.sleep(0.5)
+        for i in range(2000):
+            c.write(f"during-outage-{i} " + "z" * 300)
+        got = f.wait(2000, timeout=8)
+        self.assertEqual([o["log_line"].split()[0] for o in got], [f"during-outage-{i}" for i in range(2000)])
+
+    def test_follow_and_history_number_the_same_lines_identically(self):
+        a = self.start(extra="  max_line_bytes: 1KiB\n  exclude_lines: '^skip'\n")
+        c = self.tree.container("shop", "web-0", "app")
+        c.write("a")
+        c.write("skip-1")
+        a.wait_lines(1)
+        time.sleep(0.5)
+        f = Follower(self.sock, "namespace=shop&tail_lines=0")
+        time.sleep(0.3)
+        long_line = "".join(chr(0x41 + i % 26) for i in range(2500))
+        for line in ("b", long_line, "skip-2", "é" * 700, "c"):
+            c.write(line)
+        live = f.wait(7)
+        time.sleep(0.5)
+        hist, _ = self.logs("namespace=shop")
+        hist = [(o["line_number"], o["log_line"]) for o in hist][2:]
+        self.assertEqual([(o["line_number"], o["log_line"]) for o in live], hist)
+        self.assertEqual([n for n, _ in hist], [3, 4, 4, 4, 5, 6, 6, 7])
+        self.assertEqual("".join(l for n, l in hist if n == 4), long_line)  # pieces, nothing lost
+        self.assertEqual("".join(l for n, l in hist if n == 6), "é" * 700)  # cut between characters
+
+    def test_no_spurious_missed_and_tail_lines_counts_the_byte_limit_once(self):
+        a = self.start(extra_api="    subscriber_buffer: 128KiB\n")
+        c = self.tree.container("shop", "web-0", "app")
+        c.write_raw("".join(cri_line(f"old {i} " + "x" * 200) for i in range(10000)))
+        a.wait_lines(10000, timeout=60)
+        time.sleep(0.5)
+        s_ = socket.socket(socket.AF_UNIX)
+        s_.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s_.connect(self.sock)
+        s_.sendall(b"GET /api/v1/logs?follow=true&namespace=shop HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(1.0)  # not read yet: the history waits, the live queue overflows
+        for i in range(3000):
+            c.write(f"new {i} " + "y" * 200)
+        time.sleep(1.5)
+        objs = read_all(s_, timeout=3)
+        lines = [" ".join(o["log_line"].split()[:2]) for o in objs if o["status"] == "streaming"]
+        self.assertEqual(lines, [f"old {i}" for i in range(10000)] + [f"new {i}" for i in range(3000)])
+        self.assertEqual([o for o in objs if o["status"] == "error"], [])
+        # The byte limit: what fits without tail_lines fits with it.
+        other = self.tree.container("budget", "b-0", "app")
+        for i in range(60):
+            other.write(f"{i:03d} " + "x" * 60)
+        a.wait_lines(13060, timeout=20)
+        time.sleep(0.6)
+        a.stop()
+        self.start(extra_api="    max_history_bytes: 8KiB\n")
+        _, done = self.logs("namespace=budget")
+        lines, done = self.logs("namespace=budget&tail_lines=1")
+        self.assertEqual([o["log_line"][:3] for o in lines], ["059"])
+
+    def test_a_follower_lets_go_of_a_deleted_pods_files(self):
+        a = self.start()
+        pods = []
+        for k in range(3):
+            c = self.tree.container("pin", f"pod-{k}", "app")
+            c.write_raw("".join(cri_line("y" * 1000) for _ in range(300)))
+            pods.append(c)
+        a.wait_lines(900, timeout=20)
+        time.sleep(1.0)
+        f = Follower(self.sock, "namespace=pin&tail_lines=0")
+        time.sleep(1.0)
+
+        def deleted():
+            fds = os.listdir(f"/proc/{a.proc.pid}/fd")
+            return [d for d in (os.readlink(f"/proc/{a.proc.pid}/fd/{x}") for x in fds) if "(deleted)" in d]
+
+        for c in pods:
+            c.remove()
+        deadline = time.time() + 8
+        while time.time() < deadline and deleted():
+            time.sleep(0.2)
+        self.assertEqual(deleted(), [])
+        f.close()
+
+    def test_fifty_followers_each_get_every_line_while_loki_ships(self):
+        receiver = lr.Receiver().start()
+        self.addCleanup(receiver.stop)
+        self.start(extra_api="    max_subscribers: 64\n",
+                   extra=f"output:\n  loki:\n    url: {receiver.url}\n    batch_wait: 100ms\n")
+        pods = [self.tree.container("load", f"p-{k}", "app") for k in range(5)]
+        followers = [Follower(self.sock, "namespace=load&tail_lines=0") for _ in range(50)]
+        time.sleep(1.0)
+        total = 2000
+        for i in range(total):
+            pods[i % 5].write(f"{i} p-{i % 5}")
+        self.assertTrue(receiver.wait_for(total, timeout=60), "Loki did not get every line")
+        self.assertEqual(sorted(int(e["line"].split()[0]) for e in receiver.all_entries()), list(range(total)))
+        for n, f in enumerate(followers):
+            got = f.wait(total, timeout=30)
+            per_pod = {}
+            for o in got:
+                per_pod.setdefault(o["pod_name"], []).append((o["log_line"], o["line_number"]))
+            self.assertEqual(len(got), total, f"follower {n}")
+            for k in range(5):
+                self.assertEqual(per_pod[f"p-{k}"], [(f"{i} p-{k}", j + 1) for j, i in enumerate(range(k, total, 5))],
+                                 f"follower {n}, pod p-{k}")
+            self.assertEqual([o for o in f.objects if o["status"] == "error"], [])
+            f.close()
+
+    def test_tail_cli_takes_sterns_flags(self):
+        a = self.start()
+        self.tree.container("shop", "web-0", "app").write("from web")
+        self.tree.container("shop", "db-0", "app").write("from db")
+        a.wait_lines(2)
+        time.sleep(0.6)
+
+        def run(*args):
+            return subprocess.run([LOGLET_BIN, "tail", "--socket", self.sock, *args], capture_output=True,
+                                  text=True, timeout=20)
+
+        out = run("-n", "shop", "web-*", "-s", "1h", "-E", "nothing", "-i", "from")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual([l.split(" ", 2)[1:] for l in out.stdout.splitlines()], [["shop/web-0/app", "from web"]])
+        for flag in ("-p", "--previous"):
+            out = run("-n", "shop", flag, "web-0")
+            self.assertEqual(out.returncode, 2)
+            self.assertIn("kubectl's --previous", out.stderr)
 
 
 if __name__ == "__main__":

@@ -117,11 +117,10 @@ static void test_selection(void **state)
 }
 
 /* A chunk of `n` one-byte records. */
-static size_t make_chunk(char *buf, struct source *src, uint32_t n, uint64_t end)
+/* `n` one-byte records as the collector publishes them: the body only. */
+static size_t make_records(char *buf, uint32_t n)
 {
-    struct source_chunk *c = (struct source_chunk *)buf;
-    *c = (struct source_chunk){src, end, n, 0};
-    char *p = (char *)(c + 1);
+    char *p = buf;
     for (uint32_t i = 0; i < n; i++) {
         struct source_record *r = (struct source_record *)p;
         *r = (struct source_record){(int64_t)i, 1, 0, 0, 0};
@@ -133,7 +132,13 @@ static size_t make_chunk(char *buf, struct source *src, uint32_t n, uint64_t end
 
 static bool match_all(void *ctx, const struct source *src) { return ctx == NULL || src == ctx; }
 
-static void test_livetail_bounded_and_counts_missed(void **state)
+static void count_visit(void *ctx, const struct source *src)
+{
+    (void)src;
+    ++*(int *)ctx;
+}
+
+static void test_livetail_bounded_and_gaps(void **state)
 {
     (void)state;
     struct parser_path_meta meta = {0};
@@ -141,49 +146,75 @@ static void test_livetail_bounded_and_counts_missed(void **state)
     struct source *other = source_new("/l/b.log", "/p/1.log", &meta, 1, 3);
     assert_non_null(src);
     struct livetail *hub = livetail_create(2, 128 * 1024);
+    livetail_source_open(hub, src);
+    livetail_source_open(hub, other);
+    assert_true(src->livetail_open_gen < other->livetail_open_gen);
     char err[256];
-    struct livetail_sub *a = livetail_subscribe(hub, match_all, NULL, err, sizeof err);
-    struct livetail_sub *b = livetail_subscribe(hub, match_all, src, err, sizeof err);
-    assert_null(livetail_subscribe(hub, match_all, NULL, err, sizeof err));
+    int seen = 0;
+    assert_false(livetail_wanted(hub));
+    struct livetail_sub *a = livetail_subscribe(hub, match_all, NULL, count_visit, &seen, err, sizeof err);
+    assert_int_equal(seen, 2); /* told of every registered source */
+    struct livetail_sub *b = livetail_subscribe(hub, match_all, src, NULL, NULL, err, sizeof err);
+    assert_null(livetail_subscribe(hub, match_all, NULL, NULL, NULL, err, sizeof err));
     assert_non_null(strstr(err, "server.api.max_subscribers (2)"));
+    assert_true(livetail_wanted(hub));
     static char buf[64 * 1024];
     uint64_t published = 0, off = 0;
-    /* Far more than 128 KiB: publishing never waits, the excess is counted. */
+    /* Far more than 128 KiB: publishing never waits; what does not fit is
+     * one gap per source, extended while contiguous, up to the last end. */
     for (int i = 0; i < 200; i++) {
-        size_t size = make_chunk(buf, src, 100, off += 100);
-        livetail_publish(hub, (struct source_chunk *)buf, size);
+        size_t size = make_records(buf, 100);
+        livetail_publish(hub, src, off += 100, buf, size, 100);
         published += 100;
     }
-    size_t size = make_chunk(buf, other, 7, 7);
-    livetail_publish(hub, (struct source_chunk *)buf, size);
-    uint64_t got = 0, next_seq = 0, gaps = 0;
+    size_t size = make_records(buf, 7);
+    livetail_publish(hub, other, 7, buf, size, 7);
+    uint64_t got = 0, next_seq = 0;
     const struct livetail_entry *e;
     while ((e = livetail_next(a, 0))) {
-        if (e->source == src) {
-            gaps += e->first_seq - next_seq;
-            next_seq = e->first_seq + e->records;
-            got += e->records;
-            const struct source_record *r = livetail_entry_first(e);
-            assert_int_equal(source_record_content(r)[0], 'a');
-        }
+        if (e->source != src) continue;
+        assert_int_equal(e->first_seq, next_seq); /* nothing queued behind a gap */
+        next_seq = e->first_seq + e->records;
+        got += e->records;
+        assert_int_equal(source_record_content(livetail_entry_first(e))[0], 'a');
     }
-    uint64_t missed = livetail_take_missed(a);
     assert_true(got < published);
-    assert_int_equal(got + gaps + (published - next_seq), published);
-    assert_true(missed == gaps + (published - next_seq) || missed == gaps + (published - next_seq) + 7);
+    struct livetail_gap g;
+    uint64_t gap_src = 0;
+    while (livetail_take_gap(hub, a, NULL, NULL, &g)) {
+        if (g.source == src) {
+            assert_int_equal(g.first_seq, next_seq);
+            assert_int_equal(g.end_seq, published);
+            assert_int_equal(g.end_offset, off);
+            gap_src += g.end_seq - g.first_seq;
+        }
+        source_unref(g.source);
+    }
+    assert_int_equal(got + gap_src, published);
     assert_int_equal(livetail_take_missed(a), 0);
-    /* b's filter takes only src: `other` is neither queued nor missed. */
+    /* b's filter takes only src: `other` is neither queued nor a gap. */
     uint64_t got_b = 0;
     while ((e = livetail_next(b, 0))) {
         assert_ptr_equal(e->source, src);
         got_b += e->records;
     }
-    assert_int_equal(got_b + livetail_take_missed(b), published);
+    while (livetail_take_gap(hub, b, NULL, NULL, &g)) {
+        assert_ptr_equal(g.source, src);
+        got_b += g.end_seq - g.first_seq;
+        source_unref(g.source);
+    }
+    assert_int_equal(got_b, published);
     livetail_unsubscribe(hub, a);
     livetail_unsubscribe(hub, b);
     assert_int_equal(livetail_subscribers(hub), 0);
+    livetail_source_close(hub, src);
+    assert_true(atomic_load(&src->livetail_close_gen) > other->livetail_open_gen);
+    seen = 0;
+    livetail_sources(hub, count_visit, &seen);
+    assert_int_equal(seen, 1);
     livetail_destroy(hub);
-    assert_int_equal(atomic_load(&src->refs), 1); /* every entry's reference dropped */
+    assert_int_equal(atomic_load(&src->refs), 1); /* every entry's and the registry's reference dropped */
+    assert_int_equal(atomic_load(&other->refs), 1);
     source_unref(src);
     source_unref(other);
 }
@@ -194,7 +225,7 @@ int main(void)
         cmocka_unit_test(test_query_values),
         cmocka_unit_test(test_query_errors),
         cmocka_unit_test(test_selection),
-        cmocka_unit_test(test_livetail_bounded_and_counts_missed),
+        cmocka_unit_test(test_livetail_bounded_and_gaps),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

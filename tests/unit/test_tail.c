@@ -257,7 +257,13 @@ static bool drain_one(void)
         r->data[rec->len] = '\0';
         r->len = rec->len;
         r->stream = rec->stream;
-        r->flags = rec->flags;
+        /* A piece that continues a line follows a piece of it (the live
+         * tail numbers lines by this flag); the models below leave it out. */
+        if (rec->flags & SOURCE_RECORD_CONTINUED) {
+            assert_true(rec->flags & SOURCE_RECORD_SPLIT);
+            assert_true(E.got.n >= 2 && (E.got.v[E.got.n - 2].flags & SOURCE_RECORD_SPLIT));
+        }
+        r->flags = rec->flags & (uint8_t)~SOURCE_RECORD_CONTINUED;
         r->ts = r->ts_max = rec->ts_ns;
         r->src = src;
         r->chunk_end = chunk->end_offset;
