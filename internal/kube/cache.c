@@ -180,8 +180,11 @@ const struct kube_entry *kube_cache_pod_locked(struct kube_cache *cache, const c
     char key[512];
     if ((size_t)snprintf(key, sizeof key, "%s/%s", ns, name) >= sizeof key) return NULL;
     const struct kube_entry *e = table_get_str(&cache->pods, key);
-    if (e && uid && *uid && e->object.uid[0] && strcmp(e->object.uid, uid) != 0) return NULL;
-    return e;
+    if (!e || !uid || !*uid || !e->object.uid[0] || strcmp(e->object.uid, uid) == 0) return e;
+    /* A static pod's files are under its config hash; the mirror pod the
+     * API server shows has a uid of its own. */
+    if (e->object.config_hash && strcmp(e->object.config_hash, uid) == 0) return e;
+    return NULL;
 }
 
 const struct kube_entry *kube_cache_namespace_locked(struct kube_cache *cache, const char *name)

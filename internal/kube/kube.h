@@ -72,6 +72,10 @@ struct kube_object {
     size_t nannotations;
     char *owner_kind; /* the controlling ownerReference, or NULL */
     char *owner_name;
+    /* A mirror pod's config hash (annotation kubernetes.io/config.mirror, or
+     * kubernetes.io/config.hash), or NULL: the kubelet names a static pod's
+     * log directory with it, not with the mirror pod's uid. */
+    char *config_hash;
 };
 
 enum kube_event_type { KUBE_EVENT_ADDED, KUBE_EVENT_MODIFIED, KUBE_EVENT_DELETED, KUBE_EVENT_BOOKMARK, KUBE_EVENT_ERROR };
@@ -169,8 +173,9 @@ void kube_cache_apply(struct kube_cache *cache, struct kube_event *ev);
 /* Replaces every object of the kind by the list's (takes its items); those
  * missing from it are deleted (kept for KUBE_DELETED_KEEP_MS). */
 void kube_cache_replace(struct kube_cache *cache, enum kube_kind kind, struct kube_list *list);
-/* Under cache->lock: the pod, or NULL. A uid given must match (a pod name
- * reused by a new pod is another pod). */
+/* Under cache->lock: the pod, or NULL. A uid given must match the pod's uid
+ * or, for a static pod, its config hash (a pod name reused by a new pod is
+ * another pod). */
 const struct kube_entry *kube_cache_pod_locked(struct kube_cache *cache, const char *ns, const char *name,
                                                const char *uid);
 const struct kube_entry *kube_cache_namespace_locked(struct kube_cache *cache, const char *name);

@@ -183,6 +183,30 @@ class LabelsTest(KubeTestCase):
         self.assertGreaterEqual(self.api.lists, 3, "the 6 pods of this node come in pages of 2")
 
 
+class StaticPodTest(KubeTestCase):
+    def test_a_static_pods_files_named_by_its_config_hash_get_the_mirror_pods_metadata_at_once(self):
+        """The kubelet names a static pod's log directory with the config hash of its manifest;
+        the mirror pod the API server shows has a uid of its own and carries the hash as
+        kubernetes.io/config.mirror (and config.hash)."""
+        config_hash = "6a3f1c2b9d8e7f60a1b2c3d4e5f60718"
+        p = Pod(self, "kube-system", f"kube-apiserver-{NODE}", containers=("kube-apiserver",), owner=("Node", NODE),
+                labels={"app": "kube-apiserver", "component": "kube-apiserver"},
+                annotations={"kubernetes.io/config.mirror": config_hash, "kubernetes.io/config.hash": config_hash,
+                             "kubernetes.io/config.source": "file"})
+        self.assertNotEqual(p.uid, config_hash)
+        p.uid = config_hash  # what the kubelet names the directory with
+        self.api.put_pod(p.obj)
+        a = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n")
+        t0 = time.monotonic()
+        p.create_files().write(10)
+        self.wait_all([p])
+        self.assertLess(time.monotonic() - t0, 1.5, "the static pod's file waited for metadata it had")
+        self.assertEqual(self.metric(a, "loglet_files_without_metadata_total"), 0)
+        self.assertEqual(a.stop(), 0)
+        self.check_lines([p], lambda q, c, s, *_: dict(self.path_labels(q, c, s), app="kube-apiserver",
+                                                       workload=NODE, workload_kind="Node"))
+
+
 class StructuredMetadataTest(KubeTestCase):
     def test_copied_labels_go_to_structured_metadata_and_workload_stays_a_label(self):
         p = Pod(self, "shop", "api-0", owner=("StatefulSet", "api"),

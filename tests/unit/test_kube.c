@@ -232,6 +232,35 @@ static void test_cache_keeps_deleted_pods_checks_uids_and_relists(void **state)
     kube_cache_free(&cache);
 }
 
+static void test_static_pod_is_found_by_its_config_hash(void **state)
+{
+    (void)state;
+    /* The kubelet writes a static pod's logs under <ns>_<name>_<config hash>;
+     * its mirror pod has another uid and carries the hash as an annotation. */
+    const char *mirror = "{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"etcd-n\",\"namespace\":\"ns\","
+                         "\"uid\":\"mirror-uid\",\"labels\":{\"app\":\"etcd\"},\"annotations\":{"
+                         "\"kubernetes.io/config.hash\":\"h-ignored\",\"kubernetes.io/config.mirror\":\"5f0c1e\"}}}}";
+    const char *hash_only = "{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"proxy-n\",\"namespace\":"
+                            "\"ns\",\"uid\":\"u-p\",\"labels\":{\"app\":\"proxy\"},\"annotations\":{"
+                            "\"kubernetes.io/config.hash\":\"77aa\",\"kubernetes.io/config.mirror\":7}}}}";
+    struct kube_cache cache;
+    kube_cache_init(&cache);
+    const char *texts[] = {mirror, hash_only};
+    for (size_t i = 0; i < 2; i++) {
+        struct kube_event ev;
+        char err[256];
+        assert_int_equal(kube_parse_event(texts[i], strlen(texts[i]), KUBE_POD, &ev, err, sizeof err), 0);
+        kube_cache_apply(&cache, &ev);
+        kube_event_free(&ev);
+    }
+    assert_string_equal(app_of(&cache, "etcd-n", "5f0c1e"), "etcd");     /* the mirror annotation first */
+    assert_string_equal(app_of(&cache, "etcd-n", "mirror-uid"), "etcd"); /* its own uid still matches */
+    assert_string_equal(app_of(&cache, "etcd-n", "h-ignored"), "(none)");
+    assert_string_equal(app_of(&cache, "proxy-n", "77aa"), "proxy"); /* a mirror value not a string: the hash */
+    assert_string_equal(app_of(&cache, "proxy-n", "other"), "(none)");
+    kube_cache_free(&cache);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Credentials                                                              */
 
@@ -387,6 +416,7 @@ int main(void)
         cmocka_unit_test(test_malformed_events_are_refused_with_a_reason),
         cmocka_unit_test(test_list_with_continue_and_a_bad_item),
         cmocka_unit_test(test_cache_keeps_deleted_pods_checks_uids_and_relists),
+        cmocka_unit_test(test_static_pod_is_found_by_its_config_hash),
         cmocka_unit_test(test_kubeconfig_current_context),
         cmocka_unit_test(test_broken_kubeconfigs_say_what_is_wrong),
         cmocka_unit_test(test_in_cluster_token_rotates),
