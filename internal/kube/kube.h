@@ -134,8 +134,10 @@ struct kube_auth {
  * `auth` is filled, -1 with `err` (a variable set but the files unusable). */
 int kube_auth_in_cluster(const char *sa_dir, struct kube_auth *auth, char *err, size_t errlen);
 /* The current context of a kubeconfig: server, CA, client certificate and
- * key or token. Returns 0, or -1 with `err` naming the file and what is wrong. */
-int kube_auth_kubeconfig(const char *path, struct kube_auth *auth, char *err, size_t errlen);
+ * key or token. `paths` is one file, or with `is_list` a colon-separated
+ * list ($KUBECONFIG) merged as client-go does (see auth.c). Returns 0, or -1
+ * with `err` naming the file and what is wrong. */
+int kube_auth_kubeconfig(const char *paths, bool is_list, struct kube_auth *auth, char *err, size_t errlen);
 /* Re-reads the token file if it changed (or always, when forced after a
  * 401). A file that became unreadable or empty keeps the last token. */
 void kube_auth_refresh_token(struct kube_auth *auth, bool force);

@@ -280,14 +280,15 @@ static int find_credentials(const struct config *cfg, struct kube_auth *auth, bo
     int rc = kube_auth_in_cluster(cfg->kubernetes.service_account_dir, auth, err, errlen);
     if (rc <= 0) return rc;
     const char *path = cfg->kubernetes.kubeconfig;
-    bool explicit_path = path && *path;
-    if (!explicit_path) path = getenv("KUBECONFIG");
-    explicit_path = explicit_path || (path && *path);
+    /* kubernetes.kubeconfig names one file; $KUBECONFIG may list several. */
+    bool is_list = !(path && *path);
+    if (is_list) path = getenv("KUBECONFIG");
     char home_config[4096];
     if (!path || !*path) {
         const char *home = getenv("HOME");
         snprintf(home_config, sizeof home_config, "%s/.kube/config", home ? home : "");
         path = home_config;
+        is_list = false;
         bool auto_mode = cfg->kubernetes.enabled == CONFIG_KUBERNETES_AUTO;
         if (auto_mode || !home || access(path, R_OK) != 0) {
             *quiet = auto_mode;
@@ -297,10 +298,7 @@ static int find_credentials(const struct config *cfg, struct kube_auth *auth, bo
             return -1;
         }
     }
-    /* $KUBECONFIG may list several files; the first is the one we read. */
-    char first[4096];
-    snprintf(first, sizeof first, "%.*s", (int)strcspn(path, ":"), path);
-    return kube_auth_kubeconfig(first, auth, err, errlen);
+    return kube_auth_kubeconfig(path, is_list, auth, err, errlen);
 }
 
 struct metadata_provider *metadata_kubernetes_create(const struct config *cfg, bool *quiet, char *err, size_t errlen)

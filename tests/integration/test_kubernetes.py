@@ -207,6 +207,47 @@ class StaticPodTest(KubeTestCase):
                                                        workload=NODE, workload_kind="Node"))
 
 
+class KubeconfigListTest(KubeTestCase):
+    def test_kubeconfig_list_is_merged_first_definition_wins(self):
+        """$KUBECONFIG as client-go reads it: empty and missing entries skipped, the first
+        file setting current-context names it, the first definition of a name wins."""
+        creds = os.path.join(self.workdir, "creds.yaml")
+        with open(creds, "w") as f:
+            f.write(f"clusters:\n- name: kind-test\n  cluster:\n    server: {self.api.url}\n"
+                    f"    certificate-authority: {TLS['ca.crt']}\n"
+                    f"users:\n- name: loglet\n  user:\n    token: {self.api.token}\n")
+        later = os.path.join(self.workdir, "later.yaml")
+        with open(later, "w") as f:
+            f.write("apiVersion: v1\nkind: Config\ncurrent-context: test\n"
+                    "contexts:\n- name: test\n  context: {cluster: kind-test, user: loglet}\n"
+                    "clusters:\n- name: kind-test\n  cluster: {server: 'https://127.0.0.1:1'}\n"
+                    "users:\n- name: loglet\n  user: {token: not-this-one}\n")
+        last = os.path.join(self.workdir, "last.yaml")
+        with open(last, "w") as f:
+            f.write("current-context: ignored\n")
+        kubeconfig = ":".join(["", os.path.join(self.workdir, "missing"), creds, "", later, last])
+        p = Pod(self, "shop", "web-0", labels={"app": "web"})
+        self.api.put_pod(p.obj)
+        a = self.start_agent(env={"KUBECONFIG": kubeconfig})
+        self.assertIn("context test", a.stderr_text())
+        p.create_files().write(10)
+        self.wait_all([p])
+        self.assertEqual(a.stop(), 0)
+        self.check_lines([p], lambda q, c, s, *_: dict(self.path_labels(q, c, s), app="web"))
+        self.assertEqual(self.api.unauthorized, 0, "a token other than the first definition's was sent")
+
+    def test_a_broken_file_in_the_list_is_named(self):
+        broken = os.path.join(self.workdir, "broken.yaml")
+        with open(broken, "w") as f:
+            f.write("{{{\n")
+        a = self.start_agent(env={"KUBECONFIG": self.kubeconfig() + ":" + broken}, wait_list=False, api_up=False)
+        a.wait_stderr(r"kubernetes metadata off: kubeconfig " + re.escape(broken) + r" \(of .*\): YAML error", timeout=10)
+        p = Pod(self, "shop", "plain").create_files()
+        p.write(5)
+        self.wait_all([p])
+        self.assertEqual(a.stop(), 0)
+
+
 class StructuredMetadataTest(KubeTestCase):
     def test_copied_labels_go_to_structured_metadata_and_workload_stays_a_label(self):
         p = Pod(self, "shop", "api-0", owner=("StatefulSet", "api"),

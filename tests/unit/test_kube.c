@@ -296,7 +296,7 @@ static int load(const char *kubeconfig, struct kube_auth *auth, char *err, size_
     write_file("config", kubeconfig);
     char path[256];
     snprintf(path, sizeof path, "%s/config", dir);
-    return kube_auth_kubeconfig(path, auth, err, errlen);
+    return kube_auth_kubeconfig(path, false, auth, err, errlen);
 }
 
 #define KC_HEAD                                                                                             \
@@ -365,6 +365,57 @@ static void test_broken_kubeconfigs_say_what_is_wrong(void **state)
                             "must be an http:// or https:// URL");
 }
 
+static void test_kubeconfig_list_is_merged_as_client_go_does(void **state)
+{
+    (void)state;
+    char one[128], two[128];
+    snprintf(one, sizeof one, "%s/one", dir);
+    snprintf(two, sizeof two, "%s/two", dir);
+    mkdir(one, 0700);
+    mkdir(two, 0700);
+    /* one: no current-context; the first definitions of cluster c and user u. */
+    write_file("one/config", "clusters:\n- name: c\n  cluster: {server: 'https://first:6443', certificate-authority: ca.pem}\n"
+                             "users:\n- name: u\n  user: {token: first}\n");
+    write_file("one/ca.pem", "ca one\n");
+    /* two: the first current-context, its context, later definitions of c and u (ignored). */
+    write_file("two/config", "current-context: x\ncontexts:\n- name: x\n  context: {cluster: c, user: u}\n"
+                             "clusters:\n- name: c\n  cluster: {server: 'https://second'}\nusers:\n- name: u\n"
+                             "  user: {token: second}\n");
+    write_file("three", "current-context: y\ncontexts:\n- name: y\n  context: {cluster: c}\n");
+    write_file("empty", "");
+    char list[1024];
+    snprintf(list, sizeof list, ":%s/missing::%s/empty:%s/one/config:%s/two/config:%s/three:", dir, dir, dir, dir, dir);
+    struct kube_auth auth;
+    char err[512] = "";
+    if (kube_auth_kubeconfig(list, true, &auth, err, sizeof err) != 0) fail_msg("%s", err);
+    assert_string_equal(auth.server, "https://first:6443");
+    char want[1200];
+    snprintf(want, sizeof want, "%s/one/ca.pem", dir); /* relative to the file that defines the cluster */
+    assert_string_equal(auth.ca_file, want);
+    char header[256];
+    kube_auth_header(&auth, header, sizeof header);
+    assert_string_equal(header, "Authorization: Bearer first");
+    assert_non_null(strstr(auth.origin, "context x"));
+    kube_auth_free(&auth);
+
+    /* Missing files only: said; one unreadable file: an error naming it (client-go refuses too). */
+    snprintf(list, sizeof list, "%s/missing:%s/missing2", dir, dir);
+    assert_int_equal(kube_auth_kubeconfig(list, true, &auth, err, sizeof err), -1);
+    assert_non_null(strstr(err, "none of its files exist"));
+    write_file("broken", "{{{");
+    snprintf(list, sizeof list, "%s/one/config:%s/broken:%s/two/config", dir, dir, dir);
+    assert_int_equal(kube_auth_kubeconfig(list, true, &auth, err, sizeof err), -1);
+    snprintf(want, sizeof want, "kubeconfig %s/broken (of %s): YAML error", dir, list);
+    if (!strstr(err, want)) fail_msg("expected '%s' in '%s'", want, err);
+    /* A single explicit file must exist, and an empty one is not a kubeconfig. */
+    snprintf(list, sizeof list, "%s/missing", dir);
+    assert_int_equal(kube_auth_kubeconfig(list, false, &auth, err, sizeof err), -1);
+    assert_non_null(strstr(err, "cannot open"));
+    snprintf(list, sizeof list, "%s/empty", dir);
+    assert_int_equal(kube_auth_kubeconfig(list, false, &auth, err, sizeof err), -1);
+    assert_non_null(strstr(err, "not a mapping"));
+}
+
 static void test_in_cluster_token_rotates(void **state)
 {
     (void)state;
@@ -419,6 +470,7 @@ int main(void)
         cmocka_unit_test(test_static_pod_is_found_by_its_config_hash),
         cmocka_unit_test(test_kubeconfig_current_context),
         cmocka_unit_test(test_broken_kubeconfigs_say_what_is_wrong),
+        cmocka_unit_test(test_kubeconfig_list_is_merged_as_client_go_does),
         cmocka_unit_test(test_in_cluster_token_rotates),
     };
     return cmocka_run_group_tests(tests, make_dir, remove_dir);
