@@ -93,8 +93,14 @@ struct metadata_builder {
     bool excluded;
     const char *why_excluded;
     bool overflow;
+    /* Names refused because Loki reserves them (starting with "__" once
+     * sanitised): how many, and the first few, for the caller to say. */
+    size_t nreserved;
+    const char *reserved[8];
 };
-/* The label is added unless one of that name (as Loki sanitises it) is there. */
+/* The label is added unless one of that name (as Loki sanitises it) is
+ * there, or the name is one Loki reserves (loki_label_name_reserved: then
+ * it is counted in nreserved). Names are sanitised by finish(). */
 void metadata_builder_add(struct metadata_builder *b, bool structured, const char *name, const char *value);
 /* Copies everything into one allocation; NULL on allocation failure. */
 struct metadata_labels *metadata_builder_finish(const struct metadata_builder *b);

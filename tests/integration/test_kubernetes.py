@@ -248,6 +248,37 @@ class KubeconfigListTest(KubeTestCase):
         self.assertEqual(a.stop(), 0)
 
 
+class LabelNamesTest(KubeTestCase):
+    """Names from pod_labels and loglet.io/labels that Loki would not take as they are: the same
+    sanitised names whether sent as stream labels or structured metadata, and names Loki
+    reserves (starting with "__" once sanitised) not sent, said once."""
+    ANNOTATION = "app.kubernetes.io/x=1, 1abc=2, h\u00e9llo=3, __reserved=4, _.hidden=5, tab=x\ty"
+
+    def names_sent(self, structured):
+        p = Pod(self, "shop", "n-0", labels={"app.kubernetes.io/part-of": "shop", "x-y": "z"},
+                annotations={"loglet.io/labels": self.ANNOTATION})
+        self.api.put_pod(p.obj)
+        a = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n  pod_labels: [app.kubernetes.io/part-of, x-y]\n"
+                             + ("  structured_metadata: true\n" if structured else ""))
+        p.create_files().write(3)
+        p.files["app"].rotate(compress=False)  # a second open of the pod's files: not said again
+        p.write(3, "rotated ")
+        self.wait_all([p])
+        self.assertEqual(a.stop(), 0)
+        said = re.findall(r'loglet.io/labels names the label \\?"(__reserved|_.hidden)\\?"', a.stderr_text())
+        self.assertEqual(sorted(said), ["_.hidden", "__reserved"], a.stderr_text()[-2000:])
+        e = self.receiver.all_entries()[0]
+        return (set(e["label_map"]) - set(self.path_labels(p, "app", "stdout"))) | set(e.get("metadata") or {})
+
+    def test_stream_labels_and_structured_metadata_get_the_same_names(self):
+        want = {"app_kubernetes_io_part_of", "x_y", "app_kubernetes_io_x", "_1abc", "h_llo", "tab"}
+        self.assertEqual(self.names_sent(structured=False), want)
+
+    def test_structured_metadata_names(self):
+        want = {"app_kubernetes_io_part_of", "x_y", "app_kubernetes_io_x", "_1abc", "h_llo", "tab"}
+        self.assertEqual(self.names_sent(structured=True), want)
+
+
 class StructuredMetadataTest(KubeTestCase):
     def test_copied_labels_go_to_structured_metadata_and_workload_stays_a_label(self):
         p = Pod(self, "shop", "api-0", owner=("StatefulSet", "api"),
