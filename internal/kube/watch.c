@@ -113,6 +113,19 @@ static void count_error(long status)
     metrics_add(kube_api_errors[e], 1);
 }
 
+/* What lines get while the API server does not answer: it depends on
+ * whether this watch ever listed (the cache keeps what it had). */
+static const char *meanwhile(const struct kube_watch *w)
+{
+    bool listed = w->version != NULL;
+    if (w->kind == KUBE_NAMESPACE)
+        return listed ? "meanwhile namespace labels and exclusions are those of the last answer"
+                      : "until it answers, streams get no namespace labels and namespace exclusions do not apply";
+    return listed ? "meanwhile files of pods already cached keep that metadata (it may be stale) and files of pods "
+                    "not cached are sent with path labels"
+                  : "until it answers, lines are sent with path labels only";
+}
+
 /* Said once per outage; the back-off grows. */
 static void failed(struct kube_watch *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void failed(struct kube_watch *w, const char *fmt, ...)
@@ -123,8 +136,8 @@ static void failed(struct kube_watch *w, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     if (!w->outage_said) {
-        log_error("kubernetes: %s; lines go on with path labels, retrying with back-off (said once until it "
-                  "recovers; see loglet_kube_api_errors_total)", msg);
+        log_error("kubernetes: %s; %s; retrying with back-off (said once until it recovers; see "
+                  "loglet_kube_api_errors_total)", msg, meanwhile(w));
         w->outage_said = true;
     } else {
         log_debug("kubernetes: %s", msg);
