@@ -203,8 +203,14 @@ static bool on_event_line(struct kube_watch *w, const char *line, size_t len)
     }
     w->events++;
     set_version(w, ev.resource_version);
-    if (ev.type == KUBE_EVENT_BOOKMARK) atomic_store(&w->cache->last_update_ms, metrics_now_ms());
-    else kube_cache_apply(w->cache, &ev);
+    if (ev.type == KUBE_EVENT_BOOKMARK) {
+        atomic_store(&w->cache->last_update_ms, metrics_now_ms());
+        /* A quiet node has few events: deleted pods whose files closed go
+         * at the next bookmark (about every minute) at the latest. */
+        kube_cache_expire(w->cache, metrics_now_ms());
+    } else {
+        kube_cache_apply(w->cache, &ev);
+    }
     metrics_set(kube_last_update_ms, metrics_now_ms());
     kube_event_free(&ev);
     return true;

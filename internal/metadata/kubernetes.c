@@ -34,6 +34,7 @@
 #include "kube/kube.h"
 #include "log/log.h"
 #include "metadata.h"
+#include "metrics/metrics.h"
 
 #define EXCLUDE_ANNOTATION "loglet.io/exclude"
 #define EXCLUDE_CONTAINERS_ANNOTATION "loglet.io/exclude-containers"
@@ -290,6 +291,19 @@ static bool kube_changed_since(struct metadata_provider *base, const struct pars
     return changed;
 }
 
+static void kube_file_opened_or_closed(struct metadata_provider *base, const struct parser_path_meta *path, bool open)
+{
+    struct kube_provider *k = (struct kube_provider *)base;
+    if (!path->namespace_[0] || !path->pod[0]) return; /* not a pod's file */
+    if (!open) {
+        kube_cache_release(&k->cache, path->namespace_, path->pod, metrics_now_ms());
+        return;
+    }
+    if (kube_cache_hold(&k->cache, path->namespace_, path->pod) != 0)
+        log_error("kubernetes: out of memory noting a file of pod %s/%s: if the pod is deleted, its files opened "
+                  "after that may lose its metadata", path->namespace_, path->pod);
+}
+
 static void kube_destroy(struct metadata_provider *base)
 {
     struct kube_provider *k = (struct kube_provider *)base;
@@ -305,7 +319,7 @@ static void kube_destroy(struct metadata_provider *base)
 }
 
 static const struct metadata_provider_ops kube_ops = {"kubernetes", kube_describe, kube_generation, kube_changed_since,
-                                                      kube_destroy};
+                                                      kube_destroy, kube_file_opened_or_closed};
 
 /* client-go's order: in cluster, then kubernetes.kubeconfig, $KUBECONFIG,
  * ~/.kube/config. The last only with enabled: true: under auto, an agent

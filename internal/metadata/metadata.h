@@ -62,6 +62,10 @@ struct metadata_provider_ops {
      * from one made at `generation` (a value generation() returned). */
     bool (*changed_since)(struct metadata_provider *p, const struct parser_path_meta *path, uint64_t generation);
     void (*destroy)(struct metadata_provider *p);
+    /* Optional (NULL: nothing to do). A file with this path was opened
+     * (open) or closed (!open), once each: what the provider knows of its
+     * pod is kept while any such file is open, even after the pod is gone. */
+    void (*file_opened_or_closed)(struct metadata_provider *p, const struct parser_path_meta *path, bool open);
 };
 
 struct metadata_provider {

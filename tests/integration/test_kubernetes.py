@@ -370,6 +370,59 @@ class ExclusionTest(KubeTestCase):
         self.assertIn("not tailing", a.stderr_text())
 
 
+class ExclusionChangeTest(KubeTestCase):
+    def test_exclusion_added_stops_a_file_and_lifted_resumes_it_at_its_end(self):
+        """loglet.io/exclude added to a pod whose file is being read stops it where it is; lifted
+        (from a pod excluded from the start, or from that one), its file is read from where it is
+        then: nothing written while excluded is sent, rotated files included, and a restart
+        afterwards re-reads nothing."""
+        a_pod = Pod(self, "shop", "a-0", labels={"app": "a"})
+        b_pod = Pod(self, "shop", "b-0", labels={"app": "b"}, annotations={"loglet.io/exclude": "true"})
+        self.api.put_pod(a_pod.obj)
+        self.api.put_pod(b_pod.obj)
+        agent = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n")
+        a_pod.create_files().write(5, "before ")
+        b_pod.create_files().write(5, "secret ")
+        self.assertTrue(self.receiver.wait_for(lambda: len(self.receiver.lines({"pod": "a-0"})) == 5, timeout=10))
+        # a-0 excluded while its file is open: it stops.
+        a_pod.obj["metadata"]["annotations"]["loglet.io/exclude"] = "true"
+        self.api.put_pod(a_pod.obj)
+        agent.wait_stderr(r"not tailing \S*a-0_shop_app\S* \(\S+\) from offset \d+ on: the pod is annotated", timeout=5)
+        a_pod.write(5, "excluded ")
+        b_pod.files["app"].rotate(compress=False)  # b-0 rotates while excluded: not wanted either
+        b_pod.write(5, "secret-rotated ")
+        time.sleep(0.5)
+        # b-0's exclusion lifted: read from where its file is now.
+        del b_pod.obj["metadata"]["annotations"]["loglet.io/exclude"]
+        self.api.put_pod(b_pod.obj)
+        agent.wait_stderr(r"tailing \S*b-0_shop_app\S* .* from offset \d+: its pod is no longer excluded", timeout=5)
+        b_pod.write(5, "wanted ")
+        # a-0's lifted again.
+        del a_pod.obj["metadata"]["annotations"]["loglet.io/exclude"]
+        self.api.put_pod(a_pod.obj)
+        agent.wait_stderr(r"tailing \S*a-0_shop_app\S* .* from offset \d+: its pod is no longer excluded", timeout=5)
+        a_pod.write(5, "back ")
+        wanted = lambda: [content for p in (a_pod, b_pod) for stream, content in p.written["app"]  # noqa: E731
+                          if " before " in content or " wanted " in content or " back " in content]
+        self.assertTrue(self.receiver.wait_for(lambda: self.receiver.entry_count() >= len(wanted()), timeout=10))
+        time.sleep(1.5)  # past a rescan's worth of events: anything excluded would be here by now
+        self.assertEqual(agent.stop(), 0)
+        # Restarted: each resumes where it was; nothing is read twice.
+        agent = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n")
+        a_pod.write(3, "after-restart ")
+        b_pod.write(3, "after-restart ")
+        want = wanted() + [c for p in (a_pod, b_pod) for _, c in p.written["app"] if "after-restart" in c]
+        self.assertTrue(self.receiver.wait_for(lambda: self.receiver.entry_count() >= len(want), timeout=10))
+        time.sleep(1.0)
+        self.assertEqual(agent.stop(), 0)
+        got = sorted(e["line"] for e in self.receiver.all_entries())
+        self.assertEqual(got, sorted(want))
+        for e in self.receiver.all_entries():
+            p = a_pod if e["label_map"]["pod"] == "a-0" else b_pod
+            self.assertEqual(e["label_map"], dict(self.path_labels(p, "app", e["label_map"]["stream"]),
+                                                  app=p.obj["metadata"]["labels"]["app"]))
+
+
 class DegradationTest(KubeTestCase):
     def test_api_down_from_the_start_then_back(self):
         """Every line arrives with path labels while the API server is down; /ready does not
@@ -576,6 +629,39 @@ class DeletionTest(KubeTestCase):
                      {"app": "staying-v2" if "relabelled" in content else "staying"})
             return dict(self.path_labels(q, c, s), **extra)
         self.check_lines([p, other], labels)
+
+
+    def test_a_deleted_pod_is_kept_while_a_file_of_it_is_open_and_dropped_once_they_are_closed(self):
+        """Not a fixed time: while the output lags past the grace a deleted pod is kept for as
+        long as its files are open (a rotation then still gets its labels), and once its last
+        file is closed it leaves the cache within the grace (15 s) plus a bookmark."""
+        p = Pod(self, "shop", "leaving-2", labels={"app": "leaving"})
+        other = Pod(self, "shop", "staying-2", labels={"app": "staying"})
+        self.api.put_pod(p.obj)
+        self.api.put_pod(other.obj)
+        a = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n")
+        p.create_files().write(20, "before ")
+        other.create_files().write(5)
+        self.wait_all([p, other])
+        self.assertEqual(self.metric(a, "loglet_kube_pods_cached"), 2)
+        self.receiver.set_faults(down_hard=True)  # the output lags: the file stays open, unread
+        p.write(20, "after-delete ")
+        self.api.delete_pod("shop", "leaving-2")
+        time.sleep(15 + 3)  # past the grace: only the open file keeps the pod
+        self.assertEqual(self.metric(a, "loglet_kube_pods_cached"), 2, "dropped while a file of it was open")
+        p.files["app"].rotate(compress=False)  # the new file is described after the grace
+        p.write(20, "rotated ")
+        self.receiver.set_faults(down_hard=False)
+        self.wait_all([p, other], timeout=30)
+        self.check_lines([p, other], lambda q, c, s, *_: dict(self.path_labels(q, c, s), app=q.obj["metadata"]["labels"]["app"]))
+        p.files["app"].remove()  # the kubelet removes the dead pod's logs: its files close
+        closed = lambda: len(re.findall(r"msg=\"closed \S*leaving-2_shop_app", a.stderr_text()))  # noqa: E731
+        self.assertTrue(self.receiver.wait_for(lambda: closed() == 2, timeout=15), a.stderr_text()[-2000:])
+        t0 = time.monotonic()
+        ok = self.receiver.wait_for(lambda: self.metric(a, "loglet_kube_pods_cached") == 1, timeout=15 + 5)
+        self.assertTrue(ok, "the deleted pod stayed cached after its files were closed")
+        self.assertGreater(time.monotonic() - t0, 5, "dropped before the grace")
+        self.assertEqual(a.stop(), 0)
 
 
 if __name__ == "__main__":

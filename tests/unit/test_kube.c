@@ -232,6 +232,54 @@ static void test_cache_keeps_deleted_pods_checks_uids_and_relists(void **state)
     kube_cache_free(&cache);
 }
 
+static void test_deleted_pod_is_kept_while_its_files_are_open_then_dropped(void **state)
+{
+    (void)state;
+    struct kube_cache cache;
+    kube_cache_init(&cache);
+    struct kube_event ev = event_for(KUBE_EVENT_ADDED, "held", "u1", "one");
+    kube_cache_apply(&cache, &ev);
+    kube_event_free(&ev);
+    ev = event_for(KUBE_EVENT_ADDED, "idle", "u2", "two");
+    kube_cache_apply(&cache, &ev);
+    kube_event_free(&ev);
+    /* Two files of `held` open (the current one and a rotated one). */
+    assert_int_equal(kube_cache_hold(&cache, "ns", "held"), 0);
+    assert_int_equal(kube_cache_hold(&cache, "ns", "held"), 0);
+    /* A file of a pod not known yet is held too: it is kept once it comes. */
+    assert_int_equal(kube_cache_hold(&cache, "ns", "later"), 0);
+    int64_t t0 = 1000000;
+    ev = event_for(KUBE_EVENT_DELETED, "held", "u1", "one");
+    kube_cache_apply(&cache, &ev);
+    kube_event_free(&ev);
+    ev = event_for(KUBE_EVENT_DELETED, "idle", "u2", "two");
+    kube_cache_apply(&cache, &ev);
+    kube_event_free(&ev);
+    pthread_mutex_lock(&cache.lock);
+    t0 = kube_cache_pod_locked(&cache, "ns", "idle", "")->deleted_ms;
+    pthread_mutex_unlock(&cache.lock);
+    /* Within the grace both stay; past it the one with no file open goes. */
+    kube_cache_expire(&cache, t0 + KUBE_DELETED_GRACE_MS - 1);
+    assert_string_equal(app_of(&cache, "idle", ""), "two deleted");
+    kube_cache_expire(&cache, t0 + KUBE_DELETED_GRACE_MS);
+    assert_string_equal(app_of(&cache, "idle", ""), "(none)");
+    /* Open files keep it however long they drain (an hour behind, say). */
+    int64_t hour = 3600 * 1000;
+    kube_cache_expire(&cache, t0 + hour);
+    assert_string_equal(app_of(&cache, "held", ""), "one deleted");
+    kube_cache_release(&cache, "ns", "held", t0 + hour);
+    kube_cache_expire(&cache, t0 + hour + KUBE_DELETED_GRACE_MS);
+    assert_string_equal(app_of(&cache, "held", ""), "one deleted"); /* one file still open */
+    kube_cache_release(&cache, "ns", "held", t0 + 2 * hour);
+    kube_cache_expire(&cache, t0 + 2 * hour + KUBE_DELETED_GRACE_MS - 1); /* the grace counts from the last close */
+    assert_string_equal(app_of(&cache, "held", ""), "one deleted");
+    kube_cache_expire(&cache, t0 + 2 * hour + KUBE_DELETED_GRACE_MS);
+    assert_string_equal(app_of(&cache, "held", ""), "(none)");
+    assert_int_equal(cache.npods, 0);
+    kube_cache_release(&cache, "ns", "never-held", t0); /* harmless */
+    kube_cache_free(&cache);                             /* the hold of `later` is freed with it */
+}
+
 static void test_static_pod_is_found_by_its_config_hash(void **state)
 {
     (void)state;
@@ -468,6 +516,7 @@ int main(void)
         cmocka_unit_test(test_list_with_continue_and_a_bad_item),
         cmocka_unit_test(test_cache_keeps_deleted_pods_checks_uids_and_relists),
         cmocka_unit_test(test_static_pod_is_found_by_its_config_hash),
+        cmocka_unit_test(test_deleted_pod_is_kept_while_its_files_are_open_then_dropped),
         cmocka_unit_test(test_kubeconfig_current_context),
         cmocka_unit_test(test_broken_kubeconfigs_say_what_is_wrong),
         cmocka_unit_test(test_kubeconfig_list_is_merged_as_client_go_does),

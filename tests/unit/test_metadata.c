@@ -50,7 +50,7 @@ static bool fake_changed_since(struct metadata_provider *p, const struct parser_
 }
 static void fake_destroy(struct metadata_provider *p) { (void)p; }
 static const struct metadata_provider_ops fake_ops = {"fake", fake_describe, fake_generation, fake_changed_since,
-                                                      fake_destroy};
+                                                      fake_destroy, NULL};
 
 static struct source *render(struct fake *f, const struct config_strmap *static_labels)
 {
