@@ -20,6 +20,9 @@
  */
 #include <curl/curl.h>
 #include <errno.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +41,11 @@
 #define LIST_TIMEOUT_MS 60000
 #define CONNECT_TIMEOUT_MS 10000
 #define ERROR_BODY_MAX 512
+/* The answer buffer: an event line is rarely longer than a few KiB; a list
+ * page makes it grow, and it is given back after the list (kept, a node's
+ * list would stay resident for the agent's life). */
+#define BUF_INITIAL_BYTES 16384
+#define BUF_KEEP_BYTES 65536
 
 struct kube_watch {
     struct kube_auth *auth;
@@ -174,7 +182,7 @@ static void set_version(struct kube_watch *w, const char *version)
 static int grow(struct kube_watch *w, size_t need)
 {
     if (need <= w->cap) return 0;
-    size_t cap = w->cap ? w->cap : 65536;
+    size_t cap = w->cap ? w->cap : BUF_INITIAL_BYTES;
     while (cap < need) cap *= 2;
     char *p = realloc(w->buf, cap);
     if (!p) return -1;
@@ -344,7 +352,9 @@ static enum outcome get(struct kube_watch *w, const char *url, bool streaming, c
     kube_auth_header(w->auth, auth, sizeof auth);
     struct curl_slist *headers = curl_slist_append(NULL, "Accept: application/json");
     struct curl_slist *with_auth = headers && auth[0] ? curl_slist_append(headers, auth) : headers;
-    explicit_bzero(auth, sizeof auth);
+    /* Only what was written: wiping the whole buffer would make 64 KiB of
+     * this thread's stack resident for a token of a few hundred bytes. */
+    explicit_bzero(auth, strlen(auth));
     if (!with_auth) {
         curl_slist_free_all(headers);
         snprintf(why, whylen, "out of memory");
@@ -438,6 +448,23 @@ static int merge(struct kube_list *all, struct kube_list *page)
     return 0;
 }
 
+/* After a list (at start, and after a 410 or an error, so rarely): the
+ * page buffer and the JSON trees of the pages were as large as the node's
+ * pod list, on this thread's malloc arena, which glibc does not give back
+ * by itself. Given back here, the agent's resident memory is not raised
+ * for the rest of its life by the size of a list it no longer holds. */
+static void shrink_after_list(struct kube_watch *w)
+{
+    if (w->cap > BUF_KEEP_BYTES) {
+        free(w->buf);
+        w->buf = NULL;
+        w->cap = w->len = 0;
+    }
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+}
+
 static enum outcome list(struct kube_watch *w, char *why, size_t whylen)
 {
     struct kube_list all = {0};
@@ -486,6 +513,7 @@ static enum outcome list(struct kube_watch *w, char *why, size_t whylen)
         set_version(w, all.resource_version);
         size_t n = all.count;
         kube_cache_replace(w->cache, w->kind, &all);
+        shrink_after_list(w);
         log_info("kubernetes: listed %zu %s%s%s at resourceVersion %s", n, resource(w),
                  w->node_escaped ? " of node " : "", w->node_escaped ? w->node_escaped : "", w->version ? w->version : "?");
         recovered(w, "listed");
