@@ -355,8 +355,11 @@ void metadata_tick(struct collector *c, int64_t now);
 /* A tailed file came (open) or went (!open): the provider keeps its pod's
  * metadata while any is open (file_link/file_unlink, once each). */
 void metadata_file_opened_or_closed(struct collector *c, const struct tailed_file *f, bool open);
-/* Whether an annotation excludes a file with this path metadata (*why says which). */
-bool metadata_excluded(struct collector *c, const struct parser_path_meta *meta, const char **why);
+/* Whether an annotation excludes a file with this path metadata (*why says
+ * which). `was_excluded`: it did, and then a pod that is not known any more
+ * (deleted, or the provider cannot say) keeps it excluded: only a pod seen
+ * without the annotation lifts it. */
+bool metadata_excluded(struct collector *c, const struct parser_path_meta *meta, bool was_excluded, const char **why);
 
 /* collector.c */
 void collector_mark_pending(struct collector *c, struct tailed_file *f);

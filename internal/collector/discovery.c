@@ -230,7 +230,8 @@ void discovery_open(struct collector *c, const char *link_path, bool at_startup,
     struct parser_path_meta meta;
     parser_path_meta(link_path, real, &meta);
     const char *why_excluded;
-    if (metadata_excluded(c, &meta, &why_excluded)) {
+    bool was_excluded = discovery_excluded_by_annotation(c, link_path);
+    if (metadata_excluded(c, &meta, was_excluded, &why_excluded)) {
         if (!table_get_str(&c->reported, link_path)) metrics_add(files_excluded, 1);
         discovery_report_once(c, link_path, DISCOVERY_EXCLUDED_BY_ANNOTATION, "not tailing %s: %s", link_path,
                               why_excluded);
@@ -260,7 +261,7 @@ void discovery_open(struct collector *c, const char *link_path, bool at_startup,
      * files it rotated meanwhile, were written while it was excluded and
      * are not wanted. It is read from where it is now, like a file that was
      * being tailed all along and skipped those lines. */
-    bool exclusion_lifted = !predecessor && discovery_excluded_by_annotation(c, link_path);
+    bool exclusion_lifted = !predecessor && was_excluded;
     if (exclusion_lifted) {
         rotation_forget_awaited(c, link_path);
         offset = (uint64_t)st.st_size;

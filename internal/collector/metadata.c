@@ -43,14 +43,18 @@ void metadata_file_opened_or_closed(struct collector *c, const struct tailed_fil
     if (p && p->ops->file_opened_or_closed) p->ops->file_opened_or_closed(p, &f->src->meta, open);
 }
 
-bool metadata_excluded(struct collector *c, const struct parser_path_meta *meta, const char **why)
+bool metadata_excluded(struct collector *c, const struct parser_path_meta *meta, bool was_excluded, const char **why)
 {
     struct metadata_provider *p = c->label_policy.metadata;
     if (!p) return false;
     struct metadata_labels *m = NULL;
-    bool excluded = p->ops->describe(p, meta, &m) == METADATA_FOUND && m && m->excluded;
+    enum metadata_status st = p->ops->describe(p, meta, &m);
+    bool excluded = st == METADATA_FOUND ? m && m->excluded : was_excluded;
     static char reason[160];
-    if (excluded) snprintf(reason, sizeof reason, "%s", m->why_excluded ? m->why_excluded : "annotation");
+    if (excluded && st == METADATA_FOUND)
+        snprintf(reason, sizeof reason, "%s", m->why_excluded ? m->why_excluded : "annotation");
+    else if (excluded)
+        snprintf(reason, sizeof reason, "its pod was excluded and is not known any more");
     *why = reason;
     free(m);
     return excluded;
