@@ -16,7 +16,7 @@
  *    too much.
  *  - Objects are reduced when parsed to the fields labels and collection
  *    need (name, uid, labels, the loglet.io/ annotations, the controlling
- *    owner); the JSON text is never kept.
+ *    owner, a mirror pod's config hash); the JSON text is never kept.
  *  - Parsing (object.c) is pure: no I/O, no global state, and every input —
  *    malformed JSON, wrong types, missing fields, oversized values — gives
  *    -1 and a one-line reason, never a crash. JSON is read with jansson.
