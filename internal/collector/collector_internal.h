@@ -280,12 +280,20 @@ size_t tail_chunk_bytes(const struct collector *c);
 void tail_count_rest(struct collector *c, struct tailed_file *f, uint64_t *lines, uint64_t *bytes);
 
 /* discovery.c */
+/* Reasons a path is reported as not tailed (besides errno values). */
+#define DISCOVERY_EXCLUDED_BY_PATTERN (-1)
+#define DISCOVERY_EXCLUDED_BY_ANNOTATION (-2)
 int discovery_setup(struct collector *c, char *err, size_t errlen);
 void discovery_scan(struct collector *c, bool at_startup);
 /* A name appeared in (created) or left (!created) a directory that holds links. */
 void discovery_link_event(struct collector *c, struct watch_dir *dir, const char *name, bool created);
 void discovery_open(struct collector *c, const char *link_path, bool at_startup, struct tailed_file *predecessor);
 void discovery_forget_report(struct collector *c, const char *path);
+/* Whether the path is not tailed because an annotation excludes its pod. */
+bool discovery_excluded_by_annotation(struct collector *c, const char *path);
+/* The paths an annotation excluded are looked at again (the provider's
+ * answer moved): those no longer excluded are opened, at their end. */
+void discovery_recheck_excluded(struct collector *c);
 void discovery_report_once(struct collector *c, const char *path, int reason, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void discovery_teardown(struct collector *c);
@@ -373,8 +381,14 @@ void metadata_tick(struct collector *c, int64_t now);
 bool metadata_choose_pipeline(struct collector *c, struct tailed_file *f);
 /* Whether a fresh source of f would choose another block. */
 bool metadata_pipeline_changes(struct collector *c, const struct tailed_file *f, const struct source *fresh);
-/* Whether an annotation excludes a file with this path metadata (*why says which). */
-bool metadata_excluded(struct collector *c, const struct parser_path_meta *meta, const char **why);
+/* A tailed file came (open) or went (!open): the provider keeps its pod's
+ * metadata while any is open (file_link/file_unlink, once each). */
+void metadata_file_opened_or_closed(struct collector *c, const struct tailed_file *f, bool open);
+/* Whether an annotation excludes a file with this path metadata (*why says
+ * which). `was_excluded`: it did, and then a pod that is not known any more
+ * (deleted, or the provider cannot say) keeps it excluded: only a pod seen
+ * without the annotation lifts it. */
+bool metadata_excluded(struct collector *c, const struct parser_path_meta *meta, bool was_excluded, const char **why);
 
 /* collector.c */
 void collector_mark_pending(struct collector *c, struct tailed_file *f);

@@ -61,6 +61,44 @@ void discovery_forget_report(struct collector *c, const char *path)
     free(r);
 }
 
+bool discovery_excluded_by_annotation(struct collector *c, const char *path)
+{
+    const struct reported_path *r = table_get_str(&c->reported, path);
+    return r && r->reason == DISCOVERY_EXCLUDED_BY_ANNOTATION;
+}
+
+void discovery_recheck_excluded(struct collector *c)
+{
+    /* Copied first: opening a path takes it out of the table. Few paths
+     * (the files of excluded pods), looked at when metadata changed. */
+    size_t n = 0, cap = 0;
+    char **paths = NULL;
+    size_t cursor = 0;
+    for (struct reported_path *r; (r = table_next(&c->reported, &cursor));) {
+        if (r->reason != DISCOVERY_EXCLUDED_BY_ANNOTATION) continue;
+        if (n == cap) {
+            size_t grown_cap = cap ? cap * 2 : 16;
+            char **grown = realloc(paths, grown_cap * sizeof *grown);
+            if (!grown) {
+                log_error("out of memory looking at excluded files again: the others wait for the next rescan");
+                break;
+            }
+            paths = grown;
+            cap = grown_cap;
+        }
+        if (!(paths[n] = strdup(r->path))) {
+            log_error("out of memory looking at excluded files again: the others wait for the next rescan");
+            break;
+        }
+        n++;
+    }
+    for (size_t i = 0; i < n; i++) {
+        discovery_open(c, paths[i], false, NULL);
+        free(paths[i]);
+    }
+    free(paths);
+}
+
 /* A planted symlink (to /etc/shadow, say) must not make the agent read and
  * ship a file outside the log directories. */
 static bool inside_roots(const struct collector *c, const char *real)
@@ -176,7 +214,7 @@ static bool file_excluded(const struct collector *c, const struct parser_path_me
 
 /* Opens the file a glob match names. Files seen at start-up resume at their
  * saved position (positions_policy); later ones at their start, since all
- * of them is new. */
+ * of them is new; a file whose pod's exclusion was lifted at its end. */
 void discovery_open(struct collector *c, const char *link_path, bool at_startup, struct tailed_file *predecessor)
 {
     if (table_get_str(&c->files_by_path, link_path)) return;
@@ -199,14 +237,17 @@ void discovery_open(struct collector *c, const char *link_path, bool at_startup,
     struct parser_path_meta meta;
     parser_path_meta(link_path, real, &meta);
     const char *why_excluded;
-    if (metadata_excluded(c, &meta, &why_excluded)) {
+    bool was_excluded = discovery_excluded_by_annotation(c, link_path);
+    if (metadata_excluded(c, &meta, was_excluded, &why_excluded)) {
         if (!table_get_str(&c->reported, link_path)) metrics_add(files_excluded, 1);
-        discovery_report_once(c, link_path, -2, "not tailing %s: %s", link_path, why_excluded);
+        discovery_report_once(c, link_path, DISCOVERY_EXCLUDED_BY_ANNOTATION, "not tailing %s: %s", link_path,
+                              why_excluded);
         return;
     }
     if (file_excluded(c, &meta)) {
         if (!table_get_str(&c->reported, link_path)) metrics_add(files_excluded, 1);
-        discovery_report_once(c, link_path, -1, "not tailing %s: excluded by namespace/pod/container pattern",
+        discovery_report_once(c, link_path, DISCOVERY_EXCLUDED_BY_PATTERN,
+                              "not tailing %s: excluded by namespace/pod/container pattern",
                               link_path);
         return;
     }
@@ -223,7 +264,15 @@ void discovery_open(struct collector *c, const char *link_path, bool at_startup,
         return;
     }
     uint64_t offset = 0;
-    if (at_startup) {
+    /* Its pod was excluded and no longer is: what the file holds, and the
+     * files it rotated meanwhile, were written while it was excluded and
+     * are not wanted. It is read from where it is now, like a file that was
+     * being tailed all along and skipped those lines. */
+    bool exclusion_lifted = !predecessor && was_excluded;
+    if (exclusion_lifted) {
+        rotation_forget_awaited(c, link_path);
+        offset = (uint64_t)st.st_size;
+    } else if (at_startup) {
         offset = positions_policy_resume(c, link_path, real, fd, &st, &predecessor);
     } else if (!predecessor && (predecessor = rotation_awaited(c, link_path, real))) {
         /* Its file was renamed away and read before this one appeared: the
@@ -247,8 +296,9 @@ void discovery_open(struct collector *c, const char *link_path, bool at_startup,
         f->in_path_index = true;
     }
     discovery_forget_report(c, link_path);
-    log_info("tailing %s (%s) from offset %llu%s", link_path, real, (unsigned long long)f->offset,
-             f->dir && f->dir->wd >= 0 ? "" : ", polled");
+    log_info("tailing %s (%s) from offset %llu%s%s", link_path, real, (unsigned long long)f->offset,
+             f->dir && f->dir->wd >= 0 ? "" : ", polled",
+             exclusion_lifted ? ": its pod is no longer excluded; what it wrote while excluded is skipped" : "");
     if (predecessor) {
         predecessor->successor = f;
         f->waiting = true;

@@ -18,8 +18,11 @@
  *    them. A pod that disappeared changes nothing: its files keep the labels
  *    they had to their last line.
  *  - An annotation that excludes a file is honoured when the file is found
- *    (discovery asks metadata_excluded) or when its wait ends; a file already
- *    being read is not cut short by an annotation added later.
+ *    (discovery asks metadata_excluded), when its wait ends, and when it is
+ *    added to the pod of a file already open (the file is closed where it
+ *    is, like any other: what was read goes out, then its position is
+ *    dropped). When the exclusion is lifted, the file is opened again at
+ *    its end: the lines written while it was excluded are not wanted.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -35,14 +38,24 @@ void collector_use_metadata(struct collector *c, struct metadata_provider *provi
     c->metadata_generation = provider ? provider->ops->generation(provider) : 0;
 }
 
-bool metadata_excluded(struct collector *c, const struct parser_path_meta *meta, const char **why)
+void metadata_file_opened_or_closed(struct collector *c, const struct tailed_file *f, bool open)
+{
+    struct metadata_provider *p = c->label_policy.metadata;
+    if (p && p->ops->file_opened_or_closed) p->ops->file_opened_or_closed(p, &f->src->meta, open);
+}
+
+bool metadata_excluded(struct collector *c, const struct parser_path_meta *meta, bool was_excluded, const char **why)
 {
     struct metadata_provider *p = c->label_policy.metadata;
     if (!p) return false;
     struct metadata_labels *m = NULL;
-    bool excluded = p->ops->describe(p, meta, &m) == METADATA_FOUND && m && m->excluded;
+    enum metadata_status st = p->ops->describe(p, meta, &m);
+    bool excluded = st == METADATA_FOUND ? m && m->excluded : was_excluded;
     static char reason[160];
-    if (excluded) snprintf(reason, sizeof reason, "%s", m->why_excluded ? m->why_excluded : "annotation");
+    if (excluded && st == METADATA_FOUND)
+        snprintf(reason, sizeof reason, "%s", m->why_excluded ? m->why_excluded : "annotation");
+    else if (excluded)
+        snprintf(reason, sizeof reason, "its pod was excluded and is not known any more");
     *why = reason;
     free(m);
     return excluded;
@@ -160,11 +173,15 @@ static bool swap_source(struct collector *c, struct tailed_file *f, struct sourc
     return true;
 }
 
-/* Excluded once its pod was known: out, and not found again (discovery asks). */
-static void close_excluded(struct collector *c, struct tailed_file *f)
+/* Excluded once its pod was known, or since: out, and not found again
+ * while it is (discovery asks); when the exclusion is lifted, discovery
+ * opens it at its end (discovery_recheck_excluded). `why` comes from the
+ * description that excluded it. */
+static void close_excluded(struct collector *c, struct tailed_file *f, const char *why)
 {
-    log_info("not tailing %s: %s", f->src->path, f->src->extra->why_excluded ? f->src->extra->why_excluded : "excluded");
-    metrics_add(files_excluded, 1);
+    if (!discovery_excluded_by_annotation(c, f->src->path)) metrics_add(files_excluded, 1);
+    discovery_report_once(c, f->src->path, DISCOVERY_EXCLUDED_BY_ANNOTATION, "not tailing %s (%s) from offset %llu "
+                          "on: %s", f->src->path, f->src->real_path, (unsigned long long)f->offset, why);
     /* A predecessor waiting to hand over to f hands over to f's successor instead. */
     for (struct tailed_file *g = c->all_files; g; g = g->all_next) {
         if (g->successor != f) continue;
@@ -190,7 +207,7 @@ static bool end_wait(struct collector *c, struct tailed_file *f, int64_t now)
                  f->src->meta.namespace_, f->src->meta.pod, (long long)c->cfg->kubernetes.wait_for_metadata_ms);
     }
     if (f->src->extra && f->src->extra->excluded) {
-        close_excluded(c, f);
+        close_excluded(c, f, f->src->extra->why_excluded ? f->src->extra->why_excluded : "excluded");
         return false;
     }
     collector_mark_pending(c, f);
@@ -216,17 +233,28 @@ void metadata_tick(struct collector *c, int64_t now)
             waiting += still;
             continue;
         }
-        if (!changed || f->state != FILE_ACTIVE) continue;
+        if (!changed) continue;
         /* Described in full before: only a change to its own pod (or
          * namespace) can change its labels. Otherwise (the API server was
-         * down, the pod unknown) any change may be the one it needs. */
-        if (f->src->extra_status == METADATA_FOUND &&
-            !p->ops->changed_since(p, &f->src->meta, f->src->described_generation))
-            continue;
+         * down, the pod unknown) any change may be the one it needs. A file
+         * draining (rotated away) is looked at only for an exclusion. */
+        bool found = f->src->extra_status == METADATA_FOUND;
+        if (found && !p->ops->changed_since(p, &f->src->meta, f->src->described_generation)) continue;
+        if (f->state != FILE_ACTIVE && !found) continue;
         struct source *fresh = fresh_source(c, f);
         if (!fresh) continue;
+        if (fresh->extra_status == METADATA_FOUND && fresh->extra && fresh->extra->excluded) {
+            /* Excluded since it was opened: it stops here. Its lines read
+             * so far go out; its position leaves the positions file once
+             * they are delivered, like any closed file's. */
+            char why[160];
+            snprintf(why, sizeof why, "%s", fresh->extra->why_excluded ? fresh->extra->why_excluded : "excluded");
+            source_unref(fresh);
+            close_excluded(c, f, why);
+            continue;
+        }
         bool relabel = !same_labels(fresh, f->src), restage = metadata_pipeline_changes(c, f, fresh);
-        if (fresh->extra_status != METADATA_FOUND || (!relabel && !restage)) {
+        if (f->state != FILE_ACTIVE || fresh->extra_status != METADATA_FOUND || (!relabel && !restage)) {
             source_unref(fresh);
             continue;
         }
@@ -246,4 +274,6 @@ void metadata_tick(struct collector *c, int64_t now)
     c->metadata_waiting = waiting;
     /* Looked at again next turn, as if the generation had moved. */
     if (retry) c->metadata_generation = gen - 1;
+    /* Files an annotation kept out: opened (at their end) once it is lifted. */
+    if (changed) discovery_recheck_excluded(c);
 }

@@ -129,6 +129,12 @@ static void resume_orphan(struct collector *c, struct saved_range *range)
     if (discovery_matches(c, known->path) && realpath(known->path, real)) {
         discovery_open(c, known->path, true, NULL);
         if (table_get_str(&c->files_by_path, known->path)) return;
+        /* Its pod is excluded now (annotated while loglet was down): its
+         * link is there, so it is no orphan, and not to be read. */
+        if (discovery_excluded_by_annotation(c, known->path)) {
+            range->used = true;
+            return;
+        }
     }
     range->used = true;
     const struct position *base = current_entry(known, range->count);

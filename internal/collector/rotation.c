@@ -89,6 +89,7 @@ static void dir_release_if_unused(struct collector *c, struct watch_dir *dir)
 
 static void file_link(struct collector *c, struct tailed_file *f)
 {
+    metadata_file_opened_or_closed(c, f, true);
     f->all_next = c->all_files;
     if (c->all_files) c->all_files->all_prev = f;
     c->all_files = f;
@@ -101,6 +102,7 @@ static void file_link(struct collector *c, struct tailed_file *f)
 
 static void file_unlink(struct collector *c, struct tailed_file *f)
 {
+    metadata_file_opened_or_closed(c, f, false);
     if (f->all_prev) f->all_prev->all_next = f->all_next;
     else c->all_files = f->all_next;
     if (f->all_next) f->all_next->all_prev = f->all_prev;

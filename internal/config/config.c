@@ -11,6 +11,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 
 #include "config.h"
+#include "loki/loki.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -80,11 +81,13 @@ struct config_key {
     { .path = P, .type = KEY_ENUM_TEXT, .offset = FIELD(F, char *), .def = D, .doc = H, .values = V }
 #define K_LIST(P, F, D, H) \
     { .path = P, .type = KEY_LIST, .offset = FIELD(F, struct config_strlist), .def = D, .doc = H }
-#define K_MAP(P, F, H) { .path = P, .type = KEY_MAP, .offset = FIELD(F, struct config_strmap), .def = "", .doc = H }
+#define K_MAP(P, F, H, ...) \
+    { .path = P, .type = KEY_MAP, .offset = FIELD(F, struct config_strmap), .def = "", .doc = H, __VA_ARGS__ }
 /* A list of "key" or "key=name" items; YAML {from: key, to: name} items are
  * stored as "key=name" (keys of Kubernetes labels never contain '='). */
-#define K_RENAMES(P, F, D, H) \
-    { .path = P, .type = KEY_LIST, .offset = FIELD(F, struct config_strlist), .def = D, .doc = H, .renames = true }
+#define K_RENAMES(P, F, D, H)                                                                             \
+    { .path = P, .type = KEY_LIST, .offset = FIELD(F, struct config_strlist), .def = D, .doc = H, .renames = true, \
+      .check = check_label_names }
 #define K_TREE(P, F, H) \
     { .path = P, .type = KEY_TREE, .offset = FIELD(F, struct config_tree *), .def = "", .doc = H }
 #define K_ALIAS_LIST(P, TARGET, F) \
@@ -108,6 +111,7 @@ static const struct enum_value kubernetes_values[] = {
 
 static int check_regex(const struct config *cfg, const struct config_key *key, char *why, size_t whylen);
 static int check_url(const struct config *cfg, const struct config_key *key, char *why, size_t whylen);
+static int check_label_names(const struct config *cfg, const struct config_key *key, char *why, size_t whylen);
 
 #define KIB 1024LL
 
@@ -217,7 +221,7 @@ static const struct config_key keys[] = {
     K_DURATION("output.shutdown_grace", output.shutdown_grace_ms, "10s", 0,
                "On shutdown, how long buffered lines may still be sent."),
 
-    K_MAP("labels.static", labels.static_labels, "Labels added to every stream."),
+    K_MAP("labels.static", labels.static_labels, "Labels added to every stream.", .check = check_label_names),
     K_BOOL("labels.stream", labels.stream, "true", "Add the stream (stdout or stderr) as a label."),
     K_INT("labels.max_pipeline_streams", labels.max_pipeline_streams, "2000", 0, 1000000,
           "Most streams pipeline `labels` stages may add on this node (label sets used in the last 30 minutes, beyond each file's own); entries that would make more keep their file's own labels (counted, never dropped). 0: no bound."),
@@ -964,6 +968,34 @@ static int check_regex(const struct config *cfg, const struct config_key *key, c
     if (pcre2_get_error_message(code, msg, sizeof msg) < 0) snprintf((char *)msg, sizeof msg, "error %d", code);
     setf(why, whylen, "invalid regular expression at offset %zu: %s", (size_t)offset, (const char *)msg);
     return -1;
+}
+
+/* Label names (labels.static keys, the names pod and namespace labels are
+ * copied to): one Loki reserves would be refused or dropped downstream, so
+ * it is refused here, where the operator can fix it. */
+static int check_label_names(const struct config *cfg, const struct config_key *key, char *why, size_t whylen)
+{
+    const void *field = cfield_ptr(cfg, key);
+    size_t n = key->type == KEY_MAP ? ((const struct config_strmap *)field)->count
+                                    : ((const struct config_strlist *)field)->count;
+    for (size_t i = 0; i < n; i++) {
+        const char *item = key->type == KEY_MAP ? ((const struct config_strmap *)field)->keys[i]
+                                                : ((const struct config_strlist *)field)->items[i];
+        const char *eq = key->type == KEY_MAP ? NULL : strchr(item, '=');
+        const char *name = eq ? eq + 1 : item;
+        if (!loki_label_name_reserved(name)) continue;
+        char sanitised[256];
+        loki_sanitise_label_name(name, sanitised, sizeof sanitised);
+        if (key->type == KEY_MAP)
+            setf(why, whylen, "the label name \"%.128s\" (sent as \"%.128s\") starts with \"__\", which Loki reserves: "
+                 "choose another", name, sanitised);
+        else
+            setf(why, whylen, "item \"%.128s\" would be sent as the label \"%.128s\", which starts with \"__\": Loki "
+                 "reserves such names; rename it with {from: %.*s, to: <name>}", item, sanitised,
+                 (int)(eq ? (size_t)(eq - item) : strlen(item)), item);
+        return -1;
+    }
+    return 0;
 }
 
 static int check_url(const struct config *cfg, const struct config_key *key, char *why, size_t whylen)

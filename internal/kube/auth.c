@@ -9,7 +9,12 @@
  * token file that turned unreadable or empty keeps the last good token, said
  * once until it is good again.
  *
- * Kubeconfig: the current context's cluster (server, certificate-authority
+ * Kubeconfig: one file (kubernetes.kubeconfig, which must exist), or the
+ * files $KUBECONFIG lists, merged as client-go merges them: empty entries
+ * and missing files are skipped, a file that cannot be read or parsed is an
+ * error, the first file that sets current-context names it, and the first
+ * definition of a named context, cluster or user wins whole.
+ * Then the current context's cluster (server, certificate-authority
  * or -data, insecure-skip-tls-verify) and user (client-certificate and
  * client-key or their -data, token or tokenFile). Relative paths are
  * relative to the kubeconfig's directory, as kubectl reads them. Users that
@@ -170,10 +175,22 @@ int kube_auth_in_cluster(const char *sa_dir, struct kube_auth *auth, char *err, 
 /* ------------------------------------------------------------------------ */
 /* Kubeconfig                                                               */
 
-struct kc {
-    const char *path;
-    char dir[PATH_MAX];
+/* One kubeconfig file, parsed. */
+struct kc_file {
+    char path[PATH_MAX];
+    char dir[PATH_MAX]; /* relative paths in it are relative to this */
     yaml_document_t doc;
+    bool loaded;
+};
+
+/* The files of $KUBECONFIG (or the one file named), in order: client-go
+ * merges them so that the first file setting current-context wins, and the
+ * first definition of a named context, cluster or user wins as a whole. */
+struct kc {
+    struct kc_file *files;
+    size_t n;
+    const char *origin; /* the path or list as given, for messages */
+    bool is_list;
     char *err;
     size_t errlen;
 };
@@ -183,42 +200,53 @@ static const char *scalar(const yaml_node_t *n)
     return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
 }
 
-/* The value of `key` in mapping `map`, or NULL. */
-static yaml_node_t *member(struct kc *kc, const yaml_node_t *map, const char *key)
+/* The value of `key` in mapping `map` of file f, or NULL. */
+static yaml_node_t *member(struct kc_file *f, const yaml_node_t *map, const char *key)
 {
     if (!map || map->type != YAML_MAPPING_NODE) return NULL;
     for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
-        const char *k = scalar(yaml_document_get_node(&kc->doc, p->key));
-        if (k && strcmp(k, key) == 0) return yaml_document_get_node(&kc->doc, p->value);
+        const char *k = scalar(yaml_document_get_node(&f->doc, p->key));
+        if (k && strcmp(k, key) == 0) return yaml_document_get_node(&f->doc, p->value);
     }
     return NULL;
 }
 
-/* The item of list `section` whose `name` is `name`, and its `inner` mapping. */
-static yaml_node_t *named(struct kc *kc, const char *section, const char *name, const char *inner)
+static yaml_node_t *root_of(struct kc_file *f) { return yaml_document_get_root_node(&f->doc); }
+
+/* The first item, over the files in order, of list `section` whose `name` is
+ * `name`, and its `inner` mapping (NULL when that item has none); *from is
+ * the file that defines it. */
+static yaml_node_t *named(struct kc *kc, const char *section, const char *name, const char *inner,
+                          struct kc_file **from)
 {
-    yaml_node_t *list = member(kc, yaml_document_get_root_node(&kc->doc), section);
-    if (!list || list->type != YAML_SEQUENCE_NODE) return NULL;
-    for (yaml_node_item_t *it = list->data.sequence.items.start; it < list->data.sequence.items.top; it++) {
-        yaml_node_t *item = yaml_document_get_node(&kc->doc, *it);
-        const char *n = scalar(member(kc, item, "name"));
-        if (n && strcmp(n, name) == 0) {
-            yaml_node_t *in = member(kc, item, inner);
+    for (size_t i = 0; i < kc->n; i++) {
+        struct kc_file *f = &kc->files[i];
+        yaml_node_t *list = member(f, root_of(f), section);
+        if (!list || list->type != YAML_SEQUENCE_NODE) continue;
+        for (yaml_node_item_t *it = list->data.sequence.items.start; it < list->data.sequence.items.top; it++) {
+            yaml_node_t *item = yaml_document_get_node(&f->doc, *it);
+            const char *n = scalar(member(f, item, "name"));
+            if (!n || strcmp(n, name) != 0) continue;
+            *from = f;
+            yaml_node_t *in = member(f, item, inner);
             return in && in->type == YAML_MAPPING_NODE ? in : NULL;
         }
     }
+    *from = NULL;
     return NULL;
 }
 
-static int kc_fail(struct kc *kc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int kc_fail(struct kc *kc, const char *fmt, ...)
+/* An error about file f (NULL: about the merged whole). */
+static int kc_fail(struct kc *kc, const struct kc_file *f, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int kc_fail(struct kc *kc, const struct kc_file *f, const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    kube_setf(kc->err, kc->errlen, "kubeconfig %s: %s", kc->path, msg);
+    if (f && kc->n > 1) kube_setf(kc->err, kc->errlen, "kubeconfig %s (of %s): %s", f->path, kc->origin, msg);
+    else kube_setf(kc->err, kc->errlen, "kubeconfig %s: %s", f ? f->path : kc->origin, msg);
     return -1;
 }
 
@@ -266,125 +294,179 @@ static unsigned char *b64_decode(const char *text, size_t *out_len)
     return out;
 }
 
-/* A path in the kubeconfig, relative to its directory. */
-static int resolve(struct kc *kc, const char *path, char *full, size_t cap)
+/* A path in kubeconfig file f, relative to its directory. */
+static int resolve(struct kc *kc, const struct kc_file *f, const char *path, char *full, size_t cap)
 {
-    int n = path[0] == '/' ? snprintf(full, cap, "%s", path) : snprintf(full, cap, "%s/%s", kc->dir, path);
-    if (n < 0 || (size_t)n >= cap) return kc_fail(kc, "the path %.200s is too long", path);
+    int n = path[0] == '/' ? snprintf(full, cap, "%s", path) : snprintf(full, cap, "%s/%s", f->dir, path);
+    if (n < 0 || (size_t)n >= cap) return kc_fail(kc, f, "the path %.200s is too long", path);
     return 0;
 }
 
-/* A file given as `key` (relative to the kubeconfig) or inline as `key-data`. */
-static int file_or_data(struct kc *kc, const yaml_node_t *map, const char *key, const char *what, char **file,
-                        unsigned char **data, size_t *len)
+/* A file given as `key` (relative to its kubeconfig) or inline as `key-data`. */
+static int file_or_data(struct kc *kc, struct kc_file *f, const yaml_node_t *map, const char *key, const char *what,
+                        char **file, unsigned char **data, size_t *len)
 {
     char data_key[64];
     snprintf(data_key, sizeof data_key, "%s-data", key);
-    const char *inline_b64 = scalar(member(kc, map, data_key));
-    const char *path = scalar(member(kc, map, key));
+    const char *inline_b64 = scalar(member(f, map, data_key));
+    const char *path = scalar(member(f, map, key));
     if (inline_b64 && *inline_b64) {
         if (!(*data = b64_decode(inline_b64, len)) || !*len) {
             free(*data);
             *data = NULL;
-            return kc_fail(kc, "%s: %s is not base64", what, data_key);
+            return kc_fail(kc, f, "%s: %s is not base64", what, data_key);
         }
         return 0;
     }
     if (!path || !*path) return 0;
     char full[PATH_MAX];
-    if (resolve(kc, path, full, sizeof full) != 0) return -1;
-    if (access(full, R_OK) != 0) return kc_fail(kc, "%s: %s %s cannot be read: %s", what, key, full, strerror(errno));
-    if (!(*file = strdup(full))) return kc_fail(kc, "out of memory");
+    if (resolve(kc, f, path, full, sizeof full) != 0) return -1;
+    if (access(full, R_OK) != 0)
+        return kc_fail(kc, f, "%s: %s %s cannot be read: %s", what, key, full, strerror(errno));
+    if (!(*file = strdup(full))) return kc_fail(kc, f, "out of memory");
     return 0;
 }
 
 static int read_kubeconfig(struct kc *kc, struct kube_auth *auth)
 {
-    yaml_node_t *root = yaml_document_get_root_node(&kc->doc);
-    if (!root || root->type != YAML_MAPPING_NODE) return kc_fail(kc, "not a mapping");
-    const char *ctx_name = scalar(member(kc, root, "current-context"));
-    if (!ctx_name || !*ctx_name) return kc_fail(kc, "no current-context");
-    yaml_node_t *ctx = named(kc, "contexts", ctx_name, "context");
-    if (!ctx) return kc_fail(kc, "current-context \"%s\" is not among its contexts", ctx_name);
-    const char *cluster_name = scalar(member(kc, ctx, "cluster"));
-    const char *user_name = scalar(member(kc, ctx, "user"));
-    yaml_node_t *cluster = cluster_name ? named(kc, "clusters", cluster_name, "cluster") : NULL;
-    if (!cluster) return kc_fail(kc, "context \"%s\": cluster \"%s\" not found", ctx_name, cluster_name ? cluster_name : "");
-    const char *server = scalar(member(kc, cluster, "server"));
+    const char *ctx_name = NULL;
+    struct kc_file *ctx_file = NULL;
+    for (size_t i = 0; i < kc->n && !ctx_name; i++) {
+        const char *name = scalar(member(&kc->files[i], root_of(&kc->files[i]), "current-context"));
+        if (name && *name) {
+            ctx_name = name;
+            ctx_file = &kc->files[i];
+        }
+    }
+    if (!ctx_name) return kc_fail(kc, NULL, "no current-context");
+    struct kc_file *from;
+    yaml_node_t *ctx = named(kc, "contexts", ctx_name, "context", &from);
+    if (!ctx) return kc_fail(kc, kc->n > 1 ? NULL : ctx_file, "current-context \"%s\" is not among its contexts", ctx_name);
+    const char *cluster_name = scalar(member(from, ctx, "cluster"));
+    const char *user_name = scalar(member(from, ctx, "user"));
+    struct kc_file *cluster_file;
+    yaml_node_t *cluster = cluster_name ? named(kc, "clusters", cluster_name, "cluster", &cluster_file) : NULL;
+    if (!cluster)
+        return kc_fail(kc, kc->n > 1 ? NULL : from, "context \"%s\": cluster \"%s\" not found", ctx_name,
+                       cluster_name ? cluster_name : "");
+    const char *server = scalar(member(cluster_file, cluster, "server"));
     if (!server || (strncmp(server, "https://", 8) != 0 && strncmp(server, "http://", 7) != 0))
-        return kc_fail(kc, "cluster \"%s\": server must be an http:// or https:// URL", cluster_name);
+        return kc_fail(kc, cluster_file, "cluster \"%s\": server must be an http:// or https:// URL", cluster_name);
     size_t slen = strlen(server);
     while (slen > 8 && server[slen - 1] == '/') slen--;
-    if (!(auth->server = strndup(server, slen))) return kc_fail(kc, "out of memory");
-    const char *insecure = scalar(member(kc, cluster, "insecure-skip-tls-verify"));
+    if (!(auth->server = strndup(server, slen))) return kc_fail(kc, NULL, "out of memory");
+    const char *insecure = scalar(member(cluster_file, cluster, "insecure-skip-tls-verify"));
     auth->insecure_skip_verify = insecure && strcmp(insecure, "true") == 0;
-    if (file_or_data(kc, cluster, "certificate-authority", "cluster", &auth->ca_file, &auth->ca_data,
+    if (file_or_data(kc, cluster_file, cluster, "certificate-authority", "cluster", &auth->ca_file, &auth->ca_data,
                      &auth->ca_len) != 0)
         return -1;
 
-    yaml_node_t *user = user_name && *user_name ? named(kc, "users", user_name, "user") : NULL;
+    struct kc_file *uf = NULL;
+    yaml_node_t *user = user_name && *user_name ? named(kc, "users", user_name, "user", &uf) : NULL;
     if (user_name && *user_name && !user)
-        return kc_fail(kc, "context \"%s\": user \"%s\" not found", ctx_name, user_name);
+        return kc_fail(kc, kc->n > 1 ? NULL : from, "context \"%s\": user \"%s\" not found", ctx_name, user_name);
     if (user) {
-        if (member(kc, user, "exec") || member(kc, user, "auth-provider"))
-            return kc_fail(kc, "user \"%s\" needs a credential plugin (exec or auth-provider), which loglet does not "
-                           "run: use a token, tokenFile or a client certificate", user_name);
-        if (file_or_data(kc, user, "client-certificate", "user", &auth->cert_file, &auth->cert_data,
+        if (member(uf, user, "exec") || member(uf, user, "auth-provider"))
+            return kc_fail(kc, uf, "user \"%s\" needs a credential plugin (exec or auth-provider), which loglet does "
+                           "not run: use a token, tokenFile or a client certificate", user_name);
+        if (file_or_data(kc, uf, user, "client-certificate", "user", &auth->cert_file, &auth->cert_data,
                          &auth->cert_len) != 0 ||
-            file_or_data(kc, user, "client-key", "user", &auth->key_file, &auth->key_data, &auth->key_len) != 0)
+            file_or_data(kc, uf, user, "client-key", "user", &auth->key_file, &auth->key_data, &auth->key_len) != 0)
             return -1;
         if (!(auth->cert_file || auth->cert_data) != !(auth->key_file || auth->key_data))
-            return kc_fail(kc, "user \"%s\": client-certificate and client-key must be given together", user_name);
-        const char *token = scalar(member(kc, user, "token"));
-        const char *token_file = scalar(member(kc, user, "tokenFile"));
+            return kc_fail(kc, uf, "user \"%s\": client-certificate and client-key must be given together", user_name);
+        const char *token = scalar(member(uf, user, "token"));
+        const char *token_file = scalar(member(uf, user, "tokenFile"));
         if (token && *token) {
-            if (!(auth->token = strdup(token))) return kc_fail(kc, "out of memory");
+            if (!(auth->token = strdup(token))) return kc_fail(kc, NULL, "out of memory");
         } else if (token_file && *token_file) {
             char full[PATH_MAX];
-            if (resolve(kc, token_file, full, sizeof full) != 0) return -1;
+            if (resolve(kc, uf, token_file, full, sizeof full) != 0) return -1;
             char why[512];
-            if (!(auth->token_file = strdup(full))) return kc_fail(kc, "out of memory");
+            if (!(auth->token_file = strdup(full))) return kc_fail(kc, NULL, "out of memory");
             if (!(auth->token = read_token(full, &auth->token_stat, why, sizeof why)))
-                return kc_fail(kc, "user \"%s\": %s", user_name, why);
+                return kc_fail(kc, uf, "user \"%s\": %s", user_name, why);
         }
     }
     char origin[PATH_MAX + 300];
-    snprintf(origin, sizeof origin, "kubeconfig %s, context %s", kc->path, ctx_name);
-    if (!(auth->origin = strdup(origin))) return kc_fail(kc, "out of memory");
+    snprintf(origin, sizeof origin, "kubeconfig %s, context %s", kc->n > 1 ? kc->origin : ctx_file->path, ctx_name);
+    if (!(auth->origin = strdup(origin))) return kc_fail(kc, NULL, "out of memory");
     return 0;
 }
 
-int kube_auth_kubeconfig(const char *path, struct kube_auth *auth, char *err, size_t errlen)
+/* Parses f->path into f->doc. Returns 0, 1 when the file does not exist
+ * and `missing_ok`, or -1 with the error set. */
+static int load_file(struct kc *kc, struct kc_file *f, bool missing_ok)
 {
-    auth_init(auth);
-    struct kc kc = {.path = path, .err = err, .errlen = errlen};
     char copy[PATH_MAX];
-    snprintf(copy, sizeof copy, "%s", path);
-    snprintf(kc.dir, sizeof kc.dir, "%s", dirname(copy));
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        kc_fail(&kc, "cannot open: %s", strerror(errno));
-        kube_auth_free(auth);
-        return -1;
+    snprintf(copy, sizeof copy, "%s", f->path);
+    snprintf(f->dir, sizeof f->dir, "%s", dirname(copy));
+    FILE *in = fopen(f->path, "rb");
+    if (!in) {
+        if (errno == ENOENT && missing_ok) return 1;
+        return kc_fail(kc, f, "cannot open: %s", strerror(errno));
     }
     yaml_parser_t parser;
     if (!yaml_parser_initialize(&parser)) {
-        fclose(f);
-        kc_fail(&kc, "out of memory");
+        fclose(in);
+        return kc_fail(kc, f, "out of memory");
+    }
+    yaml_parser_set_input_file(&parser, in);
+    int rc = 0;
+    if (!yaml_parser_load(&parser, &f->doc)) {
+        rc = kc_fail(kc, f, "YAML error at line %zu: %s", parser.problem_mark.line + 1,
+                     parser.problem ? parser.problem : "invalid YAML");
+    } else {
+        f->loaded = true;
+        yaml_node_t *root = root_of(f);
+        /* An empty file adds nothing to a list (client-go reads it as an
+         * empty config); anything else must be a mapping. */
+        if (root ? root->type != YAML_MAPPING_NODE : !kc->is_list) rc = kc_fail(kc, f, "not a mapping");
+    }
+    yaml_parser_delete(&parser);
+    fclose(in);
+    return rc;
+}
+
+int kube_auth_kubeconfig(const char *paths, bool is_list, struct kube_auth *auth, char *err, size_t errlen)
+{
+    auth_init(auth);
+    struct kc kc = {.origin = paths, .is_list = is_list, .err = err, .errlen = errlen};
+    /* One file, or every entry of the list (empty ones skipped, as client-go does). */
+    size_t entries = 1;
+    for (const char *p = paths; is_list && *p; p++) entries += *p == ':';
+    if (!(kc.files = calloc(entries, sizeof *kc.files))) {
+        kube_setf(err, errlen, "out of memory reading kubeconfig %s", paths);
         kube_auth_free(auth);
         return -1;
     }
-    yaml_parser_set_input_file(&parser, f);
-    int rc;
-    if (!yaml_parser_load(&parser, &kc.doc)) {
-        rc = kc_fail(&kc, "YAML error at line %zu: %s", parser.problem_mark.line + 1,
-                     parser.problem ? parser.problem : "invalid YAML");
-    } else {
-        rc = read_kubeconfig(&kc, auth);
-        yaml_document_delete(&kc.doc);
+    int rc = 0;
+    size_t missing = 0;
+    for (const char *p = paths; rc == 0 && *p;) {
+        size_t len = is_list ? strcspn(p, ":") : strlen(p);
+        struct kc_file *f = &kc.files[kc.n];
+        if (len && len < sizeof f->path) {
+            memcpy(f->path, p, len);
+            f->path[len] = '\0';
+            kc.n++;
+            rc = load_file(&kc, f, is_list);
+            if (rc == 1) { /* missing from the list: skipped, as client-go does */
+                kc.n--;
+                missing++;
+                rc = 0;
+            }
+        } else if (len) {
+            rc = kc_fail(&kc, NULL, "a path in the list is longer than %d bytes", PATH_MAX - 1);
+        }
+        p += len;
+        if (*p == ':') p++;
     }
-    yaml_parser_delete(&parser);
-    fclose(f);
+    if (rc == 0 && kc.n == 0)
+        rc = kc_fail(&kc, NULL, missing ? "none of its files exist" : "names no file");
+    if (rc == 0) rc = read_kubeconfig(&kc, auth);
+    for (size_t i = 0; i < entries; i++)
+        if (kc.files[i].loaded) yaml_document_delete(&kc.files[i].doc);
+    free(kc.files);
     if (rc != 0) kube_auth_free(auth);
     return rc;
 }

@@ -7,9 +7,11 @@
  *  - pods/namespaces map the entry's own key ("ns/name" or "name") to it;
  *    npods/nnamespaces count their entries, deleted ones included.
  *  - deleted_ms != 0: the API server said the object is gone (or a relist
- *    no longer had it) at that time; it is dropped KUBE_DELETED_KEEP_MS
- *    later, when the next change is applied, so a pod deleted while its
- *    files drain keeps its metadata to their last line.
+ *    no longer had it) at that time. A deleted pod is kept while `holds`
+ *    says a file of it is open, so that its files keep their metadata to
+ *    their last line (and a file rotated after the deletion gets it too),
+ *    then KUBE_DELETED_GRACE_MS more; a deleted namespace for the grace.
+ *  - holds maps "ns/name" to a count > 0 of open files; no entry: none.
  *  - generation grows with every change a reader could see.
  */
 #include <stdio.h>
@@ -48,6 +50,12 @@ void kube_cache_free(struct kube_cache *cache)
 {
     free_table(&cache->pods);
     free_table(&cache->namespaces);
+    size_t cursor = 0;
+    for (struct kube_hold *h; (h = table_next(&cache->holds, &cursor));) {
+        free(h->key);
+        free(h);
+    }
+    table_free(&cache->holds);
     pthread_mutex_destroy(&cache->lock);
 }
 
@@ -67,8 +75,13 @@ static struct table *table_of(struct kube_cache *cache, enum kube_kind kind, siz
     return kind == KUBE_POD ? &cache->pods : &cache->namespaces;
 }
 
-/* Drops deleted entries past their keep time (locked). Entries are few
- * (a node's pods), so a sweep per change costs little. */
+static bool held(struct kube_cache *cache, const struct kube_entry *e)
+{
+    return e->object.kind == KUBE_POD && table_get_str(&cache->holds, e->key) != NULL;
+}
+
+/* Drops deleted entries no file holds, past their grace (locked). Entries
+ * are few (a node's pods), so a sweep per change costs little. */
 static void expire(struct kube_cache *cache, struct table *t, size_t *count, int64_t now)
 {
     struct kube_entry *gone[64];
@@ -76,15 +89,68 @@ static void expire(struct kube_cache *cache, struct table *t, size_t *count, int
     do {
         n = 0;
         size_t cursor = 0;
-        for (struct kube_entry *e; n < 64 && (e = table_next(t, &cursor));)
-            if (e->deleted_ms && now - e->deleted_ms >= KUBE_DELETED_KEEP_MS) gone[n++] = e;
+        for (struct kube_entry *e; n < 64 && (e = table_next(t, &cursor));) {
+            if (!e->deleted_ms || held(cache, e)) continue;
+            int64_t since = e->released_ms > e->deleted_ms ? e->released_ms : e->deleted_ms;
+            if (now - since >= KUBE_DELETED_GRACE_MS) gone[n++] = e;
+        }
         for (size_t i = 0; i < n; i++) {
             table_del_str(t, gone[i]->key);
             entry_free(gone[i]);
             (*count)--;
         }
     } while (n == 64);
-    (void)cache;
+}
+
+void kube_cache_expire(struct kube_cache *cache, int64_t now_ms)
+{
+    pthread_mutex_lock(&cache->lock);
+    expire(cache, &cache->pods, &cache->npods, now_ms);
+    expire(cache, &cache->namespaces, &cache->nnamespaces, now_ms);
+    metrics_set(kube_pods_cached, (int64_t)cache->npods);
+    pthread_mutex_unlock(&cache->lock);
+}
+
+static int pod_key(char *key, size_t cap, const char *ns, const char *name)
+{
+    int n = snprintf(key, cap, "%s/%s", ns, name);
+    return n < 0 || (size_t)n >= cap ? -1 : 0;
+}
+
+int kube_cache_hold(struct kube_cache *cache, const char *ns, const char *name)
+{
+    char key[512];
+    if (pod_key(key, sizeof key, ns, name) != 0) return 0; /* no such pod can be cached */
+    pthread_mutex_lock(&cache->lock);
+    struct kube_hold *h = table_get_str(&cache->holds, key);
+    if (!h) {
+        h = calloc(1, sizeof *h);
+        if (!h || !(h->key = strdup(key)) || table_put_str(&cache->holds, h->key, h) != 0) {
+            if (h) free(h->key);
+            free(h);
+            pthread_mutex_unlock(&cache->lock);
+            return -1;
+        }
+    }
+    h->files++;
+    pthread_mutex_unlock(&cache->lock);
+    return 0;
+}
+
+void kube_cache_release(struct kube_cache *cache, const char *ns, const char *name, int64_t now_ms)
+{
+    char key[512];
+    if (pod_key(key, sizeof key, ns, name) != 0) return;
+    pthread_mutex_lock(&cache->lock);
+    struct kube_hold *h = table_get_str(&cache->holds, key);
+    if (h && --h->files == 0) {
+        table_del_str(&cache->holds, key);
+        free(h->key);
+        free(h);
+        struct kube_entry *e = table_get_str(&cache->pods, key);
+        if (e) e->released_ms = now_ms;
+    }
+    pthread_mutex_unlock(&cache->lock);
 }
 
 static void publish(struct kube_cache *cache)
@@ -180,8 +246,11 @@ const struct kube_entry *kube_cache_pod_locked(struct kube_cache *cache, const c
     char key[512];
     if ((size_t)snprintf(key, sizeof key, "%s/%s", ns, name) >= sizeof key) return NULL;
     const struct kube_entry *e = table_get_str(&cache->pods, key);
-    if (e && uid && *uid && e->object.uid[0] && strcmp(e->object.uid, uid) != 0) return NULL;
-    return e;
+    if (!e || !uid || !*uid || !e->object.uid[0] || strcmp(e->object.uid, uid) == 0) return e;
+    /* A static pod's files are under its config hash; the mirror pod the
+     * API server shows has a uid of its own. */
+    if (e->object.config_hash && strcmp(e->object.config_hash, uid) == 0) return e;
+    return NULL;
 }
 
 const struct kube_entry *kube_cache_namespace_locked(struct kube_cache *cache, const char *name)

@@ -8,12 +8,15 @@
  *  - Only this node's pods are listed and watched
  *    (`fieldSelector=spec.nodeName=NODE`), and namespaces only when asked.
  *    The cache holds those objects and nothing else: it is bounded by what
- *    the node runs (plus pods deleted in the last KUBE_DELETED_KEEP_MS, kept
- *    so the files a pod left behind are still labelled while they drain),
- *    and by KUBE_CACHE_MAX_OBJECTS against a server that sends too much.
+ *    the node runs, plus deleted pods that still have files open (held by
+ *    the collector, kube_cache_hold: kept so the files a pod left behind are
+ *    labelled to their last line, rotations included) or whose last file
+ *    closed less than KUBE_DELETED_GRACE_MS ago (discovery may still find
+ *    one late), and by KUBE_CACHE_MAX_OBJECTS against a server that sends
+ *    too much.
  *  - Objects are reduced when parsed to the fields labels and collection
  *    need (name, uid, labels, the loglet.io/ annotations, the controlling
- *    owner); the JSON text is never kept.
+ *    owner, a mirror pod's config hash); the JSON text is never kept.
  *  - Parsing (object.c) is pure: no I/O, no global state, and every input —
  *    malformed JSON, wrong types, missing fields, oversized values — gives
  *    -1 and a one-line reason, never a crash. JSON is read with jansson.
@@ -47,7 +50,10 @@
 #define KUBE_MAX_VALUE_BYTES 65536
 #define KUBE_CACHE_MAX_OBJECTS 20000
 #define KUBE_TOKEN_MAX_BYTES 65536
-#define KUBE_DELETED_KEEP_MS (10 * 60 * 1000)
+/* A deleted pod none of whose files is open is dropped this long after its
+ * deletion or its last file's closing, whichever came last: longer than the
+ * collector's 10 s rescan, which may find a file of it late. */
+#define KUBE_DELETED_GRACE_MS (15 * 1000)
 
 /* ------------------------------------------------------------------------ */
 /* Objects (object.c)                                                       */
@@ -72,6 +78,10 @@ struct kube_object {
     size_t nannotations;
     char *owner_kind; /* the controlling ownerReference, or NULL */
     char *owner_name;
+    /* A mirror pod's config hash (annotation kubernetes.io/config.mirror, or
+     * kubernetes.io/config.hash), or NULL: the kubelet names a static pod's
+     * log directory with it, not with the mirror pod's uid. */
+    char *config_hash;
 };
 
 enum kube_event_type { KUBE_EVENT_ADDED, KUBE_EVENT_MODIFIED, KUBE_EVENT_DELETED, KUBE_EVENT_BOOKMARK, KUBE_EVENT_ERROR };
@@ -130,8 +140,10 @@ struct kube_auth {
  * `auth` is filled, -1 with `err` (a variable set but the files unusable). */
 int kube_auth_in_cluster(const char *sa_dir, struct kube_auth *auth, char *err, size_t errlen);
 /* The current context of a kubeconfig: server, CA, client certificate and
- * key or token. Returns 0, or -1 with `err` naming the file and what is wrong. */
-int kube_auth_kubeconfig(const char *path, struct kube_auth *auth, char *err, size_t errlen);
+ * key or token. `paths` is one file, or with `is_list` a colon-separated
+ * list ($KUBECONFIG) merged as client-go does (see auth.c). Returns 0, or -1
+ * with `err` naming the file and what is wrong. */
+int kube_auth_kubeconfig(const char *paths, bool is_list, struct kube_auth *auth, char *err, size_t errlen);
 /* Re-reads the token file if it changed (or always, when forced after a
  * 401). A file that became unreadable or empty keeps the last token. */
 void kube_auth_refresh_token(struct kube_auth *auth, bool force);
@@ -145,6 +157,7 @@ void kube_auth_free(struct kube_auth *auth);
 struct kube_cache {
     pthread_mutex_t lock;
     struct table pods;       /* "namespace/name" -> struct kube_entry */
+    struct table holds;      /* "namespace/name" -> struct kube_hold: pods with files open */
     struct table namespaces; /* name -> struct kube_entry */
     size_t npods, nnamespaces;
     _Atomic uint64_t generation;
@@ -159,7 +172,15 @@ struct kube_entry {
     char *key;
     struct kube_object object;
     int64_t deleted_ms;   /* 0: live */
+    int64_t released_ms;  /* when the last of its pod's open files closed; 0: never */
     uint64_t changed_gen; /* the cache generation its object was last replaced in */
+};
+
+/* How many open files name a pod (by namespace and name: a file is held
+ * before its pod is known, and a new pod of the same name is kept as long). */
+struct kube_hold {
+    char *key;
+    size_t files;
 };
 
 void kube_cache_init(struct kube_cache *cache);
@@ -167,10 +188,20 @@ void kube_cache_free(struct kube_cache *cache);
 /* Applies one event (takes the event's object). */
 void kube_cache_apply(struct kube_cache *cache, struct kube_event *ev);
 /* Replaces every object of the kind by the list's (takes its items); those
- * missing from it are deleted (kept for KUBE_DELETED_KEEP_MS). */
+ * missing from it are deleted (kept as a DELETED event's pod is). */
 void kube_cache_replace(struct kube_cache *cache, enum kube_kind kind, struct kube_list *list);
-/* Under cache->lock: the pod, or NULL. A uid given must match (a pod name
- * reused by a new pod is another pod). */
+/* A file of pod ns/name was opened (hold) or closed (release): a deleted
+ * pod is kept while any is open. Returns -1 only when out of memory (then
+ * the pod may be dropped while the file is open: it keeps its labels, a
+ * rotation after that gets path labels). */
+int kube_cache_hold(struct kube_cache *cache, const char *ns, const char *name);
+void kube_cache_release(struct kube_cache *cache, const char *ns, const char *name, int64_t now_ms);
+/* Drops the deleted pods (and namespaces) no file holds, past their grace.
+ * Run at every change and bookmark, and when a pod's last file closes. */
+void kube_cache_expire(struct kube_cache *cache, int64_t now_ms);
+/* Under cache->lock: the pod, or NULL. A uid given must match the pod's uid
+ * or, for a static pod, its config hash (a pod name reused by a new pod is
+ * another pod). */
 const struct kube_entry *kube_cache_pod_locked(struct kube_cache *cache, const char *ns, const char *name,
                                                const char *uid);
 const struct kube_entry *kube_cache_namespace_locked(struct kube_cache *cache, const char *name);

@@ -23,6 +23,11 @@
 #include "log/log.h"
 
 #define ANNOTATION_PREFIX "loglet.io/"
+/* The kubelet's static pods: their mirror pod carries the config hash the
+ * kubelet uses in place of a uid (in the log directory's name). */
+#define MIRROR_ANNOTATION "kubernetes.io/config.mirror"
+#define CONFIG_HASH_ANNOTATION "kubernetes.io/config.hash"
+#define CONFIG_HASH_MAX_BYTES 128
 
 void kube_setf(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -55,6 +60,7 @@ void kube_object_free(struct kube_object *obj)
     free(obj->annotations);
     free(obj->owner_kind);
     free(obj->owner_name);
+    free(obj->config_hash);
     memset(obj, 0, sizeof *obj);
 }
 
@@ -170,6 +176,26 @@ oom:
     return -1;
 }
 
+/* A static pod's config hash, from its mirror pod's annotations (already
+ * checked to be an object, or absent). Anything else there is not ours to
+ * judge: a missing, non-string or oversized value just means no hash. */
+static int get_config_hash(const json_t *meta, struct kube_object *obj, char *err, size_t errlen)
+{
+    const json_t *annotations = json_object_get(meta, "annotations");
+    if (!json_is_object(annotations)) return 0;
+    const char *keys[] = {MIRROR_ANNOTATION, CONFIG_HASH_ANNOTATION};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        const json_t *v = json_object_get(annotations, keys[i]);
+        if (!json_is_string(v) || !json_string_length(v) || json_string_length(v) > CONFIG_HASH_MAX_BYTES) continue;
+        if (!(obj->config_hash = strndup(json_string_value(v), json_string_length(v)))) {
+            kube_setf(err, errlen, "out of memory");
+            return -1;
+        }
+        return 0;
+    }
+    return 0;
+}
+
 /* The ownerReference with controller: true (at most one may say so). */
 static int get_owner(const json_t *meta, struct kube_object *obj, const char *where, char *err, size_t errlen)
 {
@@ -244,6 +270,7 @@ static int parse_object(const json_t *root, enum kube_kind kind, struct kube_obj
         get_pairs(meta, "annotations", ANNOTATION_PREFIX, &obj->annotations, &obj->nannotations, where, err,
                   errlen) != 0)
         goto fail;
+    if (kind == KUBE_POD && get_config_hash(meta, obj, err, errlen) != 0) goto fail;
     return 0;
 fail:
     kube_object_free(obj);

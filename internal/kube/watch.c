@@ -20,6 +20,9 @@
  */
 #include <curl/curl.h>
 #include <errno.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +41,11 @@
 #define LIST_TIMEOUT_MS 60000
 #define CONNECT_TIMEOUT_MS 10000
 #define ERROR_BODY_MAX 512
+/* The answer buffer: an event line is rarely longer than a few KiB; a list
+ * page makes it grow, and it is given back after the list (kept, a node's
+ * list would stay resident for the agent's life). */
+#define BUF_INITIAL_BYTES 16384
+#define BUF_KEEP_BYTES 65536
 
 struct kube_watch {
     struct kube_auth *auth;
@@ -113,6 +121,19 @@ static void count_error(long status)
     metrics_add(kube_api_errors[e], 1);
 }
 
+/* What lines get while the API server does not answer: it depends on
+ * whether this watch ever listed (the cache keeps what it had). */
+static const char *meanwhile(const struct kube_watch *w)
+{
+    bool listed = w->version != NULL;
+    if (w->kind == KUBE_NAMESPACE)
+        return listed ? "meanwhile namespace labels and exclusions are those of the last answer"
+                      : "until it answers, streams get no namespace labels and namespace exclusions do not apply";
+    return listed ? "meanwhile files of pods already cached keep that metadata (it may be stale) and files of pods "
+                    "not cached are sent with path labels"
+                  : "until it answers, lines are sent with path labels only";
+}
+
 /* Said once per outage; the back-off grows. */
 static void failed(struct kube_watch *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void failed(struct kube_watch *w, const char *fmt, ...)
@@ -123,8 +144,8 @@ static void failed(struct kube_watch *w, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     if (!w->outage_said) {
-        log_error("kubernetes: %s; lines go on with path labels, retrying with back-off (said once until it "
-                  "recovers; see loglet_kube_api_errors_total)", msg);
+        log_error("kubernetes: %s; %s; retrying with back-off (said once until it recovers; see "
+                  "loglet_kube_api_errors_total)", msg, meanwhile(w));
         w->outage_said = true;
     } else {
         log_debug("kubernetes: %s", msg);
@@ -161,7 +182,7 @@ static void set_version(struct kube_watch *w, const char *version)
 static int grow(struct kube_watch *w, size_t need)
 {
     if (need <= w->cap) return 0;
-    size_t cap = w->cap ? w->cap : 65536;
+    size_t cap = w->cap ? w->cap : BUF_INITIAL_BYTES;
     while (cap < need) cap *= 2;
     char *p = realloc(w->buf, cap);
     if (!p) return -1;
@@ -190,8 +211,14 @@ static bool on_event_line(struct kube_watch *w, const char *line, size_t len)
     }
     w->events++;
     set_version(w, ev.resource_version);
-    if (ev.type == KUBE_EVENT_BOOKMARK) atomic_store(&w->cache->last_update_ms, metrics_now_ms());
-    else kube_cache_apply(w->cache, &ev);
+    if (ev.type == KUBE_EVENT_BOOKMARK) {
+        atomic_store(&w->cache->last_update_ms, metrics_now_ms());
+        /* A quiet node has few events: deleted pods whose files closed go
+         * at the next bookmark (about every minute) at the latest. */
+        kube_cache_expire(w->cache, metrics_now_ms());
+    } else {
+        kube_cache_apply(w->cache, &ev);
+    }
     metrics_set(kube_last_update_ms, metrics_now_ms());
     kube_event_free(&ev);
     return true;
@@ -325,7 +352,9 @@ static enum outcome get(struct kube_watch *w, const char *url, bool streaming, c
     kube_auth_header(w->auth, auth, sizeof auth);
     struct curl_slist *headers = curl_slist_append(NULL, "Accept: application/json");
     struct curl_slist *with_auth = headers && auth[0] ? curl_slist_append(headers, auth) : headers;
-    explicit_bzero(auth, sizeof auth);
+    /* Only what was written: wiping the whole buffer would make 64 KiB of
+     * this thread's stack resident for a token of a few hundred bytes. */
+    explicit_bzero(auth, strlen(auth));
     if (!with_auth) {
         curl_slist_free_all(headers);
         snprintf(why, whylen, "out of memory");
@@ -419,6 +448,23 @@ static int merge(struct kube_list *all, struct kube_list *page)
     return 0;
 }
 
+/* After a list (at start, and after a 410 or an error, so rarely): the
+ * page buffer and the JSON trees of the pages were as large as the node's
+ * pod list, on this thread's malloc arena, which glibc does not give back
+ * by itself. Given back here, the agent's resident memory is not raised
+ * for the rest of its life by the size of a list it no longer holds. */
+static void shrink_after_list(struct kube_watch *w)
+{
+    if (w->cap > BUF_KEEP_BYTES) {
+        free(w->buf);
+        w->buf = NULL;
+        w->cap = w->len = 0;
+    }
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+}
+
 static enum outcome list(struct kube_watch *w, char *why, size_t whylen)
 {
     struct kube_list all = {0};
@@ -467,6 +513,7 @@ static enum outcome list(struct kube_watch *w, char *why, size_t whylen)
         set_version(w, all.resource_version);
         size_t n = all.count;
         kube_cache_replace(w->cache, w->kind, &all);
+        shrink_after_list(w);
         log_info("kubernetes: listed %zu %s%s%s at resourceVersion %s", n, resource(w),
                  w->node_escaped ? " of node " : "", w->node_escaped ? w->node_escaped : "", w->version ? w->version : "?");
         recovered(w, "listed");

@@ -80,7 +80,7 @@ static int name_next(struct name_iter *it)
     return '_';
 }
 
-static int name_cmp(const char *a, const char *b)
+int loki_label_name_cmp(const char *a, const char *b)
 {
     struct name_iter ia, ib;
     name_iter_init(&ia, a);
@@ -92,6 +92,30 @@ static int name_cmp(const char *a, const char *b)
     }
 }
 
+size_t loki_sanitise_label_name(const char *name, char *dst, size_t cap)
+{
+    struct name_iter it;
+    name_iter_init(&it, name);
+    size_t n = 0;
+    for (int c; (c = name_next(&it)) >= 0;) {
+        if (n + 1 >= cap) {
+            if (cap > 0) dst[0] = '\0';
+            return 0;
+        }
+        dst[n++] = (char)c;
+    }
+    if (cap == 0) return 0;
+    dst[n] = '\0';
+    return n;
+}
+
+bool loki_label_name_reserved(const char *name)
+{
+    struct name_iter it;
+    name_iter_init(&it, name);
+    return name_next(&it) == '_' && name_next(&it) == '_';
+}
+
 size_t loki_render_labels(const struct loki_label *labels, size_t n, char *dst, size_t cap)
 {
     if (cap > 0) dst[0] = '\0';
@@ -101,7 +125,7 @@ size_t loki_render_labels(const struct loki_label *labels, size_t n, char *dst, 
     uint8_t order[LABELS_MAX];
     for (size_t i = 0; i < n; i++) {
         size_t j = i;
-        while (j > 0 && name_cmp(labels[order[j - 1]].name, labels[i].name) > 0) {
+        while (j > 0 && loki_label_name_cmp(labels[order[j - 1]].name, labels[i].name) > 0) {
             order[j] = order[j - 1];
             j--;
         }

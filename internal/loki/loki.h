@@ -72,6 +72,21 @@ struct loki_label {
  * also returns 0. */
 size_t loki_render_labels(const struct loki_label *labels, size_t n, char *dst, size_t cap);
 
+/* Label names as Loki receives them: the one sanitising rule every label
+ * name goes through, stream labels (as loki_render_labels writes them) and
+ * structured metadata alike. Every character outside [a-zA-Z0-9_] is one
+ * '_' (a character is one valid UTF-8 sequence, or one byte of an invalid
+ * one), a leading digit gets a '_' prefix, an empty or NULL name is "_".
+ * loki_sanitise_label_name writes it into dst and returns its length, or 0
+ * (and "" when cap > 0) when it does not fit in cap bytes with its NUL; it
+ * is at most strlen(name) + 1 bytes long. */
+size_t loki_sanitise_label_name(const char *name, char *dst, size_t cap);
+/* Compares two names as Loki sees them (sanitised), like strcmp. */
+int loki_label_name_cmp(const char *a, const char *b);
+/* Whether the sanitised name starts with "__", which Loki (like Prometheus)
+ * reserves for its own use: such a name must not be sent. */
+bool loki_label_name_reserved(const char *name);
+
 struct loki_entry {
     int64_t ts_ns;
     const char *line;

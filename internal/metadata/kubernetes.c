@@ -34,6 +34,7 @@
 #include "kube/kube.h"
 #include "log/log.h"
 #include "metadata.h"
+#include "metrics/metrics.h"
 
 #define EXCLUDE_ANNOTATION "loglet.io/exclude"
 #define EXCLUDE_CONTAINERS_ANNOTATION "loglet.io/exclude-containers"
@@ -46,8 +47,15 @@ struct copy_rule {
     char *name; /* the Loki label */
 };
 
+/* Reserved label names pods asked for, said once each; past this many
+ * distinct names, the rest are said at debug level. */
+#define RESERVED_SAID_MAX 32
+
 struct kube_provider {
     struct metadata_provider base;
+    pthread_mutex_t said_lock;
+    char *reserved_said[RESERVED_SAID_MAX];
+    size_t nreserved_said;
     struct kube_auth auth;
     bool auth_set;
     struct kube_cache cache;
@@ -177,6 +185,27 @@ static void annotation_labels(struct metadata_builder *b, bool structured, const
     }
 }
 
+/* A pod's loglet.io/labels named a label Loki reserves: said once per name
+ * (describe runs at every file open; a pod's annotation should not flood
+ * the log), then at debug level. */
+static void say_reserved(struct kube_provider *k, const struct parser_path_meta *path, const char *name)
+{
+    pthread_mutex_lock(&k->said_lock);
+    bool said = false;
+    for (size_t i = 0; i < k->nreserved_said && !said; i++) said = strcmp(k->reserved_said[i], name) == 0;
+    bool remember = !said && k->nreserved_said < RESERVED_SAID_MAX;
+    char *copy = remember ? strdup(name) : NULL;
+    if (copy) k->reserved_said[k->nreserved_said++] = copy;
+    pthread_mutex_unlock(&k->said_lock);
+    if (copy)
+        log_warn("kubernetes: pod %s/%s: %s names the label \"%.128s\", which is not sent: Loki reserves label "
+                 "names starting with \"__\" (said once per name)", path->namespace_, path->pod, LABELS_ANNOTATION,
+                 name);
+    else
+        log_debug("kubernetes: pod %s/%s: reserved label name \"%.128s\" in %s is not sent", path->namespace_,
+                  path->pod, name, LABELS_ANNOTATION);
+}
+
 static enum metadata_status kube_describe(struct metadata_provider *base, const struct parser_path_meta *path,
                                           struct metadata_labels **out)
 {
@@ -235,7 +264,13 @@ static enum metadata_status kube_describe(struct metadata_provider *base, const 
     if (static_labels) annotation_labels(&b, k->structured, static_labels, arena, sizeof arena, &used);
     if (b.overflow) log_debug("kubernetes: pod %s/%s has more labels than are kept (64)", path->namespace_, path->pod);
     *out = metadata_builder_finish(&b);
+    /* Copied out of the cache before the lock goes: they may point into it. */
+    enum { SAY_MAX = sizeof b.reserved / sizeof b.reserved[0] };
+    char reserved[SAY_MAX][160];
+    size_t nsay = b.nreserved < SAY_MAX ? b.nreserved : SAY_MAX;
+    for (size_t i = 0; i < nsay; i++) snprintf(reserved[i], sizeof reserved[i], "%s", b.reserved[i]);
     pthread_mutex_unlock(&k->cache.lock);
+    for (size_t i = 0; i < nsay; i++) say_reserved(k, path, reserved[i]);
     if (!*out) log_error("kubernetes: out of memory describing %s/%s", path->namespace_, path->pod);
     return *out ? METADATA_FOUND : METADATA_UNAVAILABLE;
 }
@@ -259,6 +294,19 @@ static bool kube_changed_since(struct metadata_provider *base, const struct pars
     return changed;
 }
 
+static void kube_file_opened_or_closed(struct metadata_provider *base, const struct parser_path_meta *path, bool open)
+{
+    struct kube_provider *k = (struct kube_provider *)base;
+    if (!path->namespace_[0] || !path->pod[0]) return; /* not a pod's file */
+    if (!open) {
+        kube_cache_release(&k->cache, path->namespace_, path->pod, metrics_now_ms());
+        return;
+    }
+    if (kube_cache_hold(&k->cache, path->namespace_, path->pod) != 0)
+        log_error("kubernetes: out of memory noting a file of pod %s/%s: if the pod is deleted, its files opened "
+                  "after that may lose its metadata", path->namespace_, path->pod);
+}
+
 static void kube_destroy(struct metadata_provider *base)
 {
     struct kube_provider *k = (struct kube_provider *)base;
@@ -268,11 +316,13 @@ static void kube_destroy(struct metadata_provider *base)
     if (k->auth_set) kube_auth_free(&k->auth);
     free_rules(k->pod_rules, k->npod_rules);
     free_rules(k->ns_rules, k->nns_rules);
+    for (size_t i = 0; i < k->nreserved_said; i++) free(k->reserved_said[i]);
+    pthread_mutex_destroy(&k->said_lock);
     free(k);
 }
 
 static const struct metadata_provider_ops kube_ops = {"kubernetes", kube_describe, kube_generation, kube_changed_since,
-                                                      kube_destroy};
+                                                      kube_destroy, kube_file_opened_or_closed};
 
 /* client-go's order: in cluster, then kubernetes.kubeconfig, $KUBECONFIG,
  * ~/.kube/config. The last only with enabled: true: under auto, an agent
@@ -283,14 +333,15 @@ static int find_credentials(const struct config *cfg, struct kube_auth *auth, bo
     int rc = kube_auth_in_cluster(cfg->kubernetes.service_account_dir, auth, err, errlen);
     if (rc <= 0) return rc;
     const char *path = cfg->kubernetes.kubeconfig;
-    bool explicit_path = path && *path;
-    if (!explicit_path) path = getenv("KUBECONFIG");
-    explicit_path = explicit_path || (path && *path);
+    /* kubernetes.kubeconfig names one file; $KUBECONFIG may list several. */
+    bool is_list = !(path && *path);
+    if (is_list) path = getenv("KUBECONFIG");
     char home_config[4096];
     if (!path || !*path) {
         const char *home = getenv("HOME");
         snprintf(home_config, sizeof home_config, "%s/.kube/config", home ? home : "");
         path = home_config;
+        is_list = false;
         bool auto_mode = cfg->kubernetes.enabled == CONFIG_KUBERNETES_AUTO;
         if (auto_mode || !home || access(path, R_OK) != 0) {
             *quiet = auto_mode;
@@ -300,10 +351,7 @@ static int find_credentials(const struct config *cfg, struct kube_auth *auth, bo
             return -1;
         }
     }
-    /* $KUBECONFIG may list several files; the first is the one we read. */
-    char first[4096];
-    snprintf(first, sizeof first, "%.*s", (int)strcspn(path, ":"), path);
-    return kube_auth_kubeconfig(first, auth, err, errlen);
+    return kube_auth_kubeconfig(path, is_list, auth, err, errlen);
 }
 
 struct metadata_provider *metadata_kubernetes_create(const struct config *cfg, bool *quiet, char *err, size_t errlen)
@@ -315,6 +363,7 @@ struct metadata_provider *metadata_kubernetes_create(const struct config *cfg, b
         return NULL;
     }
     k->base.ops = &kube_ops;
+    pthread_mutex_init(&k->said_lock, NULL);
     k->workload_labels = cfg->kubernetes.workload_labels;
     k->structured = cfg->kubernetes.structured_metadata;
     if (parse_rules(&cfg->kubernetes.pod_labels, &k->pod_rules, &k->npod_rules) != 0 ||

@@ -29,45 +29,25 @@ void metadata_destroy(struct metadata_provider *p)
     if (p) p->ops->destroy(p);
 }
 
-/* Names compared as Loki will see them (sanitised). */
-static bool same_name(const char *a, const char *b)
-{
-    char ra[512], rb[512];
-    size_t la = loki_render_labels(&(struct loki_label){a, ""}, 1, ra, sizeof ra);
-    size_t lb = loki_render_labels(&(struct loki_label){b, ""}, 1, rb, sizeof rb);
-    if (!la || !lb) return strcmp(a, b) == 0;
-    return la == lb && memcmp(ra, rb, la) == 0;
-}
-
 void metadata_builder_add(struct metadata_builder *b, bool structured, const char *name, const char *value)
 {
     if (!name || !*name || !value) return;
+    if (loki_label_name_reserved(name)) {
+        /* Loki's own names (__name__, __stream_shard__…): never sent. */
+        if (b->nreserved < sizeof b->reserved / sizeof b->reserved[0]) b->reserved[b->nreserved] = name;
+        b->nreserved++;
+        return;
+    }
     struct loki_label *set = structured ? b->structured : b->labels;
     size_t *n = structured ? &b->nstructured : &b->nlabels;
+    /* Compared as Loki will see them: `a.b` and `a_b` are one name. */
     for (size_t i = 0; i < *n; i++)
-        if (same_name(set[i].name, name)) return;
+        if (loki_label_name_cmp(set[i].name, name) == 0) return;
     if (*n == sizeof b->labels / sizeof b->labels[0]) {
         b->overflow = true;
         return;
     }
     set[(*n)++] = (struct loki_label){name, value};
-}
-
-/* Stream label names are sanitised by the Loki encoder as they are
- * rendered; structured metadata names are not rendered, so they are
- * sanitised here the same way: [a-zA-Z_][a-zA-Z0-9_]*. Writes at most
- * strlen(name) + 2 bytes; returns how many. */
-static size_t sanitise_name(char *dst, const char *name)
-{
-    size_t n = 0;
-    if (name[0] >= '0' && name[0] <= '9') dst[n++] = '_';
-    for (const char *p = name; *p; p++) {
-        char c = *p;
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
-        dst[n++] = ok ? c : '_';
-    }
-    dst[n++] = '\0';
-    return n;
 }
 
 struct metadata_labels *metadata_builder_finish(const struct metadata_builder *b)
@@ -95,12 +75,15 @@ struct metadata_labels *metadata_builder_finish(const struct metadata_builder *b
     for (int s = 0; s < 3; s++) {
         for (size_t i = 0; i < counts[s]; i++) {
             size_t ln = strlen(all[s][i].name) + 1, lv = strlen(all[s][i].value) + 1;
+            /* Stream labels and structured metadata get the same names:
+             * the encoder would sanitise the former anyway, nothing would
+             * sanitise the latter. Sanitised, with its NUL, it takes at most ln + 1 bytes. */
             pairs->name = text;
-            if (s == STRUCTURED) {
-                text += sanitise_name(text, all[s][i].name);
-            } else { /* stream labels were sanitised when added; pod labels keep their Kubernetes keys */
+            if (s == POD) { /* pod labels keep their Kubernetes keys: match.pod_labels names them so */
                 memcpy(text, all[s][i].name, ln);
                 text += ln;
+            } else {
+                text += loki_sanitise_label_name(all[s][i].name, text, ln + 1) + 1;
             }
             memcpy(text, all[s][i].value, lv);
             pairs->value = text;

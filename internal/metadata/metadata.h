@@ -64,6 +64,10 @@ struct metadata_provider_ops {
      * from one made at `generation` (a value generation() returned). */
     bool (*changed_since)(struct metadata_provider *p, const struct parser_path_meta *path, uint64_t generation);
     void (*destroy)(struct metadata_provider *p);
+    /* Optional (NULL: nothing to do). A file with this path was opened
+     * (open) or closed (!open), once each: what the provider knows of its
+     * pod is kept while any such file is open, even after the pod is gone. */
+    void (*file_opened_or_closed)(struct metadata_provider *p, const struct parser_path_meta *path, bool open);
 };
 
 struct metadata_provider {
@@ -97,8 +101,14 @@ struct metadata_builder {
     bool excluded;
     const char *why_excluded;
     bool overflow;
+    /* Names refused because Loki reserves them (starting with "__" once
+     * sanitised): how many, and the first few, for the caller to say. */
+    size_t nreserved;
+    const char *reserved[8];
 };
-/* The label is added unless one of that name (as Loki sanitises it) is there. */
+/* The label is added unless one of that name (as Loki sanitises it) is
+ * there, or the name is one Loki reserves (loki_label_name_reserved: then
+ * it is counted in nreserved). Names are sanitised by finish(). */
 void metadata_builder_add(struct metadata_builder *b, bool structured, const char *name, const char *value);
 /* Copies everything into one allocation; NULL on allocation failure. */
 struct metadata_labels *metadata_builder_finish(const struct metadata_builder *b);

@@ -31,7 +31,7 @@ static bool path_changed_since(struct metadata_provider *p, const struct parser_
 static void path_destroy(struct metadata_provider *p) { free(p); }
 
 static const struct metadata_provider_ops path_ops = {"path", path_describe, path_generation, path_changed_since,
-                                                      path_destroy};
+                                                      path_destroy, NULL};
 
 struct metadata_provider *metadata_path_create(void)
 {

@@ -46,14 +46,7 @@ static bool add_unique(struct loki_label *labels, size_t *n, const char *name, c
 
 /* Names are compared as Loki will see them: `node-name` and `node_name`
  * are one label once sanitised, and a duplicate makes Loki refuse the push. */
-static bool same_name(const char *a, const char *b)
-{
-    char ra[512], rb[512];
-    size_t la = loki_render_labels(&(struct loki_label){a, ""}, 1, ra, sizeof ra);
-    size_t lb = loki_render_labels(&(struct loki_label){b, ""}, 1, rb, sizeof rb);
-    if (!la || !lb) return strcmp(a, b) == 0;
-    return la == lb && memcmp(ra, rb, la) == 0;
-}
+static bool same_name(const char *a, const char *b) { return loki_label_name_cmp(a, b) == 0; }
 
 static size_t render_one(const struct source *src, const struct source_label_policy *policy, const char *stream,
                          char *dst, size_t cap)

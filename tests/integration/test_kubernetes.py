@@ -228,6 +228,102 @@ class PipelinePodLabelsTest(KubeTestCase):
         self.assertEqual(got, expected)
 
 
+class StaticPodTest(KubeTestCase):
+    def test_a_static_pods_files_named_by_its_config_hash_get_the_mirror_pods_metadata_at_once(self):
+        """The kubelet names a static pod's log directory with the config hash of its manifest;
+        the mirror pod the API server shows has a uid of its own and carries the hash as
+        kubernetes.io/config.mirror (and config.hash)."""
+        config_hash = "6a3f1c2b9d8e7f60a1b2c3d4e5f60718"
+        p = Pod(self, "kube-system", f"kube-apiserver-{NODE}", containers=("kube-apiserver",), owner=("Node", NODE),
+                labels={"app": "kube-apiserver", "component": "kube-apiserver"},
+                annotations={"kubernetes.io/config.mirror": config_hash, "kubernetes.io/config.hash": config_hash,
+                             "kubernetes.io/config.source": "file"})
+        self.assertNotEqual(p.uid, config_hash)
+        p.uid = config_hash  # what the kubelet names the directory with
+        self.api.put_pod(p.obj)
+        a = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n")
+        t0 = time.monotonic()
+        p.create_files().write(10)
+        self.wait_all([p])
+        self.assertLess(time.monotonic() - t0, 1.5, "the static pod's file waited for metadata it had")
+        self.assertEqual(self.metric(a, "loglet_files_without_metadata_total"), 0)
+        self.assertEqual(a.stop(), 0)
+        self.check_lines([p], lambda q, c, s, *_: dict(self.path_labels(q, c, s), app="kube-apiserver",
+                                                       workload=NODE, workload_kind="Node"))
+
+
+class KubeconfigListTest(KubeTestCase):
+    def test_kubeconfig_list_is_merged_first_definition_wins(self):
+        """$KUBECONFIG as client-go reads it: empty and missing entries skipped, the first
+        file setting current-context names it, the first definition of a name wins."""
+        creds = os.path.join(self.workdir, "creds.yaml")
+        with open(creds, "w") as f:
+            f.write(f"clusters:\n- name: kind-test\n  cluster:\n    server: {self.api.url}\n"
+                    f"    certificate-authority: {TLS['ca.crt']}\n"
+                    f"users:\n- name: loglet\n  user:\n    token: {self.api.token}\n")
+        later = os.path.join(self.workdir, "later.yaml")
+        with open(later, "w") as f:
+            f.write("apiVersion: v1\nkind: Config\ncurrent-context: test\n"
+                    "contexts:\n- name: test\n  context: {cluster: kind-test, user: loglet}\n"
+                    "clusters:\n- name: kind-test\n  cluster: {server: 'https://127.0.0.1:1'}\n"
+                    "users:\n- name: loglet\n  user: {token: not-this-one}\n")
+        last = os.path.join(self.workdir, "last.yaml")
+        with open(last, "w") as f:
+            f.write("current-context: ignored\n")
+        kubeconfig = ":".join(["", os.path.join(self.workdir, "missing"), creds, "", later, last])
+        p = Pod(self, "shop", "web-0", labels={"app": "web"})
+        self.api.put_pod(p.obj)
+        a = self.start_agent(env={"KUBECONFIG": kubeconfig})
+        self.assertIn("context test", a.stderr_text())
+        p.create_files().write(10)
+        self.wait_all([p])
+        self.assertEqual(a.stop(), 0)
+        self.check_lines([p], lambda q, c, s, *_: dict(self.path_labels(q, c, s), app="web"))
+        self.assertEqual(self.api.unauthorized, 0, "a token other than the first definition's was sent")
+
+    def test_a_broken_file_in_the_list_is_named(self):
+        broken = os.path.join(self.workdir, "broken.yaml")
+        with open(broken, "w") as f:
+            f.write("{{{\n")
+        a = self.start_agent(env={"KUBECONFIG": self.kubeconfig() + ":" + broken}, wait_list=False, api_up=False)
+        a.wait_stderr(r"kubernetes metadata off: kubeconfig " + re.escape(broken) + r" \(of .*\): YAML error", timeout=10)
+        p = Pod(self, "shop", "plain").create_files()
+        p.write(5)
+        self.wait_all([p])
+        self.assertEqual(a.stop(), 0)
+
+
+class LabelNamesTest(KubeTestCase):
+    """Names from pod_labels and loglet.io/labels that Loki would not take as they are: the same
+    sanitised names whether sent as stream labels or structured metadata, and names Loki
+    reserves (starting with "__" once sanitised) not sent, said once."""
+    ANNOTATION = "app.kubernetes.io/x=1, 1abc=2, h\u00e9llo=3, __reserved=4, _.hidden=5, tab=x\ty"
+
+    def names_sent(self, structured):
+        p = Pod(self, "shop", "n-0", labels={"app.kubernetes.io/part-of": "shop", "x-y": "z"},
+                annotations={"loglet.io/labels": self.ANNOTATION})
+        self.api.put_pod(p.obj)
+        a = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n  pod_labels: [app.kubernetes.io/part-of, x-y]\n"
+                             + ("  structured_metadata: true\n" if structured else ""))
+        p.create_files().write(3)
+        p.files["app"].rotate(compress=False)  # a second open of the pod's files: not said again
+        p.write(3, "rotated ")
+        self.wait_all([p])
+        self.assertEqual(a.stop(), 0)
+        said = re.findall(r'loglet.io/labels names the label \\?"(__reserved|_.hidden)\\?"', a.stderr_text())
+        self.assertEqual(sorted(said), ["_.hidden", "__reserved"], a.stderr_text()[-2000:])
+        e = self.receiver.all_entries()[0]
+        return (set(e["label_map"]) - set(self.path_labels(p, "app", "stdout"))) | set(e.get("metadata") or {})
+
+    def test_stream_labels_and_structured_metadata_get_the_same_names(self):
+        want = {"app_kubernetes_io_part_of", "x_y", "app_kubernetes_io_x", "_1abc", "h_llo", "tab"}
+        self.assertEqual(self.names_sent(structured=False), want)
+
+    def test_structured_metadata_names(self):
+        want = {"app_kubernetes_io_part_of", "x_y", "app_kubernetes_io_x", "_1abc", "h_llo", "tab"}
+        self.assertEqual(self.names_sent(structured=True), want)
+
+
 class StructuredMetadataTest(KubeTestCase):
     def test_copied_labels_go_to_structured_metadata_and_workload_stays_a_label(self):
         p = Pod(self, "shop", "api-0", owner=("StatefulSet", "api"),
@@ -319,6 +415,59 @@ class ExclusionTest(KubeTestCase):
         self.assertIn("not tailing", a.stderr_text())
 
 
+class ExclusionChangeTest(KubeTestCase):
+    def test_exclusion_added_stops_a_file_and_lifted_resumes_it_at_its_end(self):
+        """loglet.io/exclude added to a pod whose file is being read stops it where it is; lifted
+        (from a pod excluded from the start, or from that one), its file is read from where it is
+        then: nothing written while excluded is sent, rotated files included, and a restart
+        afterwards re-reads nothing."""
+        a_pod = Pod(self, "shop", "a-0", labels={"app": "a"})
+        b_pod = Pod(self, "shop", "b-0", labels={"app": "b"}, annotations={"loglet.io/exclude": "true"})
+        self.api.put_pod(a_pod.obj)
+        self.api.put_pod(b_pod.obj)
+        agent = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n")
+        a_pod.create_files().write(5, "before ")
+        b_pod.create_files().write(5, "secret ")
+        self.assertTrue(self.receiver.wait_for(lambda: len(self.receiver.lines({"pod": "a-0"})) == 5, timeout=10))
+        # a-0 excluded while its file is open: it stops.
+        a_pod.obj["metadata"]["annotations"]["loglet.io/exclude"] = "true"
+        self.api.put_pod(a_pod.obj)
+        agent.wait_stderr(r"not tailing \S*a-0_shop_app\S* \(\S+\) from offset \d+ on: the pod is annotated", timeout=5)
+        a_pod.write(5, "excluded ")
+        b_pod.files["app"].rotate(compress=False)  # b-0 rotates while excluded: not wanted either
+        b_pod.write(5, "secret-rotated ")
+        time.sleep(0.5)
+        # b-0's exclusion lifted: read from where its file is now.
+        del b_pod.obj["metadata"]["annotations"]["loglet.io/exclude"]
+        self.api.put_pod(b_pod.obj)
+        agent.wait_stderr(r"tailing \S*b-0_shop_app\S* .* from offset \d+: its pod is no longer excluded", timeout=5)
+        b_pod.write(5, "wanted ")
+        # a-0's lifted again.
+        del a_pod.obj["metadata"]["annotations"]["loglet.io/exclude"]
+        self.api.put_pod(a_pod.obj)
+        agent.wait_stderr(r"tailing \S*a-0_shop_app\S* .* from offset \d+: its pod is no longer excluded", timeout=5)
+        a_pod.write(5, "back ")
+        wanted = lambda: [content for p in (a_pod, b_pod) for stream, content in p.written["app"]  # noqa: E731
+                          if " before " in content or " wanted " in content or " back " in content]
+        self.assertTrue(self.receiver.wait_for(lambda: self.receiver.entry_count() >= len(wanted()), timeout=10))
+        time.sleep(1.5)  # past a rescan's worth of events: anything excluded would be here by now
+        self.assertEqual(agent.stop(), 0)
+        # Restarted: each resumes where it was; nothing is read twice.
+        agent = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n")
+        a_pod.write(3, "after-restart ")
+        b_pod.write(3, "after-restart ")
+        want = wanted() + [c for p in (a_pod, b_pod) for _, c in p.written["app"] if "after-restart" in c]
+        self.assertTrue(self.receiver.wait_for(lambda: self.receiver.entry_count() >= len(want), timeout=10))
+        time.sleep(1.0)
+        self.assertEqual(agent.stop(), 0)
+        got = sorted(e["line"] for e in self.receiver.all_entries())
+        self.assertEqual(got, sorted(want))
+        for e in self.receiver.all_entries():
+            p = a_pod if e["label_map"]["pod"] == "a-0" else b_pod
+            self.assertEqual(e["label_map"], dict(self.path_labels(p, "app", e["label_map"]["stream"]),
+                                                  app=p.obj["metadata"]["labels"]["app"]))
+
+
 class DegradationTest(KubeTestCase):
     def test_api_down_from_the_start_then_back(self):
         """Every line arrives with path labels while the API server is down; /ready does not
@@ -328,7 +477,7 @@ class DegradationTest(KubeTestCase):
         self.api.put_pod(first.obj)
         self.api.put_pod(second.obj)
         a = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n", wait_list=False, api_up=False)
-        a.wait_stderr(r"kubernetes: cannot reach", timeout=10)
+        a.wait_stderr(r"kubernetes: cannot reach .*; until it answers, lines are sent with path labels only", timeout=10)
         self.assertEqual(http_get(a.port, "/ready")[0], 200)
         first.create_files().write(40)
         self.wait_all([first], timeout=10)
@@ -342,7 +491,9 @@ class DegradationTest(KubeTestCase):
         # Down again: pods already known keep labelling new files; an unknown pod's file does
         # not wait for an API server that cannot answer.
         self.api.stop()
-        a.wait_stderr(r"kubernetes: cannot reach", timeout=10)
+        # Said as it is: the cache still labels the pods it knows (checked below with `third`).
+        a.wait_stderr(r"kubernetes: cannot reach .*; meanwhile files of pods already cached keep that metadata "
+                      r"\(it may be stale\) and files of pods not cached are sent with path labels", timeout=10)
         unseen = Pod(self, "shop", "unseen", labels={"app": "unseen"})
         self.api.put_pod(unseen.obj)  # the server is down: nobody hears of it
         third.create_files().write(30)
@@ -523,6 +674,39 @@ class DeletionTest(KubeTestCase):
                      {"app": "staying-v2" if "relabelled" in content else "staying"})
             return dict(self.path_labels(q, c, s), **extra)
         self.check_lines([p, other], labels)
+
+
+    def test_a_deleted_pod_is_kept_while_a_file_of_it_is_open_and_dropped_once_they_are_closed(self):
+        """Not a fixed time: while the output lags past the grace a deleted pod is kept for as
+        long as its files are open (a rotation then still gets its labels), and once its last
+        file is closed it leaves the cache within the grace (15 s) plus a bookmark."""
+        p = Pod(self, "shop", "leaving-2", labels={"app": "leaving"})
+        other = Pod(self, "shop", "staying-2", labels={"app": "staying"})
+        self.api.put_pod(p.obj)
+        self.api.put_pod(other.obj)
+        a = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n")
+        p.create_files().write(20, "before ")
+        other.create_files().write(5)
+        self.wait_all([p, other])
+        self.assertEqual(self.metric(a, "loglet_kube_pods_cached"), 2)
+        self.receiver.set_faults(down_hard=True)  # the output lags: the file stays open, unread
+        p.write(20, "after-delete ")
+        self.api.delete_pod("shop", "leaving-2")
+        time.sleep(15 + 3)  # past the grace: only the open file keeps the pod
+        self.assertEqual(self.metric(a, "loglet_kube_pods_cached"), 2, "dropped while a file of it was open")
+        p.files["app"].rotate(compress=False)  # the new file is described after the grace
+        p.write(20, "rotated ")
+        self.receiver.set_faults(down_hard=False)
+        self.wait_all([p, other], timeout=30)
+        self.check_lines([p, other], lambda q, c, s, *_: dict(self.path_labels(q, c, s), app=q.obj["metadata"]["labels"]["app"]))
+        p.files["app"].remove()  # the kubelet removes the dead pod's logs: its files close
+        closed = lambda: len(re.findall(r"msg=\"closed \S*leaving-2_shop_app", a.stderr_text()))  # noqa: E731
+        self.assertTrue(self.receiver.wait_for(lambda: closed() == 2, timeout=15), a.stderr_text()[-2000:])
+        t0 = time.monotonic()
+        ok = self.receiver.wait_for(lambda: self.metric(a, "loglet_kube_pods_cached") == 1, timeout=15 + 5)
+        self.assertTrue(ok, "the deleted pod stayed cached after its files were closed")
+        self.assertGreater(time.monotonic() - t0, 5, "dropped before the grace")
+        self.assertEqual(a.stop(), 0)
 
 
 if __name__ == "__main__":

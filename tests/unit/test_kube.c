@@ -232,6 +232,83 @@ static void test_cache_keeps_deleted_pods_checks_uids_and_relists(void **state)
     kube_cache_free(&cache);
 }
 
+static void test_deleted_pod_is_kept_while_its_files_are_open_then_dropped(void **state)
+{
+    (void)state;
+    struct kube_cache cache;
+    kube_cache_init(&cache);
+    struct kube_event ev = event_for(KUBE_EVENT_ADDED, "held", "u1", "one");
+    kube_cache_apply(&cache, &ev);
+    kube_event_free(&ev);
+    ev = event_for(KUBE_EVENT_ADDED, "idle", "u2", "two");
+    kube_cache_apply(&cache, &ev);
+    kube_event_free(&ev);
+    /* Two files of `held` open (the current one and a rotated one). */
+    assert_int_equal(kube_cache_hold(&cache, "ns", "held"), 0);
+    assert_int_equal(kube_cache_hold(&cache, "ns", "held"), 0);
+    /* A file of a pod not known yet is held too: it is kept once it comes. */
+    assert_int_equal(kube_cache_hold(&cache, "ns", "later"), 0);
+    int64_t t0 = 1000000;
+    ev = event_for(KUBE_EVENT_DELETED, "held", "u1", "one");
+    kube_cache_apply(&cache, &ev);
+    kube_event_free(&ev);
+    ev = event_for(KUBE_EVENT_DELETED, "idle", "u2", "two");
+    kube_cache_apply(&cache, &ev);
+    kube_event_free(&ev);
+    pthread_mutex_lock(&cache.lock);
+    t0 = kube_cache_pod_locked(&cache, "ns", "idle", "")->deleted_ms;
+    pthread_mutex_unlock(&cache.lock);
+    /* Within the grace both stay; past it the one with no file open goes. */
+    kube_cache_expire(&cache, t0 + KUBE_DELETED_GRACE_MS - 1);
+    assert_string_equal(app_of(&cache, "idle", ""), "two deleted");
+    kube_cache_expire(&cache, t0 + KUBE_DELETED_GRACE_MS);
+    assert_string_equal(app_of(&cache, "idle", ""), "(none)");
+    /* Open files keep it however long they drain (an hour behind, say). */
+    int64_t hour = 3600 * 1000;
+    kube_cache_expire(&cache, t0 + hour);
+    assert_string_equal(app_of(&cache, "held", ""), "one deleted");
+    kube_cache_release(&cache, "ns", "held", t0 + hour);
+    kube_cache_expire(&cache, t0 + hour + KUBE_DELETED_GRACE_MS);
+    assert_string_equal(app_of(&cache, "held", ""), "one deleted"); /* one file still open */
+    kube_cache_release(&cache, "ns", "held", t0 + 2 * hour);
+    kube_cache_expire(&cache, t0 + 2 * hour + KUBE_DELETED_GRACE_MS - 1); /* the grace counts from the last close */
+    assert_string_equal(app_of(&cache, "held", ""), "one deleted");
+    kube_cache_expire(&cache, t0 + 2 * hour + KUBE_DELETED_GRACE_MS);
+    assert_string_equal(app_of(&cache, "held", ""), "(none)");
+    assert_int_equal(cache.npods, 0);
+    kube_cache_release(&cache, "ns", "never-held", t0); /* harmless */
+    kube_cache_free(&cache);                             /* the hold of `later` is freed with it */
+}
+
+static void test_static_pod_is_found_by_its_config_hash(void **state)
+{
+    (void)state;
+    /* The kubelet writes a static pod's logs under <ns>_<name>_<config hash>;
+     * its mirror pod has another uid and carries the hash as an annotation. */
+    const char *mirror = "{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"etcd-n\",\"namespace\":\"ns\","
+                         "\"uid\":\"mirror-uid\",\"labels\":{\"app\":\"etcd\"},\"annotations\":{"
+                         "\"kubernetes.io/config.hash\":\"h-ignored\",\"kubernetes.io/config.mirror\":\"5f0c1e\"}}}}";
+    const char *hash_only = "{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"proxy-n\",\"namespace\":"
+                            "\"ns\",\"uid\":\"u-p\",\"labels\":{\"app\":\"proxy\"},\"annotations\":{"
+                            "\"kubernetes.io/config.hash\":\"77aa\",\"kubernetes.io/config.mirror\":7}}}}";
+    struct kube_cache cache;
+    kube_cache_init(&cache);
+    const char *texts[] = {mirror, hash_only};
+    for (size_t i = 0; i < 2; i++) {
+        struct kube_event ev;
+        char err[256];
+        assert_int_equal(kube_parse_event(texts[i], strlen(texts[i]), KUBE_POD, &ev, err, sizeof err), 0);
+        kube_cache_apply(&cache, &ev);
+        kube_event_free(&ev);
+    }
+    assert_string_equal(app_of(&cache, "etcd-n", "5f0c1e"), "etcd");     /* the mirror annotation first */
+    assert_string_equal(app_of(&cache, "etcd-n", "mirror-uid"), "etcd"); /* its own uid still matches */
+    assert_string_equal(app_of(&cache, "etcd-n", "h-ignored"), "(none)");
+    assert_string_equal(app_of(&cache, "proxy-n", "77aa"), "proxy"); /* a mirror value not a string: the hash */
+    assert_string_equal(app_of(&cache, "proxy-n", "other"), "(none)");
+    kube_cache_free(&cache);
+}
+
 /* ------------------------------------------------------------------------ */
 /* Credentials                                                              */
 
@@ -267,7 +344,7 @@ static int load(const char *kubeconfig, struct kube_auth *auth, char *err, size_
     write_file("config", kubeconfig);
     char path[256];
     snprintf(path, sizeof path, "%s/config", dir);
-    return kube_auth_kubeconfig(path, auth, err, errlen);
+    return kube_auth_kubeconfig(path, false, auth, err, errlen);
 }
 
 #define KC_HEAD                                                                                             \
@@ -336,6 +413,57 @@ static void test_broken_kubeconfigs_say_what_is_wrong(void **state)
                             "must be an http:// or https:// URL");
 }
 
+static void test_kubeconfig_list_is_merged_as_client_go_does(void **state)
+{
+    (void)state;
+    char one[128], two[128];
+    snprintf(one, sizeof one, "%s/one", dir);
+    snprintf(two, sizeof two, "%s/two", dir);
+    mkdir(one, 0700);
+    mkdir(two, 0700);
+    /* one: no current-context; the first definitions of cluster c and user u. */
+    write_file("one/config", "clusters:\n- name: c\n  cluster: {server: 'https://first:6443', certificate-authority: ca.pem}\n"
+                             "users:\n- name: u\n  user: {token: first}\n");
+    write_file("one/ca.pem", "ca one\n");
+    /* two: the first current-context, its context, later definitions of c and u (ignored). */
+    write_file("two/config", "current-context: x\ncontexts:\n- name: x\n  context: {cluster: c, user: u}\n"
+                             "clusters:\n- name: c\n  cluster: {server: 'https://second'}\nusers:\n- name: u\n"
+                             "  user: {token: second}\n");
+    write_file("three", "current-context: y\ncontexts:\n- name: y\n  context: {cluster: c}\n");
+    write_file("empty", "");
+    char list[1024];
+    snprintf(list, sizeof list, ":%s/missing::%s/empty:%s/one/config:%s/two/config:%s/three:", dir, dir, dir, dir, dir);
+    struct kube_auth auth;
+    char err[512] = "";
+    if (kube_auth_kubeconfig(list, true, &auth, err, sizeof err) != 0) fail_msg("%s", err);
+    assert_string_equal(auth.server, "https://first:6443");
+    char want[1200];
+    snprintf(want, sizeof want, "%s/one/ca.pem", dir); /* relative to the file that defines the cluster */
+    assert_string_equal(auth.ca_file, want);
+    char header[256];
+    kube_auth_header(&auth, header, sizeof header);
+    assert_string_equal(header, "Authorization: Bearer first");
+    assert_non_null(strstr(auth.origin, "context x"));
+    kube_auth_free(&auth);
+
+    /* Missing files only: said; one unreadable file: an error naming it (client-go refuses too). */
+    snprintf(list, sizeof list, "%s/missing:%s/missing2", dir, dir);
+    assert_int_equal(kube_auth_kubeconfig(list, true, &auth, err, sizeof err), -1);
+    assert_non_null(strstr(err, "none of its files exist"));
+    write_file("broken", "{{{");
+    snprintf(list, sizeof list, "%s/one/config:%s/broken:%s/two/config", dir, dir, dir);
+    assert_int_equal(kube_auth_kubeconfig(list, true, &auth, err, sizeof err), -1);
+    snprintf(want, sizeof want, "kubeconfig %s/broken (of %s): YAML error", dir, list);
+    if (!strstr(err, want)) fail_msg("expected '%s' in '%s'", want, err);
+    /* A single explicit file must exist, and an empty one is not a kubeconfig. */
+    snprintf(list, sizeof list, "%s/missing", dir);
+    assert_int_equal(kube_auth_kubeconfig(list, false, &auth, err, sizeof err), -1);
+    assert_non_null(strstr(err, "cannot open"));
+    snprintf(list, sizeof list, "%s/empty", dir);
+    assert_int_equal(kube_auth_kubeconfig(list, false, &auth, err, sizeof err), -1);
+    assert_non_null(strstr(err, "not a mapping"));
+}
+
 static void test_in_cluster_token_rotates(void **state)
 {
     (void)state;
@@ -387,8 +515,11 @@ int main(void)
         cmocka_unit_test(test_malformed_events_are_refused_with_a_reason),
         cmocka_unit_test(test_list_with_continue_and_a_bad_item),
         cmocka_unit_test(test_cache_keeps_deleted_pods_checks_uids_and_relists),
+        cmocka_unit_test(test_static_pod_is_found_by_its_config_hash),
+        cmocka_unit_test(test_deleted_pod_is_kept_while_its_files_are_open_then_dropped),
         cmocka_unit_test(test_kubeconfig_current_context),
         cmocka_unit_test(test_broken_kubeconfigs_say_what_is_wrong),
+        cmocka_unit_test(test_kubeconfig_list_is_merged_as_client_go_does),
         cmocka_unit_test(test_in_cluster_token_rotates),
     };
     return cmocka_run_group_tests(tests, make_dir, remove_dir);

@@ -21,6 +21,7 @@
 
 #include "config/config.h"
 #include "log/log.h"
+#include "loki/loki.h"
 #include "metadata/metadata.h"
 #include "source/source.h"
 
@@ -49,7 +50,7 @@ static bool fake_changed_since(struct metadata_provider *p, const struct parser_
 }
 static void fake_destroy(struct metadata_provider *p) { (void)p; }
 static const struct metadata_provider_ops fake_ops = {"fake", fake_describe, fake_generation, fake_changed_since,
-                                                      fake_destroy};
+                                                      fake_destroy, NULL};
 
 static struct source *render(struct fake *f, const struct config_strmap *static_labels)
 {
@@ -156,6 +157,40 @@ static void test_builder_snapshot_owns_its_strings(void **state)
     assert_int_equal(b.nlabels, 64);
 }
 
+static void test_label_names_are_sanitised_alike_and_reserved_ones_refused(void **state)
+{
+    (void)state;
+    /* The same names as stream labels and as structured metadata: one rule. */
+    const char *names[] = {"app.kubernetes.io/x", "1abc", "h\xc3\xa9llo", "x-y", "__reserved", "_.hidden", "__name__"};
+    const char *want[] = {"app_kubernetes_io_x", "_1abc", "h_llo", "x_y"};
+    struct metadata_builder b;
+    memset(&b, 0, sizeof b);
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        metadata_builder_add(&b, false, names[i], "v");
+        metadata_builder_add(&b, true, names[i], "v");
+    }
+    metadata_builder_add(&b, false, "x_y", "duplicate once sanitised");
+    assert_int_equal(b.nreserved, 6); /* three names, in both sets */
+    assert_string_equal(b.reserved[0], "__reserved");
+    assert_string_equal(b.reserved[3], "_.hidden");
+    struct metadata_labels *m = metadata_builder_finish(&b);
+    assert_non_null(m);
+    assert_int_equal(m->nlabels, 4);
+    assert_int_equal(m->nstructured, 4);
+    for (size_t i = 0; i < 4; i++) {
+        assert_string_equal(m->labels[i].name, want[i]);
+        assert_string_equal(m->structured[i].name, want[i]);
+    }
+    free(m);
+    /* The encoder renders stream labels with that very rule. */
+    char rendered[128];
+    assert_true(loki_render_labels(&(struct loki_label){"h\xc3\xa9llo", "v"}, 1, rendered, sizeof rendered) > 0);
+    assert_string_equal(rendered, "{h_llo=\"v\"}");
+    assert_false(loki_label_name_reserved("_x"));
+    assert_false(loki_label_name_reserved("1_"));
+    assert_true(loki_label_name_reserved("-_"));
+}
+
 static void test_path_provider_adds_nothing(void **state)
 {
     (void)state;
@@ -207,6 +242,23 @@ static void test_pod_labels_config(void **state)
     fclose(f);
     assert_int_equal(config_load(&cfg, path, err, sizeof err), -1);
     assert_non_null(strstr(err, "takes exactly `from: <key>` and `to: <name>`"));
+    /* A name Loki reserves is refused where the operator can fix it. */
+    f = fopen(path, "w");
+    fputs("kubernetes:\n  pod_labels:\n    - app\n    - {from: team.example.com/owner, to: __team}\n", f);
+    fclose(f);
+    assert_int_equal(config_load(&cfg, path, err, sizeof err), -1);
+    assert_non_null(strstr(err, "key kubernetes.pod_labels: item \"team.example.com/owner=__team\" would be sent as the "
+                                "label \"__team\", which starts with \"__\""));
+    f = fopen(path, "w");
+    fputs("kubernetes:\n  namespace_labels: [__meta]\n", f);
+    fclose(f);
+    assert_int_equal(config_load(&cfg, path, err, sizeof err), -1);
+    assert_non_null(strstr(err, "kubernetes.namespace_labels"));
+    f = fopen(path, "w");
+    fputs("labels:\n  static:\n    .-cluster: a\n", f);
+    fclose(f);
+    assert_int_equal(config_load(&cfg, path, err, sizeof err), -1);
+    assert_non_null(strstr(err, "key labels.static: the label name \".-cluster\" (sent as \"__cluster\")"));
     /* Lists of other keys still take scalars only. */
     f = fopen(path, "w");
     fputs("collection:\n  paths:\n    - {from: a, to: b}\n", f);
@@ -225,6 +277,7 @@ int main(void)
         cmocka_unit_test(test_pending_answer_is_kept_with_the_source),
         cmocka_unit_test(test_too_many_provider_labels_fall_back_to_path_labels),
         cmocka_unit_test(test_builder_snapshot_owns_its_strings),
+        cmocka_unit_test(test_label_names_are_sanitised_alike_and_reserved_ones_refused),
         cmocka_unit_test(test_path_provider_adds_nothing),
         cmocka_unit_test(test_pod_labels_config),
     };
