@@ -9,7 +9,9 @@
  * Offsets: a file's `offset` only moves past lines that are in a committed
  * chunk. A logical line still being assembled when the buffer ends is not
  * kept in memory: the next read starts again at its first byte. Only a line
- * longer than max_line_bytes is emitted in pieces (flagged SPLIT). The
+ * longer than max_line_bytes is emitted in pieces (flagged SPLIT; a piece cut
+ * at max_line_bytes with bytes left over also MORE, every piece after the
+ * first CONTINUED, so a stage can judge the whole line). The
  * state kept between reads, and its invariants, are described at struct
  * tailed_file (collector_internal.h).
  *
@@ -309,24 +311,6 @@ static bool finish_record(struct collector *c, struct tailed_file *f, struct ass
     return true;
 }
 
-static bool utf8_continuation(char ch) { return ((unsigned char)ch & 0xC0) == 0x80; }
-
-/* Where to end a record that has `room` bytes left, in a piece of `len` >
- * room bytes: on a UTF-8 boundary, so that neither side needs repair and the
- * pieces concatenated are the line. Runtimes cut P pieces at any byte, so a
- * character may have begun in the record: then its last bytes (at most 3)
- * come along and the record ends up to 3 bytes past max_line_bytes. */
-static size_t piece_cut(const char *s, size_t len, size_t room)
-{
-    size_t cut = room;
-    for (int back = 0; back < 3 && cut > 0 && utf8_continuation(s[cut]); back++) cut--;
-    if (!utf8_continuation(s[cut])) return cut;
-    if (cut > 0) return room; /* not UTF-8 here: cut where asked */
-    size_t forward = 0;
-    while (forward < len && forward < 3 && utf8_continuation(s[forward])) forward++;
-    return forward;
-}
-
 /* Appends content to the logical line being built, starting it if needed
  * and emitting max_line_bytes-sized pieces when it grows past the limit. */
 static bool append_piece(struct collector *c, struct tailed_file *f, struct assembly *a, const char *content,
@@ -356,12 +340,13 @@ static bool append_piece(struct collector *c, struct tailed_file *f, struct asse
             a->len += len;
             return true;
         }
-        size_t cut = piece_cut(content, len, room);
+        size_t cut = parser_utf8_piece_cut(content, len, room);
         memcpy((char *)(rec + 1) + a->len, content, cut);
         a->len += cut;
         content += cut;
         len -= cut;
-        if (!finish_record(c, f, a, 0, SOURCE_RECORD_SPLIT)) return false;
+        /* Bytes left over: the line is longer than max_line_bytes (MORE). */
+        if (!finish_record(c, f, a, 0, (uint8_t)(SOURCE_RECORD_SPLIT | (len ? SOURCE_RECORD_MORE : 0)))) return false;
         a->continuing = true;
         a->split_emitted = true;
         consumed += cut;
@@ -547,8 +532,9 @@ static enum read_result continue_physical(struct collector *c, struct tailed_fil
     /* More than a piece left, so the byte after a cut is here to tell
      * whether the cut falls inside a UTF-8 sequence. */
     while (seg - done > c->max_line) {
-        size_t cut = piece_cut(c->buf + done, seg - done, c->max_line);
-        if (!emit_phys_piece(c, f, &a, c->buf + done, cut, 0, 0)) goto stopped;
+        size_t cut = parser_utf8_piece_cut(c->buf + done, seg - done, c->max_line);
+        uint8_t more = seg - done > cut ? SOURCE_RECORD_MORE : 0;
+        if (!emit_phys_piece(c, f, &a, c->buf + done, cut, 0, more)) goto stopped;
         done += cut;
     }
     if (nl) {

@@ -61,6 +61,13 @@ size_t parser_utf8_sanitize(const char *src, size_t len, char *dst, size_t *repl
 /* Returns the length of the longest valid UTF-8 prefix of src (fast path:
  * equal to len for valid input). */
 size_t parser_utf8_valid_prefix(const char *src, size_t len);
+/* Where to cut a line's piece that has `room` bytes left, in `len` > room
+ * bytes of content: on a UTF-8 boundary, so that neither side needs repair
+ * and the pieces concatenated are the line. Runtimes cut P pieces at any
+ * byte, so a character may have begun before: then its last bytes (at most
+ * 3) come along and the piece ends up to 3 bytes past its room. Used by the
+ * collector (tail.c) and the pipeline's dry run, which must cut alike. */
+size_t parser_utf8_piece_cut(const char *s, size_t len, size_t room);
 
 /* Kubernetes metadata derived from a log path. Empty strings when unknown. */
 struct parser_path_meta {

@@ -144,3 +144,16 @@ size_t parser_utf8_sanitize(const char *src, size_t len, char *dst, size_t *repl
     *replaced += rep;
     return o;
 }
+
+static bool utf8_continuation(char ch) { return ((unsigned char)ch & 0xC0) == 0x80; }
+
+size_t parser_utf8_piece_cut(const char *s, size_t len, size_t room)
+{
+    size_t cut = room;
+    for (int back = 0; back < 3 && cut > 0 && utf8_continuation(s[cut]); back++) cut--;
+    if (!utf8_continuation(s[cut])) return cut;
+    if (cut > 0) return room; /* not UTF-8 here: cut where asked */
+    size_t forward = 0;
+    while (forward < len && forward < 3 && utf8_continuation(s[forward])) forward++;
+    return forward;
+}

@@ -252,9 +252,11 @@ static int compile_block(struct stage_compile *cx, struct pipeline_block *b, con
         if (compile_stage(cx, b, i, stages->items[i]) != 0) return -1;
         if (b->stages[i].ops == &stage_multiline && ++multiline > 1)
             return stage_fail(cx, stages->items[i], NULL, "only one multiline stage per match block");
-        /* Each keeps a bucket an entry refused by emit must give back (stage_remember). */
-        if (b->stages[i].ops == &stage_limit && ++limits > STAGE_MAX_UNDO)
-            return stage_fail(cx, stages->items[i], NULL, "more than %d limit stages in one match block", STAGE_MAX_UNDO);
+        /* Each keeps state an entry refused by emit must give back (stage_remember):
+         * a limit's bucket, a drop's line in pieces. */
+        if ((b->stages[i].ops == &stage_limit || b->stages[i].ops == &stage_drop) && ++limits > STAGE_MAX_UNDO)
+            return stage_fail(cx, stages->items[i], NULL, "more than %d limit and drop stages in one match block",
+                              STAGE_MAX_UNDO);
     }
     return 0;
 }

@@ -27,7 +27,7 @@
 #define STAGE_MAX_LABELS 16 /* labels a block may add */
 #define STAGE_MAX_META 16   /* structured metadata a block may add */
 #define STAGE_MAX_REASONS 4
-#define STAGE_MAX_UNDO 8    /* stages of a block that change shared state per entry (limit) */
+#define STAGE_MAX_UNDO 16   /* stages of a block that change state per entry (limit, drop) */
 #define STAGE_EXTRAS_MAX 8192 /* labels and metadata of one entry; more is cut, counted */
 
 struct stage;
@@ -35,10 +35,14 @@ struct stage_run;
 
 enum stage_verdict {
     STAGE_PASS,
-    STAGE_DROP, /* run->drop_reason says which of ops->drop_reasons */
+    STAGE_DROP, /* run->drop_reason says which of ops->drop_reasons (or STAGE_DROP_REST) */
     STAGE_HOLD, /* taken by the stage (a join); nothing goes on now */
     STAGE_FAIL, /* emit refused: nothing changed, try again later */
 };
+
+/* A drop_reason for the later pieces of a line whose earlier piece was
+ * dropped (and counted): dropped, not counted again. */
+#define STAGE_DROP_REST STAGE_MAX_REASONS
 
 struct stage_compile {
     const struct config *cfg;
@@ -76,8 +80,9 @@ struct stage_ops {
  * then `out` (passed on), a `dropped` reason, or nothing while a multiline
  * join holds it; a multiline stage counts `out` once per entry it sends and
  * `joined` the lines of those entries made of two or more. So for a stage,
- * in = out + dropped + (lines held or discarded by a join), and a stage's out
- * is the next one's in. Counted only for entries that got through: a refused
+ * in = out + dropped + (lines held or discarded by a join) + (the later
+ * pieces of a line a drop stage dropped: the line counts once in dropped,
+ * each piece in `in`), and a stage's out is the next one's in. Counted only for entries that got through: a refused
  * emit counts nothing (stage_note). */
 struct stage_counters {
     _Atomic uint64_t in, out, joined, errors;

@@ -201,6 +201,9 @@ static enum stage_verdict ml_process(const struct stage *st, void *state, struct
         s->len += r->e.len;
         s->lines++;
         s->flags |= r->e.flags & (SOURCE_RECORD_UTF8_FIXED | SOURCE_RECORD_MALFORMED);
+        /* Whether the entry's last line goes on in the next record is its
+         * last line's to say (a drop after the join judges by it). */
+        s->flags = (uint8_t)((s->flags & ~SOURCE_RECORD_MORE) | (r->e.flags & SOURCE_RECORD_MORE));
         s->last_ms = r->now_ms;
         s->trace = next;
         return STAGE_HOLD;

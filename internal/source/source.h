@@ -105,6 +105,12 @@ enum source_record_flags {
     SOURCE_RECORD_UTF8_FIXED = 1 << 2,  /* invalid UTF-8 replaced by U+FFFD */
     SOURCE_RECORD_FLUSHED = 1 << 3,   /* emitted without its newline after the flush timeout */
     SOURCE_RECORD_CONTINUED = 1 << 4, /* a piece after the first of a split line: the same line number */
+    /* Cut at max_line_bytes with bytes of the line left over: the line is
+     * longer than max_line_bytes and its next record (CONTINUED) goes on
+     * with it. Lets a stage judge the whole line from its first piece
+     * (drop longer_than). Pieces ended otherwise (a stream change, a
+     * flush, a read that cannot go on) do not say it. */
+    SOURCE_RECORD_MORE = 1 << 5,
 };
 
 struct source_chunk {

@@ -180,7 +180,7 @@ int main(int argc, char **argv)
         "\n      - json: {fields: {level: level, msg: message, trace_id: trace_id}}"
         "\n      - labels: {level: {values: [debug, info, warn, error], other: unknown}}"
         "\n      - structured_metadata: [trace_id]"
-        "\n      - drop: {line: \"healthz|readyz\", older_than: 6h, longer_than: 1MiB}"
+        "\n      - drop: {line: \"healthz|readyz\", older_than: 6h, longer_than: 200KiB}"
         "\n      - limit: {rate: 1000000000, burst: 1000000000, by: stream, action: drop}"
         "\n      - output: {source: msg}",
         "json", mb);

@@ -4,7 +4,11 @@
  * bounds; and a multiline stage alone must lose and invent nothing: the
  * entries it sends, joined with "\n", are the lines it was given.
  *
- * The first input byte picks the pipeline; the rest is split at '\n'. */
+ * The first input byte picks the pipeline; the rest is split at '\n'. For
+ * the pipelines with a drop longer_than, lines longer than max_line_bytes go
+ * in as the collector sends them (pieces cut at max_line_bytes: SPLIT, MORE
+ * on all but the last, CONTINUED on all but the first), and the drop alone
+ * must send exactly the pieces of the lines of at most longer_than bytes. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +18,7 @@
 
 #include "config/config.h"
 #include "pipeline/pipeline.h"
+#include "source/source.h"
 
 static const char *const pipelines[] = {
     "pipeline:\n  - stages:\n"
@@ -31,10 +36,17 @@ static const char *const pipelines[] = {
     "pipeline:\n  - stages:\n      - multiline: {mode: go, max_lines: 7, max_bytes: 300}\n",
     "pipeline:\n  - stages:\n      - multiline: {mode: ruby, max_lines: 7, max_bytes: 300}\n",
     "pipeline:\n  - stages:\n      - multiline: {start: '^\\S', max_bytes: 300}\n      - json: {fields: [a]}\n",
+    "collection:\n  max_line_bytes: 64\npipeline:\n  - stages:\n      - drop: {longer_than: 40B}\n",
+    ("collection:\n  max_line_bytes: 64\npipeline:\n  - stages:\n"
+     "      - multiline: {start: '^\\S', max_bytes: 64}\n      - drop: {line: '^z', longer_than: 64B}\n"),
 };
 #define NPIPELINES (sizeof pipelines / sizeof pipelines[0])
 #define FIRST_MULTILINE_ONLY 3
 #define LAST_MULTILINE_ONLY 6
+#define DROP_LONGER_ONLY 8 /* longer_than 40B, max_line_bytes 64 */
+#define FIRST_IN_PIECES 8
+#define MAX_LINE 64
+#define LONGER_THAN 40
 
 static struct config cfgs[NPIPELINES];
 static struct pipeline *ps[NPIPELINES];
@@ -76,6 +88,31 @@ static bool collect(void *ctx, const struct pipeline_entry *e)
     return true;
 }
 
+static void join_piece(struct joined *j, const char *s, size_t len)
+{
+    struct pipeline_entry e = {.line = (char *)s, .len = len};
+    collect(j, &e);
+}
+
+/* One line in, as the collector gives it: whole, or in pieces of MAX_LINE. */
+static bool feed_line(struct pipeline_file *pf, const char *line, size_t len, uint64_t start, struct joined *j,
+                      struct joined *want)
+{
+    bool dropped, keep = len <= LONGER_THAN;
+    if (len <= MAX_LINE) {
+        if (keep) join_piece(want, line, len);
+        return pipeline_process(pf, line, len, 1000, 0, 0, start, collect, j, &dropped);
+    }
+    for (size_t at = 0; at < len; at += MAX_LINE) {
+        size_t n = len - at < MAX_LINE ? len - at : MAX_LINE;
+        uint8_t flags = SOURCE_RECORD_SPLIT | (at ? SOURCE_RECORD_CONTINUED : 0) |
+                        (at + n < len ? SOURCE_RECORD_MORE : 0);
+        if (keep) join_piece(want, line + at, n);
+        if (!pipeline_process(pf, line + at, n, 1000, 0, flags, start, collect, j, &dropped)) return false;
+    }
+    return true;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static bool ready;
@@ -89,16 +126,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct pipeline_meta meta = {.namespace_ = "ns", .pod = "pod", .container = "c"};
     struct pipeline_file *pf = pipeline_file_new(ps[which], &meta, &oom);
     if (!pf) abort();
-    struct joined j = {0};
+    struct joined j = {0}, want = {0};
     const char *p = (const char *)data + 1, *end = (const char *)data + size;
     size_t lines = 0;
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         size_t len = nl ? (size_t)(nl - p) : (size_t)(end - p);
         bool dropped;
-        if (!pipeline_process(pf, p, len, 1000, (uint8_t)(len % 2), 0, (uint64_t)(p - (const char *)data), collect,
-                              &j, &dropped))
+        uint64_t start = (uint64_t)(p - (const char *)data);
+        if (which >= FIRST_IN_PIECES) {
+            if (!feed_line(pf, p, len, start, &j, &want)) abort();
+        } else if (!pipeline_process(pf, p, len, 1000, (uint8_t)(len % 2), 0, start, collect, &j, &dropped)) {
             abort();
+        }
         lines++;
         p += len + 1;
     }
@@ -113,7 +153,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         }
     }
+    if (which == DROP_LONGER_ONLY &&
+        (j.len != want.len || j.entries != want.entries || memcmp(j.buf ? j.buf : "", want.buf ? want.buf : "", j.len))) {
+        fprintf(stderr, "drop longer_than sent %zu entries (%zu bytes), want %zu (%zu)\n", j.entries, j.len,
+                want.entries, want.len);
+        abort();
+    }
     free(j.buf);
+    free(want.buf);
     pipeline_file_free(pf);
     return 0;
 }

@@ -520,5 +520,177 @@ class ConfigTest(PipelineTestCase):
         self.assertIn("2024-05-02T10:15:30.000000000Z stdout " + "\n".join(entries[1]) + "\n", r.stdout)
 
 
+KIB = 1024
+MAX_LINE = 256 * KIB  # collection.max_line_bytes, the default
+LONGER_THAN_PIPELINE = """pipeline:
+  - match: {namespaces: [shop]}
+    stages:
+      - drop: {longer_than: 100KiB}
+  - match: {namespaces: [edge]}
+    stages:
+      - drop: {longer_than: 256KiB}
+"""
+
+
+def long_lines(n):
+    """(name, content, how) for the longer_than tests: how is 'F' (one CRI
+    line), 'P' (16 KiB P pieces, as the runtimes write them) or 'slow' (one
+    CRI line written in 40 KiB pieces 50 ms apart, so the agent reads it
+    across many reads)."""
+    euro = "\u20ac"  # 3 bytes in UTF-8: a cut at max_line_bytes falls inside one
+    return [
+        ("below", "a" * 10, "F"),
+        ("just below", "b" * (n - 1), "F"),
+        ("exactly", "c" * n, "F"),
+        ("one above", "d" * (n + 1), "F"),
+        ("max line", "e" * MAX_LINE, "F"),
+        ("max line + 1", "f" * (MAX_LINE + 1), "F"),
+        ("600 KiB", "g" * (600 * KIB), "F"),
+        ("600 KiB of 3-byte chars", euro * (200 * KIB), "F"),
+        ("P pieces below", "h" * (n - 100), "P"),
+        ("P pieces above", "i" * (n + 100), "P"),
+        ("P pieces 700 KiB", "j" * (700 * KIB), "P"),
+        ("slow below", "k" * (n - 5), "slow"),
+        ("slow 600 KiB", "l" * (600 * KIB), "slow"),
+    ]
+
+
+def write_line(c, content, how, ts):
+    if how == "F":
+        c.write(content, ts_ns=ts)
+    elif how == "P":
+        for at in range(0, len(content), 16 * KIB):
+            piece = content[at:at + 16 * KIB]
+            c.write(piece, partial=at + 16 * KIB < len(content), ts_ns=ts)
+    else:
+        data = cri_line(content, ts_ns=ts).encode()
+        for at in range(0, len(data), 40 * KIB):
+            c.write_raw(data[at:at + 40 * KIB])
+            time.sleep(0.05)
+
+
+def pieces(content):
+    """The pieces the agent sends a line longer than max_line_bytes in: cut at
+    max_line_bytes, back to a UTF-8 boundary."""
+    data, out = content.encode(), []
+    while len(data) > MAX_LINE:
+        cut = MAX_LINE
+        while data[cut] & 0xC0 == 0x80:
+            cut -= 1
+        out.append(data[:cut].decode())
+        data = data[cut:]
+    out.append(data.decode())
+    return out
+
+
+class LongerThanTest(PipelineTestCase):
+    """drop longer_than judges the whole logical line, however it reaches the
+    stages (in pieces of max_line_bytes, CRI P pieces, across reads), drops
+    every piece of it, counts it once and acknowledges it."""
+
+    def write_all(self, c, n, ts):
+        expected = []
+        for k, (name, content, how) in enumerate(long_lines(n)):
+            write_line(c, content, how, ts + 2 * k)
+            c.write(f"after {name}", ts_ns=ts + 2 * k + 1)  # a stray piece would sit beside it
+            if len(content.encode()) <= n:
+                expected.append(content)
+            expected.append(f"after {name}")
+        dropped = sum(1 for _, content, _ in long_lines(n) if len(content.encode()) > n)
+        return expected, dropped
+
+    def test_longer_than_drops_whole_lines_counted_once_and_acknowledged(self):
+        cfg = self.config(LONGER_THAN_PIPELINE)
+        a = self.agent(cfg).start()
+        shop = self.tree.container("shop", "api-0", "api")
+        edge = self.tree.container("edge", "proxy-0", "proxy")
+        want = {}
+        for c, n, ts in ((shop, 100 * KIB, T0), (edge, MAX_LINE, T0 + 1000)):
+            want[c.pod] = self.write_all(c, n, ts)
+        for c in (shop, edge):
+            size = os.path.getsize(c.log_path)
+            self.wait(lambda: self.positions().get(c.link_path) == size, timeout=20,
+                      what=f"the position of {c.pod} at the end of its file")
+            expected, _ = want[c.pod]
+            self.wait(lambda: len(self.entries_of(c)) >= len(expected), what=f"the lines of {c.pod}")
+        time.sleep(1)  # a stray piece sent late would show
+        for c, block in ((shop, "0"), (edge, "1")):
+            expected, dropped = want[c.pod]
+            got = [e["line"] for e in sorted(self.entries_of(c), key=lambda e: e["ts_ns"])]
+            self.assertEqual([(len(g), g[:20]) for g in got], [(len(x), x[:20]) for x in expected], c.pod)
+            self.assertEqual(got, expected, c.pod)
+            self.assertEqual(self.metric(a, "loglet_pipeline_dropped_total", block=block, stage="0", type="drop",
+                                         reason="longer_than"), dropped, c.pod)
+        self.assertEqual(a.stop(), 0)
+        for c in (shop, edge):
+            self.assertEqual(self.positions().get(c.link_path), os.path.getsize(c.log_path), c.pod)
+        # A restart reads nothing again: dropped lines were acknowledged.
+        b = self.agent(cfg, name="b.yaml").start()
+        for c in (shop, edge):
+            c.write("after restart", ts_ns=T0 + 5000)
+        for c in (shop, edge):
+            expected, _ = want[c.pod]
+            self.wait(lambda: len(self.entries_of(c)) >= len(expected) + 1, what="the line after the restart")
+        time.sleep(1)
+        for c in (shop, edge):
+            expected, _ = want[c.pod]
+            got = [e["line"] for e in sorted(self.entries_of(c), key=lambda e: e["ts_ns"])]
+            self.assertEqual(got, expected + ["after restart"], c.pod)
+        self.assertEqual(b.stop(), 0)
+
+    def test_longer_than_above_max_line_bytes_is_refused_at_load(self):
+        from harness import run_loglet
+        path = os.path.join(self.workdir, "p.yaml")
+        with open(path, "w") as f:
+            f.write("pipeline:\n  - match: {namespaces: [shop]}\n    stages:\n      - drop: {line: x}\n"
+                    "      - drop: {longer_than: 300KiB}\n")
+        r = run_loglet(["-config", path, "-check-config"])
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(f"{path}:5: key pipeline[0].stages[1].drop.longer_than: 300KiB is more than "
+                      "collection.max_line_bytes (256KiB)", r.stderr)
+        self.assertIn("set collection.max_line_bytes to at least 300KiB", r.stderr)
+        # Raised, it loads; and then a 300 KiB line reaches the stages whole.
+        with open(path, "w") as f:
+            f.write("collection:\n  max_line_bytes: 300KiB\n"
+                    "pipeline:\n  - match: {namespaces: [shop]}\n    stages:\n      - drop: {longer_than: 300KiB}\n")
+        r = run_loglet(["-config", path, "-check-config"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_dry_run_sends_what_the_agent_sends(self):
+        """The same bytes through -pipeline-test and through the agent give the
+        same entries: pieces, timestamps, streams and drops."""
+        from harness import run_loglet
+        from kubelet import cri_timestamp
+        cfg = self.config(LONGER_THAN_PIPELINE + "  - match: {namespaces: [plain]}\n    stages:\n"
+                          "      - drop: {line: '^never$'}\n")
+        a = self.agent(cfg).start()
+        files = {}
+        for ns, n in (("shop", 100 * KIB), ("edge", MAX_LINE), ("plain", 100 * KIB)):
+            c = self.tree.container(ns, f"{ns}-0", "app")
+            self.write_all(c, n, T0)
+            c.write("last", stream="stderr", ts_ns=T0 + 999)
+            files[ns] = c
+        for c in files.values():
+            size = os.path.getsize(c.log_path)
+            self.wait(lambda: self.positions().get(c.link_path) == size, timeout=20, what="the whole file read")
+        time.sleep(1)
+        self.assertEqual(a.stop(), 0)
+        cfg_path = os.path.join(self.workdir, "loglet.yaml")
+        for ns, c in files.items():
+            r = run_loglet(["-config", cfg_path, "-pipeline-test", c.log_path, "-namespace", ns,
+                            "-pod", c.pod, "-container", c.name])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            dry = [line for line in r.stdout.split("\n") if line and not line.startswith("#")]
+            agent = [f"{cri_timestamp(e['ts_ns'])} {e['label_map']['stream']} {e['line']}"
+                     for e in self.entries_of(c)]
+            self.assertEqual([(len(x), x[:60]) for x in dry], [(len(x), x[:60]) for x in agent], ns)
+            self.assertEqual(dry, agent, ns)
+            if ns == "plain":  # nothing dropped: the long lines go out in the agent's pieces
+                slow = [name for name, _, _ in long_lines(100 * KIB)].index("slow 600 KiB")
+                self.assertIn(f"{cri_timestamp(T0 + 2 * slow)} stdout " + pieces("l" * (600 * KIB))[2], dry)
+                euro = pieces("\u20ac" * (200 * KIB))
+                self.assertEqual([len(p.encode()) for p in euro], [MAX_LINE - 1, MAX_LINE - 1, 600 * KIB - 2 * (MAX_LINE - 1)])
+
+
 if __name__ == "__main__":
     unittest.main()

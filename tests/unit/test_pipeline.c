@@ -509,6 +509,120 @@ static void test_drop_and_reasons(void **state)
     fx_teardown(&fx);
 }
 
+/* One record as the collector gives it: `flags` say whether it is a piece. */
+static bool feed_piece(struct fx *fx, const char *line, uint8_t flags, bool *dropped)
+{
+    return pipeline_process(fx->pf, line, strlen(line), 1000, PARSER_STREAM_STDOUT, flags, fx->offset, collect,
+                            &fx->out, dropped);
+}
+
+static char *repeat(char c, size_t n)
+{
+    char *s = malloc(n + 1);
+    assert_non_null(s);
+    memset(s, c, n);
+    s[n] = '\0';
+    return s;
+}
+
+static uint64_t metric_value(const char *series)
+{
+    char m[65536];
+    pipeline_render_metrics(m, sizeof m);
+    const char *at = strstr(m, series);
+    if (!at) fail_msg("no %s in:\n%s", series, m);
+    return strtoull(at + strlen(series), NULL, 10);
+}
+
+/* longer_than judges the whole line however it comes (pieces cut at
+ * max_line_bytes with MORE, pieces ended otherwise), drops every piece of
+ * it and counts it once; a refused emit leaves the line's state as it was. */
+static void test_drop_longer_than_takes_the_whole_line(void **state)
+{
+    (void)state;
+    struct fx fx;
+    fx_setup(&fx, "collection:\n  max_line_bytes: 100\n"
+                  "pipeline:\n  - stages:\n      - drop: {longer_than: 50B}\n      - drop: {line: '^never$'}\n");
+    pipeline_publish_metrics(fx.p);
+    const uint8_t split = SOURCE_RECORD_SPLIT, more = SOURCE_RECORD_MORE, cont = SOURCE_RECORD_CONTINUED;
+    char *x50 = repeat('x', 50), *x51 = repeat('y', 51), *p100 = repeat('p', 100), *p30 = repeat('q', 30),
+         *p15 = repeat('r', 15), *p10 = repeat('s', 10);
+    struct {
+        const char *line;
+        uint8_t flags;
+        bool dropped;
+    } steps[] = {
+        {"short", 0, false},
+        {x50, 0, false}, /* exactly longer_than */
+        {x51, 0, true},
+        /* 230 bytes: cut at max_line_bytes, so the first piece already says it is too long. */
+        {p100, split | more, true},
+        {p100, split | cont | more, true},
+        {p30, split | cont, true},
+        {"after", 0, false},
+        /* A line whose end never came (a stream change): the next line is judged afresh. */
+        {p100, split | more, true},
+        {"interrupted", 0, false},
+        /* Pieces ended otherwise (a flush): judged by the line so far. */
+        {p30, split, false},
+        {p10, split | cont, false},
+        {p15, split | cont, true}, /* 55 bytes so far */
+        {p10, split | cont, true},
+        {"end", 0, false},
+    };
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        bool dropped;
+        assert_true(feed_piece(&fx, steps[i].line, steps[i].flags, &dropped));
+        if (dropped != steps[i].dropped) fail_msg("step %zu: dropped %d", i, dropped);
+    }
+    const char *want[] = {"short", x50, "after", "interrupted", p30, p10, "end"};
+    assert_int_equal(fx.out.n, sizeof want / sizeof want[0]);
+    for (size_t i = 0; i < fx.out.n; i++) assert_string_equal(fx.out.lines[i], want[i]);
+    /* Lines, not pieces: the 51-byte line, the 230-byte one, the interrupted one, the flushed one. */
+    assert_int_equal(metric_value("loglet_pipeline_dropped_total{block=\"0\",stage=\"0\",type=\"drop\",reason=\"longer_than\"} "), 4);
+    assert_int_equal(metric_value("loglet_pipeline_in_total{block=\"0\",stage=\"1\",type=\"drop\"} "), fx.out.n);
+
+    /* A piece refused by emit is judged again from the same state: read
+     * twice, 30 + 15 bytes are 45, not 60. */
+    out_clear(&fx.out);
+    bool dropped;
+    assert_true(feed_piece(&fx, p30, split, &dropped));
+    fx.out.refuse = 1;
+    assert_false(feed_piece(&fx, p15, split | cont, &dropped));
+    assert_true(feed_piece(&fx, p15, split | cont, &dropped));
+    assert_false(dropped);
+    assert_true(feed_piece(&fx, p10, split | cont, &dropped)); /* 55 */
+    assert_true(dropped);
+    assert_int_equal(fx.out.n, 2);
+    fx_teardown(&fx);
+    free(x50);
+    free(x51);
+    free(p100);
+    free(p30);
+    free(p15);
+    free(p10);
+}
+
+/* longer_than equal to max_line_bytes: a line of exactly that passes whole,
+ * one byte more is cut, and its first piece (MORE) is dropped with the rest. */
+static void test_drop_longer_than_max_line_bytes(void **state)
+{
+    (void)state;
+    struct fx fx;
+    fx_setup(&fx, "collection:\n  max_line_bytes: 100\npipeline:\n  - stages:\n      - drop: {longer_than: 100B}\n");
+    char *p100 = repeat('p', 100);
+    bool dropped;
+    assert_true(feed_piece(&fx, p100, 0, &dropped));
+    assert_false(dropped);
+    assert_true(feed_piece(&fx, p100, SOURCE_RECORD_SPLIT | SOURCE_RECORD_MORE, &dropped));
+    assert_true(dropped);
+    assert_true(feed_piece(&fx, "p", SOURCE_RECORD_SPLIT | SOURCE_RECORD_CONTINUED, &dropped));
+    assert_true(dropped);
+    assert_int_equal(fx.out.n, 1);
+    fx_teardown(&fx);
+    free(p100);
+}
+
 static void test_limit(void **state)
 {
     (void)state;
@@ -703,6 +817,10 @@ static void test_config_errors(void **state)
     E("      - output: {}\n", "output.source: missing");
     E("      - json: {fields: {a: 'x..y'}}\n", "is not a path");
     E("      - drop: {value: x}\n", "drop.value: needs source");
+    /* The first piece of a longer line would be out before its length is known. */
+    E("      - drop: {line: x}\n      - drop:\n          longer_than: 300KiB\n",
+      ":5: key pipeline[0].stages[1].drop.longer_than: 300KiB is more than collection.max_line_bytes (256KiB)");
+    E("      - drop: {longer_than: 1MiB}\n", "set collection.max_line_bytes to at least 1MiB");
     expect_error("pipeline:\n  - match: {labels: [x]}\n    stages: []\n", "pipeline[0].match.labels: unknown key");
     expect_error("pipeline:\n  - match: {namespaces: [a]}\n", "pipeline[0].stages: missing");
     expect_error("pipeline: {a: b}\n", "key pipeline: expected a list");
@@ -743,6 +861,8 @@ int main(void)
         cmocka_unit_test(test_regex),
         cmocka_unit_test(test_labels_max_values),
         cmocka_unit_test(test_drop_and_reasons),
+        cmocka_unit_test(test_drop_longer_than_takes_the_whole_line),
+        cmocka_unit_test(test_drop_longer_than_max_line_bytes),
         cmocka_unit_test(test_limit),
         cmocka_unit_test(test_timestamp),
         cmocka_unit_test(test_match_first_block_wins),

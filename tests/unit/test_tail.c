@@ -263,7 +263,14 @@ static bool drain_one(void)
             assert_true(rec->flags & SOURCE_RECORD_SPLIT);
             assert_true(E.got.n >= 2 && (E.got.v[E.got.n - 2].flags & SOURCE_RECORD_SPLIT));
         }
-        r->flags = rec->flags & (uint8_t)~SOURCE_RECORD_CONTINUED;
+        /* MORE: cut at max_line_bytes with bytes left over (what drop
+         * longer_than trusts): a piece of at least max_line_bytes less the 3
+         * bytes a UTF-8 cut may give back. */
+        if (rec->flags & SOURCE_RECORD_MORE) {
+            assert_true(rec->flags & SOURCE_RECORD_SPLIT);
+            assert_true(rec->len + 3 >= (size_t)E.cfg.collection.max_line_bytes);
+        }
+        r->flags = rec->flags & (uint8_t)~(SOURCE_RECORD_CONTINUED | SOURCE_RECORD_MORE);
         r->ts = r->ts_max = rec->ts_ns;
         r->src = src;
         r->chunk_end = chunk->end_offset;
