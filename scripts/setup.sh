@@ -7,7 +7,7 @@ PACKAGES=(
   # build
   build-essential cmake pkg-config
   libyaml-dev libcurl4-openssl-dev zlib1g-dev libprotobuf-c-dev protobuf-c-compiler
-  libsnappy-dev libpcre2-dev libjansson-dev
+  libsnappy-dev libpcre2-dev libjansson-dev libssl-dev
   # tests: unit (cmocka), integration (Debian's python3 + snappy for the Loki
   # test receiver), sanitizers and fuzzers (clang + its runtime)
   libcmocka-dev python3 python3-snappy clang libclang-rt-14-dev
