@@ -51,6 +51,7 @@ struct archive_store *archive_store_open(const struct archive_store_options *opt
         rc = -1;
     }
     if (rc != 0) {
+        if (st->ops) st->ops->close(st);
         free(st->url);
         free(st);
         return NULL;
