@@ -14,7 +14,7 @@
  * 408, 429, 5xx (503 SlowDown) and no answer RETRY, honouring Retry-After;
  * another 4xx REFUSED, with S3's <Code> and <Message> in the detail.
  *
- * Objects above multipart_threshold go up in parts of PART_BYTES (each with
+ * Objects above multipart_threshold go up in parts of PART_BYTES (5 MiB) (each with
  * its own Content-MD5); a failed multipart upload is aborted so no parts
  * linger, and the whole object is tried again.
  */
@@ -32,7 +32,7 @@
 #include "archive_internal.h"
 #include "log/log.h"
 
-#define PART_BYTES (16ULL * 1024 * 1024)
+#define PART_BYTES (5ULL * 1024 * 1024) /* S3's least part size: a failed part costs little to send again */
 #define MAX_RESPONSE_BYTES (16 * 1024 * 1024) /* a listing page of 1000 keys is far below */
 #define EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 

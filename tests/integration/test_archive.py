@@ -14,7 +14,10 @@ What each test would catch:
   stalls because the other is down, lines lost in Loki or in the archive
   after the failing one recovers.
 """
+import base64
+import hashlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -27,6 +30,9 @@ from harness import AgentTestCase, base_config, yaml_quote  # noqa: E402
 
 import archive_objects as ao  # noqa: E402  (tests/tools, put on the path by harness)
 import loki_receiver as lr  # noqa: E402
+import s3_emulator  # noqa: E402
+
+S3_PREFIX = "logs/node-a/"
 
 
 def positions(workdir):
@@ -51,17 +57,71 @@ def wait_until(pred, timeout, what):
 
 
 class ArchiveCase(AgentTestCase):
+    """file:// by default; S3Mixin makes the same tests run against the emulator."""
+
     def setUp(self):
         super().setUp()
         self.out = os.path.join(self.workdir, "archive")
 
+    def target(self):
+        return f"    url: {yaml_quote('file://' + self.out)}\n"
+
     def config(self, archive_extra="", extra="", collection="  read_from: beginning\n"):
         return base_config(self.tree, self.workdir, collection +
-                           f"output:\n  archive:\n    url: {yaml_quote('file://' + self.out)}\n" + archive_extra +
-                           extra)
+                           "output:\n  archive:\n" + self.target() + archive_extra + extra)
 
     def objects(self):
         return ao.file_objects(self.out) if os.path.isdir(self.out) else {}
+
+    def break_archive(self):
+        """Every store fails from now on: the directory replaced by a file (ENOTDIR)."""
+        shutil.move(self.out, self.out + ".saved")
+        open(self.out, "w").close()
+
+    def heal_archive(self):
+        os.unlink(self.out)
+        shutil.move(self.out + ".saved", self.out)
+
+
+class S3Mixin:
+    """The same tests against @20minutes/s3rver (SigV4 checked), s3://archive/logs/node-a."""
+
+    def setUp(self):
+        super().setUp()
+        why = s3_emulator.available()
+        if why:
+            raise AssertionError(why)
+        self.s3 = s3_emulator.S3Emulator(self.workdir, keys={"AKIDLOGLET": "loglet-secret-1"}).start()
+        self.key_file = os.path.join(self.workdir, "access_key_id")
+        self.secret_file = os.path.join(self.workdir, "secret_access_key")
+        self.set_credential_files("AKIDLOGLET", "loglet-secret-1")
+
+    def tearDown(self):
+        super().tearDown()
+        self.s3.stop()
+
+    def set_credential_files(self, key_id, secret):
+        for path, value in ((self.key_file, key_id), (self.secret_file, secret)):
+            with open(path + ".tmp", "w") as f:
+                f.write(value + "\n")
+            os.replace(path + ".tmp", path)
+
+    def target(self):
+        return (f"    url: s3://archive/{S3_PREFIX}\n    endpoint: {self.s3.endpoint}\n"
+                f"    access_key_id_file: {yaml_quote(self.key_file)}\n"
+                f"    secret_access_key_file: {yaml_quote(self.secret_file)}\n")
+
+    def objects(self):
+        got = self.s3.objects()
+        stray = [k for k in got if not k.startswith(S3_PREFIX)]
+        assert not stray, f"objects outside the prefix: {stray[:5]}"
+        return {k[len(S3_PREFIX):]: v for k, v in got.items()}
+
+    def break_archive(self):
+        self.s3.stop()
+
+    def heal_archive(self):
+        self.s3.start()
 
     def write(self, c, prefix, n, start=0):
         lines = [f"{prefix}-{i:06d} {c.namespace}/{c.pod}/{c.name} " + "x" * (i % 97) for i in range(start, start + n)]
@@ -233,22 +293,120 @@ class TwoOutputs(ArchiveCase):
         wait_until(lambda: len(self.loki_ids()) == 300 and self.archived(c) == a_lines, 15, "both outputs")
         held = os.path.getsize(c.log_path)
         wait_until(lambda: positions(self.workdir).get(c.log_path) == held, 5, "position after the first lines")
-        # The archive directory replaced by a file: every store fails (ENOTDIR).
-        shutil.move(self.out, self.out + ".saved")
-        open(self.out, "w").close()
+        self.break_archive()
         b_lines = self.write(c, "b", 300)
         wait_until(lambda: len(self.loki_ids()) == 600, 15, "Loki while the archive fails")
         agent.wait_stderr(r"cannot store archive object", timeout=10)
         time.sleep(1.0)
         self.assertEqual(positions(self.workdir).get(c.log_path), held, "position moved with the archive failing")
-        os.unlink(self.out)
-        shutil.move(self.out + ".saved", self.out)
+        self.heal_archive()
         wait_until(lambda: positions(self.workdir).get(c.log_path) == os.path.getsize(c.log_path), 20,
                    "position after the archive recovered")
         agent.wait_stderr(r"stores objects again", timeout=5)
         self.assertEqual(agent.stop(), 0)
         self.assertEqual(self.archived(c), a_lines + b_lines)
         self.assertEqual(sorted(self.loki_ids()), sorted(a_lines + b_lines))
+
+
+class S3Protocol(S3Mixin, ArchiveCase):
+    """What only S3 has: signatures, digests, credentials, SlowDown, multipart."""
+
+    def entries(self, c):
+        return ao.by_container(self.objects()).get((c.namespace, c.pod, c.name, c.container_id), [])
+
+    def test_each_put_carries_the_objects_md5_and_sha256(self):
+        c = self.tree.container("shop", "web-0", "app")
+        lines = self.write(c, "d", 2000)
+        a = self.agent(self.config()).start()
+        time.sleep(1.0)
+        self.assertEqual(a.stop(), 0)
+        stored = self.s3.objects()
+        self.assertEqual(ao.contents_in_order(self.entries(c)), lines)
+        puts = [r for r in self.s3.requests() if r["method"] == "PUT" and r["status"] == 200]
+        self.assertEqual(len(puts), len(stored))
+        for r in puts:
+            key = r["url"].split("?")[0][len("/archive/"):]
+            data = stored[key]
+            self.assertEqual(r["md5"], base64.b64encode(hashlib.md5(data).digest()).decode(), key)
+            self.assertEqual(r["sha256"], hashlib.sha256(data).hexdigest(), key)
+
+    def test_wrong_secret_is_refused_and_rotated_credential_files_heal_it(self):
+        c = self.tree.container("shop", "web-0", "app")
+        first = self.write(c, "r", 500)
+        self.set_credential_files("AKIDLOGLET", "not-the-secret")
+        a = self.agent(self.config("    flush_interval: 1s\n",
+                                   collection="  read_from: beginning\n  positions_sync_period: 200ms\n")).start()
+        a.wait_stderr(r"refused the credentials.*SignatureDoesNotMatch", timeout=15)
+        time.sleep(1.0)
+        self.assertEqual(self.s3.objects(), {}, "stored with a wrong secret")
+        self.assertIn(positions(self.workdir).get(c.log_path, 0), (0, None), "position moved without the archive")
+        # The Secret is fixed: the files are re-read before the next retry.
+        self.set_credential_files("AKIDLOGLET", "loglet-secret-1")
+        wait_until(lambda: ao.contents_in_order(self.entries(c)) == first, 30, "objects after the fix")
+        # Rotation: the emulator drops the old pair and takes a new one; the
+        # agent's next upload is refused, it re-reads the files and goes on.
+        self.s3.set_keys({"AKIDROTATED": "loglet-secret-2"})
+        self.set_credential_files("AKIDROTATED", "loglet-secret-2")
+        second = self.write(c, "r", 500, 500)
+        wait_until(lambda: ao.contents_in_order(self.entries(c)) == first + second, 30, "objects after rotation")
+        wait_until(lambda: positions(self.workdir).get(c.log_path) == os.path.getsize(c.log_path), 10,
+                   "positions at the end")
+        self.assertEqual(a.stop(), 0)
+        refused = [r for r in self.s3.requests() if r["status"] == 403]
+        self.assertTrue(refused, "the emulator never refused a signature")
+
+    def test_slowdown_and_an_emulator_restart_lose_nothing(self):
+        cs = [self.tree.container("shop", f"web-{k}", "app") for k in range(2)]
+        a = self.agent(self.config("    flush_interval: 1s\n")).start()
+        written = {c: self.write(c, "s", 400) for c in cs}
+        self.s3.fail(slowdown=5)
+        wait_until(lambda: all(ao.contents_in_order(self.entries(c)) == written[c] for c in cs), 30,
+                   "objects after SlowDown")
+        self.assertGreaterEqual(sum(1 for r in self.s3.requests() if r["status"] == 503), 5)
+        for c in cs:
+            written[c] += self.write(c, "s", 400, 400)
+        self.s3.restart(down_seconds=2.5)
+        for c in cs:
+            written[c] += self.write(c, "s", 400, 800)
+        wait_until(lambda: all(ao.contents_in_order(self.entries(c)) == written[c] for c in cs), 40,
+                   "objects after the restart")
+        self.assertEqual(a.stop(), 0)
+        for c in cs:
+            self.assertEqual(ao.contents_in_order(self.entries(c)), written[c])
+        a.wait_stderr(r"SlowDown", timeout=1)
+
+    def test_objects_above_the_threshold_go_up_in_parts(self):
+        c = self.tree.container("shop", "web-0", "app")
+        rnd = random.Random(7)
+        lines = []
+        for i in range(12000):  # ~12 MiB of records that gzip leaves above 5 MiB
+            lines.append(f"m-{i:06d} " + base64.b64encode(rnd.randbytes(750)).decode())
+        from kubelet import cri_line
+        c._file.write("".join(cri_line(l) for l in lines).encode())
+        a = self.agent(self.config("    multipart_threshold: 5MiB\n    max_object_bytes: 64MiB\n")).start()
+        time.sleep(1.5)
+        self.assertEqual(a.stop(timeout=60), 0)
+        entries = self.entries(c)
+        self.assertEqual(len(entries), 1)
+        self.assertGreater(len(self.s3.objects()[S3_PREFIX + entries[0][1]]), 5 * 1024 * 1024)
+        self.assertEqual(ao.contents_in_order(entries), lines)
+        reqs = [(r["method"], r["url"].split("?", 1)[1] if "?" in r["url"] else "") for r in self.s3.requests()]
+        self.assertIn(("POST", "uploads="), reqs)
+        parts = [q for m, q in reqs if m == "PUT" and q.startswith("partNumber=")]
+        self.assertGreaterEqual(len(parts), 2, reqs)
+        self.assertTrue(any(m == "POST" and q.startswith("uploadId=") for m, q in reqs))
+
+
+class S3KeysAndContent(S3Mixin, KeysAndContent):
+    pass
+
+
+class S3Kill9(S3Mixin, Kill9):
+    pass
+
+
+class S3TwoOutputs(S3Mixin, TwoOutputs):
+    pass
 
 
 if __name__ == "__main__":

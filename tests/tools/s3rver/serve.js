@@ -59,16 +59,26 @@ server.middleware.unshift(async (ctx, next) => {
     ctx.type = 'application/xml';
     ctx.body = `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${fault.code}</Code>` +
       `<Message>injected by the test</Message></Error>`;
-  } else {
-    await next();
+    record(ctx, ctx.status);
+    return;
   }
-  if (log !== null) {
-    fs.writeSync(log, JSON.stringify({
-      method: ctx.method, url: ctx.url, md5: ctx.get('Content-MD5') || null,
-      sha256: ctx.get('x-amz-content-sha256') || null, status: ctx.status,
-    }) + '\n');
+  try {
+    await next();
+    record(ctx, ctx.status);
+  } catch (err) {
+    // s3rver answers errors (403 SignatureDoesNotMatch…) by throwing.
+    record(ctx, err.status || 500);
+    throw err;
   }
 });
+
+function record(ctx, status) {
+  if (log === null) return;
+  fs.writeSync(log, JSON.stringify({
+    method: ctx.method, url: ctx.url, md5: ctx.get('Content-MD5') || null,
+    sha256: ctx.get('x-amz-content-sha256') || null, status,
+  }) + '\n');
+}
 
 server.run((err, { address, port } = {}) => {
   if (err) {
