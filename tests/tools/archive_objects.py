@@ -15,12 +15,15 @@ DEFAULT_KEY = re.compile(r"^kube\.var\.log\.containers\.(?P<pod>[^_/]+)_(?P<name
 CRI = re.compile(r"^(?P<ts>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z) (?P<stream>stdout|stderr) F (?P<content>.*)$")
 
 
-def file_objects(root):
-    """{key: bytes} of every object under a file:// archive (temporary files are
-    hidden, named .*, and must not be there once the agent stopped)."""
+def file_objects(root, include_hidden=False):
+    """{key: bytes} of every object under a file:// archive. Temporary files
+    (.NAME.tmp.PID, being written) are left out unless include_hidden: once
+    the agent stopped there must be none."""
     out = {}
     for d, _, files in os.walk(root):
         for f in files:
+            if f.startswith(".") and not include_hidden:
+                continue
             p = os.path.join(d, f)
             out[os.path.relpath(p, root)] = open(p, "rb").read()
     return out
