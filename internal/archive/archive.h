@@ -79,9 +79,12 @@ struct archive_store *archive_store_open(const struct archive_store_options *opt
 void archive_store_close(struct archive_store *st);
 const char *archive_store_describe(const struct archive_store *st); /* the URL, without secrets */
 
-/* md5 and sha256 are the digests of the fd's `size` bytes. */
+/* md5 and sha256 are the digests of the fd's `size` bytes. replace: the
+ * key may exist and is replaced (indexes, compaction re-runs); without it
+ * file:// answers ARCHIVE_EXISTS for a taken key (S3 cannot tell). */
 void archive_store_put_file(struct archive_store *st, const char *key, int fd, uint64_t size,
-                            const unsigned char md5[16], const unsigned char sha256[32], struct archive_outcome *o);
+                            const unsigned char md5[16], const unsigned char sha256[32], bool replace,
+                            struct archive_outcome *o);
 /* Calls `each` for every key below `prefix` (relative to the URL's prefix),
  * in no particular order; a non-zero return stops the listing. */
 typedef int (*archive_list_fn)(void *ctx, const char *key, uint64_t size);
@@ -92,9 +95,25 @@ void archive_store_get(struct archive_store *st, const char *key, int fd, struct
 void archive_store_delete(struct archive_store *st, const char *key, struct archive_outcome *o);
 void archive_store_reload_credentials(struct archive_store *st);
 
+/* Fills f's placeholders from a key made by `fmt` (its {date}, {hour} and
+ * {time} as text into date/hour/time). Returns 0, or -1 when the key is not
+ * of that layout. Values never contain '/'; {container_id} is hex (or
+ * "unknown"), {index} digits, so "{container}-{container_id}" splits right
+ * even when the container's name has a '-'. */
+struct archive_key_parsed {
+    char namespace_[256], pod[256], container[256], container_id[128], pod_uid[128], node[256];
+    char date[16], hour[8], time[16];
+    uint64_t index;
+};
+int archive_key_parse(const char *fmt, const char *key, struct archive_key_parsed *out);
+
 /* Delay before retry `attempt` (0-based): min·2^attempt up to max, with
  * jitter, at least retry_after_ms. */
 int64_t archive_backoff_ms(int attempt, int64_t min_ms, int64_t max_ms, int64_t retry_after_ms);
+
+/* MD5 and SHA-256 of a whole file (from offset 0) and its size; -1 with
+ * errno on a read error. */
+int archive_digest_fd(int fd, uint64_t *size, unsigned char md5[16], unsigned char sha256[32]);
 
 /* `loglet archive …`: returns the process exit status. */
 int archive_cli_main(int argc, char **argv);

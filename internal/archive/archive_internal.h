@@ -9,7 +9,7 @@
 
 struct archive_store_ops {
     void (*put_file)(struct archive_store *st, const char *key, int fd, uint64_t size, const unsigned char md5[16],
-                     const unsigned char sha256[32], struct archive_outcome *o);
+                     const unsigned char sha256[32], bool replace, struct archive_outcome *o);
     void (*list)(struct archive_store *st, const char *prefix, archive_list_fn each, void *ctx,
                  struct archive_outcome *o);
     void (*get)(struct archive_store *st, const char *key, int fd, struct archive_outcome *o);

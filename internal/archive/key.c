@@ -1,5 +1,7 @@
 /* Object keys from output.archive.key_format. */
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -59,4 +61,87 @@ size_t archive_key_render(const char *fmt, const struct archive_key_fields *f, c
 too_long:
     snprintf(err, errlen, "the key made from '%s' is longer than %zu bytes", fmt, cap - 1);
     return 0;
+}
+
+static bool all_of(const char *v, size_t n, const char *set)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strchr(set, v[i])) return false;
+    return true;
+}
+
+/* Whether `v` (n bytes) can be the value of placeholder `name`. */
+static bool value_fits(const char *name, size_t name_len, const char *v, size_t n)
+{
+#define IS(s) (name_len == sizeof(s) - 1 && strncmp(name, s, name_len) == 0)
+    if (n == 0 || memchr(v, '/', n)) return false;
+    if (IS("container_id")) return all_of(v, n, "0123456789abcdef") || (n == 7 && strncmp(v, "unknown", 7) == 0);
+    if (IS("index")) return all_of(v, n, "0123456789");
+    if (IS("date")) return n == 10 && all_of(v, n, "0123456789-") && v[4] == '-' && v[7] == '-';
+    if (IS("hour")) return n == 2 && all_of(v, n, "0123456789");
+    if (IS("time")) return n == 6 && all_of(v, n, "0123456789");
+    return true;
+#undef IS
+}
+
+static char *field_of(struct archive_key_parsed *out, const char *name, size_t len, size_t *cap)
+{
+    struct {
+        const char *name;
+        char *dst;
+        size_t cap;
+    } fields[] = {
+        {"namespace", out->namespace_, sizeof out->namespace_},
+        {"pod", out->pod, sizeof out->pod},
+        {"container", out->container, sizeof out->container},
+        {"container_id", out->container_id, sizeof out->container_id},
+        {"pod_uid", out->pod_uid, sizeof out->pod_uid},
+        {"node", out->node, sizeof out->node},
+        {"date", out->date, sizeof out->date},
+        {"hour", out->hour, sizeof out->hour},
+        {"time", out->time, sizeof out->time},
+    };
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        if (strlen(fields[i].name) == len && strncmp(fields[i].name, name, len) == 0) {
+            *cap = fields[i].cap;
+            return fields[i].dst;
+        }
+    return NULL;
+}
+
+/* Backtracking match: each placeholder takes the shortest value that lets
+ * the rest of the key match (so "{pod}_{namespace}" splits at the first
+ * '_', which neither may contain). */
+static bool match_key(const char *fmt, const char *key, struct archive_key_parsed *out, int depth)
+{
+    if (depth > 32) return false;
+    while (*fmt && *fmt != '{') {
+        if (*fmt++ != *key++) return false;
+    }
+    if (!*fmt) return !*key;
+    const char *end = strchr(fmt, '}');
+    if (!end) return false;
+    const char *name = fmt + 1;
+    size_t name_len = (size_t)(end - name);
+    for (size_t n = 1; key[n - 1] && key[n - 1] != '/'; n++) {
+        if (!value_fits(name, name_len, key, n)) continue;
+        if (!match_key(end + 1, key + n, out, depth + 1)) continue;
+        size_t cap = 0;
+        char *dst = field_of(out, name, name_len, &cap);
+        if (dst) {
+            if (n >= cap) return false;
+            memcpy(dst, key, n);
+            dst[n] = '\0';
+        } else if (name_len == 5 && strncmp(name, "index", 5) == 0) {
+            out->index = strtoull(key, NULL, 10);
+        }
+        return true;
+    }
+    return false;
+}
+
+int archive_key_parse(const char *fmt, const char *key, struct archive_key_parsed *out)
+{
+    memset(out, 0, sizeof *out);
+    return match_key(fmt, key, out, 0) ? 0 : -1;
 }

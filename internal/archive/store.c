@@ -1,5 +1,8 @@
 /* The store chosen by the URL's scheme, and what both stores share. */
+#include <errno.h>
+#include <openssl/evp.h>
 #include <stdarg.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,9 +73,10 @@ void archive_store_close(struct archive_store *st)
 const char *archive_store_describe(const struct archive_store *st) { return st->url; }
 
 void archive_store_put_file(struct archive_store *st, const char *key, int fd, uint64_t size,
-                            const unsigned char md5[16], const unsigned char sha256[32], struct archive_outcome *o)
+                            const unsigned char md5[16], const unsigned char sha256[32], bool replace,
+                            struct archive_outcome *o)
 {
-    st->ops->put_file(st, key, fd, size, md5, sha256, o);
+    st->ops->put_file(st, key, fd, size, md5, sha256, replace, o);
 }
 
 void archive_store_list(struct archive_store *st, const char *prefix, archive_list_fn each, void *ctx,
@@ -105,4 +109,34 @@ int64_t archive_backoff_ms(int attempt, int64_t min_ms, int64_t max_ms, int64_t 
     if (wait >= 4) wait = wait - wait / 4 + (int64_t)((uint64_t)random() % (uint64_t)(wait / 4 + 1));
     if (wait < retry_after_ms) wait = retry_after_ms;
     return wait;
+}
+
+int archive_digest_fd(int fd, uint64_t *size, unsigned char md5[16], unsigned char sha256[32])
+{
+    EVP_MD_CTX *a = EVP_MD_CTX_new(), *b = EVP_MD_CTX_new();
+    char *buf = malloc(64 * 1024);
+    int rc = -1;
+    *size = 0;
+    if (!a || !b || !buf || !EVP_DigestInit_ex(a, EVP_md5(), NULL) || !EVP_DigestInit_ex(b, EVP_sha256(), NULL)) {
+        errno = ENOMEM;
+        goto done;
+    }
+    for (;;) {
+        ssize_t n = pread(fd, buf, 64 * 1024, (off_t)*size);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) goto done;
+        if (n == 0) break;
+        EVP_DigestUpdate(a, buf, (size_t)n);
+        EVP_DigestUpdate(b, buf, (size_t)n);
+        *size += (uint64_t)n;
+    }
+    unsigned int l;
+    EVP_DigestFinal_ex(a, md5, &l);
+    EVP_DigestFinal_ex(b, sha256, &l);
+    rc = 0;
+done:
+    EVP_MD_CTX_free(a);
+    EVP_MD_CTX_free(b);
+    free(buf);
+    return rc;
 }

@@ -72,7 +72,7 @@ static int copy_fd(int from, int to, uint64_t size)
 }
 
 static void file_put(struct archive_store *st, const char *key, int fd, uint64_t size, const unsigned char md5[16],
-                     const unsigned char sha256[32], struct archive_outcome *o)
+                     const unsigned char sha256[32], bool replace, struct archive_outcome *o)
 {
     (void)md5;
     (void)sha256;
@@ -108,7 +108,14 @@ static void file_put(struct archive_store *st, const char *key, int fd, uint64_t
         unlink(tmp);
         return;
     }
-    if (link(tmp, path) != 0) {
+    if (replace) {
+        if (rename(tmp, path) != 0) {
+            archive_outcome_set(o, ARCHIVE_RETRY, 0, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
+            unlink(tmp);
+            return;
+        }
+        archive_outcome_set(o, ARCHIVE_OK, 0, "stored %s", path);
+    } else if (link(tmp, path) != 0) {
         int saved = errno;
         unlink(tmp);
         if (saved == EEXIST)
@@ -116,11 +123,11 @@ static void file_put(struct archive_store *st, const char *key, int fd, uint64_t
         else
             archive_outcome_set(o, ARCHIVE_RETRY, 0, "cannot link %s to %s: %s", tmp, path, strerror(saved));
         return;
-    }
-    if (unlink(tmp) != 0)
+    } else if (unlink(tmp) != 0) {
         archive_outcome_set(o, ARCHIVE_OK, 0, "stored %s (its temporary %s stays: %s)", path, tmp, strerror(errno));
-    else
+    } else {
         archive_outcome_set(o, ARCHIVE_OK, 0, "stored %s", path);
+    }
     /* The new name must survive a crash of the node, like the content. */
     *base = '\0';
     int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

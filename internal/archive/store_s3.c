@@ -263,9 +263,13 @@ static void perform(struct s3_store *s, struct request *rq, struct archive_outco
     CURL *c = s->curl;
     curl_easy_reset(c);
     char path[3 * ARCHIVE_KEY_MAX + 64], url[4 * ARCHIVE_KEY_MAX + 512], full[ARCHIVE_KEY_MAX + 512];
-    snprintf(full, sizeof full, "%s%s", s->prefix, rq->key ? rq->key : "");
+    /* No key: the bucket itself (a listing), whose prefix is in the query. */
+    snprintf(full, sizeof full, "%s%s", rq->key ? s->prefix : "", rq->key ? rq->key : "");
     uri_encode(full, true, path, sizeof path);
-    if (s->path_style)
+    if (s->path_style && !rq->key) /* the bucket: no trailing '/', which S3 would sign as part of the path */
+        snprintf(url, sizeof url, "%s/%s%s%s", s->base_url, s->bucket, rq->query ? "?" : "",
+                 rq->query ? rq->query : "");
+    else if (s->path_style)
         snprintf(url, sizeof url, "%s/%s/%s%s%s", s->base_url, s->bucket, path, rq->query ? "?" : "",
                  rq->query ? rq->query : "");
     else
@@ -471,9 +475,10 @@ abort:
 }
 
 static void s3_put(struct archive_store *st, const char *key, int fd, uint64_t size, const unsigned char md5[16],
-                   const unsigned char sha256[32], struct archive_outcome *o)
+                   const unsigned char sha256[32], bool replace, struct archive_outcome *o)
 {
     struct s3_store *s = st->impl;
+    (void)replace; /* S3 replaces; keys of the agent never repeat ({index}) */
     if (size > (uint64_t)s->multipart_threshold) {
         multipart_put(s, key, fd, size, o);
         return;

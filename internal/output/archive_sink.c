@@ -451,16 +451,34 @@ static bool wait_for_spool(struct archive_sink *s)
     return true;
 }
 
+/* Counts `added` bytes of records into obj and the spool. */
+static void account(struct archive_sink *s, struct object *obj, uint64_t added)
+{
+    obj->raw_bytes += added;
+    pthread_mutex_lock(&s->lock);
+    s->spool_bytes += added;
+    metrics_set(archive_spool_bytes, (int64_t)s->spool_bytes);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static struct object *open_object(struct archive_sink *s, const struct source *src)
+{
+    struct object *obj;
+    while (!(obj = object_for(s, src))) {
+        if (stopping(s)) return NULL;
+        pause_ms(s, 1000);
+    }
+    return obj;
+}
+
 static bool archive_deliver(struct output_lane *out, const struct source_chunk *chunk)
 {
     struct archive_sink *s = out->archive;
     if (!wait_for_spool(s)) return false;
-    struct object *obj;
-    while (!(obj = object_for(s, chunk->source))) {
-        if (stopping(s)) return false;
-        pause_ms(s, 1000);
-    }
+    struct object *obj = open_object(s, chunk->source);
+    if (!obj) return false;
     const bool json = s->cfg->output.archive.format == CONFIG_ARCHIVE_JSON;
+    const uint64_t max_bytes = (uint64_t)s->cfg->output.archive.max_object_bytes;
     uint64_t added = 0;
     /* The hot loop: format into line_buf, copy into the object's buffer;
      * never a malloc, never a syscall but the 32 KiB write. */
@@ -470,18 +488,22 @@ static bool archive_deliver(struct output_lane *out, const struct source_chunk *
         if (!append(s, obj, s->line_buf, n)) return false;
         if (obj->lines++ == 0) obj->first_ts_ns = rec->ts_ns;
         added += n;
+        if (obj->raw_bytes + added >= max_bytes && i + 1 < chunk->records) {
+            /* Full in the middle of a chunk: the rest goes to the next
+             * object, which then carries the chunk's acknowledgement (the
+             * uploader stores them in order). */
+            account(s, obj, added);
+            added = 0;
+            if (!seal(s, obj) || !(obj = open_object(s, chunk->source))) return false;
+        }
     }
-    obj->raw_bytes += added;
+    account(s, obj, added);
     while (!add_ack(obj, chunk->source, chunk->end_offset)) {
         log_error("out of memory recording an acknowledgement of %s; retrying", chunk->source->path);
         if (stopping(s)) return false;
         pause_ms(s, 1000);
     }
-    pthread_mutex_lock(&s->lock);
-    s->spool_bytes += added;
-    metrics_set(archive_spool_bytes, (int64_t)s->spool_bytes);
-    pthread_mutex_unlock(&s->lock);
-    if (obj->raw_bytes >= (uint64_t)s->cfg->output.archive.max_object_bytes && !seal(s, obj)) return false;
+    if (obj->raw_bytes >= max_bytes && !seal(s, obj)) return false;
     return seal_due(s);
 }
 
@@ -701,7 +723,7 @@ static bool upload(struct archive_sink *s, struct object *obj)
             say(key, sizeof key, "(key of %s/%s/%s)", obj->meta.namespace_, obj->meta.pod, obj->meta.container);
             goto failed;
         }
-        archive_store_put_file(s->store, key, fd, size, md5, sha256, &o);
+        archive_store_put_file(s->store, key, fd, size, md5, sha256, false, &o);
         if (o.result == ARCHIVE_OK) {
             stored = true;
             break;

@@ -108,8 +108,10 @@ class S3Emulator:
         self.proc.send_signal(1)  # SIGHUP
         self._wait(r"keys reloaded", 10, after=n)
 
-    def fail(self, slowdown=None, status=None, count=None):
+    def fail(self, slowdown=None, status=None, count=None, after=0):
+        """The next requests fail (after `after` that pass); fail(count=0) clears."""
         spec = {"slowdown": slowdown} if slowdown is not None else {"status": status, "count": count}
+        spec["after"] = after
         tmp = self.faults_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(spec, f)

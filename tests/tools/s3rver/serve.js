@@ -8,7 +8,8 @@
 //                  built-in S3RVER/S3RVER pair is revoked.
 //   --faults FILE  JSON {"slowdown": N} or {"status": 500, "count": N}:
 //                  the next N requests are answered with that error before
-//                  s3rver sees them (re-read at each request; absent: none).
+//                  s3rver sees them (re-read at each request; absent: none);
+//                  with "after": K, the K requests before pass first.
 //   --log FILE     one JSON line per request: method, url, the
 //                  Content-MD5 and x-amz-content-sha256 headers, status.
 // Started by tests/tools/s3_emulator.py; installed by scripts/setup.sh
@@ -37,6 +38,11 @@ const log = args.log ? fs.openSync(args.log, 'a') : null;
 function takeFault() {
   if (!args.faults || !fs.existsSync(args.faults)) return null;
   const f = JSON.parse(fs.readFileSync(args.faults, 'utf8'));
+  if (f.after) {
+    f.after--;
+    fs.writeFileSync(args.faults, JSON.stringify(f));
+    return null;
+  }
   const left = f.count !== undefined ? f.count : f.slowdown;
   if (!left) return null;
   if (f.count !== undefined) f.count--; else f.slowdown--;
