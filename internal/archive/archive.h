@@ -94,6 +94,9 @@ void archive_store_list(struct archive_store *st, const char *prefix, archive_li
 void archive_store_get(struct archive_store *st, const char *key, int fd, struct archive_outcome *o);
 void archive_store_delete(struct archive_store *st, const char *key, struct archive_outcome *o);
 void archive_store_reload_credentials(struct archive_store *st);
+/* A request in progress is given up (ARCHIVE_RETRY) once cancelled(ctx)
+ * answers true: shutdown is not held up by a store that does not answer. */
+void archive_store_set_cancel(struct archive_store *st, bool (*cancelled)(void *ctx), void *ctx);
 
 /* Fills f's placeholders from a key made by `fmt` (its {date}, {hour} and
  * {time} as text into date/hour/time). Returns 0, or -1 when the key is not

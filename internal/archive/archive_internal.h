@@ -20,6 +20,8 @@ struct archive_store_ops {
 
 struct archive_store {
     const struct archive_store_ops *ops;
+    bool (*cancelled)(void *ctx);
+    void *cancel_ctx;
     char *url; /* as configured; holds no secret */
     void *impl;
 };

@@ -162,14 +162,15 @@ static int list_all(struct archive_store *st, struct listing *l)
         fprintf(stderr, "loglet archive: cannot list %s: %s\n", archive_store_describe(st), o.detail);
         return -1;
     }
-    qsort(l->raws, l->nraws, sizeof *l->raws, cmp_raw);
-    qsort(l->compacted, l->ncompacted, sizeof *l->compacted, cmp_str);
+    /* qsort and bsearch take no NULL array, even with no elements. */
+    if (l->nraws) qsort(l->raws, l->nraws, sizeof *l->raws, cmp_raw);
+    if (l->ncompacted) qsort(l->compacted, l->ncompacted, sizeof *l->compacted, cmp_str);
     return 0;
 }
 
 static bool listed_compacted(const struct listing *l, const char *key)
 {
-    return bsearch(&key, l->compacted, l->ncompacted, sizeof *l->compacted, cmp_str) != NULL;
+    return l->ncompacted && bsearch(&key, l->compacted, l->ncompacted, sizeof *l->compacted, cmp_str) != NULL;
 }
 
 /* Downloads an object into an unlinked temporary file; returns its fd. */
@@ -534,7 +535,7 @@ static int cmd_cat(struct archive_store *st, const struct opts *op)
         g.source = (uint32_t)(nnames - 1);
         if (read_into(st, r->key, &g) != 0) goto done;
     }
-    qsort(g.recs, g.n, sizeof *g.recs, cmp_rec);
+    if (g.n) qsort(g.recs, g.n, sizeof *g.recs, cmp_rec);
     for (size_t i = 0; i < g.n; i++) {
         const struct rec *r = &g.recs[i];
         const char *line = g.text + r->off;

@@ -95,6 +95,12 @@ void archive_store_delete(struct archive_store *st, const char *key, struct arch
     st->ops->del(st, key, o);
 }
 
+void archive_store_set_cancel(struct archive_store *st, bool (*cancelled)(void *ctx), void *ctx)
+{
+    st->cancelled = cancelled;
+    st->cancel_ctx = ctx;
+}
+
 void archive_store_reload_credentials(struct archive_store *st)
 {
     if (st->ops->reload) st->ops->reload(st);

@@ -37,6 +37,7 @@
 #define EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 struct s3_store {
+    struct archive_store *st; /* for its cancel callback */
     char *bucket, *prefix; /* prefix: "" or "a/b/" */
     char *base_url;        /* scheme://host[:port] of the requests, bucket included when virtual */
     bool path_style;
@@ -242,6 +243,16 @@ static const char *xml_value(const char *from, const char *tag, char *dst, size_
     return b + strlen(close_);
 }
 
+static int progress(void *ctx, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
+{
+    (void)dltotal;
+    (void)dlnow;
+    (void)ultotal;
+    (void)ulnow;
+    const struct archive_store *st = ctx;
+    return st->cancelled && st->cancelled(st->cancel_ctx) ? 1 : 0;
+}
+
 enum verb { VERB_GET, VERB_PUT, VERB_POST, VERB_DELETE };
 
 struct request {
@@ -308,6 +319,9 @@ static void perform(struct s3_store *s, struct request *rq, struct archive_outco
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, read_header);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &rq->headers);
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, progress);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, s->st);
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
     if (s->ca_file) curl_easy_setopt(c, CURLOPT_CAINFO, s->ca_file);
     switch (rq->verb) {
     case VERB_GET: break;
@@ -586,6 +600,7 @@ int archive_s3_open(struct archive_store *st, const struct archive_store_options
     }
     st->impl = s;
     st->ops = &s3_ops;
+    s->st = st;
     const char *rest = opt->url + 5;
     const char *slash = strchr(rest, '/');
     s->bucket = slash ? strndup(rest, (size_t)(slash - rest)) : strdup(rest);

@@ -134,6 +134,8 @@ static bool stopping(struct archive_sink *s)
     return stop || output_giving_up(s->lane);
 }
 
+static bool store_cancelled(void *ctx) { return stopping(ctx); }
+
 /* Sleeps up to ms in slices, so shutdown is not held up by a back-off. */
 static void pause_ms(struct archive_sink *s, int64_t ms)
 {
@@ -833,6 +835,7 @@ static int archive_init(struct output_lane *out, char *err, size_t errlen)
     archive_store_options_from_config(&opt, cfg);
     s->store = archive_store_open(&opt, err, errlen);
     if (!s->store) return -1;
+    archive_store_set_cancel(s->store, store_cancelled, s);
     log_info("archive output to %s, objects built in %s (next index %llu)", archive_store_describe(s->store),
              s->spool_dir, (unsigned long long)s->next_index);
     return 0;
