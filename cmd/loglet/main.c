@@ -138,6 +138,14 @@ static int probe_ready(void *ctx, char *reason, size_t len)
         snprintf(reason, len, "pushes to Loki have been failing for %lld s", (long long)(metrics_now_ms() - since) / 1000);
         return 0;
     }
+    /* The archive's uploads, by the same limit: a store that refuses every
+     * object holds every file's position as surely as a failing Loki. */
+    since = atomic_load(&metrics.archive_failing_since_ms);
+    if (since && limit && metrics_now_ms() - since >= limit) {
+        snprintf(reason, len, "uploads to the archive have been failing for %lld s",
+                 (long long)(metrics_now_ms() - since) / 1000);
+        return 0;
+    }
     return 1;
 }
 

@@ -218,7 +218,7 @@ static const struct config_key keys[] = {
     K_BOOL("output.loki.structured_metadata", output.loki.structured_metadata, "false",
            "Send per-line metadata as Loki structured metadata."),
     K_DURATION("output.loki.unready_after", output.loki.unready_after_ms, "2m", 0,
-               "/ready answers 503 once pushes have failed without a break for this long (0: never)."),
+               "/ready answers 503 once pushes (or archive uploads) have failed without a break for this long (0: never)."),
     K_STRING("output.archive.url", output.archive.url, "",
              "Archive of gzip objects per container: s3://bucket/prefix or file:///dir; empty disables it. With output.loki.url too, a line counts as delivered once both have it.",
              .check = check_archive_url),

@@ -756,6 +756,10 @@ static bool upload(struct archive_sink *s, struct object *obj)
     metrics_add(archive_lines, obj->lines);
     metrics_add(archive_bytes, size);
     metrics_add(archive_bytes_raw, obj->raw_bytes);
+    if (!s->lane->owns_ring) { /* the only output: its lines are the agent's lines sent */
+        metrics_add(lines_sent, obj->lines);
+        metrics_add(bytes_sent, obj->raw_bytes);
+    }
     output_ack(s->lane, obj->acks, obj->nacks);
     obj->nacks = 0;
     return true;
