@@ -165,9 +165,14 @@ class Reader(AgentTestCase):
         truth = self.populate()
         before = self.cat()
         self.assertEqual(before, self.expected(truth))
+        states = set()
         for attempt in range(1, 40):
             self.interrupt(attempt)
+            keys = self.keys()
+            states.add((any(k.startswith("data/") for k in keys), bool(self.raw_keys())))
             self.assertEqual(self.cat(), before, f"after interruption {attempt}")
+        # The kills fell before, between and after the merges.
+        self.assertIn((True, True), states)
         for _ in range(2):  # to the end, twice: merged, then the sources deleted
             self.archive("compact", "--older-than", "1h")
             self.assertEqual(self.cat(), before)
@@ -220,9 +225,10 @@ class S3Reader(Reader):
         return self.s3.objects()["cluster-a/" + key]
 
     def interrupt(self, attempt):
-        """Every request after the first `attempt` fails: the compaction stops
-        there (it gives up after a few retries) and is re-run by the test."""
-        self.s3.fail(status=500, count=10**6, after=attempt)
+        """Every request after the first `attempt` is refused (403, which the
+        command does not retry): the compaction stops right there, as if cut,
+        and is re-run by the test."""
+        self.s3.fail(status=403, count=10**6, after=attempt)
         p = subprocess.run([LOGLET_BIN, "archive", "compact", "--older-than", "1h", *self.store_flags()],
                            capture_output=True, text=True, timeout=120)
         self.s3.fail(count=0)
@@ -232,14 +238,23 @@ class S3Reader(Reader):
         truth = self.populate()
         before = self.cat()
         self.assertEqual(before, self.expected(truth))
-        finished = 0
-        for attempt in range(1, 200, 3):  # a cut after every few requests, on top of the last cut
+        finished = cut = 0
+        states = set()
+        for attempt in range(1, 400, 3):  # a cut after every few requests, on top of the last cut
             if self.interrupt(attempt):
                 finished += 1
+            else:
+                cut += 1
+            keys = self.keys()
+            states.add((any(k.startswith("data/") for k in keys), any(k.startswith("metadata/") for k in keys),
+                        bool(self.raw_keys())))
             self.assertEqual(self.cat(), before, f"after a compaction cut after {attempt} requests")
             if finished == 2:
                 break
         self.assertEqual(finished, 2, "the compaction never finished")
+        self.assertGreaterEqual(cut, 5, "too few cuts to mean anything")
+        # Seen: merged objects beside their raw sources (listed or not yet).
+        self.assertIn((True, True, True), states)
         self.assertEqual(self.raw_keys(), [])
 
     def test_wrong_credentials_are_an_error_not_an_empty_archive(self):

@@ -47,7 +47,8 @@ function takeFault() {
   if (!left) return null;
   if (f.count !== undefined) f.count--; else f.slowdown--;
   fs.writeFileSync(args.faults, JSON.stringify(f));
-  return f.status ? { status: f.status, code: 'InternalError' } : { status: 503, code: 'SlowDown' };
+  if (!f.status) return { status: 503, code: 'SlowDown' };
+  return { status: f.status, code: f.status === 403 ? 'AccessDenied' : 'InternalError' };
 }
 
 const server = new S3rver({
