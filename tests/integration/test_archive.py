@@ -398,6 +398,38 @@ class S3Protocol(S3Mixin, ArchiveCase):
         self.assertTrue(any(m == "POST" and q.startswith("uploadId=") for m, q in reqs))
 
 
+class BrokenConfig(ArchiveCase):
+    """A broken archive configuration stops the agent at start with one
+    message naming the file, line and key (or what is missing)."""
+
+    def check(self, archive_yaml, env=None):
+        path = os.path.join(self.workdir, "bad.yaml")
+        with open(path, "w") as f:
+            f.write("output:\n  archive:\n" + archive_yaml)
+        from harness import LOGLET_BIN
+        import subprocess
+        return subprocess.run([LOGLET_BIN, "-config", path], capture_output=True, text=True, timeout=20,
+                              env=dict({k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+                                       **(env or {})))
+
+    def test_each_mistake_is_named(self):
+        cases = [
+            ("    url: s3:/bucket\n", r"bad\.yaml:3: key output\.archive\.url: 's3:/bucket' must be s3://bucket"),
+            ("    url: file:///x\n    key_format: '{pod}/{date}.gz'\n", r":4: key output\.archive\.key_format: .*\{index\}"),
+            ("    url: file:///x\n    key_format: '{pod}/{day}_{index}'\n", r"unknown placeholder '\{day\}'"),
+            ("    url: file:///x\n    format: text\n", r":4: key output\.archive\.format"),
+            ("    url: s3://b/p\n", r"no credentials: set output\.archive\.access_key_id_file"),
+            ("    url: s3://b/p\n    endpoint: minio:9000\n",
+             r"output\.archive\.endpoint 'minio:9000' must start with http:// or https://"),
+        ]
+        for yaml_text, message in cases:
+            with self.subTest(yaml_text=yaml_text):
+                p = self.check(yaml_text, env={"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}
+                               if "endpoint" in yaml_text else None)
+                self.assertEqual(p.returncode, 1, p.stderr)
+                self.assertRegex(p.stderr, message)
+
+
 class S3KeysAndContent(S3Mixin, KeysAndContent):
     pass
 
