@@ -539,7 +539,7 @@ static int cmd_cat(struct archive_store *st, const struct opts *op)
     for (size_t i = 0; i < g.n; i++) {
         const struct rec *r = &g.recs[i];
         const char *line = g.text + r->off;
-        if (op->cri) {
+        if (op->cri || (r->len && line[0] == '{')) { /* as stored; a json-format record says it all */
             fwrite(line, 1, r->len, stdout);
         } else {
             /* "TIME NAMESPACE/POD/CONTAINER STREAM CONTENT", as the agent's stdout text */

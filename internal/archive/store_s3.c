@@ -287,8 +287,7 @@ static void perform(struct s3_store *s, struct request *rq, struct archive_outco
         snprintf(url, sizeof url, "%s/%s%s%s", s->base_url, path, rq->query ? "?" : "", rq->query ? rq->query : "");
     struct response err_body = {.limit = 8192};
     struct response *resp = rq->response ? rq->response : &err_body;
-    char userpwd[600], sha_header[128], md5_header[96], token_header[4200];
-    snprintf(userpwd, sizeof userpwd, "%s:%s", s->key_id, s->secret);
+    char sha_header[128], md5_header[96], token_header[4200];
     snprintf(sha_header, sizeof sha_header, "x-amz-content-sha256: %s", rq->sha256_hex ? rq->sha256_hex : EMPTY_SHA256);
     struct curl_slist *hdrs = curl_slist_append(NULL, sha_header);
     struct curl_slist *more = hdrs;
@@ -311,7 +310,9 @@ static void perform(struct s3_store *s, struct request *rq, struct archive_outco
     rq->headers = (struct header_state){0};
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_AWS_SIGV4, s->sigv4);
-    curl_easy_setopt(c, CURLOPT_USERPWD, userpwd);
+    /* Apart, so a ':' in a key cannot move the split between them. */
+    curl_easy_setopt(c, CURLOPT_USERNAME, s->key_id);
+    curl_easy_setopt(c, CURLOPT_PASSWORD, s->secret);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, hdrs);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, s->errbuf);
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)s->timeout_ms);

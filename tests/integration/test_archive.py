@@ -15,7 +15,9 @@ What each test would catch:
   after the failing one recovers.
 """
 import base64
+import gzip
 import hashlib
+import json
 import os
 import random
 import re
@@ -180,6 +182,29 @@ class KeysAndContent(ArchiveCase):
         entries = ao.by_container(objs)[(c.namespace, c.pod, c.name, c.container_id)]
         self.assertEqual(ao.contents_in_order(entries), first + second)
         a.kill()
+
+
+class JsonFormat(ArchiveCase):
+    def test_json_records_carry_labels_and_the_reader_orders_them(self):
+        c = self.tree.container("shop", "web-0", "app")
+        lines = self.write(c, "j", 500)
+        a = self.agent(self.config("    format: json\n")).start()
+        time.sleep(1.0)
+        self.assertEqual(a.stop(), 0)
+        objs = self.objects()
+        self.assertEqual(len(objs), 1)
+        recs = [json.loads(l) for l in gzip.decompress(next(iter(objs.values()))).decode().splitlines()]
+        self.assertEqual([r["line"] for r in recs], lines)
+        for i, r in enumerate(recs):
+            self.assertEqual((r["namespace"], r["pod"], r["container"]), ("shop", "web-0", "app"))
+            self.assertEqual(r["stream"], "stderr" if i % 5 == 0 else "stdout")
+            self.assertRegex(r["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z$")
+        from harness import LOGLET_BIN
+        import subprocess
+        p = subprocess.run([LOGLET_BIN, "archive", "cat", "--url", "file://" + self.out], capture_output=True,
+                           text=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual([json.loads(l)["line"] for l in p.stdout.splitlines()], lines)
 
 
 class Splitting(ArchiveCase):
