@@ -29,6 +29,7 @@
  * After a crash the spool's files are stale copies of lines that were
  * never acknowledged (they are read again from the logs): removed at start.
  */
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -68,8 +69,9 @@ static void say(char *dst, size_t cap, const char *fmt, ...)
 
 /* One container's object. Open (consumer-owned): in the open list and
  * the table, fd is its records file, wbuf holds what is not written yet.
- * Sealed (uploader-owned once queued): every record is in the file, wbuf
- * is NULL. acks are the chunks whose last record it holds, in order, at
+ * written + wlen == raw_bytes once a chunk is accounted. Sealed
+ * (uploader-owned once queued): every record is in the file (written ==
+ * raw_bytes, wlen == 0), wbuf is NULL. acks are the chunks whose last record it holds, in order, at
  * most one per source in a row. */
 struct object {
     struct object *older, *newer; /* open list, oldest first: opening order is due order */
@@ -295,6 +297,7 @@ static void unlink_open(struct archive_sink *s, struct object *obj)
 static bool seal(struct archive_sink *s, struct object *obj)
 {
     if (!flush_object(s, obj)) return false;
+    assert(obj->wlen == 0 && obj->written == obj->raw_bytes);
     unlink_open(s, obj);
     free(obj->wbuf);
     obj->wbuf = NULL;
@@ -782,6 +785,7 @@ static void *uploader_main(void *arg)
         }
         s->sealed_head = obj->next_sealed;
         if (!s->sealed_head) s->sealed_tail = NULL;
+        assert(s->spool_bytes >= obj->raw_bytes);
         s->spool_bytes -= obj->raw_bytes;
         metrics_set(archive_spool_bytes, (int64_t)s->spool_bytes);
         pthread_cond_broadcast(&s->changed);

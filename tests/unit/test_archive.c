@@ -12,8 +12,11 @@
 
 #include <cmocka.h>
 
+#include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "archive/archive.h"
 
@@ -88,6 +91,78 @@ static void test_backoff_bounds(void **state)
     assert_int_equal(archive_backoff_ms(0, 500, 300000, 7000), 7000);
 }
 
+static int put_text(struct archive_store *st, const char *key, const char *text, bool replace,
+                    struct archive_outcome *o)
+{
+    FILE *f = tmpfile();
+    assert_non_null(f);
+    fputs(text, f);
+    fflush(f);
+    uint64_t size;
+    unsigned char md5[16], sha[32];
+    assert_int_equal(archive_digest_fd(fileno(f), &size, md5, sha), 0);
+    archive_store_put_file(st, key, fileno(f), size, md5, sha, replace, o);
+    fclose(f);
+    return o->result == ARCHIVE_OK ? 0 : -1;
+}
+
+static int count_keys(void *ctx, const char *key, uint64_t size)
+{
+    (void)key;
+    (void)size;
+    (*(int *)ctx)++;
+    return 0;
+}
+
+/* file://: a key is never replaced unless asked, listing finds keys by
+ * prefix and skips temporary files, '..' in a key is refused. */
+static void test_file_store(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/test_archive.XXXXXX", url[64], err[256];
+    assert_non_null(mkdtemp(dir));
+    snprintf(url, sizeof url, "file://%s", dir);
+    struct archive_store_options opt = {.url = url};
+    struct archive_store *st = archive_store_open(&opt, err, sizeof err);
+    assert_non_null(st);
+    struct archive_outcome o;
+    assert_int_equal(put_text(st, "a/b/one.gz", "first", false, &o), 0);
+    assert_int_equal(put_text(st, "a/b/one.gz", "second", false, &o), -1);
+    assert_int_equal(o.result, ARCHIVE_EXISTS);
+    assert_int_equal(put_text(st, "a/c/two.gz", "x", false, &o), 0);
+    assert_int_equal(put_text(st, "a/../escape", "x", false, &o), -1);
+    assert_int_equal(o.result, ARCHIVE_REFUSED);
+    char path[128];
+    snprintf(path, sizeof path, "%s/a/b/.one.gz.tmp.1", dir);
+    FILE *tmp = fopen(path, "w"); /* an upload cut short */
+    assert_non_null(tmp);
+    fclose(tmp);
+    int n = 0;
+    archive_store_list(st, "a/b/", count_keys, &n, &o);
+    assert_int_equal(o.result, ARCHIVE_OK);
+    assert_int_equal(n, 1);
+    n = 0;
+    archive_store_list(st, "", count_keys, &n, &o);
+    assert_int_equal(n, 2);
+    /* The first content stayed; replace changes it. */
+    FILE *out = tmpfile();
+    archive_store_get(st, "a/b/one.gz", fileno(out), &o);
+    assert_int_equal(o.result, ARCHIVE_OK);
+    char buf[16] = "";
+    assert_int_equal(pread(fileno(out), buf, sizeof buf - 1, 0), 5);
+    assert_string_equal(buf, "first");
+    assert_int_equal(put_text(st, "a/b/one.gz", "second", true, &o), 0);
+    archive_store_delete(st, "a/c/two.gz", &o);
+    assert_int_equal(o.result, ARCHIVE_OK);
+    archive_store_delete(st, "a/c/two.gz", &o);
+    assert_int_equal(o.result, ARCHIVE_NOT_FOUND);
+    fclose(out);
+    archive_store_close(st);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -96,6 +171,7 @@ int main(void)
         cmocka_unit_test(test_too_long_is_refused),
         cmocka_unit_test(test_parse_round_trip),
         cmocka_unit_test(test_backoff_bounds),
+        cmocka_unit_test(test_file_store),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
