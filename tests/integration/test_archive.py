@@ -401,6 +401,32 @@ class S3Protocol(S3Mixin, ArchiveCase):
             self.assertEqual(ao.contents_in_order(self.entries(c)), written[c])
         a.wait_stderr(r"SlowDown", timeout=1)
 
+    def test_a_stuck_server_times_out_and_is_retried(self):
+        c = self.tree.container("shop", "web-0", "app")
+        lines = self.write(c, "t", 300)
+        self.s3.fail(hang_ms=8000, count=1)
+        a = self.agent(self.config("    timeout: 2s\n")).start()
+        time.sleep(0.5)
+        # SIGTERM stores the open object: its first PUT gets no answer, times
+        # out after 2 s, and the retry within the 10 s grace stores it.
+        self.assertEqual(a.stop(), 0)
+        a.wait_stderr(r"cannot store archive object .*(Timeout|timed out)", timeout=1)
+        self.assertEqual(ao.contents_in_order(self.entries(c)), lines)
+        self.assertEqual(positions(self.workdir).get(c.log_path), os.path.getsize(c.log_path))
+
+    def test_shutdown_is_not_held_up_by_a_stuck_server(self):
+        c = self.tree.container("shop", "web-0", "app")
+        self.write(c, "h", 300)
+        self.s3.fail(hang_ms=120000, count=100)
+        a = self.agent(self.config(extra="  shutdown_grace: 2s\n")).start()
+        time.sleep(1.0)
+        t0 = time.time()
+        self.assertEqual(a.stop(timeout=30), 0)
+        # The grace, then the upload in progress is cancelled (its timeout is 60 s).
+        self.assertLess(time.time() - t0, 8)
+        a.wait_stderr(r"shutdown grace period \(2000 ms\) ended", timeout=1)
+        self.assertIn(positions(self.workdir).get(c.log_path, 0), (0, None), "position moved without the archive")
+
     def test_objects_above_the_threshold_go_up_in_parts(self):
         c = self.tree.container("shop", "web-0", "app")
         rnd = random.Random(7)

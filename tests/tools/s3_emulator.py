@@ -108,10 +108,13 @@ class S3Emulator:
         self.proc.send_signal(1)  # SIGHUP
         self._wait(r"keys reloaded", 10, after=n)
 
-    def fail(self, slowdown=None, status=None, count=None, after=0):
-        """The next requests fail (after `after` that pass); fail(count=0) clears."""
+    def fail(self, slowdown=None, status=None, count=None, after=0, hang_ms=None):
+        """The next requests fail (after `after` that pass); fail(count=0) clears.
+        hang_ms: they get no answer for that long first (a stuck server)."""
         spec = {"slowdown": slowdown} if slowdown is not None else {"status": status, "count": count}
         spec["after"] = after
+        if hang_ms:
+            spec["hang_ms"] = hang_ms
         tmp = self.faults_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(spec, f)

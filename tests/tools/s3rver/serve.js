@@ -9,7 +9,9 @@
 //   --faults FILE  JSON {"slowdown": N} or {"status": 500, "count": N}:
 //                  the next N requests are answered with that error before
 //                  s3rver sees them (re-read at each request; absent: none);
-//                  with "after": K, the K requests before pass first.
+//                  with "after": K, the K requests before pass first;
+//                  {"hang_ms": T, "count": N}: the next N requests get no
+//                  answer for T ms (then a 503), as from a stuck server.
 //   --log FILE     one JSON line per request: method, url, the
 //                  Content-MD5 and x-amz-content-sha256 headers, status.
 // Started by tests/tools/s3_emulator.py; installed by scripts/setup.sh
@@ -47,6 +49,7 @@ function takeFault() {
   if (!left) return null;
   if (f.count !== undefined) f.count--; else f.slowdown--;
   fs.writeFileSync(args.faults, JSON.stringify(f));
+  if (f.hang_ms) return { status: 503, code: 'SlowDown', hang: f.hang_ms };
   if (!f.status) return { status: 503, code: 'SlowDown' };
   return { status: f.status, code: f.status === 403 ? 'AccessDenied' : 'InternalError' };
 }
@@ -61,6 +64,7 @@ const server = new S3rver({
 
 server.middleware.unshift(async (ctx, next) => {
   const fault = takeFault();
+  if (fault && fault.hang) await new Promise((resolve) => setTimeout(resolve, fault.hang));
   if (fault) {
     ctx.status = fault.status;
     ctx.type = 'application/xml';
