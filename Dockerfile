@@ -24,7 +24,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       build-essential cmake pkg-config \
       libyaml-dev libcurl4-openssl-dev zlib1g-dev libprotobuf-c-dev protobuf-c-compiler \
-      libsnappy-dev libpcre2-dev libjansson-dev \
+      libsnappy-dev libpcre2-dev libjansson-dev libssl-dev \
       libcmocka-dev \
  && rm -rf /var/lib/apt/lists/*
 
@@ -41,11 +41,11 @@ FROM debian:bookworm-slim
 LABEL org.opencontainers.image.title="loglet" \
       org.opencontainers.image.description="Kubernetes node logging agent: tails /var/log/containers/*.log and pushes to Grafana Loki (or prints to stdout)"
 
-# Runtime libraries of the binary (libyaml, libcurl with OpenSSL, zlib,
+# Runtime libraries of the binary (libyaml, libcurl with OpenSSL, libcrypto for archive digests, zlib,
 # protobuf-c, snappy, PCRE2) and the CA bundle for https:// Loki URLs.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libyaml-0-2 libcurl4 zlib1g libprotobuf-c1 libsnappy1v5 libpcre2-8-0 libjansson4 ca-certificates \
+      libyaml-0-2 libcurl4 zlib1g libprotobuf-c1 libsnappy1v5 libpcre2-8-0 libjansson4 libssl3 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 
 COPY --from=builder /out/bin/loglet /usr/bin/loglet

@@ -45,3 +45,6 @@ for filler in x random; do
 done
 echo "== live tail: Loki shipping at 10k lines/s with 0 and 50 followers of the logs API"
 /usr/bin/python3 tests/bench/bench_livetail.py --followers 50 --rate 10000 --seconds 10
+echo "== the archive output (file:// on tmpfs): archive only, Loki only, both; gzip level 6 and 1"
+/usr/bin/python3 tests/bench/bench_archive.py --mb "$((mb / 2))" --filler random
+/usr/bin/python3 tests/bench/bench_archive.py --mb "$((mb / 2))" --filler random --modes archive --gzip-level 1

@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "api/api.h"
+#include "archive/archive.h"
 #include "api/status_page.h"
 #include "api/tail_cli.h"
 #include "pipeline/pipeline.h"
@@ -135,6 +136,14 @@ static int probe_ready(void *ctx, char *reason, size_t len)
     int64_t limit = agent->cfg.output.loki.unready_after_ms;
     if (since && limit && metrics_now_ms() - since >= limit) {
         snprintf(reason, len, "pushes to Loki have been failing for %lld s", (long long)(metrics_now_ms() - since) / 1000);
+        return 0;
+    }
+    /* The archive's uploads, by the same limit: a store that refuses every
+     * object holds every file's position as surely as a failing Loki. */
+    since = atomic_load(&metrics.archive_failing_since_ms);
+    if (since && limit && metrics_now_ms() - since >= limit) {
+        snprintf(reason, len, "uploads to the archive have been failing for %lld s",
+                 (long long)(metrics_now_ms() - since) / 1000);
         return 0;
     }
     return 1;
@@ -270,6 +279,10 @@ int main(int argc, char **argv)
         signal(SIGPIPE, SIG_IGN);
         return api_tail_main(argc - 1, argv + 1);
     }
+    if (argc >= 2 && strcmp(argv[1], "archive") == 0) {
+        signal(SIGPIPE, SIG_IGN);
+        return archive_cli_main(argc - 1, argv + 1);
+    }
     struct options opts = {0};
     int flags = parse_flags(argc, argv, &opts);
     if (flags != 0) return flags < 0 ? 2 : 0;
@@ -327,8 +340,12 @@ int main(int argc, char **argv)
     raise_descriptor_limit();
     char shown_url[1024];
     loki_url_redacted(agent.cfg.output.loki.url, shown_url, sizeof shown_url);
+    char outputs[2200];
+    snprintf(outputs, sizeof outputs, "%s%s%s", agent.cfg.output.loki.url[0] ? shown_url : "",
+             agent.cfg.output.loki.url[0] && agent.cfg.output.archive.url[0] ? " and archive " : "",
+             agent.cfg.output.archive.url[0] ? agent.cfg.output.archive.url : "");
     log_info("loglet %s starting, config %s, output %s", LOGLET_VERSION,
-             opts.config_path ? opts.config_path : "(defaults)", agent.cfg.output.loki.url[0] ? shown_url : "stdout");
+             opts.config_path ? opts.config_path : "(defaults)", outputs[0] ? outputs : "stdout");
     int rc = 0;
     if (start(&agent, err, sizeof err) != 0) {
         log_error("cannot start: %s", err);

@@ -484,7 +484,7 @@ void rotation_truncated(struct collector *c, struct tailed_file *f)
             rotation_begin_draining(c, f, "out of memory");
         }
     } else {
-        atomic_store(&f->src->acked_offset, 0);
+        source_reset_acked(f->src, 0);
     }
     f->offset = 0;
     f->phys_at = 0;

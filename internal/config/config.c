@@ -112,6 +112,13 @@ static const struct enum_value kubernetes_values[] = {
 static int check_regex(const struct config *cfg, const struct config_key *key, char *why, size_t whylen);
 static int check_url(const struct config *cfg, const struct config_key *key, char *why, size_t whylen);
 static int check_label_names(const struct config *cfg, const struct config_key *key, char *why, size_t whylen);
+static int check_archive_url(const struct config *cfg, const struct config_key *key, char *why, size_t whylen);
+static int check_key_format(const struct config *cfg, const struct config_key *key, char *why, size_t whylen);
+static const struct enum_value archive_format_values[] = {
+    {"cri", CONFIG_ARCHIVE_CRI}, {"json", CONFIG_ARCHIVE_JSON}, {NULL, 0}};
+static const struct enum_value addressing_values[] = {
+    {"auto", CONFIG_ADDRESSING_AUTO}, {"path", CONFIG_ADDRESSING_PATH}, {"virtual", CONFIG_ADDRESSING_VIRTUAL},
+    {NULL, 0}};
 
 #define KIB 1024LL
 
@@ -215,7 +222,47 @@ static const struct config_key keys[] = {
     K_BOOL("output.loki.structured_metadata", output.loki.structured_metadata, "false",
            "Send per-line metadata as Loki structured metadata."),
     K_DURATION("output.loki.unready_after", output.loki.unready_after_ms, "2m", 0,
-               "/ready answers 503 once pushes have failed without a break for this long (0: never)."),
+               "/ready answers 503 once pushes (or archive uploads) have failed without a break for this long (0: never)."),
+    K_STRING("output.archive.url", output.archive.url, "",
+             "Archive of gzip objects per container: s3://bucket/prefix or file:///dir; empty disables it. With output.loki.url too, a line counts as delivered once both have it.",
+             .check = check_archive_url),
+    K_STRING("output.archive.endpoint", output.archive.endpoint, "",
+             "S3-compatible endpoint (http(s)://host:port of MinIO, Ceph RGW…); empty: AWS's for the region."),
+    K_STRING("output.archive.region", output.archive.region, "us-east-1", "Region the requests are signed for (SigV4)."),
+    K_ENUM("output.archive.addressing", output.archive.addressing, "auto", addressing_values,
+           "path (endpoint/bucket/key), virtual (bucket.endpoint/key) or auto (virtual on AWS, path with an endpoint)."),
+    K_STRING("output.archive.access_key_id_file", output.archive.access_key_id_file, "",
+             "File holding the access key id; empty: $AWS_ACCESS_KEY_ID. Re-read after a 403."),
+    K_STRING("output.archive.secret_access_key_file", output.archive.secret_access_key_file, "",
+             "File holding the secret key; empty: $AWS_SECRET_ACCESS_KEY. Re-read after a 403."),
+    K_STRING("output.archive.session_token_file", output.archive.session_token_file, "",
+             "File holding a session token (x-amz-security-token); empty: $AWS_SESSION_TOKEN, if set."),
+    K_STRING("output.archive.tls_ca_file", output.archive.tls_ca_file, "",
+             "CA certificates (PEM) to verify the endpoint with; empty uses the system's."),
+    K_DURATION("output.archive.flush_interval", output.archive.flush_interval_ms, "1m", 1,
+               "An object is written when its first line has waited this long…"),
+    K_SIZE("output.archive.max_object_bytes", output.archive.max_object_bytes, "16MiB", 4096,
+           "…or when it holds this many bytes of records, before gzip."),
+    K_ENUM("output.archive.format", output.archive.format, "cri", archive_format_values,
+           "Records in the objects: cri (the kubelet's line format) or json (the stdout JSON shape)."),
+    K_STRING("output.archive.key_format", output.archive.key_format,
+             "kube.var.log.containers.{pod}_{namespace}_{container}-{container_id}/{date}_{index}.gz",
+             "Object key below the URL's prefix; {namespace} {pod} {container} {container_id} {pod_uid} {node} {date} {hour} {time} {index}.",
+             .check = check_key_format),
+    K_SIZE("output.archive.multipart_threshold", output.archive.multipart_threshold, "64MiB", 5 * 1024 * KIB,
+           "Objects larger than this (gzipped) go up as a multipart upload."),
+    K_STRING("output.archive.spool_dir", output.archive.spool_dir, "",
+             "Where objects are built (files); empty: archive-spool/ beside the positions file."),
+    K_SIZE("output.archive.spool_max_bytes", output.archive.spool_max_bytes, "256MiB", 1,
+           "Bytes of objects being built or waiting to go up; when full, reading pauses."),
+    K_INT("output.archive.max_open_objects", output.archive.max_open_objects, "256", 1, 65536,
+          "Objects being built at once (one per container, 32 KiB of memory each); past it the oldest is written early."),
+    K_INT("output.archive.gzip_level", output.archive.gzip_level, "6", 1, 9, "zlib level of the objects."),
+    K_DURATION("output.archive.timeout", output.archive.timeout_ms, "60s", 1, "Timeout of one upload request."),
+    K_DURATION("output.archive.min_backoff", output.archive.min_backoff_ms, "500ms", 0,
+               "Delay before the first retry of a failed upload; it doubles up to max_backoff."),
+    K_DURATION("output.archive.max_backoff", output.archive.max_backoff_ms, "5m", 0,
+               "Longest delay between upload retries."),
     K_ENUM("output.stdout.format", output.stdout_.format, "text", stdout_format_values,
            "Format of lines written to stdout."),
     K_DURATION("output.shutdown_grace", output.shutdown_grace_ms, "10s", 0,
@@ -1005,6 +1052,51 @@ static int check_url(const struct config *cfg, const struct config_key *key, cha
     if (strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0) return 0;
     setf(why, whylen, "'%s' must start with http:// or https://", url);
     return -1;
+}
+
+static int check_archive_url(const struct config *cfg, const struct config_key *key, char *why, size_t whylen)
+{
+    const char *url = *(char *const *)cfield_ptr(cfg, key);
+    if (!url || !*url) return 0;
+    if (strncmp(url, "file:///", 8) == 0) return 0;
+    if (strncmp(url, "s3://", 5) == 0 && url[5] && url[5] != '/') return 0;
+    setf(why, whylen, "'%s' must be s3://bucket[/prefix] or file:///absolute/dir", url);
+    return -1;
+}
+
+static int check_key_format(const struct config *cfg, const struct config_key *key, char *why, size_t whylen)
+{
+    static const char *const known[] = {"namespace", "pod", "container", "container_id", "pod_uid",
+                                        "node",      "date", "hour",     "time",         "index"};
+    const char *fmt = *(char *const *)cfield_ptr(cfg, key);
+    if (!fmt || !*fmt) {
+        setf(why, whylen, "must not be empty");
+        return -1;
+    }
+    bool has_index = false;
+    for (const char *p = fmt; (p = strchr(p, '{'));) {
+        const char *end = strchr(p, '}');
+        if (!end) {
+            setf(why, whylen, "'{' without '}' in '%s'", fmt);
+            return -1;
+        }
+        size_t n = (size_t)(end - p - 1), i;
+        for (i = 0; i < sizeof known / sizeof known[0]; i++)
+            if (strlen(known[i]) == n && strncmp(p + 1, known[i], n) == 0) break;
+        if (i == sizeof known / sizeof known[0]) {
+            setf(why, whylen, "unknown placeholder '%.*s' in '%s'", (int)(end - p + 1), p, fmt);
+            return -1;
+        }
+        if (strcmp(known[i], "index") == 0) has_index = true;
+        p = end + 1;
+    }
+    /* Without it two objects of one container in one flush_interval, or
+     * after a restart, would have the same key: the second overwrites. */
+    if (!has_index) {
+        setf(why, whylen, "'%s' must contain {index}, or objects would overwrite each other", fmt);
+        return -1;
+    }
+    return 0;
 }
 
 static bool nonempty(const char *s) { return s && *s; }

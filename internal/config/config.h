@@ -57,6 +57,8 @@ enum config_stdout_format { CONFIG_STDOUT_TEXT, CONFIG_STDOUT_JSON };
 enum config_partial_ts { CONFIG_PARTIAL_TS_FIRST, CONFIG_PARTIAL_TS_LAST };
 enum config_watcher { CONFIG_WATCHER_INOTIFY, CONFIG_WATCHER_POLL };
 enum config_kubernetes { CONFIG_KUBERNETES_AUTO, CONFIG_KUBERNETES_ON, CONFIG_KUBERNETES_OFF };
+enum config_archive_format { CONFIG_ARCHIVE_CRI, CONFIG_ARCHIVE_JSON };
+enum config_archive_addressing { CONFIG_ADDRESSING_AUTO, CONFIG_ADDRESSING_PATH, CONFIG_ADDRESSING_VIRTUAL };
 
 struct config {
     char *source_path; /* the file it was loaded from, or "" for defaults */
@@ -125,6 +127,28 @@ struct config {
             bool structured_metadata;
             int64_t unready_after_ms;
         } loki;
+        struct {
+            char *url; /* file:///dir or s3://bucket/prefix; "": no archive */
+            char *endpoint; /* s3: "" is AWS's for the region */
+            char *region;
+            enum config_archive_addressing addressing;
+            char *access_key_id_file;
+            char *secret_access_key_file;
+            char *session_token_file;
+            char *tls_ca_file;
+            int64_t flush_interval_ms;
+            int64_t max_object_bytes;
+            enum config_archive_format format;
+            char *key_format;
+            int64_t multipart_threshold;
+            char *spool_dir; /* "": archive-spool/ beside the positions file */
+            int64_t spool_max_bytes;
+            int64_t max_open_objects;
+            int64_t gzip_level;
+            int64_t timeout_ms;
+            int64_t min_backoff_ms;
+            int64_t max_backoff_ms;
+        } archive;
         struct {
             enum config_stdout_format format;
         } stdout_;

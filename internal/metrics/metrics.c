@@ -265,6 +265,16 @@ size_t metrics_render(char *buf, size_t cap)
     gauge(&w, "loglet_held_files", "Files the kubelet deleted that only loglet keeps (open or in the spool) until read (the files are the buffer).", &metrics.held_files);
     gauge(&w, "loglet_held_bytes", "Unread bytes of the held files (collection.max_held_bytes bounds it).", &metrics.held_bytes);
     gauge(&w, "loglet_collector_paused", "1 while reading waits for room in the ring (the output lags).", &metrics.collector_paused);
+    counter(&w, "loglet_archive_objects_total", "Archive objects stored.", &metrics.archive_objects);
+    counter(&w, "loglet_archive_lines_total", "Lines in the archive objects stored.", &metrics.archive_lines);
+    counter(&w, "loglet_archive_bytes_total", "Bytes of the archive objects stored (gzip).", &metrics.archive_bytes);
+    counter(&w, "loglet_archive_raw_bytes_total", "Record bytes of the archive objects stored, before gzip.",
+            &metrics.archive_bytes_raw);
+    counter(&w, "loglet_archive_upload_failures_total", "Archive uploads that failed and were retried.",
+            &metrics.archive_upload_failures);
+    emit(&w, "# HELP loglet_archive_spool_bytes Bytes of archive objects being built or waiting to be stored.\n"
+             "# TYPE loglet_archive_spool_bytes gauge\nloglet_archive_spool_bytes %lld\n",
+         (long long)atomic_load(&metrics.archive_spool_bytes));
     counter(&w, "loglet_positions_writes_total", "Times the positions file was written.", &metrics.positions_writes);
     counter(&w, "loglet_positions_errors_total", "Failed writes of the positions file.", &metrics.positions_errors);
     gauge(&w, "loglet_files_tailed", "Files currently open.", &metrics.files_tailed);

@@ -82,6 +82,14 @@ struct metrics {
     _Atomic int64_t kube_pods_cached;
     _Atomic int64_t kube_last_update_ms; /* 0: never heard from the API server */
     _Atomic uint64_t files_without_metadata;
+    /* The archive output (output/archive_sink.c). */
+    _Atomic uint64_t archive_objects;        /* objects stored */
+    _Atomic uint64_t archive_lines;          /* lines in them */
+    _Atomic uint64_t archive_bytes;          /* their bytes, gzipped */
+    _Atomic uint64_t archive_bytes_raw;      /* their record bytes before gzip */
+    _Atomic uint64_t archive_upload_failures; /* attempts that failed (retried) */
+    _Atomic int64_t archive_spool_bytes;      /* objects being built or waiting to go up */
+    _Atomic int64_t archive_failing_since_ms; /* 0 while uploads succeed */
 };
 
 extern struct metrics metrics;

@@ -69,7 +69,7 @@ struct sender {
     bool said_split_nomem;
 };
 
-int loki_sink_init(struct output *out, char *err, size_t errlen)
+int loki_sink_init(struct output_lane *out, char *err, size_t errlen)
 {
     out->agg = aggregator_create(out->cfg, err, errlen);
     if (!out->agg) return -1;
@@ -83,7 +83,7 @@ int loki_sink_init(struct output *out, char *err, size_t errlen)
 }
 
 /* Logs a drop once per HTTP status for the process (counted always). */
-static void report_drop(struct output *out, const struct loki_push_outcome *o, size_t lines, const char *what,
+static void report_drop(struct output_lane *out, const struct loki_push_outcome *o, size_t lines, const char *what,
                         const char *reason)
 {
     size_t slots = sizeof out->rejected_seen / sizeof out->rejected_seen[0];
@@ -100,7 +100,7 @@ static void report_drop(struct output *out, const struct loki_push_outcome *o, s
 }
 
 /* Sleeps up to ms, in slices, so shutdown is not delayed by a back-off. */
-static void backoff_sleep(struct output *out, int64_t ms)
+static void backoff_sleep(struct output_lane *out, int64_t ms)
 {
     int64_t until = metrics_now_ms() + ms;
     while (!output_giving_up(out)) {
@@ -186,7 +186,7 @@ enum piece_fate {
 };
 
 /* Pushes one piece until it is accepted, dropped, or split. */
-static enum piece_fate push_piece(struct output *out, struct sender *snd, const struct piece *p,
+static enum piece_fate push_piece(struct output_lane *out, struct sender *snd, const struct piece *p,
                                   struct loki_body halves[2])
 {
     const struct config *cfg = out->cfg;
@@ -262,7 +262,7 @@ static enum piece_fate push_piece(struct output *out, struct sender *snd, const 
  * the batch acknowledged. Returns false when shutdown cut it short (its
  * lines then stay unacknowledged, to be read again after the restart; pieces
  * already accepted will be sent twice, which at-least-once allows). */
-static bool push_batch(struct output *out, struct sender *snd, struct aggregator_batch *batch)
+static bool push_batch(struct output_lane *out, struct sender *snd, struct aggregator_batch *batch)
 {
     struct piece stack[MAX_PIECES];
     size_t top = 0;
@@ -290,13 +290,13 @@ static bool push_batch(struct output *out, struct sender *snd, struct aggregator
     while (top > 0) loki_body_free(&stack[--top].owned);
     if (!finished) return false;
     metrics_set(oldest_unacked_ns, 0);
-    output_ack(batch->acks, batch->nacks);
+    output_ack(out, batch->acks, batch->nacks);
     return true;
 }
 
 static void *sender_main(void *arg)
 {
-    struct output *out = arg;
+    struct output_lane *out = arg;
     struct sender snd = {.failing = false};
     pthread_mutex_lock(&out->lock);
     for (;;) {
@@ -318,7 +318,7 @@ static void *sender_main(void *arg)
     return NULL;
 }
 
-int loki_sink_start(struct output *out, char *err, size_t errlen)
+int loki_sink_start(struct output_lane *out, char *err, size_t errlen)
 {
     int rc = pthread_create(&out->sender, NULL, sender_main, out);
     if (rc != 0) {
@@ -330,7 +330,7 @@ int loki_sink_start(struct output *out, char *err, size_t errlen)
 }
 
 /* Waits (beating the heartbeat) until the sender is idle or shutdown gives up. */
-static bool wait_sender_idle(struct output *out)
+static bool wait_sender_idle(struct output_lane *out)
 {
     pthread_mutex_lock(&out->lock);
     while (out->in_flight && !output_giving_up(out)) {
@@ -349,7 +349,7 @@ static bool wait_sender_idle(struct output *out)
     return idle;
 }
 
-bool loki_sink_handoff(struct output *out)
+bool loki_sink_handoff(struct output_lane *out)
 {
     if (!aggregator_has_data(out->agg)) return true;
     if (!wait_sender_idle(out)) return false;
@@ -367,7 +367,7 @@ bool loki_sink_handoff(struct output *out)
     return true;
 }
 
-bool loki_sink_deliver(struct output *out, const struct source_chunk *chunk)
+bool loki_sink_deliver(struct output_lane *out, const struct source_chunk *chunk)
 {
     const struct source_record *next = NULL;
     uint32_t done = 0;
@@ -376,13 +376,13 @@ bool loki_sink_deliver(struct output *out, const struct source_chunk *chunk)
     return true;
 }
 
-bool loki_sink_drain(struct output *out)
+bool loki_sink_drain(struct output_lane *out)
 {
     if (!loki_sink_handoff(out)) return false;
     return wait_sender_idle(out);
 }
 
-void loki_sink_free(struct output *out)
+void loki_sink_free(struct output_lane *out)
 {
     if (out->sender_started) {
         pthread_mutex_lock(&out->lock);
@@ -403,3 +403,34 @@ void loki_sink_free(struct output *out)
     aggregator_destroy(out->agg);
     loki_client_destroy(out->client);
 }
+
+static bool loki_lane_idle(struct output_lane *out, bool closed)
+{
+    if (closed) return loki_sink_drain(out);
+    if (metrics_now_ms() >= aggregator_due_ms(out->agg)) return loki_sink_handoff(out);
+    return true;
+}
+
+static int loki_lane_wait_ms(struct output_lane *out)
+{
+    int64_t left = aggregator_due_ms(out->agg) - metrics_now_ms();
+    if (left < 0) return 0;
+    return left < 500 ? (int)left : 500;
+}
+
+static bool loki_lane_finish(struct output_lane *out)
+{
+    (void)out;
+    return true;
+}
+
+const struct output_lane_ops output_loki_ops = {
+    .name = "Loki",
+    .init = loki_sink_init,
+    .start = loki_sink_start,
+    .deliver = loki_sink_deliver,
+    .idle = loki_lane_idle,
+    .wait_ms = loki_lane_wait_ms,
+    .finish = loki_lane_finish,
+    .free = loki_sink_free,
+};

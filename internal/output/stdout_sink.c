@@ -130,7 +130,7 @@ size_t output_format_json(const struct source *src, const struct source_record *
     return o;
 }
 
-int stdout_sink_init(struct output *out, char *err, size_t errlen)
+int stdout_sink_init(struct output_lane *out, char *err, size_t errlen)
 {
     out->buf = malloc(STDOUT_BUFFER_BYTES);
     out->line_buf = malloc(output_stdout_max((size_t)out->cfg->collection.max_line_bytes * 3 + 64));
@@ -143,7 +143,7 @@ int stdout_sink_init(struct output *out, char *err, size_t errlen)
     return 0;
 }
 
-void stdout_sink_free(struct output *out)
+void stdout_sink_free(struct output_lane *out)
 {
     output_forget(out->acks, out->nacks);
     out->nacks = 0;
@@ -151,12 +151,12 @@ void stdout_sink_free(struct output *out)
     free(out->line_buf);
 }
 
-bool stdout_sink_idle(struct output *out) { return out->len == 0 && out->nacks == 0; }
+bool stdout_sink_idle(struct output_lane *out) { return out->len == 0 && out->nacks == 0; }
 
 /* Writes the whole buffer to stdout, retrying transient failures; a broken
  * stdout is retried (lines are never thrown away) until the shutdown grace
  * period ends. */
-bool stdout_sink_flush(struct output *out)
+bool stdout_sink_flush(struct output_lane *out)
 {
     size_t done = 0;
     int64_t last_report = 0;
@@ -205,7 +205,7 @@ bool stdout_sink_flush(struct output *out)
         nanosleep(&pause, NULL);
     }
     out->len = 0;
-    output_ack(out->acks, out->nacks);
+    output_ack(out, out->acks, out->nacks);
     out->nacks = 0;
     metrics_add(lines_sent, out->unflushed_lines);
     metrics_add(bytes_sent, out->unflushed_bytes);
@@ -213,7 +213,7 @@ bool stdout_sink_flush(struct output *out)
     return true;
 }
 
-static bool append(struct output *out, const char *data, size_t n)
+static bool append(struct output_lane *out, const char *data, size_t n)
 {
     while (n) {
         if (out->len == STDOUT_BUFFER_BYTES && !stdout_sink_flush(out)) return false;
@@ -227,7 +227,7 @@ static bool append(struct output *out, const char *data, size_t n)
     return true;
 }
 
-bool stdout_sink_deliver(struct output *out, const struct source_chunk *chunk)
+bool stdout_sink_deliver(struct output_lane *out, const struct source_chunk *chunk)
 {
     bool json = out->cfg->output.stdout_.format == CONFIG_STDOUT_JSON;
     const struct source_record *rec = source_chunk_first(chunk);
@@ -242,3 +242,27 @@ bool stdout_sink_deliver(struct output *out, const struct source_chunk *chunk)
     out->acks[out->nacks++] = (struct aggregator_ack){chunk->source, chunk->end_offset};
     return true;
 }
+
+static bool stdout_lane_idle(struct output_lane *out, bool closed)
+{
+    (void)closed;
+    return stdout_sink_idle(out) || stdout_sink_flush(out);
+}
+
+static int stdout_lane_wait_ms(struct output_lane *out)
+{
+    (void)out;
+    return 500;
+}
+
+static bool stdout_lane_finish(struct output_lane *out) { return stdout_sink_idle(out) || stdout_sink_flush(out); }
+
+const struct output_lane_ops output_stdout_ops = {
+    .name = "stdout",
+    .init = stdout_sink_init,
+    .deliver = stdout_sink_deliver,
+    .idle = stdout_lane_idle,
+    .wait_ms = stdout_lane_wait_ms,
+    .finish = stdout_lane_finish,
+    .free = stdout_sink_free,
+};

@@ -47,6 +47,8 @@
  * static label or path: the file is refused with an error naming it. */
 #define SOURCE_LABELS_MAX_BYTES 8192
 #define SOURCE_STREAM_KINDS 3 /* enum parser_stream */
+/* Outputs that acknowledge at once (Loki, archive, stdout). */
+#define SOURCE_MAX_SINKS 3
 
 /* What every source's labels are made of besides its own metadata: decided
  * once at start (NODE_NAME, labels.static, labels.stream). */
@@ -87,6 +89,10 @@ struct source {
      * collector-owned. */
     bool spooled, spooled_gz;
     _Atomic uint64_t acked_offset;
+    /* With several outputs, each one's own acknowledged offset (source_ack());
+     * acked_offset is then never above the least of them. Unused (0) with
+     * one output, which writes acked_offset itself. */
+    _Atomic uint64_t sink_acked[SOURCE_MAX_SINKS];
     /* Records of this source the collector has offered to the live tail
      * (collector-owned): lets a follower number lines across entries it
      * missed. */
@@ -171,6 +177,15 @@ static inline const char *source_stream_labels(const struct source *src, unsigne
 struct source *source_new(const char *path, const char *real_path, const struct parser_path_meta *meta,
                           dev_t dev, ino_t ino);
 void source_ref(struct source *src);
+/* How many outputs acknowledge lines (set once, before any thread runs). */
+void source_set_sinks(unsigned n);
+/* Output `sink` has delivered every line of src before end_offset. With
+ * one output that is the file's acknowledged offset; with several,
+ * acked_offset becomes the least of their offsets, and never moves back. */
+void source_ack(struct source *src, unsigned sink, uint64_t end_offset);
+/* The collector starts the file again at `offset` (copytruncate): every
+ * output's slot with it. */
+void source_reset_acked(struct source *src, uint64_t offset);
 void source_unref(struct source *src);
 
 /* The policy of this process: NODE_NAME from the environment, the rest from cfg. */

@@ -435,7 +435,7 @@ class ChartTemplateTest(unittest.TestCase):
         self.assertEqual(chart["appVersion"], project_version())
         self.assertEqual(set(self.templates), {
             "_helpers.tpl", "configmap.yaml", "daemonset.yaml", "serviceaccount.yaml", "service.yaml",
-            "servicemonitor.yaml", "dashboard-configmap.yaml", "NOTES.txt", "rbac.yaml"})
+            "servicemonitor.yaml", "dashboard-configmap.yaml", "NOTES.txt", "rbac.yaml", "archive-cronjob.yaml"})
 
     def test_actions_and_blocks_are_balanced(self):
         for name, text in self.templates.items():
@@ -564,6 +564,19 @@ class ChartConfigTest(unittest.TestCase):
         self.assertEqual(eff["server"]["http_listen_port"], 3101)
         self.assertEqual(eff["labels"]["static"], {"node_name": "node-1"})
         self.assertEqual(eff["log"], {"level": "info", "format": "logfmt"})
+
+    def test_archive_beside_loki_with_its_secret(self):
+        values = chart_values(**{"loki.url": "http://loki:3100/loki/api/v1/push", "archive.url": "s3://logs/prod",
+                                 "archive.endpoint": "https://minio.example:9000", "archive.existingSecret": "s3"})
+        eff = self.render_and_check(values)
+        arch = eff["output"]["archive"]
+        self.assertEqual(arch["url"], "s3://logs/prod")
+        self.assertEqual(arch["endpoint"], "https://minio.example:9000")
+        self.assertEqual(arch["access_key_id_file"], "/etc/loglet-secrets/archive/access_key_id")
+        self.assertEqual(arch["secret_access_key_file"], "/etc/loglet-secrets/archive/secret_access_key")
+        self.assertEqual(eff["output"]["loki"]["url"], "http://loki:3100/loki/api/v1/push")
+        # Without the archive the section is left out (the agent's defaults apply).
+        self.assertEqual(self.render_and_check(chart_values())["output"]["archive"]["url"], "")
 
     def test_spool_off_leaves_it_beside_the_positions(self):
         eff = self.render_and_check(chart_values(**{"spool.enabled": False}))

@@ -403,6 +403,47 @@ static void test_too_many_labels_are_refused_naming_the_file(void **state)
     source_unref(s);
 }
 
+/* Several outputs: the file's offset is the least of theirs, starts from
+ * where the file was resumed, never moves back, and a copytruncate resets
+ * every slot (else a stale slot would pass lines another output lacks). */
+static void test_acked_offset_is_the_least_over_the_outputs(void **state)
+{
+    (void)state;
+    struct parser_path_meta m = meta_of("ns", "p", "c");
+    struct source *src = source_new("/x", "/x", &m, 1, 1);
+    assert_non_null(src);
+    source_set_sinks(2);
+    atomic_store(&src->acked_offset, 40); /* resumed at 40 */
+    source_ack(src, 0, 100);
+    assert_int_equal(atomic_load(&src->acked_offset), 40); /* output 1 has nothing yet */
+    source_ack(src, 1, 70);
+    assert_int_equal(atomic_load(&src->acked_offset), 70);
+    source_ack(src, 1, 250);
+    assert_int_equal(atomic_load(&src->acked_offset), 100);
+    source_ack(src, 0, 300);
+    assert_int_equal(atomic_load(&src->acked_offset), 250);
+    source_reset_acked(src, 0);
+    assert_int_equal(atomic_load(&src->acked_offset), 0);
+    source_ack(src, 0, 10);
+    assert_int_equal(atomic_load(&src->acked_offset), 0); /* output 1's old 250 is gone */
+    source_ack(src, 1, 10);
+    assert_int_equal(atomic_load(&src->acked_offset), 10);
+    source_set_sinks(1);
+    source_unref(src);
+}
+
+static void test_acked_offset_with_one_output_follows_it(void **state)
+{
+    (void)state;
+    struct parser_path_meta m = meta_of("ns", "p", "c");
+    struct source *src = source_new("/x", "/x", &m, 1, 1);
+    assert_non_null(src);
+    source_set_sinks(1);
+    source_ack(src, 0, 123);
+    assert_int_equal(atomic_load(&src->acked_offset), 123);
+    source_unref(src);
+}
+
 int main(void)
 {
     log_setup(LOG_LEVEL_ERROR, LOG_FORMAT_LOGFMT);
@@ -421,6 +462,8 @@ int main(void)
         cmocka_unit_test(test_rendering_again_replaces_the_sets),
         cmocka_unit_test(test_labels_over_8KiB_are_refused_naming_the_file),
         cmocka_unit_test(test_too_many_labels_are_refused_naming_the_file),
+        cmocka_unit_test(test_acked_offset_is_the_least_over_the_outputs),
+        cmocka_unit_test(test_acked_offset_with_one_output_follows_it),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -105,6 +105,18 @@ output:
     {{- if .Values.loki.bearerToken.existingSecret }}
     bearer_token_file: "/etc/loglet-secrets/bearer-token/token"
     {{- end }}
+  {{- if .Values.archive.url }}
+  archive:
+    url: {{ .Values.archive.url | quote }}
+    endpoint: {{ .Values.archive.endpoint | quote }}
+    region: {{ .Values.archive.region | quote }}
+    addressing: {{ .Values.archive.addressing | quote }}
+    spool_dir: "/var/lib/loglet/archive-spool"
+    {{- if .Values.archive.existingSecret }}
+    access_key_id_file: "/etc/loglet-secrets/archive/access_key_id"
+    secret_access_key_file: "/etc/loglet-secrets/archive/secret_access_key"
+    {{- end }}
+  {{- end }}
 labels:
   static:
     node_name: "${NODE_NAME}"
