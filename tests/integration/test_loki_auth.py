@@ -507,6 +507,9 @@ class TooLargeTest(GateTestCase):
         writers.burst(0, 4000, lambda n: secrets.token_hex(60))
         truth = writers.stop()
         self.wait_all_delivered(truth, timeout=60)
+        deadline = time.time() + 10  # counted once the agent has read the last answer
+        while time.time() < deadline and metric_values(a.port).get("loglet_lines_sent_total", 0) < len(truth):
+            time.sleep(0.1)
         m = metric_values(a.port)
         self.assertEqual(a.stop(), 0)
         self.assert_exactly_once_with_labels(truth)
@@ -534,8 +537,13 @@ class TooLargeTest(GateTestCase):
         truth = writers.stop()
         expected = {k: v for k, v in truth.items() if k != big}
         self.wait_all_delivered(expected, timeout=30)
+        # The receiver has every line before the agent has read its answer
+        # and counted the push: wait for the counters, then compare.
         deadline = time.time() + 10
-        while time.time() < deadline and dropped_total(metric_values(a.port)) < 1:
+        while time.time() < deadline:
+            m = metric_values(a.port)
+            if dropped_total(m) >= 1 and m.get("loglet_lines_sent_total", 0) >= len(expected):
+                break
             time.sleep(0.1)
         m = metric_values(a.port)
         self.assertEqual(a.stop(), 0)
