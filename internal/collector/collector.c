@@ -271,14 +271,24 @@ static void resume_paused(struct collector *c, int64_t now)
  * holds go into the ring, so the output can deliver them and the offsets
  * acknowledged then cover their lines (otherwise they are only read again at
  * the next start, and lost if their file is deleted meanwhile). Waits for
- * room in the ring at most output.shutdown_grace. */
+ * room in the ring at most output.shutdown_grace.
+ *
+ * Except in a file a limit (action: wait) paused: its reading stopped at
+ * the limit, not at the end of what was written, so the join's next lines
+ * may be on disk unread, and sending it now would split the event in two.
+ * Its join stays held, so the file stays acknowledged at the join's first
+ * line (as after a kill -9) and the next start reads and joins it whole. */
 static void flush_held_at_stop(struct collector *c)
 {
     int64_t deadline = metrics_now_ms() + c->cfg->output.shutdown_grace_ms;
-    size_t flushed = 0, left = 0;
+    size_t flushed = 0, left = 0, paused = 0;
     c->final_flush = true;
     for (struct tailed_file *f = c->all_files; f; f = f->all_next) {
         if (!f->pipe || !pipeline_file_held_bytes(f->pipe)) continue;
+        if (f->paused_until_ms) {
+            paused++;
+            continue;
+        }
         for (;;) {
             c->blocked = false;
             if (tail_pipeline_flush(c, f)) {
@@ -304,6 +314,10 @@ static void flush_held_at_stop(struct collector *c)
     c->final_flush = false;
     c->blocked = false;
     if (flushed) log_info("sent %zu held multiline join%s at shutdown", flushed, flushed == 1 ? "" : "s");
+    if (paused)
+        log_info("kept %zu held multiline join%s of files paused by a limit (action: wait) at shutdown: their next "
+                 "lines may be unread, so they are read and joined again at the next start",
+                 paused, paused == 1 ? "" : "s");
     if (left)
         log_warn("%zu held multiline join%s could not be sent within output.shutdown_grace (the ring stayed full); "
                  "their lines are read again at the next start", left, left == 1 ? "" : "s");

@@ -40,6 +40,28 @@ static const char *pod_label(const struct pipeline_meta *m, const char *key)
     return NULL;
 }
 
+/* Why fnmatch(3) would not read `glob` as its writer meant, or NULL. It
+ * takes an unclosed [ as a literal [ and a trailing \ matches nothing, so
+ * `[a` would match only the name "[a", never what was meant. */
+static const char *glob_problem(const char *glob)
+{
+    for (const char *p = glob; *p; p++) {
+        if (*p == '\\') {
+            if (!p[1]) return "ends with a lone \\ (write \\\\ for a literal backslash)";
+            p++;
+            continue;
+        }
+        if (*p != '[') continue;
+        const char *q = p + 1;
+        if (*q == '!' || *q == '^') q++;
+        if (*q == ']') q++; /* a ] first in the class is one of its characters */
+        while (*q && *q != ']') q++;
+        if (!*q) return "has a [ with no closing ] (a [ opens a character class; write \\[ for a literal [)";
+        p = q;
+    }
+    return NULL;
+}
+
 /* A rule's globs from a scalar or a list. */
 static int compile_globs(struct stage_compile *cx, const char *key, const struct config_tree *v, struct match_rule *r)
 {
@@ -50,6 +72,8 @@ static int compile_globs(struct stage_compile *cx, const char *key, const struct
     for (size_t g = 0; g < n; g++) {
         const struct config_tree *item = v->kind == CONFIG_TREE_LIST ? v->items[g] : v;
         if (item->kind != CONFIG_TREE_SCALAR || !*item->text) return stage_fail(cx, item, key, "globs must be non-empty text");
+        const char *why = glob_problem(item->text);
+        if (why) return stage_fail(cx, item, key, "glob '%s' %s", item->text, why);
         if (!(r->globs[r->nglobs++] = strdup(item->text))) return stage_fail(cx, item, key, "out of memory");
     }
     return 0;

@@ -133,7 +133,9 @@ int stage_get_int(struct stage_compile *cx, const struct config_tree *map, const
     return 0;
 }
 
-int stage_field(struct stage_compile *cx, const struct config_tree *node, const char *name)
+_Static_assert(STAGE_MAX_FIELDS <= 64, "a stage's reads and sets are 64-bit masks of field indexes");
+
+static int intern_field(struct stage_compile *cx, const struct config_tree *node, const char *name)
 {
     struct pipeline_block *b = cx->block;
     if (!*name) return stage_fail(cx, node, NULL, "a field name must not be empty");
@@ -143,6 +145,20 @@ int stage_field(struct stage_compile *cx, const struct config_tree *node, const 
         return stage_fail(cx, node, NULL, "more than %d distinct fields in one match block", STAGE_MAX_FIELDS);
     if (!(b->fields[b->nfields] = strdup(name))) return stage_fail(cx, node, NULL, "out of memory");
     return (int)b->nfields++;
+}
+
+int stage_field(struct stage_compile *cx, const struct config_tree *node, const char *name)
+{
+    int f = intern_field(cx, node, name);
+    if (f >= 0 && cx->stage) cx->stage->reads |= (uint64_t)1 << f;
+    return f;
+}
+
+int stage_field_set(struct stage_compile *cx, const struct config_tree *node, const char *name)
+{
+    int f = intern_field(cx, node, name);
+    if (f >= 0 && cx->stage) cx->stage->sets |= (uint64_t)1 << f;
+    return f;
 }
 
 pcre2_code *stage_regex(struct stage_compile *cx, const struct config_tree *node, const char *key, const char *pattern)
@@ -224,11 +240,87 @@ static int compile_stage(struct stage_compile *cx, struct pipeline_block *b, siz
     snprintf(cx->path + at, sizeof cx->path - at, ".%s", name);
     struct stage *st = &b->stages[si];
     *st = (struct stage){.ops = ops, .index = si, .block = b};
-    if (ops->compile(st, node->items[0], cx) != 0) return -1;
+    cx->stage = st;
+    int rc = ops->compile(st, node->items[0], cx);
+    cx->stage = NULL;
+    if (rc != 0) return -1;
     if (ops->state_size) {
         b->state_size = (b->state_size + 15) & ~(size_t)15;
         st->state_off = b->state_size;
         b->state_size += ops->state_size;
+    }
+    cx->path[base] = '\0';
+    return 0;
+}
+
+/* The first field (lowest index) in `mask`. */
+static const char *first_field(const struct pipeline_block *b, uint64_t mask)
+{
+    for (size_t f = 0; f < b->nfields; f++)
+        if (mask & ((uint64_t)1 << f)) return b->fields[f];
+    return "?";
+}
+
+/* A multiline join is a new entry: it goes through the stages after the
+ * multiline stage with nothing of what the stages before it set on its
+ * lines (its first line's labels, metadata and fields). So what would be
+ * lost without a word is refused here, naming the stages to move:
+ *  - labels or structured_metadata before multiline;
+ *  - a stage after multiline reading a field only a stage before it sets.
+ * A stage reading a field that no earlier stage sets at all loses nothing
+ * (it never has a value, as with a line the field is missing from), so it
+ * is only a warning: refusing it would stop the agent over a stage left
+ * from an edit. Stages before multiline may still extract for each other
+ * (json, then output or drop on its fields, then multiline). */
+static int check_order(struct stage_compile *cx, struct pipeline_block *b, const struct config_tree *stages)
+{
+    size_t base = strlen(cx->path);
+    uint64_t avail = 0, lost = 0;
+    const struct stage *ml = NULL;
+    for (size_t i = 0; i < b->nstages; i++) {
+        const struct stage *st = &b->stages[i];
+        const struct config_tree *node = stages->items[i];
+        snprintf(cx->path + base, sizeof cx->path - base, ".stages[%zu].%s", i, st->ops->name);
+        if (st->ops == &stage_multiline) {
+            for (size_t j = 0; j < i; j++) {
+                const struct stage_ops *k = b->stages[j].ops;
+                if (k != &stage_labels && k != &stage_structured_metadata) continue;
+                return stage_fail(cx, node, NULL,
+                                  "multiline must come before stages that set labels or structured metadata "
+                                  "(stages[%zu] is %s): a joined entry is a new entry and would go out without "
+                                  "them; put multiline first",
+                                  j, k->name);
+            }
+            ml = st;
+            lost = avail;
+            avail = 0;
+        }
+        uint64_t missing = st->reads & ~avail;
+        if (missing & lost) {
+            const char *f = first_field(b, missing & lost);
+            size_t by = 0;
+            while (by < ml->index && !(b->stages[by].sets & missing & lost)) by++;
+            return stage_fail(cx, node, NULL,
+                              "reads field '%s', which only stages[%zu] (%s) extracts, before the multiline stage "
+                              "(stages[%zu]): a joined entry is a new entry and does not carry it; multiline must "
+                              "come before stages that extract the fields later stages use",
+                              f, by, b->stages[by].ops->name, ml->index);
+        }
+        if (missing) {
+            char msg[1024];
+            char *err = cx->err;
+            size_t errlen = cx->errlen;
+            cx->err = msg;
+            cx->errlen = sizeof msg;
+            stage_fail(cx, node, NULL,
+                       "reads field '%s', which no earlier stage of this block extracts (json, logfmt or regex "
+                       "fields): it never has a value here",
+                       first_field(b, missing));
+            cx->err = err;
+            cx->errlen = errlen;
+            log_warn("%s", msg);
+        }
+        avail |= st->sets;
     }
     cx->path[base] = '\0';
     return 0;
@@ -258,7 +350,7 @@ static int compile_block(struct stage_compile *cx, struct pipeline_block *b, con
             return stage_fail(cx, stages->items[i], NULL, "more than %d limit and drop stages in one match block",
                               STAGE_MAX_UNDO);
     }
-    return 0;
+    return check_order(cx, b, stages);
 }
 
 static int run_init(struct stage_run *r, struct pipeline *p, size_t cap, size_t max_stages)
@@ -574,7 +666,10 @@ static void render_extras(struct stage_run *r, struct stage *last)
     size_t room = STAGE_EXTRAS_MAX, o = 2;
     bool cut = false, any = false;
     for (size_t i = 0; i < b->nlabels; i++) {
-        if (!r->label_set[i]) continue;
+        /* Loki and Prometheus read a label with an empty value as no label:
+         * leaving it out sends what they store, and one label set, not two
+         * (labels.max_pipeline_streams counts what is sent). */
+        if (!r->label_set[i] || !r->label_len[i]) continue;
         size_t nl = strlen(b->labels[i]);
         /* Whole or not at all: a value cut short would be a wrong value. */
         size_t vl = escaped_len(r->label_val[i], r->label_len[i]);
@@ -909,7 +1004,7 @@ int stage_fieldmap(struct stage_compile *cx, const struct config_tree *node, str
         if (v->kind != CONFIG_TREE_SCALAR || !name)
             return stage_fail(cx, v, "fields", "each field is `name: key` (or a list of names)");
         if (fm->n == STAGE_MAX_FIELDS) return stage_fail(cx, v, "fields", "more than %d fields", STAGE_MAX_FIELDS);
-        int slot = stage_field(cx, v, name);
+        int slot = stage_field_set(cx, v, name);
         if (slot < 0) return -1;
         if (!(fm->src[fm->n] = strdup(src))) return stage_fail(cx, v, "fields", "out of memory");
         fm->slot[fm->n++] = slot;

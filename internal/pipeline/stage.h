@@ -51,6 +51,7 @@ struct stage_compile {
     char *err;
     size_t errlen;
     struct pipeline_block *block;
+    struct stage *stage; /* the stage being compiled: stage_field() marks what it reads and sets */
 };
 
 struct stage_ops {
@@ -96,6 +97,9 @@ struct stage {
     void *conf; /* the kind's compiled settings */
     size_t state_off; /* into the file's state area */
     bool pauses;      /* limit with action: wait (set by its compile) */
+    /* Fields (bit i: block->fields[i]) the stage reads and the ones it can
+     * set, for the checks of the order of a block's stages (pipeline.c). */
+    uint64_t reads, sets;
     struct stage_counters counters;
 };
 
@@ -271,8 +275,10 @@ int stage_get_size(struct stage_compile *cx, const struct config_tree *map, cons
 int stage_get_duration(struct stage_compile *cx, const struct config_tree *map, const char *key, int64_t *out);
 int stage_get_int(struct stage_compile *cx, const struct config_tree *map, const char *key, int64_t lo, int64_t hi,
                   int64_t *out);
-/* Interns a field name for this block: its index, or -1 after stage_fail. */
+/* Interns a field name for this block: its index, or -1 after stage_fail.
+ * stage_field: a field the stage reads; stage_field_set: one it extracts. */
 int stage_field(struct stage_compile *cx, const struct config_tree *node, const char *name);
+int stage_field_set(struct stage_compile *cx, const struct config_tree *node, const char *name);
 /* `fields:` of json / logfmt: a map of field name -> key in the line (or a
  * list of names, each its own key). Fills slots (interned field indexes)
  * and srcs (malloc'd keys); returns the count, or -1 after stage_fail. */

@@ -150,6 +150,12 @@ static int drop_compile(struct stage *st, const struct config_tree *node, struct
     }
     if (stage_get_duration(cx, node, "older_than", &dc->older_than_ms) != 0) return -1;
     if (stage_get_size(cx, node, "longer_than", &dc->longer_than) != 0) return -1;
+    /* 0 is how a condition is off inside; written out it would silently be
+     * off too (longer than 0 bytes reads as every line). */
+    if (config_tree_get(node, "older_than") && dc->older_than_ms <= 0)
+        return stage_fail(cx, config_tree_get(node, "older_than"), "older_than", "must be more than 0");
+    if (config_tree_get(node, "longer_than") && dc->longer_than <= 0)
+        return stage_fail(cx, config_tree_get(node, "longer_than"), "longer_than", "must be more than 0");
     int64_t max_line = cx->cfg->collection.max_line_bytes;
     if (dc->longer_than > max_line) {
         char n[32], m[32];

@@ -6,7 +6,8 @@
  * are bounded, always: a value in the allow-list (or among the first
  * max_values distinct ones this process saw, per block) is used as it is,
  * any other becomes `other` (default "other"); an entry without the field
- * gets no such label. So one file gives at most prod(values + 1) streams
+ * gets no such label, and neither does one whose value is empty (Loki reads
+ * an empty label as none), so `other: ""` leaves out-of-list values unlabelled. So one file gives at most prod(values + 1) streams
  * per stream kind, and a node at most that many per file.
  *
  * structured_metadata: `[field, ..]` or `{name: field}`: per-entry name and
@@ -122,7 +123,9 @@ static int labels_compile(struct stage *st, const struct config_tree *node, stru
         const char *other = stage_scalar(cx, spec, "other", &bad);
         const char *source = stage_scalar(cx, spec, "source", &bad);
         if (bad) return -1;
-        if (!(lr->other = strdup(other && *other ? other : "other"))) return stage_fail(cx, spec, name, "out of memory");
+        /* other: "" is honoured: an empty value is no label (pipeline.c), so
+         * a value outside the list leaves the label out. */
+        if (!(lr->other = strdup(other ? other : "other"))) return stage_fail(cx, spec, name, "out of memory");
         if ((lr->field = stage_field(cx, spec, source && *source ? source : name)) < 0) return -1;
         const struct config_tree *values = config_tree_get(spec, "values");
         const struct config_tree *maxv = config_tree_get(spec, "max_values");

@@ -73,7 +73,7 @@ static int regex_compile(struct stage *st, const struct config_tree *node, struc
     for (uint32_t i = 0; i < count; i++) {
         const unsigned char *e = table + i * entry_size;
         rc->group[i] = ((uint32_t)e[0] << 8) | e[1];
-        int slot = stage_field(cx, en, (const char *)e + 2);
+        int slot = stage_field_set(cx, en, (const char *)e + 2);
         if (slot < 0) return -1;
         rc->slot[i] = slot;
     }

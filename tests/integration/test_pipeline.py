@@ -692,5 +692,169 @@ class LongerThanTest(PipelineTestCase):
                 self.assertEqual([len(p.encode()) for p in euro], [MAX_LINE - 1, MAX_LINE - 1, 600 * KIB - 2 * (MAX_LINE - 1)])
 
 
+class OrderAndValuesTest(PipelineTestCase):
+    """What the stages before a multiline stage set would not reach the joined
+    entry, so such an order is refused, alike by -check-config, the dry run and
+    the agent; empty label values are left out; settings that would silently
+    mean something else are refused."""
+
+    def run_three_ways(self, cfg_path, log):
+        from harness import run_loglet
+        return [run_loglet(["-config", cfg_path, "-check-config"]),
+                run_loglet(["-config", cfg_path, "-pipeline-test", log, "-namespace", "shop"]),
+                run_loglet(["-config", cfg_path], timeout=10)]
+
+    def test_labels_and_fields_before_multiline_refused_and_the_order_that_works(self):
+        log = os.path.join(self.workdir, "in.log")
+        with open(log, "w") as f:
+            f.write(cri_line('{"level":"error","msg":"boom"}', ts_ns=T0) + cri_line("  at frame 1", ts_ns=T0 + 1))
+        # (stages, the stage the error is about, the error after its line number)
+        bad = [
+            ("      - json: {fields: [level, msg]}\n      - labels: {level: {values: [info, error]}}\n"
+             "      - structured_metadata: [msg]\n      - multiline: {start: '^[{]'}\n", "      - multiline:",
+             ": key pipeline[0].stages[3].multiline: multiline must come before stages that set labels or "
+             "structured metadata (stages[1] is labels)"),
+            ("      - json: {fields: [level]}\n      - multiline: {start: '^[{]'}\n"
+             "      - labels: {level: {values: [info, error]}}\n", "      - labels:",
+             ": key pipeline[0].stages[2].labels: reads field 'level', which only stages[0] (json) extracts, "
+             "before the multiline stage (stages[1])"),
+        ]
+        for k, (stages, at, want) in enumerate(bad):
+            path = os.path.join(self.workdir, f"bad{k}.yaml")
+            text = self.config("pipeline:\n  - match: {namespaces: [shop]}\n    stages:\n" + stages)
+            with open(path, "w") as f:
+                f.write(text)
+            line = [n for n, t in enumerate(text.split("\n"), 1) if t.startswith(at)][0]
+            for r in self.run_three_ways(path, log):
+                self.assertEqual(r.returncode, 1, r.args)
+                self.assertIn(f"{path}:{line}{want}", r.stderr, r.args)
+        # Multiline first: the joined entry is what the later stages read.
+        cfg = self.config("""pipeline:
+  - match: {namespaces: [shop]}
+    stages:
+      - multiline: {start: '^[{]', timeout: 300ms}
+      - regex: {expression: '^[{]"level":"(?P<level>[a-z]+)","msg":"(?P<msg>[^"]*)"'}
+      - labels: {level: {values: [info, error]}}
+      - structured_metadata: [msg]
+""")
+        a = self.agent(cfg).start()
+        c = self.tree.container("shop", "api-0", "api")
+        c.write('{"level":"error","msg":"boom"}', ts_ns=T0)
+        c.write("  at frame 1", ts_ns=T0 + 1)
+        c.write('{"level":"info","msg":"ok"}', ts_ns=T0 + 2)
+        self.wait(lambda: len(self.entries_of(c)) == 2, what="2 entries")
+        got = sorted(self.entries_of(c), key=lambda e: e["ts_ns"])
+        self.assertEqual([e["line"] for e in got], ['{"level":"error","msg":"boom"}\n  at frame 1',
+                                                    '{"level":"info","msg":"ok"}'])
+        self.assertEqual([e["ts_ns"] for e in got], [T0, T0 + 2])
+        self.assert_labels(got[0], c, level="error")
+        self.assert_labels(got[1], c, level="info")
+        self.assertEqual([e.get("metadata") for e in got], [{"msg": "boom"}, {"msg": "ok"}])
+        self.assertEqual(a.stop(), 0)
+
+    def test_empty_label_values_are_left_out(self):
+        pipeline = """pipeline:
+  - match: {namespaces: [shop]}
+    stages:
+      - json: {fields: [v, w, msg]}
+      - labels: {v: {max_values: 50}, w: {values: [keep], other: ""}}
+      - structured_metadata: {meta: v}
+      - output: {source: msg}
+"""
+        a = self.agent(self.config(pipeline)).start()
+        c = self.tree.container("shop", "api-0", "api")
+        vals = ['a"b', "c\\d", "e\nf", "g\th", "i\x01j", "m\x7fn", "\u00e9\u20ac\U0001F600", "", " ",
+                '{x="y"}', "\u2028"]
+        # Loki's label syntax has no control characters: they arrive as U+FFFD.
+        sent = [v.replace("\x01", "\ufffd").replace("\x7f", "\ufffd") for v in vals]
+        for i, v in enumerate(vals):
+            c.write(json.dumps({"v": v, "w": "keep" if i % 2 else "drop-me", "msg": f"m{i}"}), ts_ns=T0 + i)
+        self.wait(lambda: len(self.entries_of(c)) == len(vals), what="every entry")
+        time.sleep(0.5)
+        got = sorted(self.entries_of(c), key=lambda e: e["ts_ns"])
+        self.assertEqual([e["line"] for e in got], [f"m{i}" for i in range(len(vals))])
+        for i, e in enumerate(got):
+            extra = {"v": sent[i]} if sent[i] else {}
+            if i % 2:
+                extra["w"] = "keep"  # out of the list with other: "": no w label
+            self.assert_labels(e, c, **extra)
+            self.assertEqual(e.get("metadata"), {"meta": vals[i]})
+        self.assertEqual(self.receiver.errors(), [])
+        self.assertEqual(a.stop(), 0)
+
+    def test_settings_that_would_mean_something_else(self):
+        from harness import run_loglet
+        path = os.path.join(self.workdir, "p.yaml")
+        refused = [
+            ("  - match: {}\n    stages:\n      - drop: {longer_than: 0}\n",
+             ":4: key pipeline[0].stages[0].drop.longer_than: must be more than 0"),
+            ("  - match: {namespaces: [\"[a\"]}\n    stages: []\n",
+             ":2: key pipeline[0].match.namespaces: glob '[a' has a [ with no closing ]"),
+        ]
+        for block, want in refused:
+            with open(path, "w") as f:
+                f.write("pipeline:\n" + block)
+            r = run_loglet(["-config", path, "-check-config"])
+            self.assertEqual(r.returncode, 1, block)
+            self.assertIn(path + want, r.stderr)
+        # A field no stage sets: loaded, with a warning naming where.
+        with open(path, "w") as f:
+            f.write("pipeline:\n  - match: {}\n    stages:\n      - labels: {level: {values: [a], other: \"\"}}\n"
+                    "      - structured_metadata: [trace_id]\n")
+        r = run_loglet(["-config", path, "-check-config"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f"{path}:5: key pipeline[0].stages[1].structured_metadata: reads field 'trace_id', which no "
+                      "earlier stage of this block extracts", r.stderr)
+        self.assertIn(f"{path}:4: key pipeline[0].stages[0].labels: reads field 'level'", r.stderr)
+        self.assertIn('#       - labels: {level: {source: "level", values: ["a"], other: ""}}', r.stdout)
+
+
+class LimitWaitStopTest(PipelineTestCase):
+    def test_sigterm_while_paused_keeps_the_held_join_whole(self):
+        """A limit (action: wait) paused the file while a join is held whose
+        next line is on disk, unread: a stop keeps the join held (the file
+        acknowledged at its first line) instead of sending half of it, and the
+        next start joins it whole. Every entry once, whole, in order."""
+        pipeline = """pipeline:
+  - match: {pods: [slow-*]}
+    stages:
+      - multiline: {start: '^S', timeout: 30s}
+      - limit: {rate: 0.05, burst: 2, action: wait}
+"""
+        cfg = self.config(pipeline)
+        agent = self.agent(cfg).start()
+        slow = self.tree.container("shop", "slow-0", "app")
+        offsets = []
+        for i in range(6):
+            offsets.append(os.path.getsize(slow.log_path) if os.path.exists(slow.log_path) else 0)
+            slow.write(f"S {i}", ts_ns=T0 + 10 * i)
+            slow.write(f" c {i}", ts_ns=T0 + 10 * i + 1)
+        want = [f"S {i}\n c {i}" for i in range(6)]
+        for run, upto in (("a", 2), ("b", 4)):
+            if run == "b":
+                agent = self.agent(cfg, name="b.yaml").start()
+            # The burst sends two joins; the line starting the third empties the
+            # bucket: the file pauses with "S n" held and " c n" unread.
+            self.wait(lambda: len(self.entries_of(slow)) == upto, what=f"{upto} entries")
+            self.wait(lambda: self.metric(agent, "loglet_pipeline_in_total", block="0", stage="0") == 5,
+                      what="the paused file")
+            time.sleep(0.5)
+            self.assertEqual(agent.stop(), 0)
+            got = sorted(self.entries_of(slow), key=lambda e: e["ts_ns"])
+            self.assertEqual([e["line"] for e in got], want[:upto])
+            self.assertEqual(self.positions().get(slow.link_path), offsets[upto])
+            self.assertIn("kept 1 held multiline join of files paused by a limit", agent.stderr_text())
+        # Unlimited, the rest goes, the last join at the stop (nothing left unread).
+        agent = self.agent(cfg.replace("rate: 0.05, burst: 2", "rate: 1000"), name="c.yaml").start()
+        self.wait(lambda: len(self.entries_of(slow)) == 5, what="5 entries")
+        self.assertEqual(agent.stop(), 0)
+        got = sorted(self.entries_of(slow), key=lambda e: e["ts_ns"])
+        self.assertEqual([e["line"] for e in got], want)
+        self.assertEqual([e["ts_ns"] for e in got], [T0 + 10 * i for i in range(6)])
+        for e in got:
+            self.assert_labels(e, slow)
+        self.assertEqual(self.positions().get(slow.link_path), os.path.getsize(slow.log_path))
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -824,7 +824,78 @@ static void test_config_errors(void **state)
     expect_error("pipeline:\n  - match: {labels: [x]}\n    stages: []\n", "pipeline[0].match.labels: unknown key");
     expect_error("pipeline:\n  - match: {namespaces: [a]}\n", "pipeline[0].stages: missing");
     expect_error("pipeline: {a: b}\n", "key pipeline: expected a list");
+    /* Written out, 0 would silently turn the condition off. */
+    E("      - drop: {longer_than: 0}\n", ":3: key pipeline[0].stages[0].drop.longer_than: must be more than 0");
+    E("      - drop: {older_than: 0s}\n", ":3: key pipeline[0].stages[0].drop.older_than: must be more than 0");
+    /* fnmatch would take these literally (or match nothing). */
+    expect_error("pipeline:\n  - match: {namespaces: [shop, \"[a\"]}\n    stages: []\n",
+                 ":2: key pipeline[0].match.namespaces: glob '[a' has a [ with no closing ]");
+    expect_error("pipeline:\n  - match: {pod_labels: {app: 'x\\'}}\n    stages: []\n",
+                 ":2: key pipeline[0].match.pod_labels.app: glob 'x\\' ends with a lone \\");
+    /* What stages before a multiline stage set would not reach the joined entry. */
+    E("      - json: {fields: [level]}\n      - labels: {level: {values: [info]}}\n"
+      "      - multiline: {start: '^[{]'}\n",
+      ":5: key pipeline[0].stages[2].multiline: multiline must come before stages that set labels or structured "
+      "metadata (stages[1] is labels)");
+    E("      - json: {fields: [msg]}\n      - structured_metadata: [msg]\n      - multiline: {mode: java}\n",
+      ":5: key pipeline[0].stages[2].multiline: multiline must come before stages that set labels or structured "
+      "metadata (stages[1] is structured_metadata)");
+    E("      - drop: {line: x}\n      - json: {fields: [level, msg]}\n      - multiline: {mode: java}\n"
+      "      - labels: {level: {values: [info]}}\n",
+      ":6: key pipeline[0].stages[3].labels: reads field 'level', which only stages[1] (json) extracts, before the "
+      "multiline stage (stages[2])");
 #undef E
+}
+
+/* Orders that lose nothing load: extraction before multiline for stages
+ * before it, a field extracted again after it, a field nothing sets (a
+ * warning). */
+static void test_stage_order_accepted(void **state)
+{
+    (void)state;
+    const char *ok[] = {
+        "pipeline:\n  - stages:\n      - json: {fields: [msg, level]}\n      - drop: {source: level, value: debug}\n"
+        "      - output: {source: msg}\n      - multiline: {mode: java}\n",
+        "pipeline:\n  - stages:\n      - json: {fields: [level]}\n      - multiline: {mode: java}\n"
+        "      - regex: {expression: '^(?P<level>[A-Z]+) '}\n      - labels: {level: {values: [INFO]}}\n",
+        "pipeline:\n  - stages:\n      - structured_metadata: [trace_id]\n",
+    };
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        struct fx fx;
+        fx_setup(&fx, ok[i]);
+        fx_teardown(&fx);
+    }
+}
+
+/* An empty label value is no label in Loki: it is left out, the other labels stay. */
+static void test_labels_empty_value_left_out(void **state)
+{
+    (void)state;
+    struct fx fx;
+    fx_setup(&fx, "labels:\n  max_pipeline_streams: 2\npipeline:\n  - stages:\n"
+                  "      - logfmt: {fields: [a, b, t]}\n"
+                  "      - labels: {a: {max_values: 10}, b: {values: [x, y], other: ''}}\n"
+                  "      - structured_metadata: [t]\n");
+    pipeline_file_set_identity(fx.pf, 7);
+    feed(&fx, "a=\"\" b=x t=1");  /* a empty: only b */
+    feed(&fx, "a=\"\" b=\"\" t=2"); /* both empty: no label at all */
+    feed(&fx, "a=1 b=zzz t=3");    /* b out of the list, other '': no b */
+    feed(&fx, "a=\"\" b=x t=4");  /* the set of the first line again */
+    feed(&fx, "a=2 b=y t=5");      /* the bound (2 sets: b=x, a=1) is reached */
+    assert_int_equal(fx.out.n, 5);
+    const char *want[] = {"b=\"x\"", "", "a=\"1\"", "b=\"x\"", ""};
+    for (size_t i = 0; i < 5; i++) {
+        char meta[16];
+        snprintf(meta, sizeof meta, "t=%zu", i + 1);
+        assert_string_equal(fx.out.labels[i], want[i]);
+        assert_string_equal(fx.out.meta[i], meta);
+        assert_non_null(strstr(fx.out.lines[i], meta));
+    }
+    /* Only two label sets were counted: the empty ones made none. */
+    pipeline_publish_metrics(fx.p);
+    assert_int_equal(metric_value("\nloglet_pipeline_streams "), 2);
+    assert_int_equal(metric_value("\nloglet_pipeline_streams_limited_total "), 1);
+    fx_teardown(&fx);
 }
 
 static void test_effective_print(void **state)
@@ -869,6 +940,8 @@ int main(void)
         cmocka_unit_test(test_match_pod_labels),
         cmocka_unit_test(test_stream_bound_falls_back_to_file_labels),
         cmocka_unit_test(test_config_errors),
+        cmocka_unit_test(test_stage_order_accepted),
+        cmocka_unit_test(test_labels_empty_value_left_out),
         cmocka_unit_test(test_effective_print),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
