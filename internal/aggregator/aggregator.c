@@ -88,7 +88,7 @@ struct aggregator {
     struct aggregator_batch_state states[2];
     int current;
     struct fill_state fill;
-    struct loki_encoder *encoder; /* its buffers are scratch: bodies are copied out */
+    struct loki_encoder *encoder; /* writes each body into its batch's slot */
 };
 
 /* Grows *array to hold `need` items of `size` bytes (doubling). */
@@ -429,12 +429,11 @@ static int encode(struct aggregator *agg, struct aggregator_batch *b)
     for (size_t s = 0; s < st->nstreams; s++)
         st->lstreams[s] = (struct loki_stream){st->streams[s].labels, st->lentries + st->streams[s].start,
                                                st->streams[s].count};
-    const uint8_t *body;
+    /* Compressed straight into the slot that keeps it while it is pushed. */
     size_t body_len;
-    if (loki_encode(agg->encoder, st->lstreams, st->nstreams, &body, &body_len, &b->raw_len) != 0 ||
-        reserve((void **)&slot->body_buf, &slot->body_cap, body_len, 1) != 0)
+    if (loki_encode_into(agg->encoder, st->lstreams, st->nstreams, &slot->body_buf, &slot->body_cap, &body_len,
+                         &b->raw_len) != 0)
         return -1;
-    memcpy(slot->body_buf, body, body_len);
     b->body = slot->body_buf;
     b->body_len = body_len;
     b->entries = st->nentries;
