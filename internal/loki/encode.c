@@ -210,17 +210,23 @@ static void put(struct loki_encoder *enc, const void *data, size_t len, bool *fa
     }
 }
 
-/* A tag, or a varint, of at most 10 bytes: written in the window directly
- * when it fits (almost always), through put() across its end. */
+/* Writes v as a varint at p (at most 10 bytes); returns the end. */
+static inline uint8_t *varint_at(uint8_t *p, uint64_t v)
+{
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+/* A tag, or a varint: written in the window directly when it fits (almost
+ * always), through put() across its end. */
 static void put_varint(struct loki_encoder *enc, uint64_t v, bool *failed)
 {
     uint8_t tmp[10];
-    size_t n = 0;
-    while (v >= 0x80) {
-        tmp[n++] = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    tmp[n++] = (uint8_t)v;
+    const size_t n = (size_t)(varint_at(tmp, v) - tmp);
     if (enc->window_len + n < WINDOW_BYTES) {
         memcpy(enc->window + enc->window_len, tmp, n);
         enc->window_len += n;
@@ -257,8 +263,13 @@ enum {
     TAG_TIMESTAMP_NANOS = 2 << 3 | 0,
 };
 
-/* The hot loop: per entry a few varints and one copy of its line into the
- * window. It must never allocate. */
+/* The most an entry's framing takes before its line: entry tag and length
+ * (1 + 10), timestamp tag and length (1 + 1), seconds (1 + 10), nanos
+ * (1 + 10), line tag and length (1 + 10). */
+#define ENTRY_HEAD_MAX 46
+
+/* The hot loop: per entry its framing, written with one bounds check, and
+ * one copy of its line into the window. It must never allocate. */
 static void put_entries(struct loki_encoder *enc, const struct loki_stream *s, bool *failed)
 {
     for (size_t j = 0; j < s->nentries; j++) {
@@ -266,20 +277,28 @@ static void put_entries(struct loki_encoder *enc, const struct loki_stream *s, b
         int64_t seconds;
         int32_t nanos;
         split_ts(e->ts_ns, &seconds, &nanos);
-        put_delimited_header(enc, TAG_STREAM_ENTRIES, entry_size(e), failed);
-        put_delimited_header(enc, TAG_ENTRY_TIMESTAMP, timestamp_size(seconds, nanos), failed);
+        uint8_t tmp[ENTRY_HEAD_MAX];
+        const bool direct = WINDOW_BYTES - enc->window_len > ENTRY_HEAD_MAX;
+        uint8_t *start = direct ? enc->window + enc->window_len : tmp, *p = start;
+        *p++ = TAG_STREAM_ENTRIES;
+        p = varint_at(p, entry_size(e));
+        *p++ = TAG_ENTRY_TIMESTAMP;
+        p = varint_at(p, timestamp_size(seconds, nanos));
         if (seconds) {
-            put_varint(enc, TAG_TIMESTAMP_SECONDS, failed);
-            put_varint(enc, (uint64_t)seconds, failed);
+            *p++ = TAG_TIMESTAMP_SECONDS;
+            p = varint_at(p, (uint64_t)seconds);
         }
         if (nanos) {
-            put_varint(enc, TAG_TIMESTAMP_NANOS, failed);
-            put_varint(enc, (uint64_t)(int64_t)nanos, failed);
+            *p++ = TAG_TIMESTAMP_NANOS;
+            p = varint_at(p, (uint64_t)(int64_t)nanos);
         }
         if (e->len) {
-            put_delimited_header(enc, TAG_ENTRY_LINE, e->len, failed);
-            put(enc, e->line, e->len, failed);
+            *p++ = TAG_ENTRY_LINE;
+            p = varint_at(p, e->len);
         }
+        if (direct) enc->window_len += (size_t)(p - start);
+        else put(enc, tmp, (size_t)(p - start), failed);
+        if (e->len) put(enc, e->line, e->len, failed);
         for (size_t k = 0; k < e->nmetadata; k++) {
             const struct loki_label *l = &e->metadata[k];
             put_delimited_header(enc, TAG_ENTRY_METADATA, pair_size(l), failed);
