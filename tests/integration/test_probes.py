@@ -25,7 +25,7 @@ class MetricsTest(AgentTestCase):
         r = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, text=True)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         for name in ("loglet_lines_read_total 1", "loglet_lines_sent_total 1", "loglet_files_tailed 1",
-                     "loglet_ring_capacity_bytes 16777216", "process_resident_memory_bytes",
+                     "loglet_ring_capacity_bytes 3145728", "process_resident_memory_bytes",
                      "process_open_fds", "loglet_push_duration_seconds_bucket", 'loglet_build_info{version="'):
             self.assertIn(name, body)
         self.assertEqual(a.stop(), 0)
