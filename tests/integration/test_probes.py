@@ -20,7 +20,14 @@ class MetricsTest(AgentTestCase):
         a = self.agent(base_config(self.tree, self.workdir)).start()
         web.write("a line")
         a.wait_lines(1)
-        status, body = http_get(a.port, "/metrics")
+        # The stdout sink counts a line as sent once its write(2) returned,
+        # which may be just after the reader of the pipe has it.
+        deadline = time.time() + 5
+        while True:
+            status, body = http_get(a.port, "/metrics")
+            if "loglet_lines_sent_total 1" in body or time.time() > deadline:
+                break
+            time.sleep(0.05)
         self.assertEqual(status, 200)
         r = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, text=True)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
