@@ -2,7 +2,8 @@
 # Installs the Debian packages that building and testing loglet need, and
 # only those that are missing. Safe to run again; quiet when nothing is missing.
 #   scripts/setup.sh          what building and testing need
-#   scripts/setup.sh bench    also what profiling the benchmarks needs (perf);
+#   scripts/setup.sh bench    also what the benchmarks' profiling and syscall
+#                             counts need (perf, strace);
 #                             no test needs it
 set -euo pipefail
 
@@ -20,8 +21,8 @@ PACKAGES=(
   chromium
 )
 if [ "${1:-}" = bench ]; then
-  # perf record / report for tests/bench/perf_record.sh
-  PACKAGES+=(linux-perf)
+  # perf record / report for tests/bench/perf_record.sh; strace -c for bench_idle.py
+  PACKAGES+=(linux-perf strace)
 fi
 
 missing=()

@@ -143,6 +143,8 @@ def main():
         c1, t1 = e2e.cpu_seconds(a.proc.pid), time.monotonic()
         pct = 100 * (c1 - c0) / (t1 - t0)
         print(f"idle: {args.files} files, CPU {c1 - c0:.2f} s over {t1 - t0:.0f} s = {pct:.3f} % ({load})")
+        if not shutil.which("strace"):
+            raise SystemExit("strace missing: scripts/setup.sh bench installs it")
         calls = strace_summary(a.proc.pid, 10, os.path.join(root, "strace.txt"))
         per_s = {k: v / 10 for k, v in calls.items()}
         total_s = sum(per_s.values())
