@@ -185,8 +185,10 @@ static int flush_window(struct loki_encoder *enc)
 {
     if (!enc->window_len) return 0;
     size_t len = enc->fragment_cap;
-    if (snappy_compress((const char *)enc->window, enc->window_len, (char *)enc->fragment, &len) != SNAPPY_OK)
+    if (snappy_compress((const char *)enc->window, enc->window_len, (char *)enc->fragment, &len) != SNAPPY_OK) {
+        enc->window_len = 0; /* the encode fails; emptied, so the writers still make progress until then */
         return -1;
+    }
     const size_t skip = varint_size(enc->window_len); /* the fragment's own length */
     memcpy(enc->out + enc->out_len, enc->fragment + skip, len - skip);
     enc->out_len += len - skip;
