@@ -73,6 +73,11 @@ RUN mkdir -p /etc/loglet /var/lib/loglet \
  && /usr/bin/loglet -version \
  && /usr/bin/loglet -check-config -config /etc/loglet/loglet.yaml >/dev/null
 
+# Debian's libcurl links librtmp, which links GnuTLS, whose library constructor
+# initialises GnuTLS (and loads p11-kit's modules) in every process that loads
+# it: 0.75 MiB of resident memory for nothing, since loglet speaks only HTTP(S)
+# through OpenSSL (CURLOPT_PROTOCOLS_STR "http,https"). This skips that.
+ENV GNUTLS_NO_IMPLICIT_INIT=1
 USER 65534:65534
 EXPOSE 3101
 ENTRYPOINT ["/usr/bin/loglet"]

@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mb=${1:-1024}
-scripts/setup.sh
+scripts/setup.sh bench
 if [[ -n "${LOGLET_BUILD:-}" ]]; then
   build=$LOGLET_BUILD
   if [[ ! -f "$build/CMakeCache.txt" ]]; then
@@ -48,3 +48,11 @@ echo "== live tail: Loki shipping at 10k lines/s with 0 and 50 followers of the 
 echo "== the archive output (file:// on tmpfs): archive only, Loki only, both; gzip level 6 and 1"
 /usr/bin/python3 tests/bench/bench_archive.py --mb "$((mb / 2))" --filler random
 /usr/bin/python3 tests/bench/bench_archive.py --mb "$((mb / 2))" --filler random --modes archive --gzip-level 1
+echo "== end to end at 2,000 files (peak RSS)"
+/usr/bin/python3 tests/bench/bench_e2e.py --mb "$mb" --files 2000 --filler random
+echo "== latency: write -> acknowledgement at 10k lines/s over 100 files"
+/usr/bin/python3 tests/bench/bench_latency.py --rate 10000 --files 100 --seconds 20 --runs 3
+echo "== idle 2,000 files, and start with their positions file"
+/usr/bin/python3 tests/bench/bench_idle.py --files 2000 --seconds 30 --runs 3
+echo "== scaling table (files, streams, line sizes)"
+/usr/bin/python3 tests/bench/bench_scaling.py --mb 256 --runs 3

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that building and testing loglet need, and
 # only those that are missing. Safe to run again; quiet when nothing is missing.
+#   scripts/setup.sh          what building and testing need
+#   scripts/setup.sh bench    also what the benchmarks' profiling and syscall
+#                             counts need (perf, strace);
+#                             no test needs it
 set -euo pipefail
 
 PACKAGES=(
@@ -16,6 +20,10 @@ PACKAGES=(
   # the status page, loaded in a real headless browser
   chromium
 )
+if [ "${1:-}" = bench ]; then
+  # perf record / report for tests/bench/perf_record.sh; strace -c for bench_idle.py
+  PACKAGES+=(linux-perf strace)
+fi
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

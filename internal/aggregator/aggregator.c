@@ -1,5 +1,6 @@
 #include "aggregator.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -41,11 +42,9 @@ struct batch_meta {
 };
 
 /* What a sealed batch keeps while the sender pushes it: its compressed body
- * and its acknowledgements. The lines themselves are gone from memory by
- * then: they live in the body. */
+ * (in the aggregator's one body buffer) and its acknowledgements. The lines
+ * themselves are gone from memory by then: they live in the body. */
 struct aggregator_batch_state {
-    uint8_t *body_buf;
-    size_t body_cap;
     struct aggregator_ack *acks;
     size_t nacks, acks_cap;
 };
@@ -88,7 +87,12 @@ struct aggregator {
     struct aggregator_batch_state states[2];
     int current;
     struct fill_state fill;
-    struct loki_encoder *encoder; /* its buffers are scratch: bodies are copied out */
+    struct loki_encoder *encoder; /* writes each body into body_buf */
+    /* The sealed batch's body. One buffer serves both batches: a seal needs
+     * the other batch released (aggregator.h), so two bodies never live at
+     * once — a full body less of peak memory than one per batch. */
+    uint8_t *body_buf;
+    size_t body_cap;
 };
 
 /* Grows *array to hold `need` items of `size` bytes (doubling). */
@@ -147,8 +151,8 @@ void aggregator_destroy(struct aggregator *agg)
     free(st->fill);
     for (int i = 0; i < 2; i++) {
         free(agg->states[i].acks);
-        free(agg->states[i].body_buf);
     }
+    free(agg->body_buf);
     loki_encoder_destroy(agg->encoder);
     free(agg);
 }
@@ -352,8 +356,8 @@ int64_t aggregator_due_ms(struct aggregator *agg)
     return agg->fill.first_ms + agg->cfg->output.loki.batch_wait_ms;
 }
 
-/* Groups entries per stream (stable counting sort), encodes, and copies the
- * compressed body into the batch's slot. */
+/* Groups entries per stream (stable counting sort) and encodes into the body
+ * buffer. */
 static size_t meta_count(const struct batch_meta *m) { return (m->ids ? 2u : 0u) + m->npairs; }
 
 static int encode(struct aggregator *agg, struct aggregator_batch *b)
@@ -429,13 +433,12 @@ static int encode(struct aggregator *agg, struct aggregator_batch *b)
     for (size_t s = 0; s < st->nstreams; s++)
         st->lstreams[s] = (struct loki_stream){st->streams[s].labels, st->lentries + st->streams[s].start,
                                                st->streams[s].count};
-    const uint8_t *body;
+    /* Compressed straight into the buffer that keeps it while it is pushed. */
     size_t body_len;
-    if (loki_encode(agg->encoder, st->lstreams, st->nstreams, &body, &body_len, &b->raw_len) != 0 ||
-        reserve((void **)&slot->body_buf, &slot->body_cap, body_len, 1) != 0)
+    if (loki_encode_into(agg->encoder, st->lstreams, st->nstreams, &agg->body_buf, &agg->body_cap, &body_len,
+                         &b->raw_len) != 0)
         return -1;
-    memcpy(slot->body_buf, body, body_len);
-    b->body = slot->body_buf;
+    b->body = agg->body_buf;
     b->body_len = body_len;
     b->entries = st->nentries;
     b->line_bytes = line_bytes;
@@ -449,6 +452,8 @@ static int encode(struct aggregator *agg, struct aggregator_batch *b)
 struct aggregator_batch *aggregator_seal(struct aggregator *agg)
 {
     struct aggregator_batch *b = &agg->batches[agg->current];
+    /* The other batch's body shares body_buf: it must be done with. */
+    assert(agg->batches[agg->current ^ 1].body == NULL);
     if (encode(agg, b) != 0) return NULL;
     fill_clear(&agg->fill);
     agg->current ^= 1;

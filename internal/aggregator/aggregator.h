@@ -19,8 +19,9 @@
  *    the batch acknowledges them in order.
  *  - No allocation per line: arrays and the arena grow geometrically and are
  *    reused batch after batch. Only one batch is ever being filled; a sealed
- *    batch keeps just its compressed body and acknowledgements, so memory is
- *    about one batch_bytes of lines plus two compressed bodies.
+ *    batch keeps just its compressed body and acknowledgements, and as a
+ *    seal needs the other batch released, one body buffer serves both: memory
+ *    is about one batch_bytes of lines plus one compressed body.
  */
 #ifndef LOGLET_AGGREGATOR_H
 #define LOGLET_AGGREGATOR_H

@@ -96,6 +96,7 @@ struct collector *collector_create(const struct config *cfg, struct ring *ring, 
     c->spool_fd = -1;
     c->max_line = (size_t)cfg->collection.max_line_bytes;
     pthread_mutex_init(&c->snap.lock, NULL);
+    pthread_cond_init(&c->snap.built, NULL);
     source_label_policy_init(&c->label_policy, cfg);
     /* A logical line up to max_line_bytes, with its CRI prefixes, must fit in
      * one read so it can be joined without keeping it per file. */
@@ -349,6 +350,11 @@ static void *collector_main(void *arg)
             log_error("collector poll: %s", strerror(errno));
             break;
         }
+        /* A reader of the targets woke us (snapshot.c): clear it, or poll
+         * would return at once from now on. */
+        uint64_t woken;
+        if (rc > 0 && (fds[0].revents & POLLIN) && read(c->wake_fd, &woken, sizeof woken) < 0 && errno != EAGAIN)
+            log_warn("collector wake descriptor: %s", strerror(errno));
         /* Events are handled whether or not reading is paused: a file
          * rotated or deleted meanwhile is opened and held now. */
         if (watch_fd >= 0 && (fds[2].revents & POLLIN)) {
@@ -421,7 +427,6 @@ int collector_start(struct collector *c, char *err, size_t errlen)
     /* Now, not a sync period later: a crash in the first seconds must find
      * every file known, or it would take them for new ones. */
     positions_policy_save(c);
-    snapshot_tick(c, metrics_now_ms()); /* the logs API serves these files from now on */
     metrics_beat(METRICS_THREAD_COLLECTOR);
     int rc = pthread_create(&c->thread, NULL, collector_main, c);
     if (rc != 0) {

@@ -222,12 +222,15 @@ struct collector {
     bool spool_error_said;
 
     /* The targets snapshot (snapshot.c): written by the collector thread,
-     * read by any, under `lock`. */
+     * read by any, under `lock`. items is NULL while nobody has read it for
+     * SNAPSHOT_KEEP_MS; `built` is signalled when items is replaced. */
     struct {
         pthread_mutex_t lock;
+        pthread_cond_t built;
         struct collector_target *items;
         size_t n;
         int64_t last_ms;
+        _Atomic int64_t read_ms; /* when a reader last asked (monotonic ms), 0: never */
     } snap;
     struct pipeline *pipeline;
     int64_t next_resume_ms; /* the earliest paused_until_ms of any file, 0: none */

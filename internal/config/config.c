@@ -187,7 +187,7 @@ static const struct config_key keys[] = {
     K_STRING("collection.exclude_lines", collection.exclude_lines, "",
              "Lines matching this PCRE2 pattern are dropped.", .check = check_regex),
 
-    K_SIZE("buffer.max_bytes", buffer.max_bytes, "16MiB", 1,
+    K_SIZE("buffer.max_bytes", buffer.max_bytes, "3MiB", 1,
            "Memory for lines waiting to be sent (at least 8 * max_line_bytes + 64KiB); when full, reading pauses."),
 
     K_STRING("output.loki.url", output.loki.url, "",

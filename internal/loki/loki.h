@@ -1,6 +1,7 @@
 /*
  * loki — speaks Loki's push API: renders label sets, encodes batches as
- * logproto.PushRequest with protobuf-c, compresses them as one snappy block,
+ * logproto.PushRequest (written directly; protobuf-c only splits a body after a
+ * 413), compresses them as one snappy block,
  * and POSTs them with libcurl.
  *
  * Contract:
@@ -11,8 +12,10 @@
  *    characters are replaced by '_' (a name starting with a digit gets a '_'
  *    prefix), as Promtail's relabeling would.
  *  - loki_encoder turns a batch into the HTTP body; it reuses its buffers
- *    across batches (no allocation per entry: arrays grow geometrically and
- *    are kept). Entries keep their order within a stream.
+ *    across batches (no allocation per entry; about 150 KiB whatever the
+ *    batch size, as the protobuf bytes are compressed 64 KiB at a time).
+ *    Entries keep their order within a stream. The protobuf bytes are
+ *    exactly those protobuf-c packs for the same PushRequest.
  *  - loki_client pushes one body per call, synchronously, on one keep-alive
  *    connection, and classifies the answer:
  *        2xx                                  → LOKI_PUSH_OK
@@ -109,8 +112,16 @@ void loki_encoder_destroy(struct loki_encoder *enc);
  * before compression. Returns -1 on allocation failure. */
 int loki_encode(struct loki_encoder *enc, const struct loki_stream *streams, size_t nstreams, const uint8_t **body,
                 size_t *body_len, size_t *raw_len);
-/* The protobuf bytes of the last loki_encode() (before snappy), for tests. */
-const uint8_t *loki_encoder_last_protobuf(const struct loki_encoder *enc, size_t *len);
+/* The same into the caller's buffer *buf of *cap bytes, replaced by a larger
+ * one (malloc'd; its old contents lost) when the body may not fit, so the
+ * compressed body is written once, where it is kept. On failure (-1) *buf
+ * and *cap are valid but the contents are not a body. */
+int loki_encode_into(struct loki_encoder *enc, const struct loki_stream *streams, size_t nstreams, uint8_t **buf,
+                     size_t *cap, size_t *body_len, size_t *raw_len);
+/* The protobuf bytes of the last encode (before snappy), for tests: they are
+ * decompressed from the last body, which must still be where it was written.
+ * NULL when out of memory. */
+const uint8_t *loki_encoder_last_protobuf(struct loki_encoder *enc, size_t *len);
 
 /* A body cut out of another by loki_split_body(): malloc'd, owned by whoever
  * holds it (loki_body_free). entries and line_bytes count what it holds. */

@@ -131,7 +131,7 @@ static void test_defaults(void **state)
     assert_string_equal(c.collection.include_lines, "");
     assert_string_equal(c.collection.exclude_lines, "");
 
-    assert_int_equal(c.buffer.max_bytes, 16 * 1024 * 1024);
+    assert_int_equal(c.buffer.max_bytes, 3 * 1024 * 1024);
 
     assert_string_equal(c.output.loki.url, "");
     assert_string_equal(c.output.loki.tenant_id, "");
