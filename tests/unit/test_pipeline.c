@@ -64,7 +64,12 @@ static bool collect(void *ctx, const struct pipeline_entry *e)
         return false;
     }
     assert_true(o->n < 256);
-    o->lines[o->n] = strndup(e->line, e->len);
+    /* Not strndup: the entry's line need not end in a NUL (strict_string_checks). */
+    char *line = malloc(e->len + 1);
+    assert_non_null(line);
+    memcpy(line, e->line, e->len);
+    line[e->len] = '\0';
+    o->lines[o->n] = line;
     o->ts[o->n] = e->ts_ns;
     o->stream[o->n] = e->stream;
     o->origin[o->n] = e->origin;
