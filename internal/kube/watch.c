@@ -76,6 +76,7 @@ struct kube_watch {
 
     int64_t backoff_ms;
     bool outage_said;
+    bool unreadable_said; /* an object left out of a list or watch: said once, then at debug level */
     uint64_t rng;
 };
 
@@ -191,6 +192,21 @@ static int grow(struct kube_watch *w, size_t need)
     return 0;
 }
 
+/* An object the API server sent that could not be read: the others are
+ * used, and it is as if it had not been sent (a pod of it is not known and
+ * its files are sent with path labels once wait_for_metadata is over). */
+static void say_unreadable(struct kube_watch *w, const char *what)
+{
+    metrics_add(kube_api_errors[METRICS_KUBE_GARBAGE], 1);
+    if (w->unreadable_said) {
+        log_debug("kubernetes: left out of the %s: %s", resource(w), what);
+        return;
+    }
+    w->unreadable_said = true;
+    log_warn("kubernetes: left out of the %s: %s; the others are used (said once; later ones at debug level)",
+             resource(w), what);
+}
+
 /* One complete line of the watch stream. Returns false to abandon it. */
 static bool on_event_line(struct kube_watch *w, const char *line, size_t len)
 {
@@ -211,7 +227,11 @@ static bool on_event_line(struct kube_watch *w, const char *line, size_t len)
     }
     w->events++;
     set_version(w, ev.resource_version);
-    if (ev.type == KUBE_EVENT_BOOKMARK) {
+    if (ev.type == KUBE_EVENT_UNREADABLE) {
+        char what[400];
+        snprintf(what, sizeof what, "a watch event of %s", ev.message);
+        say_unreadable(w, what);
+    } else if (ev.type == KUBE_EVENT_BOOKMARK) {
         atomic_store(&w->cache->last_update_ms, metrics_now_ms());
         /* A quiet node has few events: deleted pods whose files closed go
          * at the next bookmark (about every minute) at the latest. */
@@ -487,6 +507,12 @@ static enum outcome list(struct kube_watch *w, char *why, size_t whylen)
             w->status = -1;
             out = FAILED;
             break;
+        }
+        if (page.nskipped) {
+            char what[400];
+            snprintf(what, sizeof what, "%zu item%s of the list, the first being %s", page.nskipped,
+                     page.nskipped == 1 ? "" : "s", page.skipped);
+            say_unreadable(w, what);
         }
         cont = page.continue_token;
         page.continue_token = NULL;

@@ -186,6 +186,47 @@ class LabelsTest(KubeTestCase):
         self.assertGreaterEqual(self.api.lists, 3, "the 6 pods of this node come in pages of 2")
 
 
+class NulValueTest(KubeTestCase):
+    def test_a_nul_in_one_pods_values_spoils_neither_the_list_nor_the_watch(self):
+        """The API server accepts any annotation value, "\\u0000" included. Such a value is left
+        out, said once; a pod whose name holds one (from a hostile server) is left out, said
+        once; every other pod keeps its labels and its exclusion, in the list and in the watch
+        (which goes on: no relist)."""
+        good = Pod(self, "shop", "web-0", labels={"app": "web"})
+        secret = Pod(self, "shop", "secret-0", annotations={"loglet.io/exclude": "true"})
+        odd = Pod(self, "other", "odd-0", labels={"app": "odd", "tier": "a\u0000b"},
+                  annotations={"example.com/note": "a\u0000b", "loglet.io/labels": "team=pay\u0000ments"})
+        evil = kas.pod("other", "evil\u0000-0", node=NODE)
+        for p in (good, secret, odd):
+            self.api.put_pod(p.obj)
+        self.api.put_pod(evil)
+        a = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n")
+        a.wait_stderr(r"kubernetes: listed 3 pods", timeout=1)
+        lists = self.api.lists
+        for p in (good, secret, odd):
+            p.create_files().write(10)
+        # Through the watch: the same again, then a pod that must still be labelled.
+        self.api.put_pod(dict(kas.pod("other", "evil\u0000-1", node=NODE)))
+        secret2 = Pod(self, "shop", "secret-1", annotations={"loglet.io/exclude": "true", "x": "\u0000"})
+        after = Pod(self, "shop", "after-0", labels={"app": "after"}, annotations={"example.com/n": "\u0000"})
+        self.api.put_pod(secret2.obj)
+        self.api.put_pod(after.obj)
+        for p in (secret2, after):
+            p.create_files().write(10)
+        self.wait_all([good, odd, after])
+        time.sleep(2.2)  # past wait_for_metadata: an excluded pod's lines would be here by now
+        self.assertEqual(a.stop(), 0)
+        secret.written = {c: [] for c in secret.written}
+        secret2.written = {c: [] for c in secret2.written}
+        apps = {"web-0": {"app": "web"}, "odd-0": {"app": "odd"}, "after-0": {"app": "after"}}
+        self.check_lines([good, odd, after, secret, secret2],
+                         lambda p, c, s, *_: dict(self.path_labels(p, c, s), **apps[p.name]))
+        err = a.stderr_text()
+        self.assertEqual(len(re.findall(r"holds a NUL character: that value is left out", err)), 1, err[-3000:])
+        self.assertEqual(len(re.findall(r"left out of the pods: .*other/evil", err)), 1, err[-3000:])
+        self.assertEqual(self.api.lists, lists, "the watch was abandoned and the pods listed again")
+
+
 class PipelinePodLabelsTest(KubeTestCase):
     def test_match_pod_labels_chooses_stages_and_follows_label_changes(self):
         """A pipeline block matching `pod_labels: {tier: front}` applies to the
