@@ -201,7 +201,14 @@ static bool end_wait(struct collector *c, struct tailed_file *f, int64_t now)
     }
     f->metadata_wait_until_ms = 0;
     if (fresh && !swap_source(c, f, fresh)) source_unref(fresh); /* not read yet: holds nothing */
-    if (f->src->extra_status != METADATA_FOUND) {
+    if (f->src->extra_status != METADATA_FOUND && f->src->extra && f->src->extra->why_incomplete) {
+        /* Known in part (the pod, not its namespace): sent with that; a
+         * later answer relabels it, or closes it if it is excluded. */
+        metrics_add(files_without_metadata, 1);
+        log_info("%s: the metadata of pod %s/%s is still incomplete after %lld ms (%s): sending its lines with what "
+                 "is known, until the rest arrives", f->src->path, f->src->meta.namespace_, f->src->meta.pod,
+                 (long long)c->cfg->kubernetes.wait_for_metadata_ms, f->src->extra->why_incomplete);
+    } else if (f->src->extra_status != METADATA_FOUND) {
         metrics_add(files_without_metadata, 1);
         log_info("%s: pod %s/%s still not known after %lld ms: sending its lines with path labels", f->src->path,
                  f->src->meta.namespace_, f->src->meta.pod, (long long)c->cfg->kubernetes.wait_for_metadata_ms);

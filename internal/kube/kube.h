@@ -181,6 +181,11 @@ struct kube_cache {
     atomic_bool pods_synced;
     /* The last attempt to reach the API server failed, and no watch is up. */
     atomic_bool unavailable;
+    /* The same two for namespaces (when watched): until they are listed, a
+     * namespace's exclusion is not known yet; when they cannot be had
+     * (refused by RBAC, unreachable), waiting for them will not help. */
+    atomic_bool namespaces_synced;
+    atomic_bool namespaces_unavailable;
     _Atomic int64_t last_update_ms;
 };
 

@@ -129,7 +129,8 @@ static const char *meanwhile(const struct kube_watch *w)
     bool listed = w->version != NULL;
     if (w->kind == KUBE_NAMESPACE)
         return listed ? "meanwhile namespace labels and exclusions are those of the last answer"
-                      : "until it answers, streams get no namespace labels and namespace exclusions do not apply";
+                      : "until it answers, streams get no namespace labels and namespace exclusions do not apply "
+                        "(files opened meanwhile do not wait for them)";
     return listed ? "meanwhile files of pods already cached keep that metadata (it may be stale) and files of pods "
                     "not cached are sent with path labels"
                   : "until it answers, lines are sent with path labels only";
@@ -153,7 +154,8 @@ static void failed(struct kube_watch *w, const char *fmt, ...)
     }
     /* Unreachable or refusing us: new files should not wait for a pod. After
      * an answer we could not read, a relist follows shortly: they may. */
-    if (w->kind == KUBE_POD && w->status != -1 && w->status != 410) atomic_store(&w->cache->unavailable, true);
+    if (w->status != -1 && w->status != 410)
+        atomic_store(w->kind == KUBE_POD ? &w->cache->unavailable : &w->cache->namespaces_unavailable, true);
     int64_t jitter = (int64_t)(rng_next(w) % (uint64_t)(w->backoff_ms / 2 + 1));
     sleep_ms(w, w->backoff_ms + jitter);
     w->backoff_ms = w->backoff_ms * 2 > MAX_BACKOFF_MS ? MAX_BACKOFF_MS : w->backoff_ms * 2;
@@ -165,7 +167,7 @@ static void failed(struct kube_watch *w, const char *fmt, ...)
  * only by a watch that lasted or brought events (watch_main). */
 static void recovered(struct kube_watch *w, const char *what)
 {
-    if (w->kind == KUBE_POD) atomic_store(&w->cache->unavailable, false);
+    atomic_store(w->kind == KUBE_POD ? &w->cache->unavailable : &w->cache->namespaces_unavailable, false);
     metrics_set(kube_last_update_ms, metrics_now_ms());
     if (w->outage_said) log_info("kubernetes: %s %s again", what, resource(w));
     w->outage_said = false;

@@ -241,6 +241,14 @@ static enum metadata_status kube_describe(struct metadata_provider *base, const 
         b.excluded = true;
         b.why_excluded = "the pod's " EXCLUDE_CONTAINERS_ANNOTATION " names the container";
     }
+    /* Namespaces watched but this one not known (not listed yet, or its
+     * event behind the pod's): its exclusion may be on the way, so the file
+     * waits (wait_for_metadata) rather than be read. Unless its pod says
+     * enough, or the namespaces cannot be had: then waiting will not help. */
+    bool ns_pending = k->namespaces && !ns && !b.excluded && !atomic_load(&k->cache.namespaces_unavailable);
+    if (ns_pending)
+        b.why_incomplete = atomic_load(&k->cache.namespaces_synced) ? "its namespace is not known yet"
+                                                                     : "the namespaces are not listed yet";
     if (k->workload_labels) {
         const char *kind, *name;
         resolve_workload(pod, arena, sizeof arena, &used, &kind, &name);
@@ -272,20 +280,23 @@ static enum metadata_status kube_describe(struct metadata_provider *base, const 
     pthread_mutex_unlock(&k->cache.lock);
     for (size_t i = 0; i < nsay; i++) say_reserved(k, path, reserved[i]);
     if (!*out) log_error("kubernetes: out of memory describing %s/%s", path->namespace_, path->pod);
-    return *out ? METADATA_FOUND : METADATA_UNAVAILABLE;
+    if (!*out) return METADATA_UNAVAILABLE;
+    return ns_pending ? METADATA_PENDING : METADATA_FOUND;
 }
 
 static uint64_t kube_generation(struct metadata_provider *base)
 {
     struct kube_provider *k = (struct kube_provider *)base;
-    /* Becoming unavailable or available again changes answers too. */
-    return kube_cache_generation(&k->cache) * 2 + (atomic_load(&k->cache.unavailable) ? 1 : 0);
+    /* Becoming unavailable or available again changes answers too: the
+     * two low bits are those of the pods and of the namespaces. */
+    return kube_cache_generation(&k->cache) * 4 + (atomic_load(&k->cache.unavailable) ? 1 : 0) +
+           (atomic_load(&k->cache.namespaces_unavailable) ? 2 : 0);
 }
 
 static bool kube_changed_since(struct metadata_provider *base, const struct parser_path_meta *path, uint64_t generation)
 {
     struct kube_provider *k = (struct kube_provider *)base;
-    uint64_t since = generation / 2; /* the cache's generation, see kube_generation */
+    uint64_t since = generation / 4; /* the cache's generation, see kube_generation */
     pthread_mutex_lock(&k->cache.lock);
     const struct kube_entry *pe = kube_cache_pod_locked(&k->cache, path->namespace_, path->pod, path->pod_uid);
     const struct kube_entry *ne = k->namespaces ? kube_cache_namespace_locked(&k->cache, path->namespace_) : NULL;

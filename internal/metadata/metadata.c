@@ -66,6 +66,7 @@ struct metadata_labels *metadata_builder_finish(const struct metadata_builder *b
     char *text = (char *)(pairs + n);
     m->excluded = b->excluded;
     m->why_excluded = NULL;
+    m->why_incomplete = b->why_incomplete;
     m->nlabels = counts[STREAM];
     m->labels = pairs;
     m->nstructured = counts[STRUCTURED];

@@ -456,6 +456,48 @@ class ExclusionTest(KubeTestCase):
         self.assertIn("not tailing", a.stderr_text())
 
 
+class NamespaceWaitTest(KubeTestCase):
+    def test_files_wait_for_their_namespace_so_its_exclusion_and_labels_apply_from_the_first_line(self):
+        """Namespaces watched: a file whose pod is known but whose namespace is not (the namespace
+        list is slower than the pods', or the namespace's event is behind its pod's) waits for it,
+        up to wait_for_metadata, then goes with what is known, said."""
+        self.api.list_delay = {"namespaces": 1.5}
+        self.api.put_namespace(kas.namespace("quiet", annotations={"loglet.io/exclude": "true"}))
+        self.api.put_namespace(kas.namespace("shop", labels={"team": "payments"}))
+        secret = Pod(self, "quiet", "secret-0")
+        web = Pod(self, "shop", "web-0", labels={"app": "web"})
+        fresh = Pod(self, "fresh", "new-0")  # its namespace is created after it
+        ghost = Pod(self, "ghost", "g-0", labels={"app": "ghost"})  # its namespace never comes
+        for p in (secret, web, fresh, ghost):
+            self.api.put_pod(p.obj)
+        a = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n  namespace_labels: [team]\n")
+        self.assertNotIn("listed 1 namespaces", a.stderr_text())
+        t0 = time.monotonic()
+        for p in (secret, web):
+            p.create_files().write(20)
+        a.wait_stderr(r"kubernetes: listed 2 namespaces", timeout=10)
+        fresh.create_files().write(20)
+        ghost.create_files().write(20)
+        time.sleep(0.5)
+        self.api.put_namespace(kas.namespace("fresh", annotations={"loglet.io/exclude": "true"}))
+        self.wait_all([web, ghost])
+        self.assertLess(time.monotonic() - t0, 1.5 + 2.0 + 2.5, "a file waited far longer than wait_for_metadata")
+        time.sleep(1.0)  # anything excluded would be here by now
+        self.assertEqual(a.stop(), 0)
+        secret.written = {c: [] for c in secret.written}
+        fresh.written = {c: [] for c in fresh.written}
+        extra = {"web-0": {"app": "web", "team": "payments"}, "g-0": {"app": "ghost"}}
+        self.check_lines([web, ghost, secret, fresh],
+                         lambda p, c, s, *_: dict(self.path_labels(p, c, s), **extra[p.name]))
+        err = a.stderr_text()
+        self.assertRegex(err, r"metadata of pod ghost/g-0 is still incomplete after 2000 ms \(its namespace is not "
+                         r"known yet\)")
+        self.assertRegex(err, r"not tailing \S+secret-0_quiet_app\S+ \(\S+\) from offset 0 on: its namespace is "
+                         r"annotated loglet.io/exclude=true")
+        self.assertRegex(err, r"not tailing \S+new-0_fresh_app\S+ \(\S+\) from offset 0 on: its namespace is "
+                         r"annotated loglet.io/exclude=true")
+
+
 class ExclusionChangeTest(KubeTestCase):
     def test_exclusion_added_stops_a_file_and_lifted_resumes_it_at_its_end(self):
         """loglet.io/exclude added to a pod whose file is being read stops it where it is; lifted
