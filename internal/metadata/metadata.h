@@ -108,13 +108,19 @@ struct metadata_builder {
     const char *why_incomplete; /* static text */
     bool overflow;
     /* Names refused because Loki reserves them (starting with "__" once
-     * sanitised): how many, and the first few, for the caller to say. */
+     * sanitised), or, as structured metadata, because the agent sends them
+     * itself: how many, the first few and why, for the caller to say. */
     size_t nreserved;
     const char *reserved[8];
+    const char *why_reserved[8];
+    /* Set by the provider: output.loki.structured_metadata is on, so
+     * loki_structured_name_agents names are taken. */
+    bool agent_ids;
 };
 /* The label is added unless one of that name (as Loki sanitises it) is
- * there, or the name is one Loki reserves (loki_label_name_reserved: then
- * it is counted in nreserved). Names are sanitised by finish(). */
+ * there, or the name is one Loki reserves (loki_label_name_reserved), or a
+ * structured name the agent sends itself (with agent_ids): those are
+ * counted in nreserved. Names are sanitised by finish(). */
 void metadata_builder_add(struct metadata_builder *b, bool structured, const char *name, const char *value);
 /* Copies everything into one allocation; NULL on allocation failure. */
 struct metadata_labels *metadata_builder_finish(const struct metadata_builder *b);

@@ -85,11 +85,12 @@ class KubeTestCase(AgentTestCase):
         return path
 
     config_extra = ""  # more configuration (a pipeline)
+    loki_extra = ""  # more output.loki settings
 
     def config(self, kube=""):
         return base_config(self.tree, self.workdir,
-                           f"output:\n  loki:\n    url: {self.receiver.url}\n" + (f"kubernetes:\n{kube}" if kube else "")
-                           + self.config_extra)
+                           f"output:\n  loki:\n    url: {self.receiver.url}\n{self.loki_extra}"
+                           + (f"kubernetes:\n{kube}" if kube else "") + self.config_extra)
 
     def start_agent(self, kube="", env=None, wait_list=True, api_up=True):
         if api_up and not self.api.httpd:
@@ -351,7 +352,7 @@ class LabelNamesTest(KubeTestCase):
         p.write(3, "rotated ")
         self.wait_all([p])
         self.assertEqual(a.stop(), 0)
-        said = re.findall(r'loglet.io/labels names the label \\?"(__reserved|_.hidden)\\?"', a.stderr_text())
+        said = re.findall(r'the name \\?"(__reserved|_.hidden)\\?" \(from loglet.io/labels', a.stderr_text())
         self.assertEqual(sorted(said), ["_.hidden", "__reserved"], a.stderr_text()[-2000:])
         e = self.receiver.all_entries()[0]
         return (set(e["label_map"]) - set(self.path_labels(p, "app", "stdout"))) | set(e.get("metadata") or {})
@@ -385,6 +386,38 @@ class StructuredMetadataTest(KubeTestCase):
             want = ({"app": "api", "app_kubernetes_io_instance": "blue", "team": "payments", "tier": "1"}
                     if e["label_map"]["pod"] == "api-0" else {})
             self.assertEqual(e["metadata"], want, e["line"])
+
+
+class StructuredSpoofTest(KubeTestCase):
+    loki_extra = "    structured_metadata: true\n"
+
+    def test_a_pod_cannot_claim_the_agents_own_structured_metadata(self):
+        """With output.loki.structured_metadata the agent sends pod_uid and container_id itself,
+        from the file's path: a pod's loglet.io/labels (or a copy rule) naming them, as Loki sees
+        the name, is refused, said once per name; the name is sent once, with the agent's value."""
+        evil = Pod(self, "shop", "evil-0", labels={"app": "evil", "victim": "11111111-victim"},
+                   annotations={"loglet.io/labels": "pod_uid=11111111-victim, container.id=deadbeef, team=red"})
+        plain = Pod(self, "shop", "plain-0", labels={"app": "plain"})
+        for p in (evil, plain):
+            self.api.put_pod(p.obj)
+        a = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n  structured_metadata: true\n"
+                             "  pod_labels: [app, {from: victim, to: pod_uid}]\n")
+        for p in (evil, plain):
+            p.create_files().write(10)
+        self.wait_all([evil, plain])
+        self.assertEqual(a.stop(), 0)
+        self.check_lines([evil, plain], lambda p, c, s, *_: self.path_labels(p, c, s))
+        pods = {"evil-0": evil, "plain-0": plain}
+        for e in self.receiver.all_entries():
+            p = pods[e["label_map"]["pod"]]
+            want = {"pod_uid": p.uid, "container_id": p.files["app"].container_id, "app": p.name.split("-")[0]}
+            if p is evil:
+                want["team"] = "red"
+            self.assertEqual(e["metadata"], want, e["line"])
+        err = a.stderr_text()
+        said = re.findall(r'pod shop/evil-0: the name \\?"(pod_uid|container.id)\\?" .*the agent sends that '
+                          r'structured metadata itself', err)
+        self.assertEqual(sorted(said), ["container.id", "pod_uid"], err[-2000:])
 
 
 class WaitTest(KubeTestCase):

@@ -824,6 +824,15 @@ static void test_config_errors(void **state)
     expect_error("pipeline:\n  - match: {labels: [x]}\n    stages: []\n", "pipeline[0].match.labels: unknown key");
     expect_error("pipeline:\n  - match: {namespaces: [a]}\n", "pipeline[0].stages: missing");
     expect_error("pipeline: {a: b}\n", "key pipeline: expected a list");
+    /* The agent's own structured metadata cannot be claimed by a line
+     * (pod.uid is pod_uid as Loki sees it); without it, the names are free. */
+    const char *claims = "pipeline:\n  - stages:\n      - json: {fields: [trace_id, uid]}\n"
+                         "      - structured_metadata: {trace_id: trace_id, pod_uid: uid}\n";
+    snprintf(y, sizeof y, "output:\n  loki:\n    structured_metadata: true\n%s", claims);
+    expect_error(y, "structured_metadata.pod_uid: the agent sends this structured metadata itself");
+    struct fx fx;
+    fx_setup(&fx, claims);
+    fx_teardown(&fx);
 #undef E
 }
 
