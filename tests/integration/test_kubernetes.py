@@ -584,6 +584,44 @@ class ExclusionChangeTest(KubeTestCase):
                                                   app=p.obj["metadata"]["labels"]["app"]))
 
 
+class ExclusionRestartTest(KubeTestCase):
+    def test_an_excluded_file_resumes_where_it_was_excluded_after_a_restart_with_the_api_down(self):
+        """An exclusion added to a live file keeps where it stopped in the positions file
+        (excluded: 1). Restarted with the pod still excluded: nothing is sent and the entry stays.
+        Restarted with the API server down: the file resumes there (lines flow without metadata),
+        it is not taken for a new file and sent from its beginning again."""
+        p = Pod(self, "shop", "chatty-0", labels={"app": "chatty"})
+        self.api.put_pod(p.obj)
+        kc = yaml_quote(self.kubeconfig())
+        positions = os.path.join(self.workdir, "positions.yaml")
+        a = self.start_agent(f"  kubeconfig: {kc}\n")
+        p.create_files().write(5, "before ")
+        self.wait_all([p])
+        stopped_at = os.path.getsize(p.files["app"].log_path)
+        p.obj["metadata"]["annotations"]["loglet.io/exclude"] = "true"
+        self.api.put_pod(p.obj)
+        a.wait_stderr(r"not tailing .*chatty-0", timeout=5)
+        p.write(5, "excluded ")
+        time.sleep(0.5)
+        self.assertEqual(a.stop(), 0)
+        entry = re.compile(r"chatty-0.*offset: %d, excluded: 1\}" % stopped_at)
+        self.assertRegex(open(positions).read(), entry)
+
+        a = self.start_agent(f"  kubeconfig: {kc}\n")
+        time.sleep(2.5)  # past wait_for_metadata
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(self.receiver.entry_count(), 5, "an excluded file was read after a restart")
+        self.assertRegex(open(positions).read(), entry)
+
+        self.api.stop()
+        p.write(5, "while-down ")
+        a = self.start_agent(f"  kubeconfig: {kc}\n", wait_list=False, api_up=False)
+        self.wait_all([p])
+        self.assertEqual(a.stop(), 0)
+        self.check_lines([p], lambda q, c, s, content: dict(self.path_labels(q, c, s),
+                                                             **({"app": "chatty"} if " before " in content else {})))
+
+
 class DegradationTest(KubeTestCase):
     def test_api_down_from_the_start_then_back(self):
         """Every line arrives with path labels while the API server is down; /ready does not
