@@ -381,8 +381,8 @@ static int encode(struct aggregator *agg, struct aggregator_batch *b)
         struct batch_meta *m = &st->metas[i];
         m->first_label = at;
         if (m->ids) {
-            st->meta_labels[at++] = (struct loki_label){"pod_uid", st->arena + m->pod_uid_off};
-            st->meta_labels[at++] = (struct loki_label){"container_id", st->arena + m->container_id_off};
+            st->meta_labels[at++] = (struct loki_label){LOKI_META_POD_UID, st->arena + m->pod_uid_off};
+            st->meta_labels[at++] = (struct loki_label){LOKI_META_CONTAINER_ID, st->arena + m->container_id_off};
         }
         const char *p = st->arena + m->pairs_off;
         for (uint32_t k = 0; k < m->npairs; k++) {

@@ -292,6 +292,11 @@ void discovery_scan(struct collector *c, bool at_startup);
 void discovery_link_event(struct collector *c, struct watch_dir *dir, const char *name, bool created);
 void discovery_open(struct collector *c, const char *link_path, bool at_startup, struct tailed_file *predecessor);
 void discovery_forget_report(struct collector *c, const char *path);
+/* The path is excluded by an annotation (reported so): `at` (copied) is
+ * where its file was, kept in the positions file as `excluded: 1`. */
+void discovery_note_excluded_at(struct collector *c, const char *path, const struct position *at);
+/* Adds those positions (of links still there) to ps; -1 when out of memory. */
+int discovery_save_excluded(struct collector *c, struct positions *ps);
 /* Whether the path is not tailed because an annotation excludes its pod. */
 bool discovery_excluded_by_annotation(struct collector *c, const char *path);
 /* The paths an annotation excluded are looked at again (the provider's
@@ -361,6 +366,8 @@ uint64_t positions_policy_resume(struct collector *c, const char *link_path, con
 /* Whether the positions read at start listed this path (they are kept for
  * the whole run: a link dangling at start, say, is found again later). */
 bool positions_policy_known(struct collector *c, const char *link_path);
+/* At start: the saved entry of the path's current file, or NULL. */
+const struct position *positions_policy_saved_entry(struct collector *c, const char *link_path);
 void follows_clear(struct tailed_file *f);
 /* After the start-up scan: saved paths nothing matched any more. */
 void positions_policy_resume_orphans(struct collector *c);

@@ -27,7 +27,22 @@
 struct reported_path {
     char *path;
     int reason;
+    /* DISCOVERY_EXCLUDED_BY_ANNOTATION only, else NULL: where its file was
+     * when the exclusion stopped it (or where the positions file had it at
+     * start), kept in the positions file (discovery_save_excluded) so that a
+     * restart resumes there unless it is still excluded. NULL: never read.
+     * Owns its strings. */
+    struct position *excluded_at;
 };
+
+static void free_excluded_at(struct reported_path *r)
+{
+    if (!r->excluded_at) return;
+    free(r->excluded_at->path);
+    free(r->excluded_at->real_path);
+    free(r->excluded_at);
+    r->excluded_at = NULL;
+}
 
 void discovery_report_once(struct collector *c, const char *path, int reason, const char *fmt, ...)
 {
@@ -45,6 +60,7 @@ void discovery_report_once(struct collector *c, const char *path, int reason, co
             r = NULL;
         }
     }
+    if (r && reason != DISCOVERY_EXCLUDED_BY_ANNOTATION) free_excluded_at(r);
     if (r) r->reason = reason;
     va_list ap;
     va_start(ap, fmt);
@@ -57,8 +73,55 @@ void discovery_forget_report(struct collector *c, const char *path)
     struct reported_path *r = table_get_str(&c->reported, path);
     if (!r) return;
     table_del_str(&c->reported, path);
+    free_excluded_at(r);
     free(r->path);
     free(r);
+}
+
+void discovery_note_excluded_at(struct collector *c, const char *path, const struct position *at)
+{
+    struct reported_path *r = table_get_str(&c->reported, path);
+    if (!r || r->reason != DISCOVERY_EXCLUDED_BY_ANNOTATION) return;
+    free_excluded_at(r);
+    struct position *copy = malloc(sizeof *copy);
+    if (copy) {
+        *copy = *at;
+        copy->excluded = true;
+        copy->done = copy->renamed = false;
+        copy->path = strdup(at->path);
+        copy->real_path = strdup(at->real_path);
+    }
+    if (!copy || !copy->path || !copy->real_path) {
+        if (copy) {
+            free(copy->path);
+            free(copy->real_path);
+        }
+        free(copy);
+        log_error("out of memory keeping where %s was excluded: a restart with the API server down reads it from "
+                  "its beginning", path);
+        return;
+    }
+    r->excluded_at = copy;
+}
+
+int discovery_save_excluded(struct collector *c, struct positions *ps)
+{
+    size_t cursor = 0;
+    for (struct reported_path *r; (r = table_next(&c->reported, &cursor));) {
+        if (!r->excluded_at) continue;
+        /* The pod is gone with its link: nothing to resume. */
+        struct stat st;
+        if (lstat(r->path, &st) != 0) continue;
+        /* Its last lines are still in flight: the retired source's entry,
+         * at the acknowledged offset, is the one a restart must resume
+         * from (the two would name one file). */
+        bool in_flight = false;
+        for (size_t i = 0; i < c->nretired && !in_flight; i++)
+            in_flight = (uint64_t)c->retired[i]->dev == r->excluded_at->dev &&
+                        (uint64_t)c->retired[i]->ino == r->excluded_at->ino;
+        if (!in_flight && positions_add(ps, r->excluded_at) != 0) return -1;
+    }
+    return 0;
 }
 
 bool discovery_excluded_by_annotation(struct collector *c, const char *path)
@@ -242,6 +305,10 @@ void discovery_open(struct collector *c, const char *link_path, bool at_startup,
         if (!table_get_str(&c->reported, link_path)) metrics_add(files_excluded, 1);
         discovery_report_once(c, link_path, DISCOVERY_EXCLUDED_BY_ANNOTATION, "not tailing %s: %s", link_path,
                               why_excluded);
+        /* Excluded while loglet was down, or still: where it was is kept
+         * for the next start, as if it had been excluded while read. */
+        const struct position *saved = at_startup ? positions_policy_saved_entry(c, link_path) : NULL;
+        if (saved) discovery_note_excluded_at(c, link_path, saved);
         return;
     }
     if (file_excluded(c, &meta)) {
@@ -354,6 +421,7 @@ void discovery_teardown(struct collector *c)
 {
     size_t cursor = 0;
     for (struct reported_path *r; (r = table_next(&c->reported, &cursor));) {
+        free_excluded_at(r);
         free(r->path);
         free(r);
     }

@@ -20,9 +20,13 @@
  *  - An annotation that excludes a file is honoured when the file is found
  *    (discovery asks metadata_excluded), when its wait ends, and when it is
  *    added to the pod of a file already open (the file is closed where it
- *    is, like any other: what was read goes out, then its position is
- *    dropped). When the exclusion is lifted, the file is opened again at
- *    its end: the lines written while it was excluded are not wanted.
+ *    is, like any other: what was read goes out; its position stays in the
+ *    positions file marked excluded, so that a restart while the API server
+ *    is down resumes it there instead of sending all of it, and a restart
+ *    that finds it still excluded keeps it). When the exclusion is lifted,
+ *    the file is opened again at its end: the lines written while it was
+ *    excluded are not wanted. A restart cannot tell when it was lifted, so
+ *    it resumes where it was excluded: duplicates rather than loss.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -188,6 +192,13 @@ static void close_excluded(struct collector *c, struct tailed_file *f, const cha
         g->successor = f->successor;
         f->successor = NULL;
     }
+    /* Where it stops is kept (positions: excluded), so that a restart
+     * while the API server is down resumes here, not at its beginning. */
+    if (f->src->fp_len < POSITIONS_FP_MAX) rotation_take_fingerprint(f);
+    struct position at = {.path = f->src->path, .real_path = f->src->real_path, .dev = (uint64_t)f->src->dev,
+                          .ino = (uint64_t)f->src->ino, .fp = f->src->fp, .fp_len = f->src->fp_len, .offset = f->offset};
+    discovery_note_excluded_at(c, f->src->path, &at);
+    positions_policy_dirty(c);
     rotation_close(c, f);
 }
 
@@ -201,7 +212,14 @@ static bool end_wait(struct collector *c, struct tailed_file *f, int64_t now)
     }
     f->metadata_wait_until_ms = 0;
     if (fresh && !swap_source(c, f, fresh)) source_unref(fresh); /* not read yet: holds nothing */
-    if (f->src->extra_status != METADATA_FOUND) {
+    if (f->src->extra_status != METADATA_FOUND && f->src->extra && f->src->extra->why_incomplete) {
+        /* Known in part (the pod, not its namespace): sent with that; a
+         * later answer relabels it, or closes it if it is excluded. */
+        metrics_add(files_without_metadata, 1);
+        log_info("%s: the metadata of pod %s/%s is still incomplete after %lld ms (%s): sending its lines with what "
+                 "is known, until the rest arrives", f->src->path, f->src->meta.namespace_, f->src->meta.pod,
+                 (long long)c->cfg->kubernetes.wait_for_metadata_ms, f->src->extra->why_incomplete);
+    } else if (f->src->extra_status != METADATA_FOUND) {
         metrics_add(files_without_metadata, 1);
         log_info("%s: pod %s/%s still not known after %lld ms: sending its lines with path labels", f->src->path,
                  f->src->meta.namespace_, f->src->meta.pod, (long long)c->cfg->kubernetes.wait_for_metadata_ms);

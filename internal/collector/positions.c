@@ -136,6 +136,7 @@ static const char *parse_entry(yaml_document_t *doc, yaml_node_t *map, struct po
         } else if (strcmp(key, "offset") == 0) { if (parse_u64(value, 10, &p->offset)) return key; seen |= 64; }
         else if (strcmp(key, "done") == 0) p->done = strcmp(value, "1") == 0;
         else if (strcmp(key, "renamed") == 0) p->renamed = strcmp(value, "1") == 0;
+        else if (strcmp(key, "excluded") == 0) p->excluded = strcmp(value, "1") == 0;
         /* Unknown keys are ignored: a newer agent may have added some. */
     }
     if (seen != 127) return "entry (a field is missing)";
@@ -275,9 +276,9 @@ int positions_write(const char *file, const struct positions *ps, char *err, siz
         write_path(f, "path", p->path);
         fputs(", ", f);
         write_path(f, "real_path", p->real_path);
-        fprintf(f, ", dev: %" PRIu64 ", ino: %" PRIu64 ", fp: \"%016" PRIx64 "\", fp_len: %u, offset: %" PRIu64 "%s%s}\n",
+        fprintf(f, ", dev: %" PRIu64 ", ino: %" PRIu64 ", fp: \"%016" PRIx64 "\", fp_len: %u, offset: %" PRIu64 "%s%s%s}\n",
                 p->dev, p->ino, p->fp, p->fp_len, p->offset, p->done ? ", done: 1" : "",
-                p->renamed ? ", renamed: 1" : "");
+                p->renamed ? ", renamed: 1" : "", p->excluded ? ", excluded: 1" : "");
     }
     int failed = fflush(f) != 0 || ferror(f) || fsync(fd) != 0;
     int saved = errno;

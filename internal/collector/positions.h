@@ -18,6 +18,7 @@
  *    version: 1
  *    positions:
  *      - {path: "/var/log/containers/…", real_path: "/var/log/pods/…", dev: 2049, ino: 131, fp: "9c3e…", fp_len: 256, offset: 4096}
+ *  with `done: 1`, `renamed: 1` or `excluded: 1` after the offset when set.
  *  A path that is not printable ASCII is written as `path_hex` / `real_path_hex`
  *  (its bytes in hex): YAML cannot carry every byte a file name may hold.
  */
@@ -48,6 +49,11 @@ struct position {
      * as `renamed: 1`; if the path is gone at the next start, that next
      * file went unread. */
     bool renamed;
+    /* Closed because an annotation excluded its pod, at `offset` (what was
+     * read before goes out): a restart resumes there unless it is still
+     * excluded, rather than take it for a new file and send all of it.
+     * Written as `excluded: 1`; older readers take it for a plain position. */
+    bool excluded;
 };
 
 struct positions {

@@ -205,6 +205,12 @@ bool positions_policy_known(struct collector *c, const char *link_path)
     return table_get_str(&c->saved_by_path, link_path) != NULL;
 }
 
+const struct position *positions_policy_saved_entry(struct collector *c, const char *link_path)
+{
+    const struct saved_range *range = table_get_str(&c->saved_by_path, link_path);
+    return range ? current_entry(&c->saved.items[range->first], range->count) : NULL;
+}
+
 void positions_policy_free_saved(struct collector *c)
 {
     size_t cursor = 0;
@@ -359,6 +365,7 @@ int positions_policy_save(struct collector *c)
         }
     }
     if (rc == 0) rc = rotation_save_awaited(c, &ps);
+    if (rc == 0) rc = discovery_save_excluded(c, &ps);
     char err[1024];
     if (rc != 0) {
         log_error("out of memory saving positions");

@@ -294,7 +294,7 @@ static const struct config_key keys[] = {
     K_BOOL("kubernetes.structured_metadata", kubernetes.structured_metadata, "false",
            "Send the pod_labels/namespace_labels copies and loglet.io/labels as Loki structured metadata instead of stream labels."),
     K_DURATION("kubernetes.wait_for_metadata", kubernetes.wait_for_metadata_ms, "2s", 0,
-               "How long a new file whose pod is not known yet waits for it before it is sent with path labels; other files never wait."),
+               "How long a new file whose pod (or, when namespaces are watched, whose namespace) is not known yet waits for it before it is sent with what is known; other files never wait."),
     K_TREE("pipeline", pipeline,
            "Processing stages (multiline, json, logfmt, regex, labels, structured_metadata, drop, limit, output, timestamp) per namespace, pod or container: see Pipeline stages."),
 

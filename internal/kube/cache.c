@@ -29,6 +29,8 @@ void kube_cache_init(struct kube_cache *cache)
     atomic_init(&cache->generation, 1);
     atomic_init(&cache->pods_synced, false);
     atomic_init(&cache->unavailable, false);
+    atomic_init(&cache->namespaces_synced, false);
+    atomic_init(&cache->namespaces_unavailable, false);
     atomic_init(&cache->last_update_ms, 0);
 }
 
@@ -236,6 +238,7 @@ void kube_cache_replace(struct kube_cache *cache, enum kube_kind kind, struct ku
     for (size_t i = 0; i < list->count; i++) put(cache, &list->items[i], false, now);
     expire(cache, t, count, now);
     if (kind == KUBE_POD) atomic_store(&cache->pods_synced, true);
+    else atomic_store(&cache->namespaces_synced, true);
     publish(cache);
     pthread_mutex_unlock(&cache->lock);
 }

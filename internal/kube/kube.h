@@ -17,9 +17,12 @@
  *  - Objects are reduced when parsed to the fields labels and collection
  *    need (name, uid, labels, the loglet.io/ annotations, the controlling
  *    owner, a mirror pod's config hash); the JSON text is never kept.
- *  - Parsing (object.c) is pure: no I/O, no global state, and every input —
- *    malformed JSON, wrong types, missing fields, oversized values — gives
- *    -1 and a one-line reason, never a crash. JSON is read with jansson.
+ *  - Parsing (object.c) is pure but for warnings said once: every input —
+ *    malformed JSON, wrong types, missing fields, oversized values, NULs —
+ *    gives -1 and a one-line reason, never a crash; within a well-formed
+ *    answer, one object that cannot be read is skipped with its reason
+ *    (the others are used), and one value that cannot be kept (a NUL in
+ *    it, oversized) is left out of its object. JSON is read with jansson.
  *  - The watch loops never block the collector or the output: they run on
  *    their own threads and publish into the cache under its mutex; readers
  *    copy what they need out under the same mutex. kube_cache_generation()
@@ -84,14 +87,24 @@ struct kube_object {
     char *config_hash;
 };
 
-enum kube_event_type { KUBE_EVENT_ADDED, KUBE_EVENT_MODIFIED, KUBE_EVENT_DELETED, KUBE_EVENT_BOOKMARK, KUBE_EVENT_ERROR };
+/* UNREADABLE: a well-formed event whose object could not be read (a field
+ * of the wrong type, a name holding a NUL): skipped, so that one odd object
+ * does not stop the watch of every other. */
+enum kube_event_type {
+    KUBE_EVENT_ADDED,
+    KUBE_EVENT_MODIFIED,
+    KUBE_EVENT_DELETED,
+    KUBE_EVENT_BOOKMARK,
+    KUBE_EVENT_ERROR,
+    KUBE_EVENT_UNREADABLE
+};
 
 struct kube_event {
     enum kube_event_type type;
     struct kube_object object;  /* ADDED, MODIFIED, DELETED */
-    char *resource_version;     /* every type but ERROR */
+    char *resource_version;     /* every type but ERROR; UNREADABLE: NULL when unreadable too */
     long code;                  /* ERROR: the Status code (410: the version is too old) */
-    char message[256];          /* ERROR: the Status message */
+    char message[320];          /* ERROR: the Status message; UNREADABLE: what is wrong, naming the object */
 };
 
 struct kube_list {
@@ -99,6 +112,9 @@ struct kube_list {
     size_t count;
     char *resource_version;
     char *continue_token; /* NULL on the last page */
+    /* Items that could not be read and are left out; why for the first. */
+    size_t nskipped;
+    char skipped[320];
 };
 
 /* Parses one watch event (`{"type":…,"object":…}`, one line of the stream). */
@@ -165,6 +181,11 @@ struct kube_cache {
     atomic_bool pods_synced;
     /* The last attempt to reach the API server failed, and no watch is up. */
     atomic_bool unavailable;
+    /* The same two for namespaces (when watched): until they are listed, a
+     * namespace's exclusion is not known yet; when they cannot be had
+     * (refused by RBAC, unreachable), waiting for them will not help. */
+    atomic_bool namespaces_synced;
+    atomic_bool namespaces_unavailable;
     _Atomic int64_t last_update_ms;
 };
 

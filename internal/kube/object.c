@@ -2,8 +2,8 @@
  * object — the API server's JSON, reduced to struct kube_object.
  *
  * jansson rather than json-c: it parses from a buffer with a length (the
- * watch stream's lines are not NUL-terminated), refuses NUL inside strings
- * unless asked, bounds nesting depth, rejects duplicate keys on request
+ * watch stream's lines are not NUL-terminated), keeps a string's length when
+ * it holds a NUL (JSON_ALLOW_NUL), bounds nesting depth, rejects duplicate keys on request
  * (JSON_REJECT_DUPLICATES) and reports the byte position of an error, all of
  * which an input we do not trust needs; its API is small and it is packaged
  * by Debian as libjansson-dev.
@@ -11,6 +11,13 @@
  * Everything is checked: a field of the wrong type is an error naming it,
  * not a NULL dereference; strings are copied out (the JSON tree is freed
  * before returning).
+ *
+ * One object is never allowed to spoil the others: the API server accepts
+ * any annotation value, "\u0000" included, so a document is read with
+ * JSON_ALLOW_NUL and a value holding a NUL is refused where it is kept (it
+ * cannot be a C string); a list item or a watch event's object that cannot
+ * be read is skipped (KUBE_EVENT_UNREADABLE, kube_list.nskipped) and the
+ * rest of the answer is used.
  */
 #include <jansson.h>
 #include <stdarg.h>
@@ -114,6 +121,9 @@ static int get_string(const json_t *parent, const char *member, const char *wher
     } else if (json_string_length(v) > KUBE_MAX_VALUE_BYTES) {
         kube_setf(err, errlen, "%s.%s is longer than %d bytes", where, member, KUBE_MAX_VALUE_BYTES);
         return -1;
+    } else if (memchr(json_string_value(v), '\0', json_string_length(v))) {
+        kube_setf(err, errlen, "%s.%s holds a NUL character", where, member);
+        return -1;
     } else {
         *out = strndup(json_string_value(v), json_string_length(v));
     }
@@ -124,8 +134,14 @@ static int get_string(const json_t *parent, const char *member, const char *wher
     return 0;
 }
 
-static atomic_bool oversized_said;
+static atomic_bool oversized_said, nul_said;
 
+static bool has_nul(const json_t *string) { return memchr(json_string_value(string), '\0', json_string_length(string)); }
+
+static bool oversized(const char *key, const json_t *value)
+{
+    return json_string_length(value) > KUBE_MAX_VALUE_BYTES || strlen(key) > KUBE_MAX_VALUE_BYTES;
+}
 /* A map of strings (labels, annotations); with `prefix`, only keys under it. */
 static int get_pairs(const json_t *meta, const char *member, const char *prefix, struct kube_pair **out,
                      size_t *n, const char *where, char *err, size_t errlen)
@@ -145,11 +161,17 @@ static int get_pairs(const json_t *meta, const char *member, const char *prefix,
             kube_setf(err, errlen, "%s.metadata.%s[\"%.64s\"] is not a string", where, member, key);
             return -1;
         }
-        /* One pod over the bounds must not make the whole list unreadable
-         * (every pod of the node would lose its metadata): its oversized
-         * entries are left out, said once. */
-        if (json_string_length(value) > KUBE_MAX_VALUE_BYTES || strlen(key) > KUBE_MAX_VALUE_BYTES ||
-            wanted >= KUBE_MAX_PAIRS) {
+        /* One pod's odd value must not make it, or the whole list,
+         * unreadable (every pod of the node would lose its metadata): a
+         * value holding a NUL (no C string can) is left out, said once. */
+        if (has_nul(value)) {
+            if (!atomic_exchange(&nul_said, true))
+                log_warn("%s.metadata.%s[\"%.64s\"] holds a NUL character: that value is left out (said once for "
+                         "all objects)", where, member, key);
+            continue;
+        }
+        /* Likewise its oversized entries are left out, said once. */
+        if (oversized(key, value) || wanted >= KUBE_MAX_PAIRS) {
             if (!atomic_exchange(&oversized_said, true))
                 log_warn("%s.metadata.%s: entries over %d bytes or past the first %d are left out (said once)",
                          where, member, KUBE_MAX_VALUE_BYTES, KUBE_MAX_PAIRS);
@@ -162,7 +184,7 @@ static int get_pairs(const json_t *meta, const char *member, const char *prefix,
     if (!*out) goto oom;
     json_object_foreach((json_t *)map, key, value) {
         if (prefix && strncmp(key, prefix, strlen(prefix)) != 0) continue;
-        if (json_string_length(value) > KUBE_MAX_VALUE_BYTES || strlen(key) > KUBE_MAX_VALUE_BYTES) continue;
+        if (has_nul(value) || oversized(key, value)) continue;
         if (*n == wanted) break;
         struct kube_pair *p = &(*out)[*n];
         p->key = strdup(key);
@@ -186,7 +208,9 @@ static int get_config_hash(const json_t *meta, struct kube_object *obj, char *er
     const char *keys[] = {MIRROR_ANNOTATION, CONFIG_HASH_ANNOTATION};
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
         const json_t *v = json_object_get(annotations, keys[i]);
-        if (!json_is_string(v) || !json_string_length(v) || json_string_length(v) > CONFIG_HASH_MAX_BYTES) continue;
+        if (!json_is_string(v) || !json_string_length(v) || json_string_length(v) > CONFIG_HASH_MAX_BYTES ||
+            has_nul(v))
+            continue;
         if (!(obj->config_hash = strndup(json_string_value(v), json_string_length(v)))) {
             kube_setf(err, errlen, "out of memory");
             return -1;
@@ -277,6 +301,20 @@ fail:
     return -1;
 }
 
+/* "pod shop/web-0: <why>", with what of the name could be read. */
+static void name_unreadable(const json_t *root, enum kube_kind kind, const char *why, char *dst, size_t cap)
+{
+    const json_t *meta = json_is_object(root) ? json_object_get(root, "metadata") : NULL;
+    const json_t *ns = json_is_object(meta) ? json_object_get(meta, "namespace") : NULL;
+    const json_t *name = json_is_object(meta) ? json_object_get(meta, "name") : NULL;
+    /* %.*s: a name holding a NUL is printed up to it. */
+    if (json_is_string(name))
+        snprintf(dst, cap, "%s %s%s%.128s: %s", kind_name(kind), json_is_string(ns) ? json_string_value(ns) : "",
+                 json_is_string(ns) ? "/" : "", json_string_value(name), why);
+    else
+        snprintf(dst, cap, "a %s without a readable name: %s", kind_name(kind), why);
+}
+
 static json_t *load(const char *text, size_t len, size_t max, const char *what, char *err, size_t errlen)
 {
     if (len > max) {
@@ -284,7 +322,7 @@ static json_t *load(const char *text, size_t len, size_t max, const char *what, 
         return NULL;
     }
     json_error_t jerr;
-    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
     if (!root) kube_setf(err, errlen, "%s is not valid JSON: %s at byte %d", what, jerr.text, jerr.position);
     return root;
 }
@@ -332,7 +370,21 @@ int kube_parse_event(const char *text, size_t len, enum kube_kind kind, struct k
         rc = 0;
         goto out;
     }
-    if (parse_object(object, kind, &ev->object, err, errlen) != 0) goto out;
+    char why[256];
+    if (parse_object(object, kind, &ev->object, why, sizeof why) != 0) {
+        ev->type = KUBE_EVENT_UNREADABLE;
+        name_unreadable(object, kind, why, ev->message, sizeof ev->message);
+        /* Its version still moves the watch on past it. */
+        const json_t *meta = json_object_get(object, "metadata");
+        const json_t *version = json_is_object(meta) ? json_object_get(meta, "resourceVersion") : NULL;
+        if (json_is_string(version) && json_string_length(version) && !has_nul(version) &&
+            !(ev->resource_version = strdup(json_string_value(version)))) {
+            kube_setf(err, errlen, "out of memory");
+            goto out;
+        }
+        rc = 0;
+        goto out;
+    }
     if (!(ev->resource_version = strdup(ev->object.resource_version))) {
         kube_setf(err, errlen, "out of memory");
         kube_object_free(&ev->object);
@@ -381,9 +433,14 @@ int kube_parse_list(const char *text, size_t len, enum kube_kind kind, struct ku
     }
     for (size_t i = 0; i < n; i++) {
         char inner[256];
-        if (parse_object(json_array_get(items, i), kind, &list->items[i], inner, sizeof inner) != 0) {
-            kube_setf(err, errlen, "list item %zu: %s", i, inner);
-            goto out;
+        const json_t *item = json_array_get(items, i);
+        if (parse_object(item, kind, &list->items[list->count], inner, sizeof inner) != 0) {
+            if (!list->nskipped++) {
+                char named[288];
+                name_unreadable(item, kind, inner, named, sizeof named);
+                snprintf(list->skipped, sizeof list->skipped, "list item %zu, %s", i, named);
+            }
+            continue;
         }
         list->count++;
     }

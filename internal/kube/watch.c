@@ -76,6 +76,7 @@ struct kube_watch {
 
     int64_t backoff_ms;
     bool outage_said;
+    bool unreadable_said; /* an object left out of a list or watch: said once, then at debug level */
     uint64_t rng;
 };
 
@@ -128,7 +129,8 @@ static const char *meanwhile(const struct kube_watch *w)
     bool listed = w->version != NULL;
     if (w->kind == KUBE_NAMESPACE)
         return listed ? "meanwhile namespace labels and exclusions are those of the last answer"
-                      : "until it answers, streams get no namespace labels and namespace exclusions do not apply";
+                      : "until it answers, streams get no namespace labels and namespace exclusions do not apply "
+                        "(files opened meanwhile do not wait for them)";
     return listed ? "meanwhile files of pods already cached keep that metadata (it may be stale) and files of pods "
                     "not cached are sent with path labels"
                   : "until it answers, lines are sent with path labels only";
@@ -152,7 +154,8 @@ static void failed(struct kube_watch *w, const char *fmt, ...)
     }
     /* Unreachable or refusing us: new files should not wait for a pod. After
      * an answer we could not read, a relist follows shortly: they may. */
-    if (w->kind == KUBE_POD && w->status != -1 && w->status != 410) atomic_store(&w->cache->unavailable, true);
+    if (w->status != -1 && w->status != 410)
+        atomic_store(w->kind == KUBE_POD ? &w->cache->unavailable : &w->cache->namespaces_unavailable, true);
     int64_t jitter = (int64_t)(rng_next(w) % (uint64_t)(w->backoff_ms / 2 + 1));
     sleep_ms(w, w->backoff_ms + jitter);
     w->backoff_ms = w->backoff_ms * 2 > MAX_BACKOFF_MS ? MAX_BACKOFF_MS : w->backoff_ms * 2;
@@ -164,7 +167,7 @@ static void failed(struct kube_watch *w, const char *fmt, ...)
  * only by a watch that lasted or brought events (watch_main). */
 static void recovered(struct kube_watch *w, const char *what)
 {
-    if (w->kind == KUBE_POD) atomic_store(&w->cache->unavailable, false);
+    atomic_store(w->kind == KUBE_POD ? &w->cache->unavailable : &w->cache->namespaces_unavailable, false);
     metrics_set(kube_last_update_ms, metrics_now_ms());
     if (w->outage_said) log_info("kubernetes: %s %s again", what, resource(w));
     w->outage_said = false;
@@ -191,6 +194,21 @@ static int grow(struct kube_watch *w, size_t need)
     return 0;
 }
 
+/* An object the API server sent that could not be read: the others are
+ * used, and it is as if it had not been sent (a pod of it is not known and
+ * its files are sent with path labels once wait_for_metadata is over). */
+static void say_unreadable(struct kube_watch *w, const char *what)
+{
+    metrics_add(kube_api_errors[METRICS_KUBE_GARBAGE], 1);
+    if (w->unreadable_said) {
+        log_debug("kubernetes: left out of the %s: %s", resource(w), what);
+        return;
+    }
+    w->unreadable_said = true;
+    log_warn("kubernetes: left out of the %s: %s; the others are used (said once; later ones at debug level)",
+             resource(w), what);
+}
+
 /* One complete line of the watch stream. Returns false to abandon it. */
 static bool on_event_line(struct kube_watch *w, const char *line, size_t len)
 {
@@ -211,7 +229,11 @@ static bool on_event_line(struct kube_watch *w, const char *line, size_t len)
     }
     w->events++;
     set_version(w, ev.resource_version);
-    if (ev.type == KUBE_EVENT_BOOKMARK) {
+    if (ev.type == KUBE_EVENT_UNREADABLE) {
+        char what[400];
+        snprintf(what, sizeof what, "a watch event of %s", ev.message);
+        say_unreadable(w, what);
+    } else if (ev.type == KUBE_EVENT_BOOKMARK) {
         atomic_store(&w->cache->last_update_ms, metrics_now_ms());
         /* A quiet node has few events: deleted pods whose files closed go
          * at the next bookmark (about every minute) at the latest. */
@@ -487,6 +509,12 @@ static enum outcome list(struct kube_watch *w, char *why, size_t whylen)
             w->status = -1;
             out = FAILED;
             break;
+        }
+        if (page.nskipped) {
+            char what[400];
+            snprintf(what, sizeof what, "%zu item%s of the list, the first being %s", page.nskipped,
+                     page.nskipped == 1 ? "" : "s", page.skipped);
+            say_unreadable(w, what);
         }
         cont = page.continue_token;
         page.continue_token = NULL;

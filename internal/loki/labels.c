@@ -116,6 +116,11 @@ bool loki_label_name_reserved(const char *name)
     return name_next(&it) == '_' && name_next(&it) == '_';
 }
 
+bool loki_structured_name_agents(const char *name)
+{
+    return loki_label_name_cmp(name, LOKI_META_POD_UID) == 0 || loki_label_name_cmp(name, LOKI_META_CONTAINER_ID) == 0;
+}
+
 size_t loki_render_labels(const struct loki_label *labels, size_t n, char *dst, size_t cap)
 {
     if (cap > 0) dst[0] = '\0';

@@ -89,6 +89,13 @@ int loki_label_name_cmp(const char *a, const char *b);
 /* Whether the sanitised name starts with "__", which Loki (like Prometheus)
  * reserves for its own use: such a name must not be sent. */
 bool loki_label_name_reserved(const char *name);
+/* The structured metadata the agent sends itself, on every line, with
+ * output.loki.structured_metadata (the aggregator): no provider or pipeline
+ * pair may take these names then, or a pod could claim another's uid. */
+#define LOKI_META_POD_UID "pod_uid"
+#define LOKI_META_CONTAINER_ID "container_id"
+/* Whether name, as Loki sees it, is one of those. */
+bool loki_structured_name_agents(const char *name);
 
 struct loki_entry {
     int64_t ts_ns;

@@ -65,6 +65,7 @@ struct kube_provider {
     size_t npod_rules, nns_rules;
     bool workload_labels;
     bool structured;
+    bool agent_ids; /* output.loki.structured_metadata: pod_uid and container_id are the agent's */
 };
 
 /* "key" -> {key, key}; "key=name" -> {key, name}. Loki sanitises the name. */
@@ -185,10 +186,12 @@ static void annotation_labels(struct metadata_builder *b, bool structured, const
     }
 }
 
-/* A pod's loglet.io/labels named a label Loki reserves: said once per name
+/* A pod's loglet.io/labels (or a copy rule) named a label Loki reserves,
+ * or structured metadata the agent sends itself: said once per name
  * (describe runs at every file open; a pod's annotation should not flood
  * the log), then at debug level. */
-static void say_reserved(struct kube_provider *k, const struct parser_path_meta *path, const char *name)
+static void say_reserved(struct kube_provider *k, const struct parser_path_meta *path, const char *name,
+                         const char *why)
 {
     pthread_mutex_lock(&k->said_lock);
     bool said = false;
@@ -198,12 +201,11 @@ static void say_reserved(struct kube_provider *k, const struct parser_path_meta 
     if (copy) k->reserved_said[k->nreserved_said++] = copy;
     pthread_mutex_unlock(&k->said_lock);
     if (copy)
-        log_warn("kubernetes: pod %s/%s: %s names the label \"%.128s\", which is not sent: Loki reserves label "
-                 "names starting with \"__\" (said once per name)", path->namespace_, path->pod, LABELS_ANNOTATION,
-                 name);
+        log_warn("kubernetes: pod %s/%s: the name \"%.128s\" (from %s or kubernetes.pod_labels) is not sent: %s "
+                 "(said once per name)", path->namespace_, path->pod, name, LABELS_ANNOTATION, why);
     else
-        log_debug("kubernetes: pod %s/%s: reserved label name \"%.128s\" in %s is not sent", path->namespace_,
-                  path->pod, name, LABELS_ANNOTATION);
+        log_debug("kubernetes: pod %s/%s: the name \"%.128s\" is not sent: %s", path->namespace_, path->pod, name,
+                  why);
 }
 
 static enum metadata_status kube_describe(struct metadata_provider *base, const struct parser_path_meta *path,
@@ -215,6 +217,7 @@ static enum metadata_status kube_describe(struct metadata_provider *base, const 
     bool unavailable = atomic_load(&k->cache.unavailable);
     struct metadata_builder b;
     memset(&b, 0, sizeof b);
+    b.agent_ids = k->agent_ids;
     char arena[16384];
     size_t used = 0;
 
@@ -241,6 +244,14 @@ static enum metadata_status kube_describe(struct metadata_provider *base, const 
         b.excluded = true;
         b.why_excluded = "the pod's " EXCLUDE_CONTAINERS_ANNOTATION " names the container";
     }
+    /* Namespaces watched but this one not known (not listed yet, or its
+     * event behind the pod's): its exclusion may be on the way, so the file
+     * waits (wait_for_metadata) rather than be read. Unless its pod says
+     * enough, or the namespaces cannot be had: then waiting will not help. */
+    bool ns_pending = k->namespaces && !ns && !b.excluded && !atomic_load(&k->cache.namespaces_unavailable);
+    if (ns_pending)
+        b.why_incomplete = atomic_load(&k->cache.namespaces_synced) ? "its namespace is not known yet"
+                                                                     : "the namespaces are not listed yet";
     if (k->workload_labels) {
         const char *kind, *name;
         resolve_workload(pod, arena, sizeof arena, &used, &kind, &name);
@@ -269,23 +280,28 @@ static enum metadata_status kube_describe(struct metadata_provider *base, const 
     char reserved[SAY_MAX][160];
     size_t nsay = b.nreserved < SAY_MAX ? b.nreserved : SAY_MAX;
     for (size_t i = 0; i < nsay; i++) snprintf(reserved[i], sizeof reserved[i], "%s", b.reserved[i]);
+    const char *why_reserved[SAY_MAX]; /* static text */
+    for (size_t i = 0; i < nsay; i++) why_reserved[i] = b.why_reserved[i];
     pthread_mutex_unlock(&k->cache.lock);
-    for (size_t i = 0; i < nsay; i++) say_reserved(k, path, reserved[i]);
+    for (size_t i = 0; i < nsay; i++) say_reserved(k, path, reserved[i], why_reserved[i]);
     if (!*out) log_error("kubernetes: out of memory describing %s/%s", path->namespace_, path->pod);
-    return *out ? METADATA_FOUND : METADATA_UNAVAILABLE;
+    if (!*out) return METADATA_UNAVAILABLE;
+    return ns_pending ? METADATA_PENDING : METADATA_FOUND;
 }
 
 static uint64_t kube_generation(struct metadata_provider *base)
 {
     struct kube_provider *k = (struct kube_provider *)base;
-    /* Becoming unavailable or available again changes answers too. */
-    return kube_cache_generation(&k->cache) * 2 + (atomic_load(&k->cache.unavailable) ? 1 : 0);
+    /* Becoming unavailable or available again changes answers too: the
+     * two low bits are those of the pods and of the namespaces. */
+    return kube_cache_generation(&k->cache) * 4 + (atomic_load(&k->cache.unavailable) ? 1 : 0) +
+           (atomic_load(&k->cache.namespaces_unavailable) ? 2 : 0);
 }
 
 static bool kube_changed_since(struct metadata_provider *base, const struct parser_path_meta *path, uint64_t generation)
 {
     struct kube_provider *k = (struct kube_provider *)base;
-    uint64_t since = generation / 2; /* the cache's generation, see kube_generation */
+    uint64_t since = generation / 4; /* the cache's generation, see kube_generation */
     pthread_mutex_lock(&k->cache.lock);
     const struct kube_entry *pe = kube_cache_pod_locked(&k->cache, path->namespace_, path->pod, path->pod_uid);
     const struct kube_entry *ne = k->namespaces ? kube_cache_namespace_locked(&k->cache, path->namespace_) : NULL;
@@ -366,6 +382,7 @@ struct metadata_provider *metadata_kubernetes_create(const struct config *cfg, b
     pthread_mutex_init(&k->said_lock, NULL);
     k->workload_labels = cfg->kubernetes.workload_labels;
     k->structured = cfg->kubernetes.structured_metadata;
+    k->agent_ids = cfg->output.loki.structured_metadata;
     if (parse_rules(&cfg->kubernetes.pod_labels, &k->pod_rules, &k->npod_rules) != 0 ||
         parse_rules(&cfg->kubernetes.namespace_labels, &k->ns_rules, &k->nns_rules) != 0) {
         snprintf(err, errlen, "out of memory");

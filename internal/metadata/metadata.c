@@ -32,9 +32,19 @@ void metadata_destroy(struct metadata_provider *p)
 void metadata_builder_add(struct metadata_builder *b, bool structured, const char *name, const char *value)
 {
     if (!name || !*name || !value) return;
-    if (loki_label_name_reserved(name)) {
-        /* Loki's own names (__name__, __stream_shard__…): never sent. */
-        if (b->nreserved < sizeof b->reserved / sizeof b->reserved[0]) b->reserved[b->nreserved] = name;
+    const char *refused = NULL;
+    /* Loki's own names (__name__, __stream_shard__…): never sent. */
+    if (loki_label_name_reserved(name))
+        refused = "Loki reserves names starting with \"__\"";
+    /* The agent's pod_uid and container_id are facts of the file's path: a
+     * pod must not be able to claim another's. */
+    else if (structured && b->agent_ids && loki_structured_name_agents(name))
+        refused = "the agent sends that structured metadata itself (output.loki.structured_metadata)";
+    if (refused) {
+        if (b->nreserved < sizeof b->reserved / sizeof b->reserved[0]) {
+            b->reserved[b->nreserved] = name;
+            b->why_reserved[b->nreserved] = refused;
+        }
         b->nreserved++;
         return;
     }
@@ -66,6 +76,7 @@ struct metadata_labels *metadata_builder_finish(const struct metadata_builder *b
     char *text = (char *)(pairs + n);
     m->excluded = b->excluded;
     m->why_excluded = NULL;
+    m->why_incomplete = b->why_incomplete;
     m->nlabels = counts[STREAM];
     m->labels = pairs;
     m->nstructured = counts[STRUCTURED];

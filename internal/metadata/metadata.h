@@ -44,6 +44,9 @@ enum metadata_status {
 struct metadata_labels {
     bool excluded;         /* an annotation says not to collect this file */
     const char *why_excluded;
+    /* With METADATA_PENDING, what is not known yet of an answer otherwise
+     * complete (static text, not copied); NULL otherwise. */
+    const char *why_incomplete;
     size_t nlabels;        /* stream labels, in addition to the path's */
     const struct loki_label *labels;
     size_t nstructured;    /* Loki structured metadata for every line */
@@ -56,7 +59,9 @@ struct metadata_provider;
 
 struct metadata_provider_ops {
     const char *name;
-    /* Fills *out (NULL when there is nothing to add) and says how complete it is. */
+    /* Fills *out (NULL when there is nothing to add) and says how complete
+     * it is. PENDING with *out set: what is known so far (the pod, not yet
+     * its namespace), for when the wait is over. */
     enum metadata_status (*describe)(struct metadata_provider *p, const struct parser_path_meta *path,
                                      struct metadata_labels **out);
     uint64_t (*generation)(struct metadata_provider *p);
@@ -100,15 +105,22 @@ struct metadata_builder {
     size_t npod_labels;
     bool excluded;
     const char *why_excluded;
+    const char *why_incomplete; /* static text */
     bool overflow;
     /* Names refused because Loki reserves them (starting with "__" once
-     * sanitised): how many, and the first few, for the caller to say. */
+     * sanitised), or, as structured metadata, because the agent sends them
+     * itself: how many, the first few and why, for the caller to say. */
     size_t nreserved;
     const char *reserved[8];
+    const char *why_reserved[8];
+    /* Set by the provider: output.loki.structured_metadata is on, so
+     * loki_structured_name_agents names are taken. */
+    bool agent_ids;
 };
 /* The label is added unless one of that name (as Loki sanitises it) is
- * there, or the name is one Loki reserves (loki_label_name_reserved: then
- * it is counted in nreserved). Names are sanitised by finish(). */
+ * there, or the name is one Loki reserves (loki_label_name_reserved), or a
+ * structured name the agent sends itself (with agent_ids): those are
+ * counted in nreserved. Names are sanitised by finish(). */
 void metadata_builder_add(struct metadata_builder *b, bool structured, const char *name, const char *value);
 /* Copies everything into one allocation; NULL on allocation failure. */
 struct metadata_labels *metadata_builder_finish(const struct metadata_builder *b);

@@ -11,7 +11,8 @@
  * per stream kind, and a node at most that many per file.
  *
  * structured_metadata: `[field, ..]` or `{name: field}`: per-entry name and
- * value pairs sent in Loki's structured metadata (they never make streams).
+ * value pairs sent in Loki's structured metadata (they never make streams);
+ * not pod_uid or container_id when the agent sends those itself.
  *
  * Names are Prometheus label names and may not take over a label the agent
  * sets itself (namespace, pod, container, filename, node_name, stream, or
@@ -20,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "loki/loki.h"
 #include "stage.h"
 
 struct label_rule {
@@ -237,6 +239,9 @@ static int meta_compile(struct stage *st, const struct config_tree *node, struct
         const char *name = node->kind == CONFIG_TREE_MAP ? node->keys[i] : v->text;
         const char *field = *v->text ? v->text : name;
         if (check_name(cx, v, name) != 0) return -1;
+        if (cx->cfg->output.loki.structured_metadata && loki_structured_name_agents(name))
+            return stage_fail(cx, v, name, "the agent sends this structured metadata itself "
+                              "(output.loki.structured_metadata): a line must not be able to claim another pod's");
         if (mc->n == STAGE_MAX_META) return stage_fail(cx, v, name, "too many");
         int slot = intern(cx, v, cx->block->meta, &cx->block->nmeta, STAGE_MAX_META, name);
         if (slot < 0) return -1;

@@ -44,7 +44,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         int rc = kube_parse_event(text, size, kind, &ev, err, sizeof err);
         if (rc != 0 && (rc != -1 || !err[0])) abort();
         if (rc == 0) {
-            if (ev.type != KUBE_EVENT_ERROR && !ev.resource_version) abort();
+            /* An unreadable object says why and holds nothing; its version may be unreadable too. */
+            if (ev.type == KUBE_EVENT_UNREADABLE && (!ev.message[0] || ev.object.name)) abort();
+            if (ev.type != KUBE_EVENT_ERROR && ev.type != KUBE_EVENT_UNREADABLE && !ev.resource_version) abort();
             if (ev.type <= KUBE_EVENT_DELETED) check_object(&ev.object);
             kube_cache_apply(&cache, &ev);
             kube_event_free(&ev);
@@ -56,6 +58,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (rc == 0) {
             if (!list.resource_version) abort();
             for (size_t i = 0; i < list.count; i++) check_object(&list.items[i]);
+            if (list.nskipped && !list.skipped[0]) abort();
             kube_list_free(&list);
         }
     }

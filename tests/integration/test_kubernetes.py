@@ -85,11 +85,12 @@ class KubeTestCase(AgentTestCase):
         return path
 
     config_extra = ""  # more configuration (a pipeline)
+    loki_extra = ""  # more output.loki settings
 
     def config(self, kube=""):
         return base_config(self.tree, self.workdir,
-                           f"output:\n  loki:\n    url: {self.receiver.url}\n" + (f"kubernetes:\n{kube}" if kube else "")
-                           + self.config_extra)
+                           f"output:\n  loki:\n    url: {self.receiver.url}\n{self.loki_extra}"
+                           + (f"kubernetes:\n{kube}" if kube else "") + self.config_extra)
 
     def start_agent(self, kube="", env=None, wait_list=True, api_up=True):
         if api_up and not self.api.httpd:
@@ -184,6 +185,47 @@ class LabelsTest(KubeTestCase):
         self.assertEqual(self.api.unauthorized, 0)
         self.assertTrue(all(t is None for t in self.api.tokens_seen), "no token was configured")
         self.assertGreaterEqual(self.api.lists, 3, "the 6 pods of this node come in pages of 2")
+
+
+class NulValueTest(KubeTestCase):
+    def test_a_nul_in_one_pods_values_spoils_neither_the_list_nor_the_watch(self):
+        """The API server accepts any annotation value, "\\u0000" included. Such a value is left
+        out, said once; a pod whose name holds one (from a hostile server) is left out, said
+        once; every other pod keeps its labels and its exclusion, in the list and in the watch
+        (which goes on: no relist)."""
+        good = Pod(self, "shop", "web-0", labels={"app": "web"})
+        secret = Pod(self, "shop", "secret-0", annotations={"loglet.io/exclude": "true"})
+        odd = Pod(self, "other", "odd-0", labels={"app": "odd", "tier": "a\u0000b"},
+                  annotations={"example.com/note": "a\u0000b", "loglet.io/labels": "team=pay\u0000ments"})
+        evil = kas.pod("other", "evil\u0000-0", node=NODE)
+        for p in (good, secret, odd):
+            self.api.put_pod(p.obj)
+        self.api.put_pod(evil)
+        a = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n")
+        a.wait_stderr(r"kubernetes: listed 3 pods", timeout=1)
+        lists = self.api.lists
+        for p in (good, secret, odd):
+            p.create_files().write(10)
+        # Through the watch: the same again, then a pod that must still be labelled.
+        self.api.put_pod(dict(kas.pod("other", "evil\u0000-1", node=NODE)))
+        secret2 = Pod(self, "shop", "secret-1", annotations={"loglet.io/exclude": "true", "x": "\u0000"})
+        after = Pod(self, "shop", "after-0", labels={"app": "after"}, annotations={"example.com/n": "\u0000"})
+        self.api.put_pod(secret2.obj)
+        self.api.put_pod(after.obj)
+        for p in (secret2, after):
+            p.create_files().write(10)
+        self.wait_all([good, odd, after])
+        time.sleep(2.2)  # past wait_for_metadata: an excluded pod's lines would be here by now
+        self.assertEqual(a.stop(), 0)
+        secret.written = {c: [] for c in secret.written}
+        secret2.written = {c: [] for c in secret2.written}
+        apps = {"web-0": {"app": "web"}, "odd-0": {"app": "odd"}, "after-0": {"app": "after"}}
+        self.check_lines([good, odd, after, secret, secret2],
+                         lambda p, c, s, *_: dict(self.path_labels(p, c, s), **apps[p.name]))
+        err = a.stderr_text()
+        self.assertEqual(len(re.findall(r"holds a NUL character: that value is left out", err)), 1, err[-3000:])
+        self.assertEqual(len(re.findall(r"left out of the pods: .*other/evil", err)), 1, err[-3000:])
+        self.assertEqual(self.api.lists, lists, "the watch was abandoned and the pods listed again")
 
 
 class PipelinePodLabelsTest(KubeTestCase):
@@ -310,7 +352,7 @@ class LabelNamesTest(KubeTestCase):
         p.write(3, "rotated ")
         self.wait_all([p])
         self.assertEqual(a.stop(), 0)
-        said = re.findall(r'loglet.io/labels names the label \\?"(__reserved|_.hidden)\\?"', a.stderr_text())
+        said = re.findall(r'the name \\?"(__reserved|_.hidden)\\?" \(from loglet.io/labels', a.stderr_text())
         self.assertEqual(sorted(said), ["_.hidden", "__reserved"], a.stderr_text()[-2000:])
         e = self.receiver.all_entries()[0]
         return (set(e["label_map"]) - set(self.path_labels(p, "app", "stdout"))) | set(e.get("metadata") or {})
@@ -344,6 +386,38 @@ class StructuredMetadataTest(KubeTestCase):
             want = ({"app": "api", "app_kubernetes_io_instance": "blue", "team": "payments", "tier": "1"}
                     if e["label_map"]["pod"] == "api-0" else {})
             self.assertEqual(e["metadata"], want, e["line"])
+
+
+class StructuredSpoofTest(KubeTestCase):
+    loki_extra = "    structured_metadata: true\n"
+
+    def test_a_pod_cannot_claim_the_agents_own_structured_metadata(self):
+        """With output.loki.structured_metadata the agent sends pod_uid and container_id itself,
+        from the file's path: a pod's loglet.io/labels (or a copy rule) naming them, as Loki sees
+        the name, is refused, said once per name; the name is sent once, with the agent's value."""
+        evil = Pod(self, "shop", "evil-0", labels={"app": "evil", "victim": "11111111-victim"},
+                   annotations={"loglet.io/labels": "pod_uid=11111111-victim, container.id=deadbeef, team=red"})
+        plain = Pod(self, "shop", "plain-0", labels={"app": "plain"})
+        for p in (evil, plain):
+            self.api.put_pod(p.obj)
+        a = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n  structured_metadata: true\n"
+                             "  pod_labels: [app, {from: victim, to: pod_uid}]\n")
+        for p in (evil, plain):
+            p.create_files().write(10)
+        self.wait_all([evil, plain])
+        self.assertEqual(a.stop(), 0)
+        self.check_lines([evil, plain], lambda p, c, s, *_: self.path_labels(p, c, s))
+        pods = {"evil-0": evil, "plain-0": plain}
+        for e in self.receiver.all_entries():
+            p = pods[e["label_map"]["pod"]]
+            want = {"pod_uid": p.uid, "container_id": p.files["app"].container_id, "app": p.name.split("-")[0]}
+            if p is evil:
+                want["team"] = "red"
+            self.assertEqual(e["metadata"], want, e["line"])
+        err = a.stderr_text()
+        said = re.findall(r'pod shop/evil-0: the name \\?"(pod_uid|container.id)\\?" .*the agent sends that '
+                          r'structured metadata itself', err)
+        self.assertEqual(sorted(said), ["container.id", "pod_uid"], err[-2000:])
 
 
 class WaitTest(KubeTestCase):
@@ -415,6 +489,48 @@ class ExclusionTest(KubeTestCase):
         self.assertIn("not tailing", a.stderr_text())
 
 
+class NamespaceWaitTest(KubeTestCase):
+    def test_files_wait_for_their_namespace_so_its_exclusion_and_labels_apply_from_the_first_line(self):
+        """Namespaces watched: a file whose pod is known but whose namespace is not (the namespace
+        list is slower than the pods', or the namespace's event is behind its pod's) waits for it,
+        up to wait_for_metadata, then goes with what is known, said."""
+        self.api.list_delay = {"namespaces": 1.5}
+        self.api.put_namespace(kas.namespace("quiet", annotations={"loglet.io/exclude": "true"}))
+        self.api.put_namespace(kas.namespace("shop", labels={"team": "payments"}))
+        secret = Pod(self, "quiet", "secret-0")
+        web = Pod(self, "shop", "web-0", labels={"app": "web"})
+        fresh = Pod(self, "fresh", "new-0")  # its namespace is created after it
+        ghost = Pod(self, "ghost", "g-0", labels={"app": "ghost"})  # its namespace never comes
+        for p in (secret, web, fresh, ghost):
+            self.api.put_pod(p.obj)
+        a = self.start_agent(f"  kubeconfig: {yaml_quote(self.kubeconfig())}\n  namespace_labels: [team]\n")
+        self.assertNotIn("listed 1 namespaces", a.stderr_text())
+        t0 = time.monotonic()
+        for p in (secret, web):
+            p.create_files().write(20)
+        a.wait_stderr(r"kubernetes: listed 2 namespaces", timeout=10)
+        fresh.create_files().write(20)
+        ghost.create_files().write(20)
+        time.sleep(0.5)
+        self.api.put_namespace(kas.namespace("fresh", annotations={"loglet.io/exclude": "true"}))
+        self.wait_all([web, ghost])
+        self.assertLess(time.monotonic() - t0, 1.5 + 2.0 + 2.5, "a file waited far longer than wait_for_metadata")
+        time.sleep(1.0)  # anything excluded would be here by now
+        self.assertEqual(a.stop(), 0)
+        secret.written = {c: [] for c in secret.written}
+        fresh.written = {c: [] for c in fresh.written}
+        extra = {"web-0": {"app": "web", "team": "payments"}, "g-0": {"app": "ghost"}}
+        self.check_lines([web, ghost, secret, fresh],
+                         lambda p, c, s, *_: dict(self.path_labels(p, c, s), **extra[p.name]))
+        err = a.stderr_text()
+        self.assertRegex(err, r"metadata of pod ghost/g-0 is still incomplete after 2000 ms \(its namespace is not "
+                         r"known yet\)")
+        self.assertRegex(err, r"not tailing \S+secret-0_quiet_app\S+ \(\S+\) from offset 0 on: its namespace is "
+                         r"annotated loglet.io/exclude=true")
+        self.assertRegex(err, r"not tailing \S+new-0_fresh_app\S+ \(\S+\) from offset 0 on: its namespace is "
+                         r"annotated loglet.io/exclude=true")
+
+
 class ExclusionChangeTest(KubeTestCase):
     def test_exclusion_added_stops_a_file_and_lifted_resumes_it_at_its_end(self):
         """loglet.io/exclude added to a pod whose file is being read stops it where it is; lifted
@@ -466,6 +582,44 @@ class ExclusionChangeTest(KubeTestCase):
             p = a_pod if e["label_map"]["pod"] == "a-0" else b_pod
             self.assertEqual(e["label_map"], dict(self.path_labels(p, "app", e["label_map"]["stream"]),
                                                   app=p.obj["metadata"]["labels"]["app"]))
+
+
+class ExclusionRestartTest(KubeTestCase):
+    def test_an_excluded_file_resumes_where_it_was_excluded_after_a_restart_with_the_api_down(self):
+        """An exclusion added to a live file keeps where it stopped in the positions file
+        (excluded: 1). Restarted with the pod still excluded: nothing is sent and the entry stays.
+        Restarted with the API server down: the file resumes there (lines flow without metadata),
+        it is not taken for a new file and sent from its beginning again."""
+        p = Pod(self, "shop", "chatty-0", labels={"app": "chatty"})
+        self.api.put_pod(p.obj)
+        kc = yaml_quote(self.kubeconfig())
+        positions = os.path.join(self.workdir, "positions.yaml")
+        a = self.start_agent(f"  kubeconfig: {kc}\n")
+        p.create_files().write(5, "before ")
+        self.wait_all([p])
+        stopped_at = os.path.getsize(p.files["app"].log_path)
+        p.obj["metadata"]["annotations"]["loglet.io/exclude"] = "true"
+        self.api.put_pod(p.obj)
+        a.wait_stderr(r"not tailing .*chatty-0", timeout=5)
+        p.write(5, "excluded ")
+        time.sleep(0.5)
+        self.assertEqual(a.stop(), 0)
+        entry = re.compile(r"chatty-0.*offset: %d, excluded: 1\}" % stopped_at)
+        self.assertRegex(open(positions).read(), entry)
+
+        a = self.start_agent(f"  kubeconfig: {kc}\n")
+        time.sleep(2.5)  # past wait_for_metadata
+        self.assertEqual(a.stop(), 0)
+        self.assertEqual(self.receiver.entry_count(), 5, "an excluded file was read after a restart")
+        self.assertRegex(open(positions).read(), entry)
+
+        self.api.stop()
+        p.write(5, "while-down ")
+        a = self.start_agent(f"  kubeconfig: {kc}\n", wait_list=False, api_up=False)
+        self.wait_all([p])
+        self.assertEqual(a.stop(), 0)
+        self.check_lines([p], lambda q, c, s, content: dict(self.path_labels(q, c, s),
+                                                             **({"app": "chatty"} if " before " in content else {})))
 
 
 class DegradationTest(KubeTestCase):

@@ -123,6 +123,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _list(self, kind, node, q):
         api = self.server.api
+        if api.list_delay.get(kind):
+            time.sleep(api.list_delay[kind])
         with api.lock:
             api.lists += 1
             items = [o for o in api._objects(kind) if node is None or o["spec"].get("nodeName") == node]
@@ -224,6 +226,7 @@ class APIServer:
         self.bookmark_every = 1.0
         self.garbage_next_watch = False
         self.page_size = 0
+        self.list_delay = {}  # kind ("pods", "namespaces") -> seconds a list answer is held back
         self.status_override = 0
         self.allow_namespaces = True
         self.accept_client_cert = True

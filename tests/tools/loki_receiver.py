@@ -239,7 +239,12 @@ def _decode_entry(mv):
         elif fno == 3:
             _expect(fno, wt, WT_LEN, "EntryAdapter.structuredMetadata")
             k, val = _decode_label_pair(v, errors, "structured metadata")
-            metadata[k] = val
+            # A name sent twice is kept as the list of its values, so that a
+            # test comparing metadata to a dict of strings fails on it.
+            if k in metadata:
+                metadata[k] = (metadata[k] if isinstance(metadata[k], list) else [metadata[k]]) + [val]
+            else:
+                metadata[k] = val
     if ts is None:
         raise DecodeError("entry has no timestamp (Loki: timestamp too old)")
     seconds, nanos = ts
@@ -309,6 +314,7 @@ def decode_push(body, compressed=True):
 
     [{"labels": '{a="b"}', "label_map": {"a": "b"}, "hash": int|None,
       "entries": [{"ts_ns": int, "line": str, "metadata": {name: value}}, ...]}, ...]
+    (a structured metadata name sent more than once: {name: [value, ...]})
     """
     pb = snappy_uncompress(body) if compressed else body
     return decode_push_request(pb)

@@ -78,26 +78,40 @@ static void expect_refused(const char *text, size_t len, const char *reason)
     assert_null(ev.object.name);
 }
 
+/* A well-formed event whose object cannot be read: skipped with a reason
+ * naming it, its version kept so that the watch goes on past it. */
+static void expect_unreadable(const char *text, const char *reason)
+{
+    struct kube_event ev;
+    char err[256] = "";
+    assert_int_equal(kube_parse_event(text, strlen(text), KUBE_POD, &ev, err, sizeof err), 0);
+    assert_int_equal(ev.type, KUBE_EVENT_UNREADABLE);
+    if (!strstr(ev.message, reason)) fail_msg("for %.80s: expected '%s' in '%s'", text, reason, ev.message);
+    assert_null(ev.object.name);
+    kube_event_free(&ev);
+}
+
 static void test_malformed_events_are_refused_with_a_reason(void **state)
 {
     (void)state;
 #define REFUSED(t, r) expect_refused(t, strlen(t), r)
+#define UNREADABLE(t, r) expect_unreadable(t, r)
     REFUSED("", "not valid JSON");
     REFUSED("{\"type\":\"ADDED\",\"object\":{\"metadata\": nonsense", "not valid JSON");
     REFUSED("[1,2]", "must be an object");
     REFUSED("{\"type\":\"ADDED\"}", "must be an object");
     REFUSED("{\"type\":\"RENAMED\",\"object\":{}}", "unknown watch event type");
-    REFUSED("{\"type\":\"ADDED\",\"object\":{}}", "pod.metadata is missing");
-    REFUSED("{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":7,\"namespace\":\"a\"}}}", "pod.metadata.name is not a string");
-    REFUSED("{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"p\"}}}", "pod.metadata.namespace is missing");
-    REFUSED("{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"\",\"namespace\":\"a\"}}}", "name is empty");
-    REFUSED("{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"p\",\"namespace\":\"a\",\"labels\":[]}}}",
+    UNREADABLE("{\"type\":\"ADDED\",\"object\":{}}", "pod.metadata is missing");
+    UNREADABLE("{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":7,\"namespace\":\"a\"}}}", "pod.metadata.name is not a string");
+    UNREADABLE("{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"p\"}}}", "pod.metadata.namespace is missing");
+    UNREADABLE("{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"\",\"namespace\":\"a\"}}}", "name is empty");
+    UNREADABLE("{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"p\",\"namespace\":\"a\",\"labels\":[]}}}",
             "labels is not an object");
-    REFUSED("{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"p\",\"namespace\":\"a\",\"labels\":{\"x\":1}}}}",
+    UNREADABLE("{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"p\",\"namespace\":\"a\",\"labels\":{\"x\":1}}}}",
             "is not a string");
-    REFUSED("{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"p\",\"namespace\":\"a\",\"ownerReferences\":"
+    UNREADABLE("{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"p\",\"namespace\":\"a\",\"ownerReferences\":"
             "[{\"kind\":\"Job\",\"controller\":true}]}}}", "ownerReferences[0].name is missing");
-    REFUSED("{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"p\",\"namespace\":\"a\"},\"spec\":\"x\"}}",
+    UNREADABLE("{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"p\",\"namespace\":\"a\"},\"spec\":\"x\"}}",
             "pod.spec is not an object");
     REFUSED("{\"type\":\"ADDED\",\"type\":\"DELETED\",\"object\":{}}", "not valid JSON"); /* duplicate key */
     REFUSED("{\"type\":\"BOOKMARK\",\"object\":{}}", "BOOKMARK");
@@ -125,6 +139,7 @@ static void test_malformed_events_are_refused_with_a_reason(void **state)
     expect_refused(huge, big, "larger than");
     free(huge);
 #undef REFUSED
+#undef UNREADABLE
 }
 
 static void test_list_with_continue_and_a_bad_item(void **state)
@@ -146,14 +161,63 @@ static void test_list_with_continue_and_a_bad_item(void **state)
     assert_int_equal(list.count, 0);
     kube_list_free(&list);
     const char *bad = "{\"metadata\":{\"resourceVersion\":\"9\"},\"items\":[{\"metadata\":{\"name\":\"a\",\"namespace\":\"n\"}},7]}";
-    assert_int_equal(kube_parse_list(bad, strlen(bad), KUBE_POD, &list, err, sizeof err), -1);
-    assert_non_null(strstr(err, "list item 1"));
+    /* One item that cannot be read is left out, not the list. */
+    assert_int_equal(kube_parse_list(bad, strlen(bad), KUBE_POD, &list, err, sizeof err), 0);
+    assert_int_equal(list.count, 1);
+    assert_string_equal(list.items[0].name, "a");
+    assert_int_equal(list.nskipped, 1);
+    assert_non_null(strstr(list.skipped, "list item 1"));
+    kube_list_free(&list);
     const char *ns = "{\"metadata\":{\"resourceVersion\":\"3\"},\"items\":[{\"metadata\":{\"name\":\"quiet\","
                      "\"annotations\":{\"loglet.io/exclude\":\"true\"}}}]}";
     assert_int_equal(kube_parse_list(ns, strlen(ns), KUBE_NAMESPACE, &list, err, sizeof err), 0);
     assert_string_equal(kube_object_annotation(&list.items[0], "loglet.io/exclude"), "true");
     assert_null(list.items[0].namespace_);
     kube_list_free(&list);
+}
+
+/* The API server accepts any annotation value, "\u0000" included: such a
+ * value is left out where it would be kept, the pod and every other pod
+ * stay readable; a name holding a NUL makes that one item (or event)
+ * unreadable, named, and nothing else. */
+static void test_a_nul_in_a_value_spoils_only_that_value_or_that_object(void **state)
+{
+    (void)state;
+    struct kube_list list;
+    char err[256] = "";
+    const char *text =
+        "{\"metadata\":{\"resourceVersion\":\"5\"},\"items\":["
+        "{\"metadata\":{\"name\":\"bad-0\",\"namespace\":\"other\",\"labels\":{\"app\":\"x\\u0000y\",\"tier\":\"1\"},"
+        "\"annotations\":{\"example.com/note\":\"a\\u0000b\",\"loglet.io/labels\":\"t=\\u0000\","
+        "\"loglet.io/exclude-containers\":\"side\",\"kubernetes.io/config.hash\":\"h\\u0000\"}}},"
+        "{\"metadata\":{\"name\":\"evil\\u0000-0\",\"namespace\":\"other\"}},"
+        "{\"metadata\":{\"name\":\"web-0\",\"namespace\":\"shop\",\"labels\":{\"app\":\"web\"}}}]}";
+    assert_int_equal(kube_parse_list(text, strlen(text), KUBE_POD, &list, err, sizeof err), 0);
+    assert_int_equal(list.count, 2);
+    assert_string_equal(list.items[0].name, "bad-0");
+    assert_int_equal(list.items[0].nlabels, 1);
+    assert_null(kube_object_label(&list.items[0], "app"));
+    assert_string_equal(kube_object_label(&list.items[0], "tier"), "1");
+    assert_int_equal(list.items[0].nannotations, 1);
+    assert_null(kube_object_annotation(&list.items[0], "loglet.io/labels"));
+    assert_string_equal(kube_object_annotation(&list.items[0], "loglet.io/exclude-containers"), "side");
+    assert_null(list.items[0].config_hash);
+    assert_string_equal(list.items[1].name, "web-0");
+    assert_string_equal(kube_object_label(&list.items[1], "app"), "web");
+    assert_int_equal(list.nskipped, 1);
+    if (!strstr(list.skipped, "list item 1, pod other/evil") || !strstr(list.skipped, "NUL"))
+        fail_msg("skipped: %s", list.skipped);
+    kube_list_free(&list);
+
+    struct kube_event ev;
+    const char *event = "{\"type\":\"MODIFIED\",\"object\":{\"metadata\":{\"name\":\"p\",\"namespace\":\"a\\u0000\","
+                        "\"resourceVersion\":\"12\"}}}";
+    assert_int_equal(kube_parse_event(event, strlen(event), KUBE_POD, &ev, err, sizeof err), 0);
+    assert_int_equal(ev.type, KUBE_EVENT_UNREADABLE);
+    assert_string_equal(ev.resource_version, "12");
+    if (!strstr(ev.message, "pod a/p") || !strstr(ev.message, "pod.metadata.namespace holds a NUL"))
+        fail_msg("message: %s", ev.message);
+    kube_event_free(&ev);
 }
 
 static struct kube_event event_for(enum kube_event_type type, const char *name, const char *uid, const char *app)
@@ -514,6 +578,7 @@ int main(void)
         cmocka_unit_test(test_bookmark_and_error_events),
         cmocka_unit_test(test_malformed_events_are_refused_with_a_reason),
         cmocka_unit_test(test_list_with_continue_and_a_bad_item),
+        cmocka_unit_test(test_a_nul_in_a_value_spoils_only_that_value_or_that_object),
         cmocka_unit_test(test_cache_keeps_deleted_pods_checks_uids_and_relists),
         cmocka_unit_test(test_static_pod_is_found_by_its_config_hash),
         cmocka_unit_test(test_deleted_pod_is_kept_while_its_files_are_open_then_dropped),

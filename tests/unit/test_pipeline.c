@@ -849,6 +849,17 @@ static void test_config_errors(void **state)
       "      - labels: {level: {values: [info]}}\n",
       ":6: key pipeline[0].stages[3].labels: reads field 'level', which only stages[1] (json) extracts, before the "
       "multiline stage (stages[2])");
+    {
+        /* The agent's own structured metadata cannot be claimed by a line
+         * (pod.uid is pod_uid as Loki sees it); without it, the names are free. */
+        const char *claims = "pipeline:\n  - stages:\n      - json: {fields: [trace_id, uid]}\n"
+                             "      - structured_metadata: {trace_id: trace_id, pod_uid: uid}\n";
+        snprintf(y, sizeof y, "output:\n  loki:\n    structured_metadata: true\n%s", claims);
+        expect_error(y, "structured_metadata.pod_uid: the agent sends this structured metadata itself");
+        struct fx fx;
+        fx_setup(&fx, claims);
+        fx_teardown(&fx);
+    }
 #undef E
 }
 

@@ -107,6 +107,7 @@ static void assert_same_position(const struct position *a, const struct position
     assert_int_equal(a->offset, b->offset);
     assert_int_equal(a->done, b->done);
     assert_int_equal(a->renamed, b->renamed);
+    assert_int_equal(a->excluded, b->excluded);
 }
 
 /* Writes `in`, reads it back, and compares every field of every entry. */
@@ -151,6 +152,10 @@ static void test_round_trip_ordinary_and_extreme_values(void **state)
     flagged.renamed = true;
     assert_int_equal(positions_add(&ps, &flagged), 0);
     flagged.done = false;
+    assert_int_equal(positions_add(&ps, &flagged), 0);
+    /* Excluded by an annotation at its offset. */
+    flagged.renamed = false;
+    flagged.excluded = true;
     assert_int_equal(positions_add(&ps, &flagged), 0);
     round_trip(d->file, &ps);
     positions_free(&ps);
