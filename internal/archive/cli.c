@@ -228,6 +228,22 @@ static bool record_ts(const char *line, size_t len, int64_t *ts)
     return sp && parser_rfc3339(line, (size_t)(sp - line), ts) == 0;
 }
 
+/* A CRI line's tag ('P': a partial piece, the record goes on in the next
+ * line; 'F': full or last piece), and where its content starts; 0 when the
+ * line is not CRI (the json format). */
+static char cri_tag(const char *line, size_t len, size_t *content)
+{
+    const char *sp = memchr(line, ' ', len);
+    if (!sp) return 0;
+    size_t o = (size_t)(sp - line) + 1;
+    const char *sp2 = memchr(line + o, ' ', len - o);
+    if (!sp2) return 0;
+    o = (size_t)(sp2 - line) + 1;
+    if (o >= len || (line[o] != 'P' && line[o] != 'F') || (o + 1 < len && line[o + 1] != ' ')) return 0;
+    *content = o + 1 < len ? o + 2 : len;
+    return line[o];
+}
+
 /* Calls each() for every line (without its newline) of a gzip object. */
 typedef int (*line_fn)(void *ctx, const char *line, size_t len);
 static int each_line(int fd, const char *key, line_fn each, void *ctx)
@@ -449,22 +465,13 @@ struct gather {
     size_t text_len, text_cap;
     uint32_t source;
     uint64_t seq;
+    /* A record of partial (P) pieces being read: recs[n - 1] (or skipped,
+     * outside --since/--until), until its F piece or the object's end. */
+    bool partial, partial_skipped;
 };
 
-static int gather_line(void *ctx, const char *line, size_t len)
+static int add_text(struct gather *g, const char *data, size_t len)
 {
-    struct gather *g = ctx;
-    int64_t ts = 0;
-    if (!record_ts(line, len, &ts)) ts = 0; /* kept, first in order */
-    if (g->op->since_ns && ts < g->op->since_ns) return 0;
-    if (g->op->until_ns && ts >= g->op->until_ns) return 0;
-    if (g->n == g->cap) {
-        size_t c = g->cap ? g->cap * 2 : 4096;
-        struct rec *more = realloc(g->recs, c * sizeof *more);
-        if (!more) return -1;
-        g->recs = more;
-        g->cap = c;
-    }
     if (g->text_len + len > g->text_cap) {
         size_t c = g->text_cap ? g->text_cap : 1 << 20;
         while (c < g->text_len + len) c *= 2;
@@ -473,9 +480,45 @@ static int gather_line(void *ctx, const char *line, size_t len)
         g->text = more;
         g->text_cap = c;
     }
-    memcpy(g->text + g->text_len, line, len);
-    g->recs[g->n++] = (struct rec){ts, g->seq++, g->source, g->text_len, len};
+    memcpy(g->text + g->text_len, data, len);
     g->text_len += len;
+    return 0;
+}
+
+/* A record's pieces are kept as stored, one after the other with a '\n'
+ * between them: one rec, printed as one record in time order. */
+static int gather_line(void *ctx, const char *line, size_t len)
+{
+    struct gather *g = ctx;
+    size_t content;
+    const char tag = cri_tag(line, len, &content);
+    const bool continues = g->partial;
+    g->partial = tag == 'P';
+    if (continues) {
+        if (!g->partial_skipped) {
+            if (add_text(g, "\n", 1) != 0 || add_text(g, line, len) != 0) return -1;
+            g->recs[g->n - 1].len += 1 + len;
+        }
+        if (!g->partial) g->partial_skipped = false;
+        return 0;
+    }
+    int64_t ts = 0;
+    if (!record_ts(line, len, &ts)) ts = 0; /* kept, first in order */
+    g->partial_skipped = (g->op->since_ns && ts < g->op->since_ns) || (g->op->until_ns && ts >= g->op->until_ns);
+    if (g->partial_skipped) {
+        if (!g->partial) g->partial_skipped = false;
+        return 0;
+    }
+    if (g->n == g->cap) {
+        size_t c = g->cap ? g->cap * 2 : 4096;
+        struct rec *more = realloc(g->recs, c * sizeof *more);
+        if (!more) return -1;
+        g->recs = more;
+        g->cap = c;
+    }
+    const size_t off = g->text_len;
+    if (add_text(g, line, len) != 0) return -1;
+    g->recs[g->n++] = (struct rec){ts, g->seq++, g->source, off, len};
     return 0;
 }
 
@@ -496,6 +539,9 @@ static int read_into(struct archive_store *st, const char *key, struct gather *g
         return -1;
     }
     int rc = each_line(fd, key, gather_line, g);
+    /* An object never ends inside a record (the agent writes a record's
+     * pieces together); if one does, what came is a record of its own. */
+    g->partial = g->partial_skipped = false;
     close(fd);
     return rc;
 }
@@ -542,19 +588,32 @@ static int cmd_cat(struct archive_store *st, const struct opts *op)
         if (op->cri || (r->len && line[0] == '{')) { /* as stored; a json-format record says it all */
             fwrite(line, 1, r->len, stdout);
         } else {
-            /* "TIME NAMESPACE/POD/CONTAINER STREAM CONTENT", as the agent's stdout text */
+            /* "TIME NAMESPACE/POD/CONTAINER STREAM CONTENT", as the agent's
+             * stdout text; a record of pieces prints its lines joined back. */
             const char *sp = memchr(line, ' ', r->len);
             size_t tlen = sp ? (size_t)(sp - line) : 0;
             fwrite(line, 1, tlen, stdout);
             fprintf(stdout, " %s", names[r->source]);
-            const char *rest = sp ? sp : line + r->len;
-            size_t rlen = r->len - (size_t)(rest - line);
-            /* Drop CRI's P/F tag: "stdout F x" → "stdout x". */
-            if (rlen > 10 && (strncmp(rest, " stdout F ", 10) == 0 || strncmp(rest, " stderr F ", 10) == 0)) {
-                fwrite(rest, 1, 7, stdout);
-                fwrite(rest + 9, 1, rlen - 9, stdout);
-            } else {
-                fwrite(rest, 1, rlen, stdout);
+            for (size_t at = 0, piece = 0; at < r->len; piece++) {
+                const char *nl = memchr(line + at, '\n', r->len - at);
+                const size_t plen = nl ? (size_t)(nl - line) - at : r->len - at;
+                const char *p = line + at;
+                size_t content;
+                const char tag = cri_tag(p, plen, &content);
+                if (piece > 0) fputc('\n', stdout);
+                if (tag && piece == 0) { /* " stdout F x" -> " stdout x" */
+                    const char *stream = (const char *)memchr(p, ' ', plen) + 1;
+                    const char *stream_end = memchr(stream, ' ', (size_t)(p + plen - stream));
+                    fputc(' ', stdout);
+                    fwrite(stream, 1, (size_t)(stream_end - stream), stdout);
+                    fputc(' ', stdout);
+                    fwrite(p + content, 1, plen - content, stdout);
+                } else if (tag) {
+                    fwrite(p + content, 1, plen - content, stdout);
+                } else {
+                    fwrite(piece == 0 ? p + tlen : p, 1, piece == 0 ? plen - tlen : plen, stdout);
+                }
+                at += plen + 1;
             }
         }
         fputc('\n', stdout);
@@ -598,7 +657,8 @@ static int merge_line(void *ctx, const char *line, size_t len)
 {
     struct merge *m = ctx;
     if ((len && gzwrite(m->out, line, (unsigned)len) != (int)len) || gzputc(m->out, '\n') != '\n') return -1;
-    m->lines++;
+    size_t content;
+    if (cri_tag(line, len, &content) != 'P') m->lines++; /* records: a P piece's record ends further on */
     return 0;
 }
 

@@ -367,23 +367,6 @@ static struct object *object_for(struct archive_sink *s, const struct source *sr
 
 static const char *cri_stream(uint8_t stream) { return stream == PARSER_STREAM_STDERR ? "stderr" : "stdout"; }
 
-/* The kubelet's own format: "TIME STREAM F CONTENT". */
-static size_t format_cri(const struct source_record *rec, char *dst)
-{
-    size_t o = parser_format_rfc3339(rec->ts_ns, dst);
-    dst[o++] = ' ';
-    const char *stream = cri_stream(rec->stream);
-    size_t n = strlen(stream);
-    memcpy(dst + o, stream, n);
-    o += n;
-    memcpy(dst + o, " F ", 3);
-    o += 3;
-    memcpy(dst + o, source_record_content(rec), rec->len);
-    o += rec->len;
-    dst[o++] = '\n';
-    return o;
-}
-
 static bool append(struct archive_sink *s, struct object *obj, const char *data, size_t n)
 {
     while (n) {
@@ -396,6 +379,38 @@ static bool append(struct archive_sink *s, struct object *obj, const char *data,
         n -= take;
     }
     return true;
+}
+
+/* The kubelet's own format: "TIME STREAM F CONTENT". A record holding
+ * newlines (lines the multiline stage joined) cannot be one CRI line: it
+ * goes as the kubelet's partial records, a "P" piece per line and the last
+ * one "F", all with the record's time and stream, so a CRI reader takes
+ * them as one record (the archive's reader puts the newlines back). Pieces
+ * are appended one by one: a record of many short lines grows by a prefix
+ * per line, which no fixed buffer bounds. Adds the bytes written to *n. */
+static bool append_cri(struct archive_sink *s, struct object *obj, const struct source_record *rec, uint64_t *n)
+{
+    char prefix[64];
+    size_t plen = parser_format_rfc3339(rec->ts_ns, prefix);
+    const char *stream = cri_stream(rec->stream);
+    const size_t slen = strlen(stream);
+    prefix[plen++] = ' ';
+    memcpy(prefix + plen, stream, slen);
+    plen += slen;
+    memcpy(prefix + plen, " F ", 3);
+    const size_t tag = plen + 1;
+    plen += 3;
+    const char *p = source_record_content(rec), *end = p + rec->len;
+    for (;;) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *piece_end = nl ? nl : end;
+        prefix[tag] = nl ? 'P' : 'F';
+        if (!append(s, obj, prefix, plen) || !append(s, obj, p, (size_t)(piece_end - p)) || !append(s, obj, "\n", 1))
+            return false;
+        *n += plen + (size_t)(piece_end - p) + 1;
+        if (!nl) return true;
+        p = nl + 1;
+    }
 }
 
 static bool add_ack(struct object *obj, struct source *src, uint64_t end_offset)
@@ -485,14 +500,18 @@ static bool archive_deliver(struct output_lane *out, const struct source_chunk *
     const bool json = s->cfg->output.archive.format == CONFIG_ARCHIVE_JSON;
     const uint64_t max_bytes = (uint64_t)s->cfg->output.archive.max_object_bytes;
     uint64_t added = 0;
-    /* The hot loop: format into line_buf, copy into the object's buffer;
-     * never a malloc, never a syscall but the 32 KiB write. */
+    /* The hot loop: format into the object's buffer (json through
+     * line_buf); never a malloc, never a syscall but the 32 KiB write. */
     const struct source_record *rec = source_chunk_first(chunk);
     for (uint32_t i = 0; i < chunk->records; i++, rec = source_record_next(rec)) {
-        size_t n = json ? output_format_json(chunk->source, rec, s->line_buf) : format_cri(rec, s->line_buf);
-        if (!append(s, obj, s->line_buf, n)) return false;
+        if (json) {
+            size_t n = output_format_json(chunk->source, rec, s->line_buf);
+            if (!append(s, obj, s->line_buf, n)) return false;
+            added += n;
+        } else if (!append_cri(s, obj, rec, &added)) {
+            return false;
+        }
         if (obj->lines++ == 0) obj->first_ts_ns = rec->ts_ns;
-        added += n;
         if (obj->raw_bytes + added >= max_bytes && i + 1 < chunk->records) {
             /* Full in the middle of a chunk: the rest goes to the next
              * object, which then carries the chunk's acknowledgement (the

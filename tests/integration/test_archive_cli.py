@@ -98,6 +98,12 @@ class Reader(AgentTestCase):
     def cat(self, *args):
         return self.archive("cat", *args).stdout.splitlines()
 
+    @staticmethod
+    def grace():
+        """compact's flags for deleting merged raw objects at the next run
+        (the default waits 10 minutes after the merge)."""
+        return []
+
     def raw_keys(self):
         return [k for k in self.keys() if k.startswith("kube.var.log.containers.")]
 
@@ -177,6 +183,43 @@ class Reader(AgentTestCase):
             self.archive("compact", "--older-than", "1h")
             self.assertEqual(self.cat(), before)
         self.assertEqual(self.raw_keys(), [])
+
+    def test_multiline_records_are_partial_pieces_read_back_as_one_record(self):
+        """A record the multiline stage joined is stored as CRI partial pieces
+        (P per line, then F), which cat prints as one record in its place and
+        compaction counts once; before, its lines after the first were bare
+        physical lines: cat sorted them first (no timestamp) without labels."""
+        import archive_objects as ao
+        base = (time.time_ns() // HOUR_NS - 3) * HOUR_NS
+        c = self.tree.container("shop", "api-0", "api")
+        events = []
+        for i in range(40):
+            ev = [f"Exception {i} in thread main java.lang.X: boom"] + [f"\tat com.example.F{i}.m{j}(F.java:{j})"
+                                                                       for j in range(i % 4)]
+            for j, line in enumerate(ev):
+                c.write_raw(cri_line(line, ts_ns=base + i * 10**6 + j))
+            events.append((base + i * 10**6, "\n".join(ev)))
+        cfg = base_config(self.tree, self.workdir, "  read_from: beginning\npipeline:\n  - match: {namespaces: [shop]}\n"
+                          "    stages:\n      - multiline: {mode: java, timeout: 300ms}\noutput:\n  archive:\n" +
+                          self.target() + "    max_object_bytes: 4KiB\n")
+        a = self.agent(cfg).start()
+        time.sleep(1.5)
+        self.assertEqual(a.stop(), 0)
+        stored = []
+        raw = sorted(self.raw_keys(), key=lambda k: int(k.rsplit("_", 1)[1].split(".")[0]))
+        self.assertGreater(len(raw), 1)
+        physical = b"".join(gzip.decompress(self.read(k)) for k in raw)
+        self.assertIn(b" stdout P Exception 1 in thread", physical)
+        for k in raw:
+            stored += [r[2] for r in ao.records(self.read(k), k)]
+        self.assertEqual(stored, [e[1] for e in events])
+        truth = [(ts, "shop", "api-0", "api", "stdout", content) for ts, content in events]
+        expected = "\n".join(self.expected(truth)).splitlines()
+        self.assertEqual(self.cat(), expected)
+        self.archive("compact", "--older-than", "1h", *self.grace())
+        index = json.loads(self.read("metadata/shop_api-0.json"))
+        self.assertEqual(sum(e["lines"] for e in index["objects"]), len(events))
+        self.assertEqual(self.cat(), expected)
 
     def test_errors_are_clear(self):
         p = subprocess.run([LOGLET_BIN, "archive", "cat"], capture_output=True, text=True, timeout=20)
