@@ -256,7 +256,11 @@ static const struct config_key keys[] = {
     K_SIZE("output.archive.spool_max_bytes", output.archive.spool_max_bytes, "256MiB", 1,
            "Bytes of objects being built or waiting to go up; when full, reading pauses."),
     K_INT("output.archive.max_open_objects", output.archive.max_open_objects, "256", 1, 65536,
-          "Objects being built at once (one per container, 32 KiB of memory each); past it the oldest is written early."),
+          "Objects being built at once (one per container writing, 32 KiB of memory and a file descriptor each); past "
+          "it the least recently written is sealed early."),
+    K_INT("output.archive.max_sealed_objects", output.archive.max_sealed_objects, "1024", 1, 1048576,
+          "Sealed objects waiting for the uploader (no descriptor, under 1 KiB of memory each); when that many wait, "
+          "reading pauses."),
     K_INT("output.archive.gzip_level", output.archive.gzip_level, "6", 1, 9, "zlib level of the objects."),
     K_DURATION("output.archive.timeout", output.archive.timeout_ms, "60s", 1, "Timeout of one upload request."),
     K_DURATION("output.archive.min_backoff", output.archive.min_backoff_ms, "500ms", 0,
