@@ -253,7 +253,7 @@ static int progress(void *ctx, curl_off_t dltotal, curl_off_t dlnow, curl_off_t 
     return st->cancelled && st->cancelled(st->cancel_ctx) ? 1 : 0;
 }
 
-enum verb { VERB_GET, VERB_PUT, VERB_POST, VERB_DELETE };
+enum verb { VERB_GET, VERB_HEAD, VERB_PUT, VERB_POST, VERB_DELETE };
 
 struct request {
     enum verb verb;
@@ -263,6 +263,7 @@ struct request {
     const char *sha256_hex;
     const char *md5_b64;
     const char *post_data; /* VERB_POST */
+    bool if_none_match;    /* "If-None-Match: *": S3 answers 412 rather than replace the key */
     struct download_dst *download;
     struct response *response;
     struct header_state headers;
@@ -288,6 +289,7 @@ static void perform(struct s3_store *s, struct request *rq, struct archive_outco
     struct response err_body = {.limit = 8192};
     struct response *resp = rq->response ? rq->response : &err_body;
     char sha_header[128], md5_header[96], token_header[4200];
+    static const char none_match_header[] = "If-None-Match: *";
     snprintf(sha_header, sizeof sha_header, "x-amz-content-sha256: %s", rq->sha256_hex ? rq->sha256_hex : EMPTY_SHA256);
     struct curl_slist *hdrs = curl_slist_append(NULL, sha_header);
     struct curl_slist *more = hdrs;
@@ -295,6 +297,7 @@ static void perform(struct s3_store *s, struct request *rq, struct archive_outco
         snprintf(md5_header, sizeof md5_header, "Content-MD5: %s", rq->md5_b64);
         more = curl_slist_append(hdrs, md5_header);
     }
+    if (rq->if_none_match && more) more = curl_slist_append(hdrs, none_match_header);
     if (s->token[0] && more) {
         snprintf(token_header, sizeof token_header, "x-amz-security-token: %s", s->token);
         more = curl_slist_append(hdrs, token_header);
@@ -326,6 +329,7 @@ static void perform(struct s3_store *s, struct request *rq, struct archive_outco
     if (s->ca_file) curl_easy_setopt(c, CURLOPT_CAINFO, s->ca_file);
     switch (rq->verb) {
     case VERB_GET: break;
+    case VERB_HEAD: curl_easy_setopt(c, CURLOPT_NOBODY, 1L); break;
     case VERB_PUT:
         curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
         curl_easy_setopt(c, CURLOPT_READFUNCTION, read_body);
@@ -349,7 +353,8 @@ static void perform(struct s3_store *s, struct request *rq, struct archive_outco
     long status = 0;
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
     curl_slist_free_all(hdrs);
-    const char *what = rq->verb == VERB_GET ? "GET" : rq->verb == VERB_PUT ? "PUT" : rq->verb == VERB_POST ? "POST" : "DELETE";
+    static const char *const verbs[] = {"GET", "HEAD", "PUT", "POST", "DELETE"};
+    const char *what = verbs[rq->verb];
     if (rc != CURLE_OK && !(status >= 300 && rq->download)) {
         archive_outcome_set(o, ARCHIVE_RETRY, 0, "%s s3://%s/%s: %s", what, s->bucket, full,
                             s->errbuf[0] ? s->errbuf : curl_easy_strerror(rc));
@@ -363,6 +368,7 @@ static void perform(struct s3_store *s, struct request *rq, struct archive_outco
     }
     enum archive_result r;
     if (status >= 200 && status < 300) r = ARCHIVE_OK;
+    else if (status == 412 && rq->if_none_match) r = ARCHIVE_EXISTS;
     else if (status == 401 || status == 403) r = ARCHIVE_AUTH;
     else if (status == 404 && rq->key && strcmp(code, "NoSuchBucket") != 0 && rq->verb != VERB_PUT) r = ARCHIVE_NOT_FOUND;
     else if (status == 408 || status == 429 || status >= 500) r = ARCHIVE_RETRY;
@@ -403,15 +409,15 @@ done:
 }
 
 static void put_range(struct s3_store *s, const char *key, const char *query, int fd, uint64_t offset, uint64_t len,
-                      const unsigned char md5[16], const unsigned char sha[32], struct archive_outcome *o,
-                      char *etag, size_t etag_cap)
+                      const unsigned char md5[16], const unsigned char sha[32], bool if_none_match,
+                      struct archive_outcome *o, char *etag, size_t etag_cap)
 {
     char sha_hex[65], md5_b64[32];
     hex(sha, 32, sha_hex);
     base64(md5, 16, md5_b64);
     struct upload_src body = {fd, offset, len};
     struct request rq = {.verb = VERB_PUT, .key = key, .query = query, .body = &body, .sha256_hex = sha_hex,
-                         .md5_b64 = md5_b64};
+                         .md5_b64 = md5_b64, .if_none_match = if_none_match};
     perform(s, &rq, o);
     if (etag) snprintf(etag, etag_cap, "%s", rq.headers.etag);
 }
@@ -424,7 +430,8 @@ static void sha256_hex_of(const char *data, size_t len, char out[65])
     hex(d, 32, out);
 }
 
-static void multipart_put(struct s3_store *s, const char *key, int fd, uint64_t size, struct archive_outcome *o)
+static void multipart_put(struct s3_store *s, const char *key, int fd, uint64_t size, bool if_none_match,
+                          struct archive_outcome *o)
 {
     struct response resp = {.limit = 65536};
     struct request create = {.verb = VERB_POST, .key = key, .query = "uploads=", .response = &resp};
@@ -457,7 +464,7 @@ static void multipart_put(struct s3_store *s, const char *key, int fd, uint64_t 
         }
         char query[sizeof enc_id + 64], etag[256];
         snprintf(query, sizeof query, "partNumber=%zu&uploadId=%s", i + 1, enc_id);
-        put_range(s, key, query, fd, off, n, md5, sha, o, etag, sizeof etag);
+        put_range(s, key, query, fd, off, n, md5, sha, false, o, etag, sizeof etag);
         if (o->result != ARCHIVE_OK) goto abort;
         len += (size_t)snprintf(complete + len, cap - len, "<Part><PartNumber>%zu</PartNumber><ETag>%s</ETag></Part>",
                                 i + 1, etag);
@@ -468,7 +475,7 @@ static void multipart_put(struct s3_store *s, const char *key, int fd, uint64_t 
     snprintf(query, sizeof query, "uploadId=%s", enc_id);
     struct response done_resp = {.limit = 65536};
     struct request finish = {.verb = VERB_POST, .key = key, .query = query, .post_data = complete,
-                             .sha256_hex = sha_hex, .response = &done_resp};
+                             .sha256_hex = sha_hex, .response = &done_resp, .if_none_match = if_none_match};
     perform(s, &finish, o);
     /* S3 may answer 200 with an <Error> in the body. */
     if (o->result == ARCHIVE_OK && done_resp.data && strstr(done_resp.data, "<Error>"))
@@ -493,12 +500,34 @@ static void s3_put(struct archive_store *st, const char *key, int fd, uint64_t s
                    const unsigned char sha256[32], bool replace, struct archive_outcome *o)
 {
     struct s3_store *s = st->impl;
-    (void)replace; /* S3 replaces; keys of the agent never repeat ({index}) */
+    if (!replace) {
+        /* S3 replaces a key without a word. The agent's keys do not repeat
+         * while its index counter lives, but a lost spool directory restarts
+         * it: the key must be free. "If-None-Match: *" makes S3 refuse to
+         * replace it (412) atomically; services that ignore the header
+         * (s3rver, older MinIO and Ceph) are asked first with a HEAD. A key
+         * that holds these very bytes (an earlier attempt whose answer was
+         * lost) is ours: stored. */
+        struct request head = {.verb = VERB_HEAD, .key = key};
+        perform(s, &head, o);
+        if (o->result == ARCHIVE_OK) {
+            char ours[40];
+            hex(md5, 16, ours + 1);
+            ours[0] = '"';
+            ours[33] = '"';
+            ours[34] = '\0';
+            if (strcmp(head.headers.etag, ours) == 0) return;
+            archive_outcome_set(o, ARCHIVE_EXISTS, o->http_status, "s3://%s/%s%s exists (ETag %s), not replaced",
+                                s->bucket, s->prefix, key, head.headers.etag[0] ? head.headers.etag : "none");
+            return;
+        }
+        if (o->result != ARCHIVE_NOT_FOUND) return;
+    }
     if (size > (uint64_t)s->multipart_threshold) {
-        multipart_put(s, key, fd, size, o);
+        multipart_put(s, key, fd, size, !replace, o);
         return;
     }
-    put_range(s, key, NULL, fd, 0, size, md5, sha256, o, NULL, 0);
+    put_range(s, key, NULL, fd, 0, size, md5, sha256, !replace, o, NULL, 0);
 }
 
 static void s3_list(struct archive_store *st, const char *prefix, archive_list_fn each, void *ctx,

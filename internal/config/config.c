@@ -1100,6 +1100,31 @@ static int check_key_format(const struct config *cfg, const struct config_key *k
         setf(why, whylen, "'%s' must contain {index}, or objects would overwrite each other", fmt);
         return -1;
     }
+    /* {index} counts per agent: agents of two nodes use the same numbers,
+     * so a key must also say whose container (or which node) it is. */
+    if (!strstr(fmt, "{container_id}") && !strstr(fmt, "{node}")) {
+        setf(why, whylen,
+             "'%s' must contain {container_id} or {node} besides {index}: the index counts per agent, so the "
+             "agents of two nodes would write the same keys", fmt);
+        return -1;
+    }
+    /* Compaction owns data/ and metadata/: the reader takes what is there
+     * for merged objects and indexes, not raw ones. */
+    if (strncmp(fmt, "data/", 5) == 0 || strncmp(fmt, "metadata/", 9) == 0) {
+        setf(why, whylen, "'%s' must not start with data/ or metadata/, where compaction keeps its objects", fmt);
+        return -1;
+    }
+    if (fmt[0] == '/' || fmt[strlen(fmt) - 1] == '/') {
+        setf(why, whylen, "'%s' must not start or end with '/': a key is a path of names below the prefix", fmt);
+        return -1;
+    }
+    for (const char *seg = fmt; seg; seg = strchr(seg, '/') ? strchr(seg, '/') + 1 : NULL) {
+        size_t n = strcspn(seg, "/");
+        if ((n == 1 && seg[0] == '.') || (n == 2 && seg[0] == '.' && seg[1] == '.') || n == 0) {
+            setf(why, whylen, "'%s' has an empty, '.' or '..' segment: a key must stay below the prefix", fmt);
+            return -1;
+        }
+    }
     return 0;
 }
 

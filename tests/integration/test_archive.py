@@ -407,6 +407,29 @@ class S3Protocol(S3Mixin, ArchiveCase):
     def entries(self, c):
         return ao.by_container(self.objects()).get((c.namespace, c.pod, c.name, c.container_id), [])
 
+    def test_a_lost_spool_directory_overwrites_no_key(self):
+        """The {index} counter lives in the spool directory; without it the
+        next run starts at 0 again. Before, its PUTs silently replaced the
+        first run's objects (S3 replaces by default): their lines were gone."""
+        c = self.tree.container("shop", "web-0", "app")
+        first = self.write(c, "first", 300)
+        a = self.agent(self.config()).start()
+        time.sleep(1.0)
+        self.assertEqual(a.stop(), 0)  # stores the open objects
+        self.assertEqual(ao.contents_in_order(self.entries(c)), first)
+        before = self.objects()
+        shutil.rmtree(os.path.join(self.workdir, "archive-spool"))
+        second = self.write(c, "second", 300, start=300)
+        b = self.agent(self.config()).start()
+        time.sleep(1.0)
+        self.assertEqual(b.stop(), 0)
+        after = self.objects()
+        for key, data in before.items():
+            self.assertEqual(after.get(key), data, f"{key} was replaced")
+        self.assertEqual(ao.contents_in_order(self.entries(c)), first + second)
+        puts = [r for r in self.s3.requests() if r["method"] == "PUT" and r["status"] == 200]
+        self.assertEqual(len(puts), len(after), "a key was written twice")
+
     def test_each_put_carries_the_objects_md5_and_sha256(self):
         c = self.tree.container("shop", "web-0", "app")
         lines = self.write(c, "d", 2000)
@@ -536,6 +559,13 @@ class BrokenConfig(ArchiveCase):
             ("    url: file:///x\n    key_format: '{pod}/{date}.gz'\n", r":4: key output\.archive\.key_format: .*\{index\}"),
             ("    url: file:///x\n    key_format: '{pod}/{day}_{index}'\n", r"unknown placeholder '\{day\}'"),
             ("    url: file:///x\n    format: text\n", r":4: key output\.archive\.format"),
+            ("    url: file:///x\n    key_format: '{pod}/{date}_{index}.gz'\n",
+             r":4: key output\.archive\.key_format: .*must contain \{container_id\} or \{node\}"),
+            ("    url: file:///x\n    key_format: 'data/{node}/{pod}/{index}.gz'\n", r"must not start with data/"),
+            ("    url: file:///x\n    key_format: 'metadata/{node}_{index}.json'\n", r"must not start with data/ or metadata/"),
+            ("    url: file:///x\n    key_format: '../{node}/{index}.gz'\n", r"'\.\.' segment"),
+            ("    url: file:///x\n    key_format: '{node}//{index}.gz'\n", r"an empty, '\.' or '\.\.' segment"),
+            ("    url: file:///x\n    key_format: '{node}/{index}/'\n", r"must not start or end with '/'"),
             ("    url: s3://b/p\n", r"no credentials: set output\.archive\.access_key_id_file"),
             ("    url: s3://b/p\n    endpoint: minio:9000\n",
              r"output\.archive\.endpoint 'minio:9000' must start with http:// or https://"),
