@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "archive_internal.h"
@@ -34,6 +35,7 @@
 
 #define PART_BYTES (5ULL * 1024 * 1024) /* S3's least part size: a failed part costs little to send again */
 #define MAX_RESPONSE_BYTES (16 * 1024 * 1024) /* a listing page of 1000 keys is far below */
+#define MAX_LIST_PAGES 10000 /* 10 million keys: more than cat keeps in memory sensibly */
 #define EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 struct s3_store {
@@ -54,13 +56,17 @@ struct s3_store {
 struct response {
     char *data;
     size_t len, cap, limit;
+    bool cut; /* more came than limit: what is kept is not the whole answer */
 };
 
 static size_t keep_body(char *ptr, size_t size, size_t n, void *ctx)
 {
     struct response *r = ctx;
     size_t len = size * n;
-    if (r->len + len + 1 > r->limit) len = r->len + 1 < r->limit ? r->limit - r->len - 1 : 0;
+    if (r->len + len + 1 > r->limit) {
+        len = r->len + 1 < r->limit ? r->limit - r->len - 1 : 0;
+        r->cut = true;
+    }
     if (r->len + len + 1 > r->cap) {
         size_t cap = r->cap ? r->cap : 4096;
         while (cap < r->len + len + 1) cap *= 2;
@@ -121,11 +127,39 @@ struct header_state {
     char etag[256];
 };
 
+/* Retry-After: delay-seconds or an HTTP-date; 0 when neither. Capped at a
+ * day here (no overflow); the caller caps it at max_backoff. */
+static int64_t retry_after_ms(const char *v, size_t len)
+{
+    char text[128];
+    while (len && (*v == ' ' || *v == '\t')) v++, len--;
+    while (len && (v[len - 1] == '\r' || v[len - 1] == '\n' || v[len - 1] == ' ')) len--;
+    if (!len || len >= sizeof text) return 0;
+    memcpy(text, v, len);
+    text[len] = '\0';
+    const int64_t day_s = 86400;
+    int64_t secs;
+    if (text[0] >= '0' && text[0] <= '9') {
+        char *end;
+        errno = 0;
+        unsigned long long n = strtoull(text, &end, 10);
+        if (*end) return 0;
+        secs = errno == ERANGE || n > (unsigned long long)day_s ? day_s : (int64_t)n;
+    } else {
+        time_t at = curl_getdate(text, NULL);
+        if (at < 0) return 0;
+        secs = (int64_t)at - (int64_t)time(NULL);
+        if (secs < 0) secs = 0;
+        if (secs > day_s) secs = day_s;
+    }
+    return secs * 1000;
+}
+
 static size_t read_header(char *buf, size_t size, size_t n, void *ctx)
 {
     struct header_state *h = ctx;
     size_t len = size * n;
-    if (len > 12 && strncasecmp(buf, "Retry-After:", 12) == 0) h->retry_after_ms = atoll(buf + 12) * 1000;
+    if (len > 12 && strncasecmp(buf, "Retry-After:", 12) == 0) h->retry_after_ms = retry_after_ms(buf + 12, len - 12);
     if (len > 5 && strncasecmp(buf, "ETag:", 5) == 0) {
         const char *v = buf + 5;
         while (*v == ' ') v++;
@@ -521,7 +555,9 @@ static void s3_put(struct archive_store *st, const char *key, int fd, uint64_t s
                                 s->bucket, s->prefix, key, head.headers.etag[0] ? head.headers.etag : "none");
             return;
         }
-        if (o->result != ARCHIVE_NOT_FOUND) return;
+        /* A service without HEAD (501, 405) still has If-None-Match. */
+        const bool no_head = o->http_status == 501 || o->http_status == 405;
+        if (o->result != ARCHIVE_NOT_FOUND && !no_head) return;
     }
     if (size > (uint64_t)s->multipart_threshold) {
         multipart_put(s, key, fd, size, !replace, o);
@@ -538,6 +574,7 @@ static void s3_list(struct archive_store *st, const char *prefix, archive_list_f
     snprintf(full, sizeof full, "%s%s", s->prefix, prefix);
     uri_encode(full, false, enc_prefix, sizeof enc_prefix);
     const size_t strip = strlen(s->prefix);
+    size_t pages = 1;
     for (;;) {
         char query[sizeof enc_prefix + sizeof enc_token + 64];
         if (token[0]) {
@@ -550,6 +587,13 @@ static void s3_list(struct archive_store *st, const char *prefix, archive_list_f
         struct request rq = {.verb = VERB_GET, .key = NULL, .query = query, .response = &resp};
         perform(s, &rq, o);
         if (o->result != ARCHIVE_OK) {
+            free(resp.data);
+            return;
+        }
+        if (resp.cut) {
+            archive_outcome_set(o, ARCHIVE_REFUSED, o->http_status,
+                                "listing s3://%s/%s: a page of more than %d bytes, cut; refusing a partial listing",
+                                s->bucket, full, MAX_RESPONSE_BYTES);
             free(resp.data);
             return;
         }
@@ -566,10 +610,22 @@ static void s3_list(struct archive_store *st, const char *prefix, archive_list_f
             p = end;
         }
         bool truncated = strstr(resp.data ? resp.data : "", "<IsTruncated>true</IsTruncated>") != NULL;
-        token[0] = '\0';
-        if (truncated && resp.data) xml_value(resp.data, "NextContinuationToken", token, sizeof token);
+        char next[sizeof token] = "";
+        if (truncated && resp.data) xml_value(resp.data, "NextContinuationToken", next, sizeof next);
         free(resp.data);
-        if (stop || !truncated || !token[0]) break;
+        if (stop || !truncated) break;
+        /* A server that says "more" with no way on, the same token again, or
+         * pages without end would make the listing loop and grow forever. */
+        if (!next[0] || strcmp(next, token) == 0 || ++pages >= MAX_LIST_PAGES) {
+            archive_outcome_set(o, ARCHIVE_REFUSED, 200,
+                                "listing s3://%s/%s: %s after %zu pages; refusing a listing that does not end",
+                                s->bucket, full,
+                                !next[0] ? "truncated without a continuation token"
+                                : pages >= MAX_LIST_PAGES ? "too many pages" : "the same continuation token again",
+                                pages);
+            return;
+        }
+        snprintf(token, sizeof token, "%s", next);
     }
     archive_outcome_set(o, ARCHIVE_OK, 200, "listed s3://%s/%s", s->bucket, full);
 }

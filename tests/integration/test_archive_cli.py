@@ -102,7 +102,7 @@ class Reader(AgentTestCase):
     def grace():
         """compact's flags for deleting merged raw objects at the next run
         (the default waits 10 minutes after the merge)."""
-        return []
+        return ["--delete-after", "0s"]
 
     def raw_keys(self):
         return [k for k in self.keys() if k.startswith("kube.var.log.containers.")]
@@ -129,7 +129,7 @@ class Reader(AgentTestCase):
         before = self.cat()
         self.assertEqual(before, self.expected(truth))
         raw = self.raw_keys()
-        self.archive("compact", "--older-than", "1h")
+        self.archive("compact", "--older-than", "1h", *self.grace())
         data = [k for k in self.keys() if k.startswith("data/")]
         self.assertTrue(data)
         for k in data:
@@ -143,13 +143,26 @@ class Reader(AgentTestCase):
         for e in entries:
             self.assertEqual(len(gzip.decompress(self.read(e["key"])).splitlines()), e["lines"], e["key"])
         # Second run: the sources go; nothing else changes.
-        self.archive("compact", "--older-than", "1h")
+        self.archive("compact", "--older-than", "1h", *self.grace())
         self.assertEqual(self.raw_keys(), [], "raw objects left after the second run")
         self.assertEqual(self.cat(), before)
         snapshot = {k: self.read(k) for k in self.keys()}
-        self.archive("compact", "--older-than", "1h")
+        self.archive("compact", "--older-than", "1h", *self.grace())
         self.assertEqual({k: self.read(k) for k in self.keys()}, snapshot, "a third run changed the archive")
         self.assertEqual(self.cat(), before)
+
+    def test_merged_raw_objects_stay_for_delete_after(self):
+        """Two runs in a row (an interrupted one run again) must not delete
+        what a reader that listed before the merge is about to fetch."""
+        truth = self.populate()
+        raw = self.raw_keys()
+        self.archive("compact", "--older-than", "1h")
+        self.archive("compact", "--older-than", "1h")
+        self.assertEqual(self.raw_keys(), raw, "raw objects deleted before --delete-after (10m)")
+        index = json.loads(self.read("metadata/shop_web-0.json"))
+        for e in index["objects"]:
+            self.assertEqual(e["delete_after"], e["run"] + 600000, e["key"])
+        self.assertEqual(self.cat(), self.expected(truth))
 
     def test_compaction_younger_than_older_than_is_left_alone(self):
         self.populate()
@@ -160,7 +173,7 @@ class Reader(AgentTestCase):
 
     def interrupt(self, attempt):
         """Runs a compaction cut short somewhere; True when one ran to its end."""
-        p = subprocess.Popen([LOGLET_BIN, "archive", "compact", "--older-than", "1h", *self.store_flags()],
+        p = subprocess.Popen([LOGLET_BIN, "archive", "compact", "--older-than", "1h", *self.grace(), *self.store_flags()],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(0.004 * attempt)
         p.send_signal(signal.SIGKILL)
@@ -180,7 +193,7 @@ class Reader(AgentTestCase):
         # The kills fell before, between and after the merges.
         self.assertIn((True, True), states)
         for _ in range(2):  # to the end, twice: merged, then the sources deleted
-            self.archive("compact", "--older-than", "1h")
+            self.archive("compact", "--older-than", "1h", *self.grace())
             self.assertEqual(self.cat(), before)
         self.assertEqual(self.raw_keys(), [])
 
@@ -235,6 +248,43 @@ class Reader(AgentTestCase):
         self.assertIn("--since 'yesterday'", p.stderr)
 
 
+class HostileListing(unittest.TestCase):
+    """A server that answers every listing page with "more" and the same
+    continuation token: before, cat looped forever, its memory growing."""
+
+    def test_a_listing_that_does_not_end_is_an_error(self):
+        import http.server
+        import threading
+        page = ("<?xml version='1.0'?><ListBucketResult><IsTruncated>true</IsTruncated>"
+                "<NextContinuationToken>same</NextContinuationToken>" +
+                "".join(f"<Contents><Key>k-{i}.gz</Key><Size>1</Size></Contents>" for i in range(100)) +
+                "</ListBucketResult>").encode()
+        gets = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                gets.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+
+            def log_message(self, *args):
+                pass
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        try:
+            p = subprocess.run([LOGLET_BIN, "archive", "cat", "--url", "s3://b/", "--endpoint",
+                                f"http://127.0.0.1:{srv.server_port}"], capture_output=True, text=True, timeout=30,
+                               env=dict(os.environ, AWS_ACCESS_KEY_ID="a", AWS_SECRET_ACCESS_KEY="b"))
+        finally:
+            srv.shutdown()
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("the same continuation token again", p.stderr)
+        self.assertEqual(len(gets), 2)
+
+
 class S3Reader(Reader):
     def setUp(self):
         super().setUp()
@@ -272,7 +322,7 @@ class S3Reader(Reader):
         command does not retry): the compaction stops right there, as if cut,
         and is re-run by the test."""
         self.s3.fail(status=403, count=10**6, after=attempt)
-        p = subprocess.run([LOGLET_BIN, "archive", "compact", "--older-than", "1h", *self.store_flags()],
+        p = subprocess.run([LOGLET_BIN, "archive", "compact", "--older-than", "1h", *self.grace(), *self.store_flags()],
                            capture_output=True, text=True, timeout=120)
         self.s3.fail(count=0)
         return p.returncode == 0
@@ -299,6 +349,25 @@ class S3Reader(Reader):
         # Seen: merged objects beside their raw sources (listed or not yet).
         self.assertIn((True, True, True), states)
         self.assertEqual(self.raw_keys(), [])
+
+    def test_two_compactions_during_one_read_neither_lose_nor_repeat_lines(self):
+        """cat lists, then its first GET hangs while two compaction runs merge
+        and delete the raw objects it listed. Before, the 404s were taken as
+        "compacted since the listing" and their lines silently left out (exit
+        status 0); now cat lists again and reads the merged objects."""
+        truth = self.populate()
+        before = self.cat()
+        self.assertEqual(before, self.expected(truth))
+        self.s3.fail(status=503, count=1, after=3, hang_ms=3000)  # the listing and two indexes pass
+        reader = subprocess.Popen([LOGLET_BIN, "archive", "cat", *self.store_flags()], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        for _ in range(2):
+            self.archive("compact", "--older-than", "1h", *self.grace())
+        self.assertEqual(self.raw_keys(), [])
+        out, err = reader.communicate(timeout=60)
+        self.assertEqual(reader.returncode, 0, err)
+        self.assertEqual(out.splitlines(), before)
 
     def test_wrong_credentials_are_an_error_not_an_empty_archive(self):
         self.populate()
