@@ -555,9 +555,11 @@ static void s3_put(struct archive_store *st, const char *key, int fd, uint64_t s
                                 s->bucket, s->prefix, key, head.headers.etag[0] ? head.headers.etag : "none");
             return;
         }
-        /* A service without HEAD (501, 405) still has If-None-Match. */
-        const bool no_head = o->http_status == 501 || o->http_status == 405;
-        if (o->result != ARCHIVE_NOT_FOUND && !no_head) return;
+        /* No answer (a timeout, a refused connection): said as it is.
+         * Another answer (no HEAD: 501, 405; a 403, a 503) goes on to the
+         * PUT: If-None-Match still guards the key, and a failure's answer
+         * then has a body, with S3's code and message for the log. */
+        if (o->http_status == 0 && o->result != ARCHIVE_NOT_FOUND) return;
     }
     if (size > (uint64_t)s->multipart_threshold) {
         multipart_put(s, key, fd, size, !replace, o);
