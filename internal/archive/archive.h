@@ -14,8 +14,9 @@
  *    key and the HTTP status or errno) and whether trying again can help.
  *  - put_file() stores the whole of `fd` (from offset 0) under `key`
  *    atomically: a reader sees the old state or the complete object, never
- *    a part. file:// never replaces an existing key (ARCHIVE_EXISTS);
- *    s3:// sends Content-MD5 and the payload's SHA-256, so S3 refuses a
+ *    a part. Without `replace` an existing key is never replaced
+ *    (ARCHIVE_EXISTS): file:// links without overwriting; s3:// asks with
+ *    a HEAD and sends "If-None-Match: *". s3:// sends Content-MD5 and the payload's SHA-256, so S3 refuses a
  *    body damaged in transit, and uploads in parts above
  *    multipart_threshold.
  *  - Credentials (s3://) come from the configured files or the standard
@@ -48,7 +49,7 @@ enum archive_result {
     ARCHIVE_OK,
     ARCHIVE_RETRY,     /* 5xx, 429, 503 SlowDown, no answer, a local I/O error: try again later */
     ARCHIVE_AUTH,      /* 401/403: re-read the credentials, then try again */
-    ARCHIVE_EXISTS,    /* file://: the key is taken; another key must be used */
+    ARCHIVE_EXISTS,    /* the key is taken (put without replace); another key must be used */
     ARCHIVE_NOT_FOUND, /* get/delete of a key that is not there */
     ARCHIVE_REFUSED,   /* another 4xx: the request is wrong (bucket missing, key refused); retried too */
 };
@@ -81,7 +82,8 @@ const char *archive_store_describe(const struct archive_store *st); /* the URL, 
 
 /* md5 and sha256 are the digests of the fd's `size` bytes. replace: the
  * key may exist and is replaced (indexes, compaction re-runs); without it
- * file:// answers ARCHIVE_EXISTS for a taken key (S3 cannot tell). */
+ * a taken key is ARCHIVE_EXISTS (on s3://, unless it holds these very
+ * bytes: an earlier attempt whose answer was lost, then ARCHIVE_OK). */
 void archive_store_put_file(struct archive_store *st, const char *key, int fd, uint64_t size,
                             const unsigned char md5[16], const unsigned char sha256[32], bool replace,
                             struct archive_outcome *o);

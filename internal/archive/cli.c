@@ -11,13 +11,13 @@
  *   {"version": 1, "namespace": …, "pod": …, "objects": [
  *     {"key": "data/…gz", "container": …, "container_id": …, "date": …,
  *      "hour": …, "lines": N, "sources": ["raw key", …], "run": MS,
- *      "sources_deleted": false}, …]}
+ *      "delete_after": MS, "sources_deleted": false}, …]}
  *
  * The rule that makes reading during compaction exact: a compacted object
  * counts only once the index lists it, and then the raw objects it lists
  * as sources do not count. Compaction writes the merged object first, then
- * the index; it deletes the sources of entries an earlier run wrote (one
- * cycle later), so a reader that listed before the index changed still
+ * the index; it deletes the sources of entries an earlier run wrote at
+ * least --delete-after (10 min) before, so a reader that listed before the index changed still
  * finds every raw object it listed. Each step is idempotent: an interrupted
  * run leaves at most a merged object no index lists (ignored, and written
  * again the same by the next run), or sources left to delete.
@@ -47,6 +47,7 @@ struct opts {
     const char *namespace_, *pod, *container, *job;
     int64_t since_ns, until_ns;
     int64_t older_than_ms;
+    int64_t delete_after_ms; /* raw objects merged this long ago may go */
     bool cri; /* print records as stored */
 };
 
@@ -226,6 +227,22 @@ static bool record_ts(const char *line, size_t len, int64_t *ts)
     }
     const char *sp = memchr(line, ' ', len);
     return sp && parser_rfc3339(line, (size_t)(sp - line), ts) == 0;
+}
+
+/* A CRI line's tag ('P': a partial piece, the record goes on in the next
+ * line; 'F': full or last piece), and where its content starts; 0 when the
+ * line is not CRI (the json format). */
+static char cri_tag(const char *line, size_t len, size_t *content)
+{
+    const char *sp = memchr(line, ' ', len);
+    if (!sp) return 0;
+    size_t o = (size_t)(sp - line) + 1;
+    const char *sp2 = memchr(line + o, ' ', len - o);
+    if (!sp2) return 0;
+    o = (size_t)(sp2 - line) + 1;
+    if (o >= len || (line[o] != 'P' && line[o] != 'F') || (o + 1 < len && line[o + 1] != ' ')) return 0;
+    *content = o + 1 < len ? o + 2 : len;
+    return line[o];
 }
 
 /* Calls each() for every line (without its newline) of a gzip object. */
@@ -437,7 +454,7 @@ static bool may_overlap(const struct opts *op, const char *date, int hour)
 struct rec {
     int64_t ts;
     uint64_t seq;
-    uint32_t source; /* index into the sources' names */
+    uint32_t source; /* the object it came from: index into names and read_keys */
     size_t off, len;
 };
 
@@ -449,22 +466,13 @@ struct gather {
     size_t text_len, text_cap;
     uint32_t source;
     uint64_t seq;
+    /* A record of partial (P) pieces being read: recs[n - 1] (or skipped,
+     * outside --since/--until), until its F piece or the object's end. */
+    bool partial, partial_skipped;
 };
 
-static int gather_line(void *ctx, const char *line, size_t len)
+static int add_text(struct gather *g, const char *data, size_t len)
 {
-    struct gather *g = ctx;
-    int64_t ts = 0;
-    if (!record_ts(line, len, &ts)) ts = 0; /* kept, first in order */
-    if (g->op->since_ns && ts < g->op->since_ns) return 0;
-    if (g->op->until_ns && ts >= g->op->until_ns) return 0;
-    if (g->n == g->cap) {
-        size_t c = g->cap ? g->cap * 2 : 4096;
-        struct rec *more = realloc(g->recs, c * sizeof *more);
-        if (!more) return -1;
-        g->recs = more;
-        g->cap = c;
-    }
     if (g->text_len + len > g->text_cap) {
         size_t c = g->text_cap ? g->text_cap : 1 << 20;
         while (c < g->text_len + len) c *= 2;
@@ -473,9 +481,45 @@ static int gather_line(void *ctx, const char *line, size_t len)
         g->text = more;
         g->text_cap = c;
     }
-    memcpy(g->text + g->text_len, line, len);
-    g->recs[g->n++] = (struct rec){ts, g->seq++, g->source, g->text_len, len};
+    memcpy(g->text + g->text_len, data, len);
     g->text_len += len;
+    return 0;
+}
+
+/* A record's pieces are kept as stored, one after the other with a '\n'
+ * between them: one rec, printed as one record in time order. */
+static int gather_line(void *ctx, const char *line, size_t len)
+{
+    struct gather *g = ctx;
+    size_t content;
+    const char tag = cri_tag(line, len, &content);
+    const bool continues = g->partial;
+    g->partial = tag == 'P';
+    if (continues) {
+        if (!g->partial_skipped) {
+            if (add_text(g, "\n", 1) != 0 || add_text(g, line, len) != 0) return -1;
+            g->recs[g->n - 1].len += 1 + len;
+        }
+        if (!g->partial) g->partial_skipped = false;
+        return 0;
+    }
+    int64_t ts = 0;
+    if (!record_ts(line, len, &ts)) ts = 0; /* kept, first in order */
+    g->partial_skipped = (g->op->since_ns && ts < g->op->since_ns) || (g->op->until_ns && ts >= g->op->until_ns);
+    if (g->partial_skipped) {
+        if (!g->partial) g->partial_skipped = false;
+        return 0;
+    }
+    if (g->n == g->cap) {
+        size_t c = g->cap ? g->cap * 2 : 4096;
+        struct rec *more = realloc(g->recs, c * sizeof *more);
+        if (!more) return -1;
+        g->recs = more;
+        g->cap = c;
+    }
+    const size_t off = g->text_len;
+    if (add_text(g, line, len) != 0) return -1;
+    g->recs[g->n++] = (struct rec){ts, g->seq++, g->source, off, len};
     return 0;
 }
 
@@ -491,13 +535,116 @@ static int read_into(struct archive_store *st, const char *key, struct gather *g
     struct archive_outcome o;
     int fd = fetch(st, key, &o);
     if (fd < 0) {
-        if (o.result == ARCHIVE_NOT_FOUND) return 0; /* compacted and deleted since the listing */
+        if (o.result == ARCHIVE_NOT_FOUND) return 1; /* gone since the listing: the caller finds where */
         fprintf(stderr, "loglet archive: cannot read %s: %s\n", key, o.detail);
         return -1;
     }
     int rc = each_line(fd, key, gather_line, g);
+    /* An object never ends inside a record (the agent writes a record's
+     * pieces together); if one does, what came is a record of its own. */
+    g->partial = g->partial_skipped = false;
     close(fd);
     return rc;
+}
+
+/* Merged objects cat read late: a raw object it had listed was gone when
+ * fetched (compacted, and its sources deleted, meanwhile). The store is
+ * listed and the indexes read again once; a merged object that lists the
+ * raw key as a source is read instead, and every raw object it replaces is
+ * then skipped (or its records dropped, if already read). */
+struct late {
+    bool relisted;
+    struct listing l;
+    struct indexes ix;
+    char **sources; /* raw keys the merged objects read late replace */
+    size_t nsources, sources_cap;
+    char **merged; /* the merged objects read late */
+    size_t nmerged, merged_cap;
+    uint32_t *objects; /* their source numbers (struct rec.source) */
+    size_t nobjects, objects_cap;
+};
+
+static bool in_list(char **arr, size_t n, const char *key)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(arr[i], key) == 0) return true;
+    return false;
+}
+
+static bool superseded(const struct late *t, const char *key) { return in_list(t->sources, t->nsources, key); }
+
+static bool late_source(const struct late *t, uint32_t source)
+{
+    for (size_t i = 0; i < t->nobjects; i++)
+        if (t->objects[i] == source) return true;
+    return false;
+}
+
+static void late_free(struct late *t)
+{
+    if (t->relisted) {
+        indexes_free(&t->ix);
+        listing_free(&t->l);
+    }
+    for (size_t i = 0; i < t->nsources; i++) free(t->sources[i]);
+    for (size_t i = 0; i < t->nmerged; i++) free(t->merged[i]);
+    free(t->sources);
+    free(t->merged);
+    free(t->objects);
+}
+
+static int read_merged_instead(struct archive_store *st, const struct opts *op, const char *raw, struct late *t,
+                               struct gather *g, char ***names, size_t *nnames, size_t *names_cap, char ***read_keys,
+                               size_t *nread_keys, size_t *read_keys_cap)
+{
+    if (!t->relisted) {
+        t->relisted = true;
+        t->l.key_format = op->key_format;
+        if (list_all(st, &t->l) != 0 || load_indexes(st, &t->l, &t->ix) != 0) return -1;
+    }
+    for (size_t i = 0; i < t->ix.n; i++) {
+        json_t *objs = json_object_get(t->ix.pods[i].root, "objects"), *e;
+        size_t j;
+        json_array_foreach(objs, j, e) {
+            const char *key = entry_str(e, "key");
+            if (!listed_compacted(&t->l, key)) continue;
+            json_t *srcs = json_object_get(e, "sources"), *src;
+            size_t k;
+            bool lists_raw = false;
+            json_array_foreach(srcs, k, src) if (json_string_value(src) && strcmp(json_string_value(src), raw) == 0)
+                lists_raw = true;
+            if (!lists_raw) continue;
+            if (in_list(t->merged, t->nmerged, key)) return 0; /* read already, for another of its sources */
+            json_array_foreach(srcs, k, src) {
+                if (json_string_value(src) &&
+                    push_str(&t->sources, &t->nsources, &t->sources_cap, json_string_value(src)) != 0)
+                    return -1;
+            }
+            char name[1024];
+            snprintf(name, sizeof name, "%s/%s/%s", t->ix.pods[i].namespace_, t->ix.pods[i].pod,
+                     entry_str(e, "container"));
+            if (push_str(&t->merged, &t->nmerged, &t->merged_cap, key) != 0 ||
+                push_str(names, nnames, names_cap, name) != 0 || push_str(read_keys, nread_keys, read_keys_cap, key))
+                return -1;
+            if (t->nobjects == t->objects_cap) {
+                size_t c = t->objects_cap ? t->objects_cap * 2 : 8;
+                uint32_t *more = realloc(t->objects, c * sizeof *more);
+                if (!more) return -1;
+                t->objects = more;
+                t->objects_cap = c;
+            }
+            t->objects[t->nobjects++] = g->source = (uint32_t)(*nnames - 1);
+            const int got = read_into(st, key, g);
+            if (got == 1) fprintf(stderr, "loglet archive: the merged object %s is gone since the listing\n", key);
+            return got == 0 ? 0 : -1;
+        }
+    }
+    fprintf(stderr,
+            "loglet archive: %s was listed but is gone, and no merged object in the indexes lists it: the archive "
+            "changed under the reader (objects deleted by hand, or compactions faster than --delete-after); "
+            "nothing printed, run it again\n",
+            raw);
+    return -1;
 }
 
 static int cmd_cat(struct archive_store *st, const struct opts *op)
@@ -505,8 +652,9 @@ static int cmd_cat(struct archive_store *st, const struct opts *op)
     struct listing l = {.key_format = op->key_format};
     struct indexes ix = {0};
     struct gather g = {.op = op};
-    char **names = NULL;
-    size_t nnames = 0, names_cap = 0;
+    struct late late = {0};
+    char **names = NULL, **read_keys = NULL;
+    size_t nnames = 0, names_cap = 0, nread_keys = 0, read_keys_cap = 0;
     int rc = -1;
     if (list_all(st, &l) != 0 || load_indexes(st, &l, &ix) != 0) goto done;
     mark_covered(&l, &ix);
@@ -520,21 +668,39 @@ static int cmd_cat(struct archive_store *st, const struct opts *op)
             if (!may_overlap(op, entry_str(e, "date"), atoi(entry_str(e, "hour")))) continue;
             char name[1024];
             snprintf(name, sizeof name, "%s/%s/%s", ix.pods[i].namespace_, ix.pods[i].pod, entry_str(e, "container"));
-            if (push_str(&names, &nnames, &names_cap, name) != 0) goto done;
+            if (push_str(&names, &nnames, &names_cap, name) != 0 ||
+                push_str(&read_keys, &nread_keys, &read_keys_cap, key) != 0)
+                goto done;
             g.source = (uint32_t)(nnames - 1);
-            if (read_into(st, key, &g) != 0) goto done;
+            const int got = read_into(st, key, &g);
+            if (got == 1) /* listed and indexed, then gone: not what compaction does */
+                fprintf(stderr, "loglet archive: the merged object %s is gone since the listing\n", key);
+            if (got != 0) goto done;
         }
     }
     for (size_t i = 0; i < l.nraws; i++) {
         const struct raw *r = &l.raws[i];
         if (r->covered || !selected(op, r->k.namespace_, r->k.pod, r->k.container)) continue;
         if (r->k.date[0] && !may_overlap(op, r->k.date, r->k.hour[0] ? atoi(r->k.hour) : -1)) continue;
+        if (superseded(&late, r->key)) continue; /* its lines came with a merged object read late */
         char name[1024];
         snprintf(name, sizeof name, "%s/%s/%s", r->k.namespace_, r->k.pod, r->k.container);
-        if (push_str(&names, &nnames, &names_cap, name) != 0) goto done;
+        if (push_str(&names, &nnames, &names_cap, name) != 0 ||
+            push_str(&read_keys, &nread_keys, &read_keys_cap, r->key) != 0)
+            goto done;
         g.source = (uint32_t)(nnames - 1);
-        if (read_into(st, r->key, &g) != 0) goto done;
+        const int got = read_into(st, r->key, &g);
+        if (got < 0) goto done;
+        if (got == 1 && read_merged_instead(st, op, r->key, &late, &g, &names, &nnames, &names_cap, &read_keys,
+                                            &nread_keys, &read_keys_cap) != 0)
+            goto done;
     }
+    /* Records of raw objects a merged object read late holds again. */
+    size_t kept = 0;
+    for (size_t i = 0; i < g.n; i++)
+        if (!superseded(&late, read_keys[g.recs[i].source]) || late_source(&late, g.recs[i].source))
+            g.recs[kept++] = g.recs[i];
+    g.n = kept;
     if (g.n) qsort(g.recs, g.n, sizeof *g.recs, cmp_rec);
     for (size_t i = 0; i < g.n; i++) {
         const struct rec *r = &g.recs[i];
@@ -542,19 +708,32 @@ static int cmd_cat(struct archive_store *st, const struct opts *op)
         if (op->cri || (r->len && line[0] == '{')) { /* as stored; a json-format record says it all */
             fwrite(line, 1, r->len, stdout);
         } else {
-            /* "TIME NAMESPACE/POD/CONTAINER STREAM CONTENT", as the agent's stdout text */
+            /* "TIME NAMESPACE/POD/CONTAINER STREAM CONTENT", as the agent's
+             * stdout text; a record of pieces prints its lines joined back. */
             const char *sp = memchr(line, ' ', r->len);
             size_t tlen = sp ? (size_t)(sp - line) : 0;
             fwrite(line, 1, tlen, stdout);
             fprintf(stdout, " %s", names[r->source]);
-            const char *rest = sp ? sp : line + r->len;
-            size_t rlen = r->len - (size_t)(rest - line);
-            /* Drop CRI's P/F tag: "stdout F x" → "stdout x". */
-            if (rlen > 10 && (strncmp(rest, " stdout F ", 10) == 0 || strncmp(rest, " stderr F ", 10) == 0)) {
-                fwrite(rest, 1, 7, stdout);
-                fwrite(rest + 9, 1, rlen - 9, stdout);
-            } else {
-                fwrite(rest, 1, rlen, stdout);
+            for (size_t at = 0, piece = 0; at < r->len; piece++) {
+                const char *nl = memchr(line + at, '\n', r->len - at);
+                const size_t plen = nl ? (size_t)(nl - line) - at : r->len - at;
+                const char *p = line + at;
+                size_t content;
+                const char tag = cri_tag(p, plen, &content);
+                if (piece > 0) fputc('\n', stdout);
+                if (tag && piece == 0) { /* " stdout F x" -> " stdout x" */
+                    const char *stream = (const char *)memchr(p, ' ', plen) + 1;
+                    const char *stream_end = memchr(stream, ' ', (size_t)(p + plen - stream));
+                    fputc(' ', stdout);
+                    fwrite(stream, 1, (size_t)(stream_end - stream), stdout);
+                    fputc(' ', stdout);
+                    fwrite(p + content, 1, plen - content, stdout);
+                } else if (tag) {
+                    fwrite(p + content, 1, plen - content, stdout);
+                } else {
+                    fwrite(piece == 0 ? p + tlen : p, 1, piece == 0 ? plen - tlen : plen, stdout);
+                }
+                at += plen + 1;
             }
         }
         fputc('\n', stdout);
@@ -567,6 +746,9 @@ static int cmd_cat(struct archive_store *st, const struct opts *op)
 done:
     for (size_t i = 0; i < nnames; i++) free(names[i]);
     free(names);
+    for (size_t i = 0; i < nread_keys; i++) free(read_keys[i]);
+    free(read_keys);
+    late_free(&late);
     free(g.recs);
     free(g.text);
     indexes_free(&ix);
@@ -598,7 +780,8 @@ static int merge_line(void *ctx, const char *line, size_t len)
 {
     struct merge *m = ctx;
     if ((len && gzwrite(m->out, line, (unsigned)len) != (int)len) || gzputc(m->out, '\n') != '\n') return -1;
-    m->lines++;
+    size_t content;
+    if (cri_tag(line, len, &content) != 'P') m->lines++; /* records: a P piece's record ends further on */
     return 0;
 }
 
@@ -618,7 +801,8 @@ static bool same_container(const struct raw *a, const struct raw *b)
 
 /* Merges raws[group[0..n)] (one container, one hour, in index order). */
 static int merge_group(struct archive_store *st, struct indexes *ix, struct raw *raws, const int *fds,
-                       const size_t *group, size_t n_group, const char *date, int hour, int64_t run)
+                       const size_t *group, size_t n_group, const char *date, int hour, int64_t run,
+                       int64_t delete_after_ms)
 {
     const struct raw *first = &raws[group[0]];
     struct pod_index *p = index_for(ix, first->k.namespace_, first->k.pod);
@@ -663,10 +847,10 @@ static int merge_group(struct archive_store *st, struct indexes *ix, struct raw 
     }
     char hh[8];
     snprintf(hh, sizeof hh, "%02d", hour);
-    json_t *e = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:o, s:I, s:b}", "key", key, "container",
+    json_t *e = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:o, s:I, s:I, s:b}", "key", key, "container",
                           first->k.container, "container_id", first->k.container_id, "date", date, "hour", hh,
                           "lines", (json_int_t)m.lines, "sources", sources, "run", (json_int_t)run,
-                          "sources_deleted", 0);
+                          "delete_after", (json_int_t)(run + delete_after_ms), "sources_deleted", 0);
     if (!e || json_array_append_new(json_object_get(p->root, "objects"), e) != 0) return -1;
     /* Listed from here on: readers skip its sources. */
     if (save_index(st, p) != 0) return -1;
@@ -686,14 +870,20 @@ static int cmd_compact(struct archive_store *st, const struct opts *op)
     int rc = -1;
     if (list_all(st, &l) != 0 || load_indexes(st, &l, &ix) != 0) goto done;
     mark_covered(&l, &ix);
-    /* 1. Sources of entries an earlier run listed: no reader can still
-     * need them (it would have started a whole cycle ago). */
+    /* 1. Sources of entries an earlier run listed at least delete_after
+     * ago (recorded in the entry): a reader that listed them before the
+     * merge has read them by then. A later run alone is not enough: two
+     * runs in a row (an interrupted one run again) would delete what a
+     * reader still in its listing is about to fetch. */
     for (size_t i = 0; i < ix.n; i++) {
         json_t *objs = json_object_get(ix.pods[i].root, "objects"), *e;
         size_t j;
         json_array_foreach(objs, j, e) {
             if (json_is_true(json_object_get(e, "sources_deleted"))) continue;
-            if (json_integer_value(json_object_get(e, "run")) >= run) continue;
+            const int64_t merged = json_integer_value(json_object_get(e, "run"));
+            json_t *after = json_object_get(e, "delete_after");
+            if (merged >= run) continue;
+            if (run < (json_is_integer(after) ? json_integer_value(after) : merged + op->delete_after_ms)) continue;
             if (!listed_compacted(&l, entry_str(e, "key"))) continue; /* never delete what nothing replaces */
             json_t *srcs = json_object_get(e, "sources"), *s;
             size_t k;
@@ -761,7 +951,7 @@ static int cmd_compact(struct archive_store *st, const struct opts *op)
             gmtime_r(&secs, &tm);
             char date[32];
             snprintf(date, sizeof date, "%04d-%02d-%02d", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday);
-            if (merge_group(st, &ix, l.raws, fds, group, n, date, tm.tm_hour, run) != 0) goto done;
+            if (merge_group(st, &ix, l.raws, fds, group, n, date, tm.tm_hour, run, op->delete_after_ms) != 0) goto done;
         }
         i = j; /* the container's next hour, or the next container */
     }
@@ -796,6 +986,7 @@ static void usage(FILE *f)
             "usage: loglet archive cat     [--config FILE | --url URL [store flags]] [--namespace NS] [--pod POD]\n"
             "                              [--container NAME] [--job JOB] [--since T] [--until T] [--cri]\n"
             "       loglet archive compact [--config FILE | --url URL [store flags]] --older-than DURATION\n"
+            "                              [--delete-after DURATION (10m): raw objects go once merged this long ago]\n"
             "store flags: --endpoint URL --region R --addressing auto|path|virtual --access-key-id-file F\n"
             "             --secret-access-key-file F --session-token-file F --tls-ca-file F --key-format FMT\n"
             "  (default: the agent's output.archive settings from --config; credentials else from AWS_*)\n"
@@ -816,7 +1007,7 @@ int archive_cli_main(int argc, char **argv)
         config_free(&cfg);
         return 1;
     }
-    struct opts op = {0};
+    struct opts op = {.delete_after_ms = 10 * 60 * 1000};
     const char *config_path = NULL;
     static const struct option longs[] = {
         {"config", required_argument, NULL, 'c'},       {"url", required_argument, NULL, 'u'},
@@ -829,6 +1020,7 @@ int archive_cli_main(int argc, char **argv)
         {"container", required_argument, NULL, 'o'},    {"job", required_argument, NULL, 'j'},
         {"since", required_argument, NULL, 'S'},        {"until", required_argument, NULL, 'U'},
         {"older-than", required_argument, NULL, 'O'},   {"cri", no_argument, NULL, 'R'},
+        {"delete-after", required_argument, NULL, 'D'},
         {"help", no_argument, NULL, 'h'},               {NULL, 0, NULL, 0},
     };
     /* The flags are read twice: --config first (its values are the defaults). */
@@ -884,6 +1076,12 @@ int archive_cli_main(int argc, char **argv)
             have_older = true;
             break;
         case 'R': op.cri = true; break;
+        case 'D':
+            if (config_parse_duration_ms(optarg, &op.delete_after_ms) != 0) {
+                fprintf(stderr, "loglet archive: --delete-after '%s' is not a duration (10m, 0s)\n", optarg);
+                rc = 2;
+            }
+            break;
         case 'h': usage(stdout); config_free(&cfg); return 0;
         default: rc = 2; break;
         }

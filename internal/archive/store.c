@@ -113,7 +113,9 @@ int64_t archive_backoff_ms(int attempt, int64_t min_ms, int64_t max_ms, int64_t 
     if (wait > max_ms) wait = max_ms;
     /* Jitter of up to a quarter, so agents of many nodes do not retry in step. */
     if (wait >= 4) wait = wait - wait / 4 + (int64_t)((uint64_t)random() % (uint64_t)(wait / 4 + 1));
-    if (wait < retry_after_ms) wait = retry_after_ms;
+    /* A server's Retry-After is honoured up to max_ms: a proxy asking for a
+     * day must not stop the archive for a day. */
+    if (wait < retry_after_ms) wait = retry_after_ms < max_ms ? retry_after_ms : max_ms;
     return wait;
 }
 

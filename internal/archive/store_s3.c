@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "archive_internal.h"
@@ -34,6 +35,7 @@
 
 #define PART_BYTES (5ULL * 1024 * 1024) /* S3's least part size: a failed part costs little to send again */
 #define MAX_RESPONSE_BYTES (16 * 1024 * 1024) /* a listing page of 1000 keys is far below */
+#define MAX_LIST_PAGES 10000 /* 10 million keys: more than cat keeps in memory sensibly */
 #define EMPTY_SHA256 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 struct s3_store {
@@ -54,13 +56,17 @@ struct s3_store {
 struct response {
     char *data;
     size_t len, cap, limit;
+    bool cut; /* more came than limit: what is kept is not the whole answer */
 };
 
 static size_t keep_body(char *ptr, size_t size, size_t n, void *ctx)
 {
     struct response *r = ctx;
     size_t len = size * n;
-    if (r->len + len + 1 > r->limit) len = r->len + 1 < r->limit ? r->limit - r->len - 1 : 0;
+    if (r->len + len + 1 > r->limit) {
+        len = r->len + 1 < r->limit ? r->limit - r->len - 1 : 0;
+        r->cut = true;
+    }
     if (r->len + len + 1 > r->cap) {
         size_t cap = r->cap ? r->cap : 4096;
         while (cap < r->len + len + 1) cap *= 2;
@@ -121,11 +127,39 @@ struct header_state {
     char etag[256];
 };
 
+/* Retry-After: delay-seconds or an HTTP-date; 0 when neither. Capped at a
+ * day here (no overflow); the caller caps it at max_backoff. */
+static int64_t retry_after_ms(const char *v, size_t len)
+{
+    char text[128];
+    while (len && (*v == ' ' || *v == '\t')) v++, len--;
+    while (len && (v[len - 1] == '\r' || v[len - 1] == '\n' || v[len - 1] == ' ')) len--;
+    if (!len || len >= sizeof text) return 0;
+    memcpy(text, v, len);
+    text[len] = '\0';
+    const int64_t day_s = 86400;
+    int64_t secs;
+    if (text[0] >= '0' && text[0] <= '9') {
+        char *end;
+        errno = 0;
+        unsigned long long n = strtoull(text, &end, 10);
+        if (*end) return 0;
+        secs = errno == ERANGE || n > (unsigned long long)day_s ? day_s : (int64_t)n;
+    } else {
+        time_t at = curl_getdate(text, NULL);
+        if (at < 0) return 0;
+        secs = (int64_t)at - (int64_t)time(NULL);
+        if (secs < 0) secs = 0;
+        if (secs > day_s) secs = day_s;
+    }
+    return secs * 1000;
+}
+
 static size_t read_header(char *buf, size_t size, size_t n, void *ctx)
 {
     struct header_state *h = ctx;
     size_t len = size * n;
-    if (len > 12 && strncasecmp(buf, "Retry-After:", 12) == 0) h->retry_after_ms = atoll(buf + 12) * 1000;
+    if (len > 12 && strncasecmp(buf, "Retry-After:", 12) == 0) h->retry_after_ms = retry_after_ms(buf + 12, len - 12);
     if (len > 5 && strncasecmp(buf, "ETag:", 5) == 0) {
         const char *v = buf + 5;
         while (*v == ' ') v++;
@@ -253,7 +287,7 @@ static int progress(void *ctx, curl_off_t dltotal, curl_off_t dlnow, curl_off_t 
     return st->cancelled && st->cancelled(st->cancel_ctx) ? 1 : 0;
 }
 
-enum verb { VERB_GET, VERB_PUT, VERB_POST, VERB_DELETE };
+enum verb { VERB_GET, VERB_HEAD, VERB_PUT, VERB_POST, VERB_DELETE };
 
 struct request {
     enum verb verb;
@@ -263,6 +297,7 @@ struct request {
     const char *sha256_hex;
     const char *md5_b64;
     const char *post_data; /* VERB_POST */
+    bool if_none_match;    /* "If-None-Match: *": S3 answers 412 rather than replace the key */
     struct download_dst *download;
     struct response *response;
     struct header_state headers;
@@ -288,6 +323,7 @@ static void perform(struct s3_store *s, struct request *rq, struct archive_outco
     struct response err_body = {.limit = 8192};
     struct response *resp = rq->response ? rq->response : &err_body;
     char sha_header[128], md5_header[96], token_header[4200];
+    static const char none_match_header[] = "If-None-Match: *";
     snprintf(sha_header, sizeof sha_header, "x-amz-content-sha256: %s", rq->sha256_hex ? rq->sha256_hex : EMPTY_SHA256);
     struct curl_slist *hdrs = curl_slist_append(NULL, sha_header);
     struct curl_slist *more = hdrs;
@@ -295,6 +331,7 @@ static void perform(struct s3_store *s, struct request *rq, struct archive_outco
         snprintf(md5_header, sizeof md5_header, "Content-MD5: %s", rq->md5_b64);
         more = curl_slist_append(hdrs, md5_header);
     }
+    if (rq->if_none_match && more) more = curl_slist_append(hdrs, none_match_header);
     if (s->token[0] && more) {
         snprintf(token_header, sizeof token_header, "x-amz-security-token: %s", s->token);
         more = curl_slist_append(hdrs, token_header);
@@ -326,6 +363,7 @@ static void perform(struct s3_store *s, struct request *rq, struct archive_outco
     if (s->ca_file) curl_easy_setopt(c, CURLOPT_CAINFO, s->ca_file);
     switch (rq->verb) {
     case VERB_GET: break;
+    case VERB_HEAD: curl_easy_setopt(c, CURLOPT_NOBODY, 1L); break;
     case VERB_PUT:
         curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
         curl_easy_setopt(c, CURLOPT_READFUNCTION, read_body);
@@ -349,7 +387,8 @@ static void perform(struct s3_store *s, struct request *rq, struct archive_outco
     long status = 0;
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
     curl_slist_free_all(hdrs);
-    const char *what = rq->verb == VERB_GET ? "GET" : rq->verb == VERB_PUT ? "PUT" : rq->verb == VERB_POST ? "POST" : "DELETE";
+    static const char *const verbs[] = {"GET", "HEAD", "PUT", "POST", "DELETE"};
+    const char *what = verbs[rq->verb];
     if (rc != CURLE_OK && !(status >= 300 && rq->download)) {
         archive_outcome_set(o, ARCHIVE_RETRY, 0, "%s s3://%s/%s: %s", what, s->bucket, full,
                             s->errbuf[0] ? s->errbuf : curl_easy_strerror(rc));
@@ -363,6 +402,7 @@ static void perform(struct s3_store *s, struct request *rq, struct archive_outco
     }
     enum archive_result r;
     if (status >= 200 && status < 300) r = ARCHIVE_OK;
+    else if (status == 412 && rq->if_none_match) r = ARCHIVE_EXISTS;
     else if (status == 401 || status == 403) r = ARCHIVE_AUTH;
     else if (status == 404 && rq->key && strcmp(code, "NoSuchBucket") != 0 && rq->verb != VERB_PUT) r = ARCHIVE_NOT_FOUND;
     else if (status == 408 || status == 429 || status >= 500) r = ARCHIVE_RETRY;
@@ -403,15 +443,15 @@ done:
 }
 
 static void put_range(struct s3_store *s, const char *key, const char *query, int fd, uint64_t offset, uint64_t len,
-                      const unsigned char md5[16], const unsigned char sha[32], struct archive_outcome *o,
-                      char *etag, size_t etag_cap)
+                      const unsigned char md5[16], const unsigned char sha[32], bool if_none_match,
+                      struct archive_outcome *o, char *etag, size_t etag_cap)
 {
     char sha_hex[65], md5_b64[32];
     hex(sha, 32, sha_hex);
     base64(md5, 16, md5_b64);
     struct upload_src body = {fd, offset, len};
     struct request rq = {.verb = VERB_PUT, .key = key, .query = query, .body = &body, .sha256_hex = sha_hex,
-                         .md5_b64 = md5_b64};
+                         .md5_b64 = md5_b64, .if_none_match = if_none_match};
     perform(s, &rq, o);
     if (etag) snprintf(etag, etag_cap, "%s", rq.headers.etag);
 }
@@ -424,7 +464,8 @@ static void sha256_hex_of(const char *data, size_t len, char out[65])
     hex(d, 32, out);
 }
 
-static void multipart_put(struct s3_store *s, const char *key, int fd, uint64_t size, struct archive_outcome *o)
+static void multipart_put(struct s3_store *s, const char *key, int fd, uint64_t size, bool if_none_match,
+                          struct archive_outcome *o)
 {
     struct response resp = {.limit = 65536};
     struct request create = {.verb = VERB_POST, .key = key, .query = "uploads=", .response = &resp};
@@ -457,7 +498,7 @@ static void multipart_put(struct s3_store *s, const char *key, int fd, uint64_t 
         }
         char query[sizeof enc_id + 64], etag[256];
         snprintf(query, sizeof query, "partNumber=%zu&uploadId=%s", i + 1, enc_id);
-        put_range(s, key, query, fd, off, n, md5, sha, o, etag, sizeof etag);
+        put_range(s, key, query, fd, off, n, md5, sha, false, o, etag, sizeof etag);
         if (o->result != ARCHIVE_OK) goto abort;
         len += (size_t)snprintf(complete + len, cap - len, "<Part><PartNumber>%zu</PartNumber><ETag>%s</ETag></Part>",
                                 i + 1, etag);
@@ -468,7 +509,7 @@ static void multipart_put(struct s3_store *s, const char *key, int fd, uint64_t 
     snprintf(query, sizeof query, "uploadId=%s", enc_id);
     struct response done_resp = {.limit = 65536};
     struct request finish = {.verb = VERB_POST, .key = key, .query = query, .post_data = complete,
-                             .sha256_hex = sha_hex, .response = &done_resp};
+                             .sha256_hex = sha_hex, .response = &done_resp, .if_none_match = if_none_match};
     perform(s, &finish, o);
     /* S3 may answer 200 with an <Error> in the body. */
     if (o->result == ARCHIVE_OK && done_resp.data && strstr(done_resp.data, "<Error>"))
@@ -493,12 +534,38 @@ static void s3_put(struct archive_store *st, const char *key, int fd, uint64_t s
                    const unsigned char sha256[32], bool replace, struct archive_outcome *o)
 {
     struct s3_store *s = st->impl;
-    (void)replace; /* S3 replaces; keys of the agent never repeat ({index}) */
+    if (!replace) {
+        /* S3 replaces a key without a word. The agent's keys do not repeat
+         * while its index counter lives, but a lost spool directory restarts
+         * it: the key must be free. "If-None-Match: *" makes S3 refuse to
+         * replace it (412) atomically; services that ignore the header
+         * (s3rver, older MinIO and Ceph) are asked first with a HEAD. A key
+         * that holds these very bytes (an earlier attempt whose answer was
+         * lost) is ours: stored. */
+        struct request head = {.verb = VERB_HEAD, .key = key};
+        perform(s, &head, o);
+        if (o->result == ARCHIVE_OK) {
+            char ours[40];
+            hex(md5, 16, ours + 1);
+            ours[0] = '"';
+            ours[33] = '"';
+            ours[34] = '\0';
+            if (strcmp(head.headers.etag, ours) == 0) return;
+            archive_outcome_set(o, ARCHIVE_EXISTS, o->http_status, "s3://%s/%s%s exists (ETag %s), not replaced",
+                                s->bucket, s->prefix, key, head.headers.etag[0] ? head.headers.etag : "none");
+            return;
+        }
+        /* No answer (a timeout, a refused connection): said as it is.
+         * Another answer (no HEAD: 501, 405; a 403, a 503) goes on to the
+         * PUT: If-None-Match still guards the key, and a failure's answer
+         * then has a body, with S3's code and message for the log. */
+        if (o->http_status == 0 && o->result != ARCHIVE_NOT_FOUND) return;
+    }
     if (size > (uint64_t)s->multipart_threshold) {
-        multipart_put(s, key, fd, size, o);
+        multipart_put(s, key, fd, size, !replace, o);
         return;
     }
-    put_range(s, key, NULL, fd, 0, size, md5, sha256, o, NULL, 0);
+    put_range(s, key, NULL, fd, 0, size, md5, sha256, !replace, o, NULL, 0);
 }
 
 static void s3_list(struct archive_store *st, const char *prefix, archive_list_fn each, void *ctx,
@@ -509,6 +576,7 @@ static void s3_list(struct archive_store *st, const char *prefix, archive_list_f
     snprintf(full, sizeof full, "%s%s", s->prefix, prefix);
     uri_encode(full, false, enc_prefix, sizeof enc_prefix);
     const size_t strip = strlen(s->prefix);
+    size_t pages = 1;
     for (;;) {
         char query[sizeof enc_prefix + sizeof enc_token + 64];
         if (token[0]) {
@@ -521,6 +589,13 @@ static void s3_list(struct archive_store *st, const char *prefix, archive_list_f
         struct request rq = {.verb = VERB_GET, .key = NULL, .query = query, .response = &resp};
         perform(s, &rq, o);
         if (o->result != ARCHIVE_OK) {
+            free(resp.data);
+            return;
+        }
+        if (resp.cut) {
+            archive_outcome_set(o, ARCHIVE_REFUSED, o->http_status,
+                                "listing s3://%s/%s: a page of more than %d bytes, cut; refusing a partial listing",
+                                s->bucket, full, MAX_RESPONSE_BYTES);
             free(resp.data);
             return;
         }
@@ -537,10 +612,22 @@ static void s3_list(struct archive_store *st, const char *prefix, archive_list_f
             p = end;
         }
         bool truncated = strstr(resp.data ? resp.data : "", "<IsTruncated>true</IsTruncated>") != NULL;
-        token[0] = '\0';
-        if (truncated && resp.data) xml_value(resp.data, "NextContinuationToken", token, sizeof token);
+        char next[sizeof token] = "";
+        if (truncated && resp.data) xml_value(resp.data, "NextContinuationToken", next, sizeof next);
         free(resp.data);
-        if (stop || !truncated || !token[0]) break;
+        if (stop || !truncated) break;
+        /* A server that says "more" with no way on, the same token again, or
+         * pages without end would make the listing loop and grow forever. */
+        if (!next[0] || strcmp(next, token) == 0 || ++pages >= MAX_LIST_PAGES) {
+            archive_outcome_set(o, ARCHIVE_REFUSED, 200,
+                                "listing s3://%s/%s: %s after %zu pages; refusing a listing that does not end",
+                                s->bucket, full,
+                                !next[0] ? "truncated without a continuation token"
+                                : pages >= MAX_LIST_PAGES ? "too many pages" : "the same continuation token again",
+                                pages);
+            return;
+        }
+        snprintf(token, sizeof token, "%s", next);
     }
     archive_outcome_set(o, ARCHIVE_OK, 200, "listed s3://%s/%s", s->bucket, full);
 }

@@ -256,7 +256,11 @@ static const struct config_key keys[] = {
     K_SIZE("output.archive.spool_max_bytes", output.archive.spool_max_bytes, "256MiB", 1,
            "Bytes of objects being built or waiting to go up; when full, reading pauses."),
     K_INT("output.archive.max_open_objects", output.archive.max_open_objects, "256", 1, 65536,
-          "Objects being built at once (one per container, 32 KiB of memory each); past it the oldest is written early."),
+          "Objects being built at once (one per container writing, 32 KiB of memory and a file descriptor each); past "
+          "it the least recently written is sealed early."),
+    K_INT("output.archive.max_sealed_objects", output.archive.max_sealed_objects, "1024", 1, 1048576,
+          "Sealed objects waiting for the uploader (no descriptor, under 1 KiB of memory each); when that many wait, "
+          "reading pauses."),
     K_INT("output.archive.gzip_level", output.archive.gzip_level, "6", 1, 9, "zlib level of the objects."),
     K_DURATION("output.archive.timeout", output.archive.timeout_ms, "60s", 1, "Timeout of one upload request."),
     K_DURATION("output.archive.min_backoff", output.archive.min_backoff_ms, "500ms", 0,
@@ -1095,6 +1099,31 @@ static int check_key_format(const struct config *cfg, const struct config_key *k
     if (!has_index) {
         setf(why, whylen, "'%s' must contain {index}, or objects would overwrite each other", fmt);
         return -1;
+    }
+    /* {index} counts per agent: agents of two nodes use the same numbers,
+     * so a key must also say whose container (or which node) it is. */
+    if (!strstr(fmt, "{container_id}") && !strstr(fmt, "{node}")) {
+        setf(why, whylen,
+             "'%s' must contain {container_id} or {node} besides {index}: the index counts per agent, so the "
+             "agents of two nodes would write the same keys", fmt);
+        return -1;
+    }
+    /* Compaction owns data/ and metadata/: the reader takes what is there
+     * for merged objects and indexes, not raw ones. */
+    if (strncmp(fmt, "data/", 5) == 0 || strncmp(fmt, "metadata/", 9) == 0) {
+        setf(why, whylen, "'%s' must not start with data/ or metadata/, where compaction keeps its objects", fmt);
+        return -1;
+    }
+    if (fmt[0] == '/' || fmt[strlen(fmt) - 1] == '/') {
+        setf(why, whylen, "'%s' must not start or end with '/': a key is a path of names below the prefix", fmt);
+        return -1;
+    }
+    for (const char *seg = fmt; seg; seg = strchr(seg, '/') ? strchr(seg, '/') + 1 : NULL) {
+        size_t n = strcspn(seg, "/");
+        if ((n == 1 && seg[0] == '.') || (n == 2 && seg[0] == '.' && seg[1] == '.') || n == 0) {
+            setf(why, whylen, "'%s' has an empty, '.' or '..' segment: a key must stay below the prefix", fmt);
+            return -1;
+        }
     }
     return 0;
 }

@@ -144,6 +144,7 @@ struct config {
             char *spool_dir; /* "": archive-spool/ beside the positions file */
             int64_t spool_max_bytes;
             int64_t max_open_objects;
+            int64_t max_sealed_objects;
             int64_t gzip_level;
             int64_t timeout_ms;
             int64_t min_backoff_ms;

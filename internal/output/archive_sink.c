@@ -7,17 +7,19 @@
  * a write(2) happens once per 32 KiB. An object is sealed when its first
  * line has waited flush_interval, when it holds max_object_bytes of
  * records, when max_open_objects are open and a new container comes (the
- * oldest goes first), and at shutdown. The uploader thread takes sealed
+ * least recently written goes first), and at shutdown. The uploader thread takes sealed
  * objects one at a time, oldest first: gzips the records into a second
  * spool file (computing MD5 and SHA-256 as it goes), stores it, retrying
  * with back-off until the store takes it, and only then acknowledges the
  * object's lines. Oldest first keeps each file's acknowledgements in order
  * (one file's lines all go to its container's objects).
  *
- * Bounded: memory is max_open_objects write buffers plus one gzip stream;
- * disk is spool_max_bytes of records (open plus sealed objects), and a
- * full spool makes the consumer wait for the uploader: back-pressure on the
- * ring, then on the files. Nothing is dropped: a store that refuses is
+ * Bounded: memory is max_open_objects write buffers (and descriptors) plus
+ * one gzip stream, and at most max_sealed_objects small sealed objects (no
+ * descriptor: the uploader reopens the file by name); disk is
+ * spool_max_bytes of records (open plus sealed objects). A full spool or
+ * sealed queue makes the consumer wait for the uploader: back-pressure on
+ * the ring, then on the files. Nothing is dropped: a store that refuses is
  * retried forever (403: after re-reading the credentials).
  *
  * {index}: one counter per agent, persisted in the spool directory in
@@ -67,18 +69,23 @@ static void say(char *dst, size_t cap, const char *fmt, ...)
 #define INDEX_BLOCK 1000
 #define MAX_WAIT_MS 500
 
-/* One container's object. Open (consumer-owned): in the open list and
- * the table, fd is its records file, wbuf holds what is not written yet.
- * written + wlen == raw_bytes once a chunk is accounted. Sealed
- * (uploader-owned once queued): every record is in the file (written ==
- * raw_bytes, wlen == 0), wbuf is NULL. acks are the chunks whose last record it holds, in order, at
- * most one per source in a row. */
+/* One container's object. Open (consumer-owned): in the open list, the
+ * LRU list and the table, fd is its records file, wbuf holds what is not
+ * written yet. written + wlen == raw_bytes once a chunk is accounted.
+ * Sealed (uploader-owned once queued): every record is in the file
+ * (written == raw_bytes, wlen == 0), fd is -1 and wbuf and ident are NULL,
+ * so a sealed object costs no descriptor and little memory (the uploader
+ * opens the file by its name). seq != 0: the spool file
+ * SPOOL/PID-SEQ.raw exists (SPOOL/PID-SEQ.raw.gz while it is gzipped).
+ * acks are the chunks whose last record it holds, in order, at most one per
+ * source in a row. */
 struct object {
     struct object *older, *newer; /* open list, oldest first: opening order is due order */
+    struct object *lru_older, *lru_newer; /* open list, least recently written first */
     struct object *next_sealed;
     char *ident;
     struct parser_path_meta meta;
-    char path[PATH_MAX]; /* records; path + ".gz" while it is gzipped */
+    uint64_t seq;
     int fd;
     char *wbuf;
     size_t wlen;
@@ -98,10 +105,12 @@ struct archive_sink {
     char spool_dir[PATH_MAX];
     char index_path[PATH_MAX + 16];
     char node[256];
+    pid_t pid; /* in the spool files' names: a crashed run's files are told apart */
 
     /* consumer-owned */
     struct table open_by_ident;
     struct object *oldest, *newest;
+    struct object *lru_oldest, *lru_newest;
     size_t nopen;
     uint64_t spool_seq;
     char *line_buf;
@@ -113,6 +122,7 @@ struct archive_sink {
     pthread_cond_t changed;
     /* under lock */
     struct object *sealed_head, *sealed_tail;
+    size_t nsealed; /* at most max_sealed_objects: past it sealing waits */
     uint64_t spool_bytes; /* records of open and sealed objects */
     bool stop;
     bool lock_ready;
@@ -240,16 +250,25 @@ static int reserve_indexes(struct archive_sink *s, char *why, size_t whylen)
 /* ------------------------------------------------------------------------ */
 /* Consumer side: open objects                                              */
 
-static void object_free(struct object *obj)
+/* The object's records file; with ".gz", its gzipped copy. */
+static void object_path(const struct archive_sink *s, const struct object *obj, const char *suffix, char *dst,
+                        size_t cap)
+{
+    say(dst, cap, "%s/%llu-%llu.raw%s", s->spool_dir, (unsigned long long)s->pid, (unsigned long long)obj->seq,
+        suffix);
+}
+
+static void object_free(struct archive_sink *s, struct object *obj)
 {
     if (!obj) return;
     output_forget(obj->acks, obj->nacks);
     if (obj->fd >= 0) close(obj->fd);
-    if (obj->path[0]) {
-        unlink(obj->path);
-        char gz[PATH_MAX + 8];
-        say(gz, sizeof gz, "%s.gz", obj->path);
-        unlink(gz);
+    if (obj->seq) {
+        char path[PATH_MAX + 16];
+        object_path(s, obj, "", path, sizeof path);
+        unlink(path);
+        object_path(s, obj, ".gz", path, sizeof path);
+        unlink(path);
     }
     free(obj->acks);
     free(obj->wbuf);
@@ -269,9 +288,12 @@ static bool flush_object(struct archive_sink *s, struct object *obj)
             continue;
         }
         if (n < 0 && errno == EINTR) continue;
-        if (!s->said_spool_error)
+        if (!s->said_spool_error) {
+            char path[PATH_MAX + 16];
+            object_path(s, obj, "", path, sizeof path);
             log_error("cannot write the archive object %s: %s; retrying, its lines stay unacknowledged (said once)",
-                      obj->path, n < 0 ? strerror(errno) : "wrote nothing");
+                      path, n < 0 ? strerror(errno) : "wrote nothing");
+        }
         s->said_spool_error = true;
         if (stopping(s)) return false;
         pause_ms(s, 1000);
@@ -288,20 +310,70 @@ static void unlink_open(struct archive_sink *s, struct object *obj)
     if (obj->newer) obj->newer->older = obj->older;
     else s->newest = obj->older;
     obj->older = obj->newer = NULL;
+    if (obj->lru_older) obj->lru_older->lru_newer = obj->lru_newer;
+    else s->lru_oldest = obj->lru_newer;
+    if (obj->lru_newer) obj->lru_newer->lru_older = obj->lru_older;
+    else s->lru_newest = obj->lru_older;
+    obj->lru_older = obj->lru_newer = NULL;
     s->nopen--;
     table_del_str(&s->open_by_ident, obj->ident);
     if (s->last_object == obj) s->last_object = NULL;
 }
 
-/* Moves an open object to the uploader's queue. */
+/* Makes obj the most recently written open object. */
+static void touch(struct archive_sink *s, struct object *obj)
+{
+    if (s->lru_newest == obj) return;
+    if (obj->lru_older) obj->lru_older->lru_newer = obj->lru_newer;
+    else if (s->lru_oldest == obj) s->lru_oldest = obj->lru_newer;
+    if (obj->lru_newer) obj->lru_newer->lru_older = obj->lru_older;
+    obj->lru_newer = NULL;
+    obj->lru_older = s->lru_newest;
+    if (s->lru_newest) s->lru_newest->lru_newer = obj;
+    else s->lru_oldest = obj;
+    s->lru_newest = obj;
+}
+
+/* Waits, under s->lock, while max_sealed_objects wait for the uploader
+ * (a store that refuses): back-pressure on reading, never more objects.
+ * false: shutdown came first (the lock is still held). */
+static bool wait_for_room_locked(struct archive_sink *s)
+{
+    const size_t max = (size_t)s->cfg->output.archive.max_sealed_objects;
+    while (s->nsealed >= max) {
+        if (s->stop || output_giving_up(s->lane)) return false;
+        struct timespec deadline;
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_nsec += 200000000L;
+        if (deadline.tv_nsec >= 1000000000L) {
+            deadline.tv_sec++;
+            deadline.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&s->changed, &s->lock, &deadline);
+        metrics_beat(METRICS_THREAD_OUTPUT);
+    }
+    return true;
+}
+
+/* Moves an open object to the uploader's queue; its descriptor, buffer
+ * and name go (the uploader reopens the file). */
 static bool seal(struct archive_sink *s, struct object *obj)
 {
     if (!flush_object(s, obj)) return false;
     assert(obj->wlen == 0 && obj->written == obj->raw_bytes);
+    pthread_mutex_lock(&s->lock);
+    const bool room = wait_for_room_locked(s);
+    pthread_mutex_unlock(&s->lock);
+    if (!room) return false;
     unlink_open(s, obj);
     free(obj->wbuf);
     obj->wbuf = NULL;
+    free(obj->ident);
+    obj->ident = NULL;
+    if (close(obj->fd) != 0) log_warn("closing an archive spool file failed: %s", strerror(errno));
+    obj->fd = -1;
     pthread_mutex_lock(&s->lock);
+    s->nsealed++;
     if (s->sealed_tail) s->sealed_tail->next_sealed = obj;
     else s->sealed_head = obj;
     s->sealed_tail = obj;
@@ -324,33 +396,37 @@ static struct object *object_for(struct archive_sink *s, const struct source *sr
     ident_of(&src->meta, ident, sizeof ident);
     struct object *obj = table_get_str(&s->open_by_ident, ident);
     if (!obj) {
-        if (s->nopen >= (size_t)s->cfg->output.archive.max_open_objects && s->oldest && !seal(s, s->oldest))
+        /* Full: the least recently written goes up early, so containers
+         * that keep writing keep their objects whole. */
+        if (s->nopen >= (size_t)s->cfg->output.archive.max_open_objects && s->lru_oldest &&
+            !seal(s, s->lru_oldest))
             return NULL;
         obj = calloc(1, sizeof *obj);
         if (!obj || !(obj->ident = strdup(ident)) || !(obj->wbuf = malloc(WRITE_BUFFER_BYTES))) {
             log_error("out of memory opening an archive object for %s; retrying", src->path);
             if (obj) {
                 obj->fd = -1;
-                object_free(obj);
+                object_free(s, obj);
             }
             return NULL;
         }
         obj->meta = src->meta;
-        say(obj->path, sizeof obj->path, "%s/%llu-%llu.raw", s->spool_dir, (unsigned long long)getpid(),
-                 (unsigned long long)++s->spool_seq);
-        obj->fd = open(obj->path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        obj->seq = ++s->spool_seq;
+        char path[PATH_MAX + 16];
+        object_path(s, obj, "", path, sizeof path);
+        obj->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
         if (obj->fd < 0) {
             if (!s->said_spool_error)
-                log_error("cannot create the archive object %s: %s; retrying, reading waits (said once)", obj->path,
+                log_error("cannot create the archive object %s: %s; retrying, reading waits (said once)", path,
                           strerror(errno));
             s->said_spool_error = true;
-            obj->path[0] = '\0';
-            object_free(obj);
+            obj->seq = 0;
+            object_free(s, obj);
             return NULL;
         }
         if (table_put_str(&s->open_by_ident, obj->ident, obj) != 0) {
             log_error("out of memory indexing an archive object for %s; retrying", src->path);
-            object_free(obj);
+            object_free(s, obj);
             return NULL;
         }
         obj->opened_ms = metrics_now_ms();
@@ -360,29 +436,13 @@ static struct object *object_for(struct archive_sink *s, const struct source *sr
         s->newest = obj;
         s->nopen++;
     }
+    touch(s, obj);
     s->last_source_id = src->id;
     s->last_object = obj;
     return obj;
 }
 
 static const char *cri_stream(uint8_t stream) { return stream == PARSER_STREAM_STDERR ? "stderr" : "stdout"; }
-
-/* The kubelet's own format: "TIME STREAM F CONTENT". */
-static size_t format_cri(const struct source_record *rec, char *dst)
-{
-    size_t o = parser_format_rfc3339(rec->ts_ns, dst);
-    dst[o++] = ' ';
-    const char *stream = cri_stream(rec->stream);
-    size_t n = strlen(stream);
-    memcpy(dst + o, stream, n);
-    o += n;
-    memcpy(dst + o, " F ", 3);
-    o += 3;
-    memcpy(dst + o, source_record_content(rec), rec->len);
-    o += rec->len;
-    dst[o++] = '\n';
-    return o;
-}
 
 static bool append(struct archive_sink *s, struct object *obj, const char *data, size_t n)
 {
@@ -396,6 +456,38 @@ static bool append(struct archive_sink *s, struct object *obj, const char *data,
         n -= take;
     }
     return true;
+}
+
+/* The kubelet's own format: "TIME STREAM F CONTENT". A record holding
+ * newlines (lines the multiline stage joined) cannot be one CRI line: it
+ * goes as the kubelet's partial records, a "P" piece per line and the last
+ * one "F", all with the record's time and stream, so a CRI reader takes
+ * them as one record (the archive's reader puts the newlines back). Pieces
+ * are appended one by one: a record of many short lines grows by a prefix
+ * per line, which no fixed buffer bounds. Adds the bytes written to *n. */
+static bool append_cri(struct archive_sink *s, struct object *obj, const struct source_record *rec, uint64_t *n)
+{
+    char prefix[64];
+    size_t plen = parser_format_rfc3339(rec->ts_ns, prefix);
+    const char *stream = cri_stream(rec->stream);
+    const size_t slen = strlen(stream);
+    prefix[plen++] = ' ';
+    memcpy(prefix + plen, stream, slen);
+    plen += slen;
+    memcpy(prefix + plen, " F ", 3);
+    const size_t tag = plen + 1;
+    plen += 3;
+    const char *p = source_record_content(rec), *end = p + rec->len;
+    for (;;) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *piece_end = nl ? nl : end;
+        prefix[tag] = nl ? 'P' : 'F';
+        if (!append(s, obj, prefix, plen) || !append(s, obj, p, (size_t)(piece_end - p)) || !append(s, obj, "\n", 1))
+            return false;
+        *n += plen + (size_t)(piece_end - p) + 1;
+        if (!nl) return true;
+        p = nl + 1;
+    }
 }
 
 static bool add_ack(struct object *obj, struct source *src, uint64_t end_offset)
@@ -485,14 +577,18 @@ static bool archive_deliver(struct output_lane *out, const struct source_chunk *
     const bool json = s->cfg->output.archive.format == CONFIG_ARCHIVE_JSON;
     const uint64_t max_bytes = (uint64_t)s->cfg->output.archive.max_object_bytes;
     uint64_t added = 0;
-    /* The hot loop: format into line_buf, copy into the object's buffer;
-     * never a malloc, never a syscall but the 32 KiB write. */
+    /* The hot loop: format into the object's buffer (json through
+     * line_buf); never a malloc, never a syscall but the 32 KiB write. */
     const struct source_record *rec = source_chunk_first(chunk);
     for (uint32_t i = 0; i < chunk->records; i++, rec = source_record_next(rec)) {
-        size_t n = json ? output_format_json(chunk->source, rec, s->line_buf) : format_cri(rec, s->line_buf);
-        if (!append(s, obj, s->line_buf, n)) return false;
+        if (json) {
+            size_t n = output_format_json(chunk->source, rec, s->line_buf);
+            if (!append(s, obj, s->line_buf, n)) return false;
+            added += n;
+        } else if (!append_cri(s, obj, rec, &added)) {
+            return false;
+        }
         if (obj->lines++ == 0) obj->first_ts_ns = rec->ts_ns;
-        added += n;
         if (obj->raw_bytes + added >= max_bytes && i + 1 < chunk->records) {
             /* Full in the middle of a chunk: the rest goes to the next
              * object, which then carries the chunk's acknowledgement (the
@@ -559,16 +655,24 @@ static bool archive_finish(struct output_lane *out)
 /* ------------------------------------------------------------------------ */
 /* Uploader side                                                            */
 
-/* Gzips obj's records into obj->path.gz; returns its descriptor (read from
- * 0) with size and digests, or -1 with `why` set. */
+/* Gzips obj's records (PID-SEQ.raw) into PID-SEQ.raw.gz; returns the
+ * latter's descriptor (read from 0) with size and digests, or -1 with `why`
+ * set. */
 static int gzip_object(struct archive_sink *s, struct object *obj, uint64_t *size, unsigned char md5[16],
                        unsigned char sha256[32], char *why, size_t whylen)
 {
-    char gz[PATH_MAX + 8];
-    say(gz, sizeof gz, "%s.gz", obj->path);
+    char raw[PATH_MAX + 16], gz[PATH_MAX + 16];
+    object_path(s, obj, "", raw, sizeof raw);
+    object_path(s, obj, ".gz", gz, sizeof gz);
+    const int rfd = open(raw, O_RDONLY | O_CLOEXEC);
+    if (rfd < 0) {
+        say(why, whylen, "cannot open %s: %s", raw, strerror(errno));
+        return -1;
+    }
     int fd = open(gz, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0) {
         say(why, whylen, "cannot create %s: %s", gz, strerror(errno));
+        close(rfd);
         return -1;
     }
     unsigned char *in = malloc(GZIP_BUFFER_BYTES), *zout = malloc(GZIP_BUFFER_BYTES);
@@ -578,13 +682,13 @@ static int gzip_object(struct archive_sink *s, struct object *obj, uint64_t *siz
     *size = 0;
     if (!in || !zout || !m5 || !m256 || !EVP_DigestInit_ex(m5, EVP_md5(), NULL) ||
         !EVP_DigestInit_ex(m256, EVP_sha256(), NULL)) {
-        say(why, whylen, "out of memory gzipping %s", obj->path);
+        say(why, whylen, "out of memory gzipping %s", raw);
         goto done;
     }
     /* windowBits 15 + 16: a gzip header and trailer, what gunzip and zcat read. */
     if (deflateInit2(&z, (int)s->cfg->output.archive.gzip_level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) !=
         Z_OK) {
-        say(why, whylen, "cannot set up zlib for %s", obj->path);
+        say(why, whylen, "cannot set up zlib for %s", raw);
         goto done;
     }
     z_ready = true;
@@ -592,10 +696,10 @@ static int gzip_object(struct archive_sink *s, struct object *obj, uint64_t *siz
     int flush = Z_NO_FLUSH;
     do {
         if (z.avail_in == 0 && flush != Z_FINISH) {
-            ssize_t n = pread(obj->fd, in, GZIP_BUFFER_BYTES, (off_t)pos);
+            ssize_t n = pread(rfd, in, GZIP_BUFFER_BYTES, (off_t)pos);
             if (n < 0) {
                 if (errno == EINTR) continue;
-                say(why, whylen, "cannot read %s: %s", obj->path, strerror(errno));
+                say(why, whylen, "cannot read %s: %s", raw, strerror(errno));
                 goto done;
             }
             pos += (uint64_t)n;
@@ -607,7 +711,7 @@ static int gzip_object(struct archive_sink *s, struct object *obj, uint64_t *siz
         z.avail_out = GZIP_BUFFER_BYTES;
         int rc = deflate(&z, flush);
         if (rc == Z_STREAM_ERROR) {
-            say(why, whylen, "zlib failed on %s", obj->path);
+            say(why, whylen, "zlib failed on %s", raw);
             goto done;
         }
         size_t have = GZIP_BUFFER_BYTES - z.avail_out;
@@ -631,6 +735,7 @@ static int gzip_object(struct archive_sink *s, struct object *obj, uint64_t *siz
     ok = true;
 done:
     if (z_ready) deflateEnd(&z);
+    close(rfd);
     EVP_MD_CTX_free(m5);
     EVP_MD_CTX_free(m256);
     free(in);
@@ -695,13 +800,15 @@ static bool upload(struct archive_sink *s, struct object *obj)
         say(o.detail, sizeof o.detail, "%s", why);
         const int64_t wait = archive_backoff_ms(attempt, cfg->output.archive.min_backoff_ms,
                                                 cfg->output.archive.max_backoff_ms, 0);
-        note_failure(s, &o, obj->path, obj, wait);
+        char raw[PATH_MAX + 16];
+        object_path(s, obj, "", raw, sizeof raw);
+        note_failure(s, &o, raw, obj, wait);
         if (stopping(s)) return false;
         pause_ms(s, wait);
     }
     bool stored = false;
     char key[ARCHIVE_KEY_MAX];
-    say(key, sizeof key, "%s", obj->path);
+    object_path(s, obj, "", key, sizeof key);
     for (int attempt = 0; !stored;) {
         struct archive_outcome o = {.result = ARCHIVE_RETRY};
         if (!obj->has_index) {
@@ -785,12 +892,14 @@ static void *uploader_main(void *arg)
         }
         s->sealed_head = obj->next_sealed;
         if (!s->sealed_head) s->sealed_tail = NULL;
+        assert(s->nsealed > 0);
+        s->nsealed--;
         assert(s->spool_bytes >= obj->raw_bytes);
         s->spool_bytes -= obj->raw_bytes;
         metrics_set(archive_spool_bytes, (int64_t)s->spool_bytes);
         pthread_cond_broadcast(&s->changed);
         pthread_mutex_unlock(&s->lock);
-        object_free(obj);
+        object_free(s, obj);
         pthread_mutex_lock(&s->lock);
     }
     pthread_mutex_unlock(&s->lock);
@@ -816,6 +925,7 @@ static int archive_init(struct output_lane *out, char *err, size_t errlen)
         return -1;
     }
     s->lock_ready = true;
+    s->pid = getpid();
     if (cfg->output.archive.spool_dir[0]) {
         say(s->spool_dir, sizeof s->spool_dir, "%s", cfg->output.archive.spool_dir);
     } else {
@@ -876,12 +986,12 @@ static void archive_free(struct output_lane *out)
     while (s->oldest) {
         struct object *obj = s->oldest;
         unlink_open(s, obj);
-        object_free(obj);
+        object_free(s, obj);
     }
     while (s->sealed_head) {
         struct object *obj = s->sealed_head;
         s->sealed_head = obj->next_sealed;
-        object_free(obj);
+        object_free(s, obj);
     }
     table_free(&s->open_by_ident);
     archive_store_close(s->store);

@@ -224,6 +224,73 @@ class Splitting(ArchiveCase):
         self.assertEqual(ao.contents_in_order(entries), lines)
 
 
+class ManyContainers(ArchiveCase):
+    """More containers than max_open_objects: the spool's descriptors and
+    sealed objects stay bounded with the store failing (before, every sealed
+    object kept its descriptor and nothing bounded their number: 2,000
+    containers made the agent hit EMFILE), and with the store up a container
+    that keeps writing keeps its one object (least recently written sealed
+    first, not the oldest opened)."""
+
+    def spool_fds(self, pid):
+        spool = os.path.join(self.workdir, "archive-spool") + "/"
+        n = 0
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith(spool)
+            except OSError:
+                pass
+        return n
+
+    def test_a_failing_store_bounds_descriptors_and_sealed_objects_and_loses_nothing(self):
+        cs = [self.tree.container("ns", f"p-{i}", "c") for i in range(120)]
+        os.makedirs(self.out)
+        self.break_archive()
+        agent = self.agent(self.config("    flush_interval: 10m\n    max_open_objects: 8\n"
+                                       "    max_sealed_objects: 16\n    min_backoff: 50ms\n    max_backoff: 200ms\n",
+                                       )).start()
+        written = {c: [] for c in cs}
+        spool = os.path.join(self.workdir, "archive-spool")
+        most_fds = most_files = 0
+        for r in range(3):
+            for c in cs:
+                written[c] += self.write(c, f"r{r}", 2, start=r * 2)
+                c._file.flush()
+            for _ in range(10):
+                time.sleep(0.1)
+                most_fds = max(most_fds, self.spool_fds(agent.proc.pid))
+                most_files = max(most_files, len([f for f in os.listdir(spool) if f.endswith(".raw")]))
+        self.assertLessEqual(most_fds, 8 + 2, "spool descriptors: open objects and the one being gzipped")
+        self.assertLessEqual(most_files, 8 + 16, "spool files: open and sealed objects")
+        self.assertGreater(most_files, 8, "objects were sealed while the store failed")
+        self.heal_archive()
+        agent.wait_stderr(r"stores objects again", timeout=10)
+        self.assertEqual(agent.stop(), 0)  # stores what is still open
+        got = ao.by_container(self.objects())
+        for c in cs:
+            self.assertEqual(ao.contents_in_order(got[(c.namespace, c.pod, c.name, c.container_id)]), written[c],
+                             c.pod)
+
+    def test_containers_that_keep_writing_keep_their_object(self):
+        hot = [self.tree.container("ns", "hot-0", "c"), self.tree.container("ns", "hot-1", "c")]
+        cold = [self.tree.container("ns", f"cold-{i}", "c") for i in range(8)]
+        agent = self.agent(self.config("    flush_interval: 10m\n    max_open_objects: 4\n")).start()
+        written = {c: [] for c in hot + cold}
+        for k, c in enumerate(cold):
+            written[c] += self.write(c, "cold", 1)
+            time.sleep(0.25)
+            for h in hot:
+                written[h] += self.write(h, f"hot{k}", 3, start=3 * k)
+            time.sleep(0.25)
+        self.assertEqual(agent.stop(), 0)
+        got = ao.by_container(self.objects())
+        for c in hot + cold:
+            entries = got[(c.namespace, c.pod, c.name, c.container_id)]
+            self.assertEqual(ao.contents_in_order(entries), written[c], c.pod)
+            if c in hot:
+                self.assertEqual(len(entries), 1, f"{c.pod} was sealed early while it kept writing")
+
+
 class Kill9(ArchiveCase):
     def test_kill9_mid_object_loses_nothing_and_overwrites_no_key(self):
         cs = [self.tree.container("shop", f"web-{k}", "app") for k in range(3)]
@@ -339,6 +406,29 @@ class S3Protocol(S3Mixin, ArchiveCase):
 
     def entries(self, c):
         return ao.by_container(self.objects()).get((c.namespace, c.pod, c.name, c.container_id), [])
+
+    def test_a_lost_spool_directory_overwrites_no_key(self):
+        """The {index} counter lives in the spool directory; without it the
+        next run starts at 0 again. Before, its PUTs silently replaced the
+        first run's objects (S3 replaces by default): their lines were gone."""
+        c = self.tree.container("shop", "web-0", "app")
+        first = self.write(c, "first", 300)
+        a = self.agent(self.config()).start()
+        time.sleep(1.0)
+        self.assertEqual(a.stop(), 0)  # stores the open objects
+        self.assertEqual(ao.contents_in_order(self.entries(c)), first)
+        before = self.objects()
+        shutil.rmtree(os.path.join(self.workdir, "archive-spool"))
+        second = self.write(c, "second", 300, start=300)
+        b = self.agent(self.config()).start()
+        time.sleep(1.0)
+        self.assertEqual(b.stop(), 0)
+        after = self.objects()
+        for key, data in before.items():
+            self.assertEqual(after.get(key), data, f"{key} was replaced")
+        self.assertEqual(ao.contents_in_order(self.entries(c)), first + second)
+        puts = [r for r in self.s3.requests() if r["method"] == "PUT" and r["status"] == 200]
+        self.assertEqual(len(puts), len(after), "a key was written twice")
 
     def test_each_put_carries_the_objects_md5_and_sha256(self):
         c = self.tree.container("shop", "web-0", "app")
@@ -469,6 +559,13 @@ class BrokenConfig(ArchiveCase):
             ("    url: file:///x\n    key_format: '{pod}/{date}.gz'\n", r":4: key output\.archive\.key_format: .*\{index\}"),
             ("    url: file:///x\n    key_format: '{pod}/{day}_{index}'\n", r"unknown placeholder '\{day\}'"),
             ("    url: file:///x\n    format: text\n", r":4: key output\.archive\.format"),
+            ("    url: file:///x\n    key_format: '{pod}/{date}_{index}.gz'\n",
+             r":4: key output\.archive\.key_format: .*must contain \{container_id\} or \{node\}"),
+            ("    url: file:///x\n    key_format: 'data/{node}/{pod}/{index}.gz'\n", r"must not start with data/"),
+            ("    url: file:///x\n    key_format: 'metadata/{node}_{index}.json'\n", r"must not start with data/ or metadata/"),
+            ("    url: file:///x\n    key_format: '../{node}/{index}.gz'\n", r"'\.\.' segment"),
+            ("    url: file:///x\n    key_format: '{node}//{index}.gz'\n", r"an empty, '\.' or '\.\.' segment"),
+            ("    url: file:///x\n    key_format: '{node}/{index}/'\n", r"must not start or end with '/'"),
             ("    url: s3://b/p\n", r"no credentials: set output\.archive\.access_key_id_file"),
             ("    url: s3://b/p\n    endpoint: minio:9000\n",
              r"output\.archive\.endpoint 'minio:9000' must start with http:// or https://"),

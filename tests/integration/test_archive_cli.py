@@ -98,6 +98,12 @@ class Reader(AgentTestCase):
     def cat(self, *args):
         return self.archive("cat", *args).stdout.splitlines()
 
+    @staticmethod
+    def grace():
+        """compact's flags for deleting merged raw objects at the next run
+        (the default waits 10 minutes after the merge)."""
+        return ["--delete-after", "0s"]
+
     def raw_keys(self):
         return [k for k in self.keys() if k.startswith("kube.var.log.containers.")]
 
@@ -123,7 +129,7 @@ class Reader(AgentTestCase):
         before = self.cat()
         self.assertEqual(before, self.expected(truth))
         raw = self.raw_keys()
-        self.archive("compact", "--older-than", "1h")
+        self.archive("compact", "--older-than", "1h", *self.grace())
         data = [k for k in self.keys() if k.startswith("data/")]
         self.assertTrue(data)
         for k in data:
@@ -137,13 +143,26 @@ class Reader(AgentTestCase):
         for e in entries:
             self.assertEqual(len(gzip.decompress(self.read(e["key"])).splitlines()), e["lines"], e["key"])
         # Second run: the sources go; nothing else changes.
-        self.archive("compact", "--older-than", "1h")
+        self.archive("compact", "--older-than", "1h", *self.grace())
         self.assertEqual(self.raw_keys(), [], "raw objects left after the second run")
         self.assertEqual(self.cat(), before)
         snapshot = {k: self.read(k) for k in self.keys()}
-        self.archive("compact", "--older-than", "1h")
+        self.archive("compact", "--older-than", "1h", *self.grace())
         self.assertEqual({k: self.read(k) for k in self.keys()}, snapshot, "a third run changed the archive")
         self.assertEqual(self.cat(), before)
+
+    def test_merged_raw_objects_stay_for_delete_after(self):
+        """Two runs in a row (an interrupted one run again) must not delete
+        what a reader that listed before the merge is about to fetch."""
+        truth = self.populate()
+        raw = self.raw_keys()
+        self.archive("compact", "--older-than", "1h")
+        self.archive("compact", "--older-than", "1h")
+        self.assertEqual(self.raw_keys(), raw, "raw objects deleted before --delete-after (10m)")
+        index = json.loads(self.read("metadata/shop_web-0.json"))
+        for e in index["objects"]:
+            self.assertEqual(e["delete_after"], e["run"] + 600000, e["key"])
+        self.assertEqual(self.cat(), self.expected(truth))
 
     def test_compaction_younger_than_older_than_is_left_alone(self):
         self.populate()
@@ -154,7 +173,7 @@ class Reader(AgentTestCase):
 
     def interrupt(self, attempt):
         """Runs a compaction cut short somewhere; True when one ran to its end."""
-        p = subprocess.Popen([LOGLET_BIN, "archive", "compact", "--older-than", "1h", *self.store_flags()],
+        p = subprocess.Popen([LOGLET_BIN, "archive", "compact", "--older-than", "1h", *self.grace(), *self.store_flags()],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(0.004 * attempt)
         p.send_signal(signal.SIGKILL)
@@ -174,9 +193,46 @@ class Reader(AgentTestCase):
         # The kills fell before, between and after the merges.
         self.assertIn((True, True), states)
         for _ in range(2):  # to the end, twice: merged, then the sources deleted
-            self.archive("compact", "--older-than", "1h")
+            self.archive("compact", "--older-than", "1h", *self.grace())
             self.assertEqual(self.cat(), before)
         self.assertEqual(self.raw_keys(), [])
+
+    def test_multiline_records_are_partial_pieces_read_back_as_one_record(self):
+        """A record the multiline stage joined is stored as CRI partial pieces
+        (P per line, then F), which cat prints as one record in its place and
+        compaction counts once; before, its lines after the first were bare
+        physical lines: cat sorted them first (no timestamp) without labels."""
+        import archive_objects as ao
+        base = (time.time_ns() // HOUR_NS - 3) * HOUR_NS
+        c = self.tree.container("shop", "api-0", "api")
+        events = []
+        for i in range(40):
+            ev = [f"Exception {i} in thread main java.lang.X: boom"] + [f"\tat com.example.F{i}.m{j}(F.java:{j})"
+                                                                       for j in range(i % 4)]
+            for j, line in enumerate(ev):
+                c.write_raw(cri_line(line, ts_ns=base + i * 10**6 + j))
+            events.append((base + i * 10**6, "\n".join(ev)))
+        cfg = base_config(self.tree, self.workdir, "  read_from: beginning\npipeline:\n  - match: {namespaces: [shop]}\n"
+                          "    stages:\n      - multiline: {mode: java, timeout: 300ms}\noutput:\n  archive:\n" +
+                          self.target() + "    max_object_bytes: 4KiB\n")
+        a = self.agent(cfg).start()
+        time.sleep(1.5)
+        self.assertEqual(a.stop(), 0)
+        stored = []
+        raw = sorted(self.raw_keys(), key=lambda k: int(k.rsplit("_", 1)[1].split(".")[0]))
+        self.assertGreater(len(raw), 1)
+        physical = b"".join(gzip.decompress(self.read(k)) for k in raw)
+        self.assertIn(b" stdout P Exception 1 in thread", physical)
+        for k in raw:
+            stored += [r[2] for r in ao.records(self.read(k), k)]
+        self.assertEqual(stored, [e[1] for e in events])
+        truth = [(ts, "shop", "api-0", "api", "stdout", content) for ts, content in events]
+        expected = "\n".join(self.expected(truth)).splitlines()
+        self.assertEqual(self.cat(), expected)
+        self.archive("compact", "--older-than", "1h", *self.grace())
+        index = json.loads(self.read("metadata/shop_api-0.json"))
+        self.assertEqual(sum(e["lines"] for e in index["objects"]), len(events))
+        self.assertEqual(self.cat(), expected)
 
     def test_errors_are_clear(self):
         p = subprocess.run([LOGLET_BIN, "archive", "cat"], capture_output=True, text=True, timeout=20)
@@ -190,6 +246,43 @@ class Reader(AgentTestCase):
                            capture_output=True, text=True, timeout=20)
         self.assertEqual(p.returncode, 2)
         self.assertIn("--since 'yesterday'", p.stderr)
+
+
+class HostileListing(unittest.TestCase):
+    """A server that answers every listing page with "more" and the same
+    continuation token: before, cat looped forever, its memory growing."""
+
+    def test_a_listing_that_does_not_end_is_an_error(self):
+        import http.server
+        import threading
+        page = ("<?xml version='1.0'?><ListBucketResult><IsTruncated>true</IsTruncated>"
+                "<NextContinuationToken>same</NextContinuationToken>" +
+                "".join(f"<Contents><Key>k-{i}.gz</Key><Size>1</Size></Contents>" for i in range(100)) +
+                "</ListBucketResult>").encode()
+        gets = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                gets.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+
+            def log_message(self, *args):
+                pass
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        try:
+            p = subprocess.run([LOGLET_BIN, "archive", "cat", "--url", "s3://b/", "--endpoint",
+                                f"http://127.0.0.1:{srv.server_port}"], capture_output=True, text=True, timeout=30,
+                               env=dict(os.environ, AWS_ACCESS_KEY_ID="a", AWS_SECRET_ACCESS_KEY="b"))
+        finally:
+            srv.shutdown()
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("the same continuation token again", p.stderr)
+        self.assertEqual(len(gets), 2)
 
 
 class S3Reader(Reader):
@@ -229,7 +322,7 @@ class S3Reader(Reader):
         command does not retry): the compaction stops right there, as if cut,
         and is re-run by the test."""
         self.s3.fail(status=403, count=10**6, after=attempt)
-        p = subprocess.run([LOGLET_BIN, "archive", "compact", "--older-than", "1h", *self.store_flags()],
+        p = subprocess.run([LOGLET_BIN, "archive", "compact", "--older-than", "1h", *self.grace(), *self.store_flags()],
                            capture_output=True, text=True, timeout=120)
         self.s3.fail(count=0)
         return p.returncode == 0
@@ -256,6 +349,25 @@ class S3Reader(Reader):
         # Seen: merged objects beside their raw sources (listed or not yet).
         self.assertIn((True, True, True), states)
         self.assertEqual(self.raw_keys(), [])
+
+    def test_two_compactions_during_one_read_neither_lose_nor_repeat_lines(self):
+        """cat lists, then its first GET hangs while two compaction runs merge
+        and delete the raw objects it listed. Before, the 404s were taken as
+        "compacted since the listing" and their lines silently left out (exit
+        status 0); now cat lists again and reads the merged objects."""
+        truth = self.populate()
+        before = self.cat()
+        self.assertEqual(before, self.expected(truth))
+        self.s3.fail(status=503, count=1, after=3, hang_ms=3000)  # the listing and two indexes pass
+        reader = subprocess.Popen([LOGLET_BIN, "archive", "cat", *self.store_flags()], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        for _ in range(2):
+            self.archive("compact", "--older-than", "1h", *self.grace())
+        self.assertEqual(self.raw_keys(), [])
+        out, err = reader.communicate(timeout=60)
+        self.assertEqual(reader.returncode, 0, err)
+        self.assertEqual(out.splitlines(), before)
 
     def test_wrong_credentials_are_an_error_not_an_empty_archive(self):
         self.populate()

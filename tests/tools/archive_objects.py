@@ -12,7 +12,8 @@ import re
 # kube.var.log.containers.{pod}_{namespace}_{container}-{container_id}/{date}_{index}.gz
 DEFAULT_KEY = re.compile(r"^kube\.var\.log\.containers\.(?P<pod>[^_/]+)_(?P<namespace>[^_/]+)_(?P<container>[^/]+)"
                          r"-(?P<container_id>[0-9a-f]{64})/(?P<date>\d{4}-\d{2}-\d{2})_(?P<index>\d+)\.gz$")
-CRI = re.compile(r"^(?P<ts>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z) (?P<stream>stdout|stderr) F (?P<content>.*)$")
+CRI = re.compile(r"^(?P<ts>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z) (?P<stream>stdout|stderr) (?P<tag>[PF]) "
+                 r"(?P<content>.*)$")
 
 
 def file_objects(root, include_hidden=False):
@@ -31,14 +32,24 @@ def file_objects(root, include_hidden=False):
 
 def records(data, key="?"):
     """The CRI records of one gzip object: [(ts, stream, content)]; a line that
-    is not CRI is an AssertionError naming the key and line number."""
+    is not CRI is an AssertionError naming the key and line number. A record
+    the agent wrote as partial pieces (P ... then F, one per line of a
+    multiline record) is joined back with newlines; its pieces must share
+    the time and stream, and the object must not end inside one."""
     text = gzip.decompress(data).decode("utf-8")
     assert text.endswith("\n") or not text, f"{key}: last record has no newline"
     out = []
-    for n, line in enumerate(text.splitlines(), 1):
+    pieces = []
+    for n, line in enumerate(text.split("\n")[:-1] if text else [], 1):
         m = CRI.match(line)
         assert m, f"{key}:{n}: not a CRI record: {line[:200]!r}"
-        out.append((m["ts"], m["stream"], m["content"]))
+        if pieces:
+            assert (m["ts"], m["stream"]) == pieces[0][:2], f"{key}:{n}: a piece of another record: {line[:200]!r}"
+        pieces.append((m["ts"], m["stream"], m["content"]))
+        if m["tag"] == "F":
+            out.append((pieces[0][0], pieces[0][1], "\n".join(p[2] for p in pieces)))
+            pieces = []
+    assert not pieces, f"{key}: ends inside a record of partial pieces"
     return out
 
 

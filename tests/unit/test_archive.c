@@ -89,6 +89,8 @@ static void test_backoff_bounds(void **state)
     assert_true(archive_backoff_ms(0, 500, 300000, 0) <= 500);
     assert_true(archive_backoff_ms(10, 500, 300000, 0) >= 225000);
     assert_int_equal(archive_backoff_ms(0, 500, 300000, 7000), 7000);
+    /* A Retry-After of a day is capped at max_backoff. */
+    assert_int_equal(archive_backoff_ms(0, 500, 2000, 86400000), 2000);
 }
 
 static int put_text(struct archive_store *st, const char *key, const char *text, bool replace,
