@@ -1322,6 +1322,7 @@ class Report:
         self.lost_groups = {}          # (container, generation, reason) -> [n, first seq, last seq, t1, t2]
         self.lost_keys = []            # (wid, seq) of every line lost
         self.exempt_groups = {}        # (container, generation) -> [n, first seq, last seq, t1, t2]
+        self.lost_traces = {}          # container -> {"link", "dir", "events"}: what verdict() traces
         self.dup_copies = 0
         self.torn = 0
         self.notes = []
@@ -1515,6 +1516,10 @@ class Checker:
                 rep.lost_by["generation"][info.gen] += 1
                 rep.lost_by["its file at the end"]["on disk" if truth.on_disk_at_end(info) else "deleted"] += 1
                 rep.lost_by["container"][str(c)] += 1
+                if str(c) not in rep.lost_traces and len(rep.lost_traces) < 3:
+                    rep.lost_traces[str(c)] = {
+                        "link": os.path.basename(c.link), "dir": os.path.dirname(c.log),
+                        "events": [(typ, arg, self._rel(t)) for typ, cidx, arg, t in truth.events if cidx == c.cidx]}
                 g = rep.lost_groups.get((str(c), info.gen, reason.split(" (")[0]))
                 if g is None:
                     rep.lost_groups[(str(c), info.gen, reason.split(" (")[0])] = [1, info.seq, info.seq,
@@ -1725,6 +1730,18 @@ class E2ECase(unittest.TestCase):
                 sys.stderr.write(f"  agent run {a.epoch}: {len(noisy)} warnings/errors, e.g.\n    "
                                  + "\n    ".join(noisy[:8]) + "\n")
         problems = report.problems(allow) + list(extra_failures) + self.failures
+        # A loss is traced: the writer's events for the container, then every
+        # line each run logged about its files (CI keeps no work directory).
+        try:
+            for name, tr in (report.lost_traces.items() if problems else ()):
+                sys.stderr.write(f"  trace of {name}: writer events " +
+                                 ", ".join(f"{typ} {os.path.basename(arg) if isinstance(arg, str) else arg} {t}"
+                                           for typ, arg, t in tr["events"][:40]) + "\n")
+                for a in self.agents:
+                    mine = [l for l in a.stderr_lines if tr["dir"] in l or tr["link"] in l]
+                    sys.stderr.write(f"    run {a.epoch} ({len(mine)} lines):\n      " + "\n      ".join(mine[:30]) + "\n")
+        except Exception as e:  # the verdict below matters more than its trace
+            sys.stderr.write(f"  (tracing the loss failed: {e!r})\n")
         if problems:
             self.fail(f"{report.summary()}\nproblems: " + "; ".join(problems))
 
