@@ -17,9 +17,24 @@
 #include <zlib.h>
 
 /* Per container: memory for a request grows with the containers it selects,
- * so buffers are small and taken only when needed (the line buffer grows up
- * to max_line_bytes; the docker buffer only for docker files). */
+ * so buffers start small and grow only when needed: the read buffer, while
+ * a physical line does not fit, up to what holds any physical line the
+ * collector reads whole (history_buf_max); the line buffer up to
+ * max_line_bytes; the docker buffer only for docker files. */
 #define HISTORY_READ_BYTES (32 * 1024)
+/* Room past max_line_bytes for a physical line's CRI prefix (time, stream,
+ * tag: under 64 bytes) and a docker line's JSON around its content. */
+#define HISTORY_PREFIX_ROOM (4 * 1024)
+
+/* The read buffer's largest size: a physical line the collector reads in
+ * one buffer, or whose content is up to max_line_bytes, is read whole. */
+static size_t history_buf_max(const struct config *cfg)
+{
+    size_t line = (size_t)cfg->collection.max_line_bytes + HISTORY_PREFIX_ROOM;
+    size_t rb = (size_t)cfg->collection.read_buffer_bytes;
+    size_t max = line > rb ? line : rb;
+    return max > HISTORY_READ_BYTES ? max : HISTORY_READ_BYTES;
+}
 
 /* One file of a container's set, opened when the set was listed. */
 struct history_file {
@@ -57,7 +72,14 @@ struct history_container {
     const char *rest;
     size_t rest_len;
     bool rest_partial, rest_pending, pieces_out, yielded;
-    char *scratch; /* docker unescaping */
+    /* Inside a physical line longer than the read buffer at its largest
+     * (as the collector's continue_physical): its prefix was parsed from
+     * its first buffer, phys_partial is its P/F tag, and what follows up to
+     * its newline is content. */
+    bool phys_cont, phys_partial;
+    size_t buf_cap, buf_max; /* buf's size; how far it may grow */
+    char *scratch; /* docker unescaping, scratch_cap bytes */
+    size_t scratch_cap;
     uint64_t number, stop_at;
     bool has_pending, done_all;
     struct history_line pending;
@@ -280,6 +302,80 @@ void history_free(struct history *h)
     free(h);
 }
 
+void history_container_free(struct history_container *c) { container_free(c); }
+
+/* An fd on (dev, ino) at `path`, or -1 with errno (ENOENT: not that file). */
+static int open_identified(const char *path, dev_t dev, ino_t ino)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) return -1;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_dev != dev || st.st_ino != ino) {
+        close(fd);
+        errno = ENOENT;
+        return -1;
+    }
+    return fd;
+}
+
+struct history_container *history_open_file(const struct config *cfg, const struct parser_path_meta *meta,
+                                            const char *path, const char *spool_dir, dev_t dev, ino_t ino,
+                                            char *err, size_t errlen)
+{
+    struct history_container *c = calloc(1, sizeof *c);
+    if (!c || !(c->dir = strdup(path)) || !(c->files = calloc(1, sizeof *c->files))) {
+        container_free(c);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    char *slash = strrchr(c->dir, '/');
+    if (slash) *slash = '\0';
+    c->cur = -1;
+    c->end_file = -1;
+    c->stop_at = UINT64_MAX;
+    c->meta = *meta;
+    c->line_max = (size_t)cfg->collection.max_line_bytes;
+    c->buf_max = history_buf_max(cfg);
+    char *found = NULL;
+    int fd = open_identified(path, dev, ino), open_errno = errno;
+    if (fd >= 0) {
+        found = strdup(path);
+    } else if (open_errno == ENOENT) {
+        /* Renamed by a rotation: the plain siblings (a compressed copy has
+         * other offsets, so it cannot make the gap up). */
+        char **paths;
+        size_t n;
+        if (list_dir(c->dir, &paths, &n) == 0) {
+            for (size_t i = 0; i < n && fd < 0; i++) {
+                size_t len = strlen(paths[i]);
+                if (strip_gz(paths[i], len) != len) continue;
+                fd = open_identified(paths[i], dev, ino);
+                if (fd >= 0) found = paths[i], paths[i] = NULL;
+                else if (errno != ENOENT) open_errno = errno;
+            }
+            free_paths(paths, n);
+        }
+        if (fd < 0 && spool_dir && asprintf(&found, "%s/%llx-%llx", spool_dir, (unsigned long long)dev,
+                                            (unsigned long long)ino) >= 0) {
+            fd = open_identified(found, dev, ino);
+            if (fd < 0 && errno != ENOENT) open_errno = errno;
+        }
+    }
+    if (fd < 0 || !found) {
+        free(found);
+        found = NULL;
+        if (fd >= 0) close(fd);
+        snprintf(err, errlen, "%s: %s", path,
+                 open_errno == ENOENT ? "gone (deleted or compressed) before its lines could be read"
+                                      : strerror(open_errno));
+        container_free(c);
+        return NULL;
+    }
+    c->files[0] = (struct history_file){found, fd, dev, ino, false};
+    c->nfiles = 1;
+    return c;
+}
+
 static int add_container(struct history *h, const char *dir, const struct parser_path_meta *meta)
 {
     for (size_t i = 0; i < h->n; i++)
@@ -296,6 +392,7 @@ static int add_container(struct history *h, const char *dir, const struct parser
     c->stop_at = UINT64_MAX;
     c->meta = *meta;
     c->line_max = h->max_line;
+    c->buf_max = history_buf_max(h->cfg);
     c->dir = strdup(dir);
     if (!c->dir || open_set(c) != 0) {
         container_free(c);
@@ -373,6 +470,18 @@ bool history_end(const struct history_container *c, dev_t *dev, ino_t *ino, uint
     return true;
 }
 
+/* A container done with its buffers (grown for long lines, maybe) gives
+ * them back: a follower reads again only to make a gap up. */
+static void drop_buffers(struct history_container *c)
+{
+    free(c->buf);
+    free(c->line);
+    free(c->scratch);
+    c->buf = c->line = c->scratch = NULL;
+    c->buf_cap = c->line_cap = c->scratch_cap = 0;
+    c->pos = c->len = c->line_len = 0;
+}
+
 void history_finish(struct history *h)
 {
     for (size_t i = 0; i < h->n; i++) {
@@ -380,6 +489,7 @@ void history_finish(struct history *h)
         if (c->gz) gzclose(c->gz);
         c->gz = NULL;
         c->cur = -1;
+        drop_buffers(c);
         for (size_t k = 0; k + 1 < c->nfiles; k++) {
             if (c->files[k].fd >= 0) close(c->files[k].fd);
             c->files[k].fd = -1;
@@ -441,7 +551,7 @@ static bool open_next(struct history *h, struct history_container *c, size_t nex
 {
     if (c->cur >= 0) remember_read(h, c);
     close_file(c);
-    if (!c->buf && !(c->buf = malloc(HISTORY_READ_BYTES))) return false;
+    if (!c->buf && !(c->buf = malloc(c->buf_cap = HISTORY_READ_BYTES))) return false;
     for (; next < c->nfiles; next++) {
         struct history_file *hf = &c->files[next];
         if (hf->fd < 0) continue;
@@ -460,7 +570,7 @@ static bool open_next(struct history *h, struct history_container *c, size_t nex
         c->base = c->done = 0;
         c->line_len = 0;
         c->rest_len = 0;
-        c->rest_pending = c->pieces_out = false;
+        c->rest_pending = c->pieces_out = c->phys_cont = false;
         return true;
     }
     return false;
@@ -476,7 +586,7 @@ static ssize_t fill(struct history *h, struct history_container *c, uint64_t lim
         c->base += c->pos;
         c->pos = 0;
     }
-    size_t room = HISTORY_READ_BYTES - c->len;
+    size_t room = c->buf_cap - c->len;
     uint64_t file_at = c->base + c->len;
     if (limit != UINT64_MAX) room = file_at >= limit ? 0 : (limit - file_at < room ? (size_t)(limit - file_at) : room);
     if (room == 0) return 0;
@@ -550,10 +660,15 @@ static void take_physical(struct history_container *c, const char *p, size_t n)
     struct parser_line pl;
     bool truncated;
     if (n > 0 && p[n - 1] == '\r') n--;
-    bool docker = n > 0 && p[0] == '{' && (c->scratch || (c->scratch = malloc(HISTORY_READ_BYTES)));
+    bool docker = n > 0 && p[0] == '{';
+    if (docker && c->scratch_cap < c->buf_cap) {
+        char *g = realloc(c->scratch, c->buf_cap);
+        if (g) c->scratch = g, c->scratch_cap = c->buf_cap;
+        docker = c->scratch != NULL; /* out of memory: a shorter scratch truncates, as the parser says */
+    }
     bool starts = c->line_len == 0 && !c->pieces_out;
     if (parser_cri_line(p, n, &pl) == 0 ||
-        (docker && parser_docker_line(p, n, c->scratch, HISTORY_READ_BYTES, &pl, &truncated) == 0)) {
+        (docker && parser_docker_line(p, n, c->scratch, c->scratch_cap, &pl, &truncated) == 0)) {
         if (starts) {
             c->line_ts = pl.ts_ns;
             c->line_stream = pl.stream;
@@ -619,9 +734,38 @@ static int read_line(struct history *h, struct history_container *c, uint64_t li
         if (c->cur < 0 && !open_next(h, c, 0)) return 0;
         char *nl = memchr(c->buf + c->pos, '\n', c->len - c->pos);
         if (!nl) {
-            if (c->len - c->pos == HISTORY_READ_BYTES) {
-                /* A physical line longer than the buffer: this piece alone. */
-                nl = c->buf + c->len - 1;
+            if (c->len - c->pos == c->buf_cap && c->buf_cap < c->buf_max) {
+                /* A physical line longer than the buffer: the buffer grows
+                 * (nothing points into it now: rest is consumed), so that
+                 * the line is parsed whole, as the collector parses it. */
+                size_t cap = c->buf_cap * 2 < c->buf_max ? c->buf_cap * 2 : c->buf_max;
+                char *g = realloc(c->buf, cap);
+                if (!g) {
+                    snprintf(err, errlen, "out of memory for a %zu-byte line in %s", cap, c->dir);
+                    return -1;
+                }
+                c->buf = g;
+                c->buf_cap = cap;
+                continue;
+            }
+            if (c->len - c->pos == c->buf_cap) {
+                /* Longer than any line the collector reads whole: its
+                 * content goes on into the logical line buffer by buffer,
+                 * cut into pieces of max_line_bytes as it fills. */
+                const char *p = c->buf + c->pos;
+                size_t n = c->len - c->pos;
+                if (!c->phys_cont) {
+                    take_physical(c, p, n);
+                    c->phys_partial = c->rest_partial;
+                    c->phys_cont = true;
+                } else {
+                    c->rest = p;
+                    c->rest_len = n;
+                    c->rest_pending = true;
+                }
+                c->rest_partial = true; /* the physical line goes on */
+                c->pos += n;
+                continue;
             } else {
                 ssize_t r = fill(h, c, c->is_last ? limit : UINT64_MAX, err, errlen);
                 if (r < 0) return -1;
@@ -634,7 +778,16 @@ static int read_line(struct history *h, struct history_container *c, uint64_t li
         }
         size_t n = (size_t)(nl - (c->buf + c->pos));
         const char *p = c->buf + c->pos;
-        take_physical(c, p, *nl == '\n' ? n : n + 1);
+        if (c->phys_cont) {
+            /* The end of a physical line begun buffers ago: plain content. */
+            c->rest = p;
+            c->rest_len = n > 0 && p[n - 1] == '\r' ? n - 1 : n;
+            c->rest_partial = c->phys_partial;
+            c->rest_pending = true;
+            c->phys_cont = false;
+        } else {
+            take_physical(c, p, n);
+        }
         c->pos += n + 1; /* rest points into buf still: nothing is read until it is taken */
     }
 }
@@ -649,7 +802,7 @@ void history_rewind(struct history *h, const uint64_t *stop_at)
         c->last_ts = 0;
         c->line_len = 0;
         c->rest_len = 0;
-        c->rest_pending = c->pieces_out = c->yielded = false;
+        c->rest_pending = c->pieces_out = c->yielded = c->phys_cont = false;
         c->has_pending = c->done_all = false;
         c->stop_at = stop_at ? stop_at[i] : UINT64_MAX;
     }
@@ -695,7 +848,7 @@ long history_read_on(struct history_container *c, uint64_t from, uint64_t to,
     close_file(c);
     c->cur = (long)c->nfiles - 1;
     c->is_last = true;
-    if (!c->buf && !(c->buf = malloc(HISTORY_READ_BYTES))) {
+    if (!c->buf && !(c->buf = malloc(c->buf_cap = HISTORY_READ_BYTES))) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }

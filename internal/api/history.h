@@ -92,6 +92,17 @@ size_t history_read_files(const struct history_container *c, const struct histor
 long history_read_on(struct history_container *c, uint64_t from, uint64_t to,
                      void (*emit)(void *ctx, struct history_container *c, const struct history_line *l), void *ctx,
                      char *err, size_t errlen);
+/* A container of the one file (dev, ino) for a follower to read a gap of
+ * the live tail from: opened at `path`, or, renamed by a rotation, found
+ * by its identity among the plain files of its directory, or, compressed
+ * or deleted since, through the collector's spool link (`spool_dir`, may
+ * be NULL), which lasts while the collector holds the file. NULL with err
+ * saying why (gone, compressed, the open failed: EMFILE included). Free
+ * it with history_container_free(). */
+struct history_container *history_open_file(const struct config *cfg, const struct parser_path_meta *meta,
+                                            const char *path, const char *spool_dir, dev_t dev, ino_t ino,
+                                            char *err, size_t errlen);
+void history_container_free(struct history_container *c);
 /* After the history is sent: only each container's current file stays open. */
 void history_finish(struct history *h);
 /* Whether c still holds its current file open; its link count (0: deleted),

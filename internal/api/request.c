@@ -469,6 +469,7 @@ struct followed {
     uint64_t next_seq;         /* the live tail's number of the next record */
     bool started, seen;
     struct history_container *hc;
+    bool hc_owned; /* hc was opened for a gap (history_open_file), not the history's */
     uint64_t *number; /* the container's line counter */
 };
 
@@ -485,6 +486,8 @@ struct follow_state {
     struct counter **ctrs;
     size_t nctrs;
     uint64_t missed; /* to say in the next error object */
+    char missed_why[512]; /* why a gap could not be read from its file ("": the queue) */
+    uint64_t before; /* gaps opened before the entry with this order are ready (livetail_gap.order) */
 };
 
 static uint64_t *counter_for(struct follow_state *fs, const char *dir)
@@ -581,13 +584,16 @@ static int read_from_file(struct follow_state *fs, struct followed *f, uint64_t 
 static void let_go(struct follow_state *fs, struct followed *f)
 {
     if (!f->hc) return;
-    history_let_go(f->hc);
+    if (f->hc_owned) history_container_free(f->hc);
+    else history_let_go(f->hc);
     f->hc = NULL;
+    f->hc_owned = false;
     f->gen_to = livetail_generation(fs->lg->env->hub);
 }
 
-/* Entries of f's source that did not fit the queue: read from the file
- * while the history holds it, else counted as missed. */
+/* Entries of f's source that did not fit the queue: read from the file,
+ * the history's or, for any other file the collector tails, opened now by
+ * its identity; counted as missed (and why) only when it cannot be. */
 static int follow_gap(struct follow_state *fs, const struct livetail_gap *g, char *err, size_t errlen)
 {
     struct followed *f = followed_for(fs, g->source);
@@ -600,6 +606,19 @@ static int follow_gap(struct follow_state *fs, const struct livetail_gap *g, cha
     if (!f->started && g->end_offset <= f->upto) {
         f->next_seq = g->end_seq; /* the history sent them */
         return 0;
+    }
+    if (!(f->hc && history_holds(f->hc))) {
+        char why[512];
+        if (f->hc) let_go(fs, f);
+        struct source *src = g->source;
+        const char *spool = fs->lg->env->collector ? collector_spool_dir(fs->lg->env->collector) : NULL;
+        if ((f->hc = history_open_file(fs->lg->env->cfg, &src->meta, src->real_path, spool, src->dev, src->ino, why,
+                                       sizeof why))) {
+            f->hc_owned = true;
+            if (f->started || g->start_offset > f->upto) f->upto = g->start_offset;
+        } else {
+            snprintf(fs->missed_why, sizeof fs->missed_why, "%s", why);
+        }
     }
     if (f->hc && history_holds(f->hc)) {
         if (read_from_file(fs, f, g->end_offset, err, errlen) != 0) return -1;
@@ -664,7 +683,9 @@ static int follow_entry(struct follow_state *fs, const struct livetail_entry *e,
  * done: its source's next record is the gap's first. */
 static bool gap_ready(void *ctx, const struct livetail_gap *g)
 {
-    struct followed *f = find_bound(ctx, g->source);
+    struct follow_state *fs = ctx;
+    if (g->order < fs->before) return true;
+    struct followed *f = find_bound(fs, g->source);
     return f && f->seen && f->next_seq == g->first_seq;
 }
 
@@ -766,12 +787,19 @@ static int follow(struct logs *lg, struct history *h, struct livetail_sub *sub, 
         }
         fs.missed += livetail_take_missed(sub);
         if (fs.missed) {
-            char msg[256];
-            snprintf(msg, sizeof msg,
-                     "%llu lines missed: this follower read too slowly for its queue (server.api.subscriber_buffer)",
-                     (unsigned long long)fs.missed);
+            char msg[768];
+            if (fs.missed_why[0])
+                snprintf(msg, sizeof msg,
+                         "%llu lines missed: this follower read too slowly for its queue "
+                         "(server.api.subscriber_buffer) and they could not be read from the file: %s",
+                         (unsigned long long)fs.missed, fs.missed_why);
+            else
+                snprintf(msg, sizeof msg,
+                         "%llu lines missed: this follower read too slowly for its queue (server.api.subscriber_buffer)",
+                         (unsigned long long)fs.missed);
             out_status(lg->o, "error", msg);
             fs.missed = 0;
+            fs.missed_why[0] = '\0';
         }
         const struct livetail_entry *e = livetail_next(sub, lg->o->len ? 0 : FOLLOW_WAIT_MS);
         if (!e) {
@@ -784,14 +812,20 @@ static int follow(struct logs *lg, struct history *h, struct livetail_sub *sub, 
             else if (client_gone(lg->o->fd)) break;
             continue;
         }
-        rc = follow_entry(&fs, e, err, errlen);
+        /* Gaps opened before this entry was offered come first: their
+         * files' earlier entries are all taken (the queue is in order). */
+        fs.before = e->order;
+        rc = take_gaps(&fs, sub, false, err, errlen);
+        if (rc == 0) rc = follow_entry(&fs, e, err, errlen);
         livetail_release(sub);
         if (rc == 0) rc = take_gaps(&fs, sub, false, err, errlen);
         if (rc != 0) break;
     }
 done:
-    for (size_t i = 0; i < fs.nfiles; i++)
+    for (size_t i = 0; i < fs.nfiles; i++) {
+        if (fs.files[i].hc_owned) history_container_free(fs.files[i].hc);
         if (fs.files[i].src) source_unref(fs.files[i].src);
+    }
     free(fs.files);
     for (size_t i = 0; i < fs.nctrs; i++) free(fs.ctrs[i]);
     free(fs.ctrs);
