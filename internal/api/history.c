@@ -102,6 +102,7 @@ struct history {
     size_t n;
     int64_t max_bytes, read_bytes;
     size_t max_line;
+    size_t max_files, open_files; /* descriptors the scan may hold, and holds */
     bool second_pass; /* re-reads what the first pass counted against max_bytes */
 };
 
@@ -250,15 +251,29 @@ static bool set_unchanged(struct history_container *c)
  * descriptors stay on the files listed, whatever their names become. A set
  * that changed between listing and opening is listed again; a directory in
  * constant churn is read as last opened. */
-static int open_set(struct history_container *c)
+static int open_set(struct history *h, struct history_container *c, char *err, size_t errlen)
 {
     for (int attempt = 0; attempt < 5; attempt++) {
+        h->open_files -= c->nfiles;
         close_set(c);
         char **paths;
         size_t n;
-        if (list_dir(c->dir, &paths, &n) != 0) return errno == ENOMEM ? -1 : 0; /* the pod went: no files */
+        if (list_dir(c->dir, &paths, &n) != 0) {
+            if (errno == ENOENT) return 0; /* the pod went: no files */
+            snprintf(err, errlen, "cannot list %s: %s", c->dir, strerror(errno));
+            return -1;
+        }
+        if (h->open_files + n > h->max_files) {
+            snprintf(err, errlen,
+                     "history needs more than server.api.max_history_files (%zu) open files (%s has %zu): narrow "
+                     "the selection (namespace, pod, container)",
+                     h->max_files, c->dir, n);
+            free_paths(paths, n);
+            return -1;
+        }
         c->files = calloc(n ? n : 1, sizeof *c->files);
         if (!c->files) {
+            snprintf(err, errlen, "out of memory listing %s", c->dir);
             free_paths(paths, n);
             return -1;
         }
@@ -266,6 +281,14 @@ static int open_set(struct history_container *c)
         for (size_t i = 0; i < n; i++) {
             int fd = open(paths[i], O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
             struct stat st;
+            if (fd < 0 && errno != ENOENT) {
+                /* EMFILE, ENFILE, EACCES…: the history would lack this
+                 * file's lines, so the request fails saying so. */
+                snprintf(err, errlen, "cannot open %s: %s", paths[i], strerror(errno));
+                for (size_t k = i; k < n; k++) free(paths[k]);
+                free(paths);
+                return -1;
+            }
             if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
                 if (fd >= 0) close(fd);
                 free(paths[i]);
@@ -274,6 +297,7 @@ static int open_set(struct history_container *c)
             }
             size_t len = strlen(paths[i]);
             c->files[c->nfiles++] = (struct history_file){paths[i], fd, st.st_dev, st.st_ino, strip_gz(paths[i], len) != len};
+            h->open_files++;
         }
         free(paths);
         if (!vanished && set_unchanged(c)) return 0;
@@ -376,7 +400,8 @@ struct history_container *history_open_file(const struct config *cfg, const stru
     return c;
 }
 
-static int add_container(struct history *h, const char *dir, const struct parser_path_meta *meta)
+static int add_container(struct history *h, const char *dir, const struct parser_path_meta *meta, char *err,
+                         size_t errlen)
 {
     for (size_t i = 0; i < h->n; i++)
         if (strcmp(h->c[i]->dir, dir) == 0) return 0;
@@ -385,6 +410,7 @@ static int add_container(struct history *h, const char *dir, const struct parser
     if (g) h->c = g;
     if (!c || !g) {
         free(c);
+        snprintf(err, errlen, "out of memory reading the files of %s", dir);
         return -1;
     }
     c->cur = -1;
@@ -394,7 +420,9 @@ static int add_container(struct history *h, const char *dir, const struct parser
     c->line_max = h->max_line;
     c->buf_max = history_buf_max(h->cfg);
     c->dir = strdup(dir);
-    if (!c->dir || open_set(c) != 0) {
+    if (!c->dir) snprintf(err, errlen, "out of memory reading the files of %s", dir);
+    if (!c->dir || open_set(h, c, err, errlen) != 0) {
+        h->open_files -= c->nfiles;
         container_free(c);
         return -1;
     }
@@ -404,8 +432,8 @@ static int add_container(struct history *h, const char *dir, const struct parser
 }
 
 struct history *history_scan(const struct config *cfg, bool (*selects)(void *ctx, const struct parser_path_meta *m),
-                             bool (*allowed)(void *ctx, const char *dir), void *ctx, int64_t max_bytes, char *err,
-                             size_t errlen)
+                             bool (*allowed)(void *ctx, const char *dir), void *ctx, int64_t max_bytes,
+                             size_t max_files, char *err, size_t errlen)
 {
     struct history *h = calloc(1, sizeof *h);
     if (!h) {
@@ -414,6 +442,7 @@ struct history *history_scan(const struct config *cfg, bool (*selects)(void *ctx
     }
     h->cfg = cfg;
     h->max_bytes = max_bytes;
+    h->max_files = max_files;
     h->max_line = (size_t)cfg->collection.max_line_bytes;
     for (size_t p = 0; p < cfg->collection.paths.count; p++) {
         glob_t g;
@@ -433,8 +462,7 @@ struct history *history_scan(const struct config *cfg, bool (*selects)(void *ctx
             if (!slash) continue;
             *slash = '\0';
             if (allowed && !allowed(ctx, real)) continue;
-            if (add_container(h, real, &meta) != 0) {
-                snprintf(err, errlen, "out of memory reading the files of %s", real);
+            if (add_container(h, real, &meta, err, errlen) != 0) {
                 globfree(&g);
                 history_free(h);
                 return NULL;
@@ -546,12 +574,17 @@ static void close_file(struct history_container *c)
     c->cur = -1;
 }
 
-/* Moves on to the next file of the set; false when none is left. */
-static bool open_next(struct history *h, struct history_container *c, size_t next)
+/* Moves on to the next file of the set: 1, 0 when none is left, -1 with
+ * err set (out of memory, or a .gz file that cannot be opened: its lines
+ * would be missing from a history said to be complete). */
+static int open_next(struct history *h, struct history_container *c, size_t next, char *err, size_t errlen)
 {
     if (c->cur >= 0) remember_read(h, c);
     close_file(c);
-    if (!c->buf && !(c->buf = malloc(c->buf_cap = HISTORY_READ_BYTES))) return false;
+    if (!c->buf && !(c->buf = malloc(c->buf_cap = HISTORY_READ_BYTES))) {
+        snprintf(err, errlen, "out of memory reading %s", c->dir);
+        return -1;
+    }
     for (; next < c->nfiles; next++) {
         struct history_file *hf = &c->files[next];
         if (hf->fd < 0) continue;
@@ -560,8 +593,9 @@ static bool open_next(struct history *h, struct history_container *c, size_t nex
              * rewound, since a second pass reads the file again. */
             int dup_fd = dup(hf->fd);
             if (dup_fd < 0 || lseek(dup_fd, 0, SEEK_SET) != 0 || !(c->gz = gzdopen(dup_fd, "rb"))) {
+                snprintf(err, errlen, "cannot read %s: %s", hf->path, strerror(errno ? errno : ENOMEM));
                 if (dup_fd >= 0) close(dup_fd);
-                continue;
+                return -1;
             }
         }
         c->cur = (long)next;
@@ -571,9 +605,9 @@ static bool open_next(struct history *h, struct history_container *c, size_t nex
         c->line_len = 0;
         c->rest_len = 0;
         c->rest_pending = c->pieces_out = c->phys_cont = false;
-        return true;
+        return 1;
     }
-    return false;
+    return 0;
 }
 
 /* Fills buf after moving the unconsumed part to the front; returns bytes
@@ -731,7 +765,10 @@ static int read_line(struct history *h, struct history_container *c, uint64_t li
             c->rest_pending = false;
             if (!c->rest_partial) return yield(c, true);
         }
-        if (c->cur < 0 && !open_next(h, c, 0)) return 0;
+        if (c->cur < 0) {
+            int o = open_next(h, c, 0, err, errlen);
+            if (o <= 0) return o;
+        }
         char *nl = memchr(c->buf + c->pos, '\n', c->len - c->pos);
         if (!nl) {
             if (c->len - c->pos == c->buf_cap && c->buf_cap < c->buf_max) {
@@ -772,7 +809,8 @@ static int read_line(struct history *h, struct history_container *c, uint64_t li
                 if (r > 0) continue;
                 /* EOF. The last file stays open: a follower goes on from it. */
                 if (c->is_last || (size_t)c->cur + 1 >= c->nfiles) return 0;
-                if (!open_next(h, c, (size_t)c->cur + 1)) return 0;
+                int o = open_next(h, c, (size_t)c->cur + 1, err, errlen);
+                if (o <= 0) return o;
                 continue;
             }
         }

@@ -11,7 +11,10 @@
  *    restart (a new <n>.log beside the old) is one container. It opens every
  *    file of each container before anything is read (listing again when the
  *    set changed meanwhile), so a rotation, compression or deletion during
- *    the read can neither skip a file nor read one twice.
+ *    the read can neither skip a file nor read one twice. At most
+ *    `max_files` descriptors are held; needing more, or any open failing
+ *    (EMFILE, ENFILE, EACCES: anything but the file having gone), fails
+ *    the scan with a message saying which, never a history short of lines.
  *  - history_next() yields the containers' lines merged in timestamp order
  *    (ties: the order of the scan); only complete lines are yielded, a line
  *    longer than max_line_bytes as pieces of that size cut where the
@@ -54,8 +57,8 @@ struct history;
  * server passes the directories of the files the collector tails, so the
  * API reads nothing the collector would not (symlink_roots, exclusions). */
 struct history *history_scan(const struct config *cfg, bool (*selects)(void *ctx, const struct parser_path_meta *m),
-                             bool (*allowed)(void *ctx, const char *dir), void *ctx, int64_t max_bytes, char *err,
-                             size_t errlen);
+                             bool (*allowed)(void *ctx, const char *dir), void *ctx, int64_t max_bytes,
+                             size_t max_files, char *err, size_t errlen);
 void history_free(struct history *h);
 
 size_t history_count(const struct history *h);

@@ -5,7 +5,8 @@
  * when the request has nothing to send for a moment, so a burst of lines
  * costs a few syscalls, not one per line. Sends wait in poll(2) in steps of
  * FLUSH_STEP_MS so that shutdown is noticed; a client that does not read at
- * all for FLUSH_GIVE_UP_MS is dropped (its lines would only be missed).
+ * all for server.api.client_timeout is dropped: its lines would only be
+ * missed, and a request reading history holds files and buffers meanwhile.
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "api/request.h"
@@ -30,13 +31,13 @@
 
 #define OUT_BYTES (64 * 1024)
 #define FLUSH_STEP_MS 500
-#define FLUSH_GIVE_UP_MS 60000
 #define FOLLOW_WAIT_MS 250
 #define TOKEN_MAX 4096
 
 struct out {
     int fd;
     atomic_bool *stop;
+    int64_t give_up_ms; /* server.api.client_timeout */
     char buf[OUT_BYTES];
     size_t len;
     bool failed;
@@ -52,7 +53,7 @@ static int64_t now_ms(void)
 static bool out_flush(struct out *o)
 {
     size_t sent = 0;
-    int64_t give_up = now_ms() + FLUSH_GIVE_UP_MS;
+    int64_t give_up = now_ms() + o->give_up_ms;
     while (!o->failed && sent < o->len) {
         ssize_t w = send(o->fd, o->buf + sent, o->len - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w > 0) {
@@ -855,6 +856,7 @@ static void serve_logs(const struct api_request_env *env, struct out *o, const c
     }
     struct history *h = NULL;
     struct livetail_sub *sub = NULL;
+    bool history_held = false;
     if (api_query_parse(qs, qlen, (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec, &lg->q, err, sizeof err) != 0) {
         respond(o, 400, "Bad Request", NULL, err);
         goto out;
@@ -911,15 +913,30 @@ static void serve_logs(const struct api_request_env *env, struct out *o, const c
     /* Files the history opens from now on: a source holding the same inode
      * later than this is the same file (livetail.h). */
     uint64_t gen_from = env->hub ? livetail_generation(env->hub) : 0;
-    h = history_scan(env->cfg, selects_meta, dir_allowed, lg, env->cfg->server.api.max_history_bytes, err,
-                     sizeof err);
+    /* History holds files and buffers for as long as its client takes to
+     * read it: only so many at once (the followers after it hold one file
+     * per container at most). */
+    int64_t max_hist = env->cfg->server.api.max_history_requests;
+    if (atomic_fetch_add(env->history_active, 1) >= max_hist) {
+        atomic_fetch_sub(env->history_active, 1);
+        snprintf(err, sizeof err,
+                 "too many history requests: server.api.max_history_requests (%lld) are reading history",
+                 (long long)max_hist);
+        respond(o, 503, "Service Unavailable", NULL, err);
+        goto out;
+    }
+    history_held = true;
+    h = history_scan(env->cfg, selects_meta, dir_allowed, lg, env->cfg->server.api.max_history_bytes,
+                     (size_t)env->cfg->server.api.max_history_files, err, sizeof err);
     if (!h) {
-        respond(o, 500, "Internal Server Error", NULL, err);
+        respond(o, 503, "Service Unavailable", NULL, err);
         goto out;
     }
     out_str(o, "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\n"
                "Connection: close\r\n\r\n");
     int rc = send_history(lg, h, err, sizeof err);
+    atomic_fetch_sub(env->history_active, 1);
+    history_held = false;
     if (rc == 0 && lg->q.follow && !lg->limit_hit) rc = follow(lg, h, sub, gen_from, err, sizeof err);
     if (rc < 0) {
         out_status(o, "error", err);
@@ -931,6 +948,7 @@ static void serve_logs(const struct api_request_env *env, struct out *o, const c
     }
     out_flush(o);
 out:
+    if (history_held) atomic_fetch_sub(env->history_active, 1);
     if (sub) livetail_unsubscribe(env->hub, sub);
     history_free(h);
     pcre2_match_data_free(lg->md);
@@ -1036,6 +1054,7 @@ void api_request_serve(const struct api_request_env *env, int fd, const char *he
     }
     o->fd = fd;
     o->stop = env->stop;
+    o->give_up_ms = env->cfg->server.api.client_timeout_ms;
     struct httpd_request req;
     size_t len = head_len;
     if (head_len) {

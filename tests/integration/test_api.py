@@ -858,6 +858,42 @@ class Review12bTest(ApiTestCase):
         self.assertEqual([(o["log_line"], o["stream"], o["line_number"]) for o in again],
                          want + [(l, s, n + 4) for l, s, n in want])
 
+    def test_history_requests_are_bounded_and_stalled_clients_dropped(self):
+        self.start(extra_api="    max_history_requests: 2\n    max_history_files: 3\n    client_timeout: 2s\n")
+        c = self.tree.container("shop", "web-0", "app")
+        pad = "p" * 200
+        for i in range(6000):  # far more than the socket buffers hold: a client that does not read stalls
+            c.write(f"{i} {pad}")
+        c.rotate(compress=False)
+        c.write("current")
+        time.sleep(1.0)
+        stalled = []
+        for _ in range(2):
+            s = socket.socket(socket.AF_UNIX)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(self.sock)
+            s.sendall(b"GET /api/v1/logs HTTP/1.1\r\nHost: x\r\n\r\n")
+            stalled.append(s)
+        time.sleep(0.5)
+        status, _, objs = request("/api/v1/logs", sock=self.sock)
+        self.assertEqual((status, objs[-1]["status"]), (503, "error"))
+        self.assertEqual(objs[-1]["message"],
+                         "too many history requests: server.api.max_history_requests (2) are reading history")
+        time.sleep(2.5)  # the stalled clients are dropped after client_timeout, with what they held
+        hist, _ = self.logs("namespace=shop")
+        self.assertEqual([o["log_line"] for o in hist], [f"{i} {pad}" for i in range(6000)] + ["current"])
+        for s in stalled:
+            s.close()
+        # Over max_history_files: a clear error, never a history short of a file said `completed`.
+        c.rotate(compress=False)
+        c.rotate(compress=False)
+        c.write("newest")
+        time.sleep(0.5)
+        status, _, objs = request("/api/v1/logs?namespace=shop", sock=self.sock)
+        self.assertEqual(status, 503)
+        self.assertRegex(objs[-1]["message"], r"^history needs more than server\.api\.max_history_files \(3\) "
+                         r"open files \(.*/shop_web-0_.*/app has 4\): narrow the selection")
+
 
 if __name__ == "__main__":
     unittest.main()
