@@ -133,12 +133,27 @@ static void out_json(struct out *o, const char *s, size_t n)
     out_put(o, s + run, n - run);
 }
 
+/* A JSON string body of bytes that may not be valid UTF-8 (names taken
+ * from file names, paths): each invalid byte becomes U+FFFD, so the
+ * output stays valid JSON whatever the node's file names hold. */
+static void out_json_bytes(struct out *o, const char *s, size_t n)
+{
+    while (n > 0) {
+        size_t valid = parser_utf8_valid_prefix(s, n);
+        out_json(o, s, valid);
+        if (valid == n) return;
+        out_put(o, "\xEF\xBF\xBD", 3);
+        s += valid + 1;
+        n -= valid + 1;
+    }
+}
+
 static void out_status(struct out *o, const char *status, const char *message)
 {
     out_str(o, "{\"status\":\"");
     out_str(o, status);
     out_str(o, "\",\"message\":\"");
-    out_json(o, message, strlen(message));
+    out_json_bytes(o, message, strlen(message)); /* may name a file */
     out_str(o, "\"}\n");
 }
 
@@ -319,11 +334,11 @@ format:;
     out_str(lg->o, ",\"time\":\"");
     out_put(lg->o, ts_text, 30);
     out_str(lg->o, "\",\"pod_name\":\"");
-    out_json(lg->o, m->pod, strlen(m->pod));
+    out_json_bytes(lg->o, m->pod, strlen(m->pod));
     out_str(lg->o, "\",\"namespace\":\"");
-    out_json(lg->o, m->namespace_, strlen(m->namespace_));
+    out_json_bytes(lg->o, m->namespace_, strlen(m->namespace_));
     out_str(lg->o, "\",\"container\":\"");
-    out_json(lg->o, m->container, strlen(m->container));
+    out_json_bytes(lg->o, m->container, strlen(m->container));
     out_str(lg->o, "\",\"stream\":\"");
     out_str(lg->o, stream_name(stream));
     out_str(lg->o, "\",\"line_number\":");
@@ -715,12 +730,24 @@ static void let_go_drained(struct follow_state *fs)
     }
 }
 
-/* Whether the client closed its side (a follower's only way to say stop). */
+/* Whether the client is gone (a follower's only way to say stop): its
+ * socket hung up (POLLHUP: closed both ways) or errs. Bytes it sends after
+ * its request are read and discarded, so that they can neither hide a hang
+ * up nor fill the socket; its end of input (a half-close: `curl -N`, a
+ * shell's `< /dev/null`) alone is no reason to stop sending to it: a failed
+ * write or a hang up is. */
 static bool client_gone(int fd)
 {
-    char b[256];
-    ssize_t r = recv(fd, b, sizeof b, MSG_DONTWAIT | MSG_PEEK);
-    return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+    struct pollfd p = {fd, POLLIN | POLLRDHUP, 0};
+    if (poll(&p, 1, 0) <= 0) return false;
+    if (p.revents & (POLLHUP | POLLERR | POLLNVAL)) return true;
+    char b[512];
+    for (int i = 0; i < 16 && (p.revents & POLLIN); i++) {
+        ssize_t r = recv(fd, b, sizeof b, MSG_DONTWAIT);
+        if (r == 0) break; /* half-closed: still listening, maybe */
+        if (r < 0) return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+    }
+    return false;
 }
 
 static int follow_setup(struct follow_state *fs, struct history *h, uint64_t gen_from, uint64_t gen_closed,
@@ -970,7 +997,7 @@ static void json_field(struct out *o, const char *name, const char *v, bool comm
     out_str(o, comma ? ",\"" : "\"");
     out_str(o, name);
     out_str(o, "\":\"");
-    out_json(o, v, strlen(v));
+    out_json_bytes(o, v, strlen(v));
     out_str(o, "\"");
 }
 

@@ -894,6 +894,53 @@ class Review12bTest(ApiTestCase):
         self.assertRegex(objs[-1]["message"], r"^history needs more than server\.api\.max_history_files \(3\) "
                          r"open files \(.*/shop_web-0_.*/app has 4\): narrow the selection")
 
+    def test_gone_clients_free_their_slot_and_a_half_close_keeps_the_follow(self):
+        c = self.tree.container("shop", "web-0", "app")
+        c.write("x")
+        self.start(extra_api="    max_subscribers: 1\n")
+        # Bytes after the head, then a close: the slot is freed although those bytes were never read.
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(self.sock)
+        s.sendall(b"GET /api/v1/logs?follow=true&tail_lines=0&grep=nomatch HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.5)
+        s.sendall(b"\r\n")
+        time.sleep(0.2)
+        s.close()
+        c.write("busy")  # entries the filter skips: only the gone check notices the client left
+        time.sleep(1.0)
+        hist, _ = self.logs("namespace=shop")
+        self.assertEqual([o["log_line"] for o in hist], ["x", "busy"])
+        # A client that half-closes after its request (shutdown(SHUT_WR), as `nc -N`) still follows.
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(self.sock)
+        s.sendall(b"GET /api/v1/logs?follow=true&tail_lines=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        time.sleep(1.0)
+        c.write("live line after half-close")
+        s.settimeout(5)
+        data = b""
+        while b"live line after half-close" not in data:
+            chunk = s.recv(65536)
+            self.assertTrue(chunk, f"the server ended the follow: {data!r}")
+            data += chunk
+        body = data.partition(b"\r\n\r\n")[2]
+        self.assertEqual([json.loads(l)["log_line"] for l in body.splitlines() if l], ["live line after half-close"])
+        s.close()
+
+    def test_invalid_utf8_in_names_is_replaced_so_the_json_stays_valid(self):
+        import kubelet
+        c = kubelet.Container(self.tree, "shop", "we\udcffb\"x", "app", "uid1", container_id="ab" * 32)
+        c.link()
+        c.write("hello", ts_ns=T0)
+        self.start()
+        time.sleep(1.0)
+        _, _, objs = request("/api/v1/logs", sock=self.sock)  # request() parses strictly as UTF-8 JSON
+        self.assertEqual([(o["pod_name"], o["namespace"], o["container"], o["log_line"]) for o in objs[:-1]],
+                         [("we\ufffdb\"x", "shop", "app", "hello")])
+        _, _, targets = request("/api/v1/targets", sock=self.sock)
+        self.assertEqual([t["pod_name"] for t in targets[0]["targets"]], ["we\ufffdb\"x"])
+        self.assertTrue(all("\ufffd" in t["path"] for t in targets[0]["targets"]))
+
 
 if __name__ == "__main__":
     unittest.main()
