@@ -279,6 +279,8 @@ struct logs {
     pcre2_match_data *md;
     char *clean; /* UTF-8 sanitizing, 3 * max_line_bytes */
     uint64_t emitted;
+    uint64_t grep_failed; /* lines grep could not decide (PCRE2 limits): not sent */
+    uint64_t grep_said;   /* of them, already said to a follower */
     bool limit_hit;
     char **dirs; /* of the files the collector tails; NULL: no collector, all */
     size_t ndirs;
@@ -294,7 +296,12 @@ struct logs {
 static bool grep_ok(struct logs *lg, const char *s, size_t n)
 {
     if (!lg->re) return true;
-    return pcre2_match(lg->re, (PCRE2_SPTR)s, n, 0, 0, lg->md, NULL) >= 0;
+    int rc = pcre2_match(lg->re, (PCRE2_SPTR)s, n, 0, 0, lg->md, NULL);
+    /* Over PCRE2's match, depth or heap limit (a pattern that backtracks
+     * badly): treated as no match, as for the collector's filters, but
+     * counted and said in the final status, not silently dropped. */
+    if (rc < 0 && rc != PCRE2_ERROR_NOMATCH) lg->grep_failed++;
+    return rc >= 0;
 }
 
 /* Whether the line passes the query's filters (not the counts). */
@@ -829,6 +836,14 @@ static int follow(struct logs *lg, struct history *h, struct livetail_sub *sub, 
             fs.missed = 0;
             fs.missed_why[0] = '\0';
         }
+        if (lg->grep_failed > lg->grep_said) {
+            char msg[256];
+            snprintf(msg, sizeof msg,
+                     "%llu lines not sent: grep hit PCRE2's match limit on them (simplify the pattern)",
+                     (unsigned long long)(lg->grep_failed - lg->grep_said));
+            out_status(lg->o, "error", msg);
+            lg->grep_said = lg->grep_failed;
+        }
         const struct livetail_entry *e = livetail_next(sub, lg->o->len ? 0 : FOLLOW_WAIT_MS);
         if (!e) {
             if (take_gaps(&fs, sub, true, err, errlen) != 0) {
@@ -968,9 +983,13 @@ static void serve_logs(const struct api_request_env *env, struct out *o, const c
     if (rc < 0) {
         out_status(o, "error", err);
     } else if (!lg->q.follow || lg->limit_hit) {
-        char msg[256];
-        snprintf(msg, sizeof msg, "%llu lines from %zu containers%s", (unsigned long long)lg->emitted,
-                 history_count(h), lg->limit_hit ? " (max_lines reached)" : "");
+        char msg[512], grep_note[256] = "";
+        if (lg->grep_failed)
+            snprintf(grep_note, sizeof grep_note,
+                     "; %llu lines not sent: grep hit PCRE2's match limit on them (simplify the pattern)",
+                     (unsigned long long)lg->grep_failed);
+        snprintf(msg, sizeof msg, "%llu lines from %zu containers%s%s", (unsigned long long)lg->emitted,
+                 history_count(h), lg->limit_hit ? " (max_lines reached)" : "", grep_note);
         out_status(o, "completed", msg);
     }
     out_flush(o);

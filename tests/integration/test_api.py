@@ -941,6 +941,21 @@ class Review12bTest(ApiTestCase):
         self.assertEqual([t["pod_name"] for t in targets[0]["targets"]], ["we\ufffdb\"x"])
         self.assertTrue(all("\ufffd" in t["path"] for t in targets[0]["targets"]))
 
+    def test_grep_over_pcre2s_match_limit_is_said_and_max_lines_0_refused(self):
+        c = self.tree.container("shop", "web-0", "app")
+        for i in range(5):
+            c.write("a" * 3000 + "!", ts_ns=T0 + i)
+        c.write("aa", ts_ns=T0 + 10)
+        self.start()
+        import urllib.parse
+        hist, done = self.logs("grep=" + urllib.parse.quote("^(a|aa)+$"))
+        self.assertEqual([o["log_line"] for o in hist], ["aa"])
+        self.assertEqual(done["message"], "1 lines from 1 containers; 5 lines not sent: grep hit PCRE2's match "
+                                          "limit on them (simplify the pattern)")
+        status, _, objs = request("/api/v1/logs?max_lines=0", sock=self.sock)
+        self.assertEqual((status, objs), (400, [{"status": "error", "message": "max_lines: 0 lines would send "
+                                                 "nothing; leave max_lines out for no limit"}]))
+
 
 if __name__ == "__main__":
     unittest.main()

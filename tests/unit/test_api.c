@@ -70,6 +70,7 @@ static void test_query_errors(void **state)
         {"tail_lines=1&tail_lines=2", "tail_lines: given more than once"},
         {"tail_lines=1e3", "tail_lines: '1e3' is not a non-negative integer"},
         {"max_lines=100000001", "max_lines: 100000001 is over the limit of 100000000"},
+        {"max_lines=0", "max_lines: 0 lines would send nothing; leave max_lines out for no limit"},
         {"since=5 minutes", "since: '5 minutes' is neither"},
         {"pod=[abc", "pod: unbalanced '['"},
         {"pod=", "pod: empty pattern"},
