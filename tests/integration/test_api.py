@@ -956,6 +956,33 @@ class Review12bTest(ApiTestCase):
         self.assertEqual((status, objs), (400, [{"status": "error", "message": "max_lines: 0 lines would send "
                                                  "nothing; leave max_lines out for no limit"}]))
 
+    def test_tail_cli_matches_a_plain_pod_word_like_stern_and_says_when_nothing_matches(self):
+        a = self.start()
+        c = self.tree.container("shop", "web-7d9f-abc", "app")
+        c.write("hello 0")
+        c.write("hello 1", stream="stderr")
+        a.wait_lines(2)
+        time.sleep(0.6)
+
+        def run(*args):
+            return subprocess.run([LOGLET_BIN, "tail", "--socket", self.sock, *args], capture_output=True,
+                                  text=True, timeout=20)
+
+        for args in (["web"], ["-t", "web"], ["-A", "--no-follow", "7d9f"], ["--since-time", "2024-01-01T00:00:00Z"]):
+            out = run(*args)
+            self.assertEqual((out.returncode, out.stderr), (0, ""), args)
+            self.assertEqual([l.split(" ", 2)[1:] for l in out.stdout.splitlines()],
+                             [["shop/web-7d9f-abc/app", "hello 0"], ["shop/web-7d9f-abc/app", "hello 1"]], args)
+        out = run("-n", "nomatch")
+        self.assertEqual((out.returncode, out.stdout, out.stderr),
+                         (0, "", "loglet tail: no container on this node matches the selection\n"))
+        out = run("-e", "hello 1")
+        self.assertEqual(out.returncode, 2)
+        self.assertIn("-e (stern's line exclusion) is not supported", out.stderr)
+        out = run("-A", "-n", "shop")
+        self.assertEqual((out.returncode, out.stderr),
+                         (2, "loglet tail: -A/--all-namespaces and -n/--namespace contradict each other\n"))
+
 
 if __name__ == "__main__":
     unittest.main()
