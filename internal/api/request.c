@@ -959,8 +959,17 @@ static void serve_logs(const struct api_request_env *env, struct out *o, const c
      * read it: only so many at once (the followers after it hold one file
      * per container at most). */
     int64_t max_hist = env->cfg->server.api.max_history_requests;
-    if (atomic_fetch_add(env->history_active, 1) >= max_hist) {
+    int64_t wait_until = now_ms() + env->cfg->server.request_timeout_ms;
+    bool got_slot;
+    /* Most history reads take moments (a follower's tail_lines=0 only
+     * scans): a newcomer waits up to request_timeout for a slot. */
+    while (!(got_slot = atomic_fetch_add(env->history_active, 1) < max_hist)) {
         atomic_fetch_sub(env->history_active, 1);
+        if (now_ms() >= wait_until || atomic_load(env->stop)) break;
+        struct timespec pause = {0, 20 * 1000000L};
+        nanosleep(&pause, NULL);
+    }
+    if (!got_slot) {
         snprintf(err, sizeof err,
                  "too many history requests: server.api.max_history_requests (%lld) are reading history",
                  (long long)max_hist);

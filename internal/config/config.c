@@ -139,7 +139,7 @@ static const struct config_key keys[] = {
     K_SIZE("server.api.max_history_bytes", server.api.max_history_bytes, "1GiB", 1,
            "Most file bytes one logs API request may read for its history (narrow it with since or a selection)."),
     K_INT("server.api.max_history_requests", server.api.max_history_requests, "4", 1, 256,
-          "Most logs API requests reading history at once (each holds open files and read buffers); more are answered 503."),
+          "Most logs API requests reading history at once (each holds open files and read buffers); one more waits up to server.request_timeout for a slot, then is answered 503."),
     K_INT("server.api.max_history_files", server.api.max_history_files, "256", 1, 65536,
           "Most log files one request's history may hold open (every file of every selected container); more is an error asking to narrow the selection."),
     K_DURATION("server.api.client_timeout", server.api.client_timeout_ms, "30s", 1,

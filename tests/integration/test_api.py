@@ -731,8 +731,15 @@ class ReviewTest(ApiTestCase):
         time.sleep(1.0)
 
         def deleted():
-            fds = os.listdir(f"/proc/{a.proc.pid}/fd")
-            return [d for d in (os.readlink(f"/proc/{a.proc.pid}/fd/{x}") for x in fds) if "(deleted)" in d]
+            found = []
+            for x in os.listdir(f"/proc/{a.proc.pid}/fd"):
+                try:
+                    d = os.readlink(f"/proc/{a.proc.pid}/fd/{x}")
+                except FileNotFoundError:
+                    continue  # closed since the listing
+                if "(deleted)" in d:
+                    found.append(d)
+            return found
 
         for c in pods:
             c.remove()
@@ -859,7 +866,9 @@ class Review12bTest(ApiTestCase):
                          want + [(l, s, n + 4) for l, s, n in want])
 
     def test_history_requests_are_bounded_and_stalled_clients_dropped(self):
-        self.start(extra_api="    max_history_requests: 2\n    max_history_files: 3\n    client_timeout: 2s\n")
+        # A newcomer waits request_timeout for a history slot; stalled clients hold theirs until client_timeout.
+        self.start(extra_api="    max_history_requests: 2\n    max_history_files: 3\n    client_timeout: 3s\n"
+                             "  request_timeout: 500ms\n")
         c = self.tree.container("shop", "web-0", "app")
         pad = "p" * 200
         for i in range(6000):  # far more than the socket buffers hold: a client that does not read stalls
@@ -879,7 +888,7 @@ class Review12bTest(ApiTestCase):
         self.assertEqual((status, objs[-1]["status"]), (503, "error"))
         self.assertEqual(objs[-1]["message"],
                          "too many history requests: server.api.max_history_requests (2) are reading history")
-        time.sleep(2.5)  # the stalled clients are dropped after client_timeout, with what they held
+        time.sleep(3.0)  # the stalled clients are dropped after client_timeout, with what they held
         hist, _ = self.logs("namespace=shop")
         self.assertEqual([o["log_line"] for o in hist], [f"{i} {pad}" for i in range(6000)] + ["current"])
         for s in stalled:
