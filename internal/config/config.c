@@ -135,7 +135,7 @@ static const struct config_key keys[] = {
     K_INT("server.api.max_subscribers", server.api.max_subscribers, "16", 1, 4096,
           "Most logs API requests served at once (history and followers); more are answered 503. With subscriber_buffer, bounds the followers' memory (16 x 1MiB by default, within the chart's 64Mi)."),
     K_SIZE("server.api.subscriber_buffer", server.api.subscriber_buffer_bytes, "1MiB", 128 * KIB,
-           "Queue of new lines per follower; a follower that falls further behind is told how many lines it missed."),
+           "Queue of new lines per follower; what a follower falls further behind by is read from the file, and only when that is gone is it told how many lines it missed."),
     K_SIZE("server.api.max_history_bytes", server.api.max_history_bytes, "1GiB", 1,
            "Most file bytes one logs API request may read for its history (narrow it with since or a selection)."),
     K_INT("server.api.max_history_requests", server.api.max_history_requests, "4", 1, 256,
