@@ -17,9 +17,24 @@
 #include <zlib.h>
 
 /* Per container: memory for a request grows with the containers it selects,
- * so buffers are small and taken only when needed (the line buffer grows up
- * to max_line_bytes; the docker buffer only for docker files). */
+ * so buffers start small and grow only when needed: the read buffer, while
+ * a physical line does not fit, up to what holds any physical line the
+ * collector reads whole (history_buf_max); the line buffer up to
+ * max_line_bytes; the docker buffer only for docker files. */
 #define HISTORY_READ_BYTES (32 * 1024)
+/* Room past max_line_bytes for a physical line's CRI prefix (time, stream,
+ * tag: under 64 bytes) and a docker line's JSON around its content. */
+#define HISTORY_PREFIX_ROOM (4 * 1024)
+
+/* The read buffer's largest size: a physical line the collector reads in
+ * one buffer, or whose content is up to max_line_bytes, is read whole. */
+static size_t history_buf_max(const struct config *cfg)
+{
+    size_t line = (size_t)cfg->collection.max_line_bytes + HISTORY_PREFIX_ROOM;
+    size_t rb = (size_t)cfg->collection.read_buffer_bytes;
+    size_t max = line > rb ? line : rb;
+    return max > HISTORY_READ_BYTES ? max : HISTORY_READ_BYTES;
+}
 
 /* One file of a container's set, opened when the set was listed. */
 struct history_file {
@@ -57,7 +72,14 @@ struct history_container {
     const char *rest;
     size_t rest_len;
     bool rest_partial, rest_pending, pieces_out, yielded;
-    char *scratch; /* docker unescaping */
+    /* Inside a physical line longer than the read buffer at its largest
+     * (as the collector's continue_physical): its prefix was parsed from
+     * its first buffer, phys_partial is its P/F tag, and what follows up to
+     * its newline is content. */
+    bool phys_cont, phys_partial;
+    size_t buf_cap, buf_max; /* buf's size; how far it may grow */
+    char *scratch; /* docker unescaping, scratch_cap bytes */
+    size_t scratch_cap;
     uint64_t number, stop_at;
     bool has_pending, done_all;
     struct history_line pending;
@@ -80,6 +102,7 @@ struct history {
     size_t n;
     int64_t max_bytes, read_bytes;
     size_t max_line;
+    size_t max_files, open_files; /* descriptors the scan may hold, and holds */
     bool second_pass; /* re-reads what the first pass counted against max_bytes */
 };
 
@@ -228,15 +251,29 @@ static bool set_unchanged(struct history_container *c)
  * descriptors stay on the files listed, whatever their names become. A set
  * that changed between listing and opening is listed again; a directory in
  * constant churn is read as last opened. */
-static int open_set(struct history_container *c)
+static int open_set(struct history *h, struct history_container *c, char *err, size_t errlen)
 {
     for (int attempt = 0; attempt < 5; attempt++) {
+        h->open_files -= c->nfiles;
         close_set(c);
         char **paths;
         size_t n;
-        if (list_dir(c->dir, &paths, &n) != 0) return errno == ENOMEM ? -1 : 0; /* the pod went: no files */
+        if (list_dir(c->dir, &paths, &n) != 0) {
+            if (errno == ENOENT) return 0; /* the pod went: no files */
+            snprintf(err, errlen, "cannot list %s: %s", c->dir, strerror(errno));
+            return -1;
+        }
+        if (h->open_files + n > h->max_files) {
+            snprintf(err, errlen,
+                     "history needs more than server.api.max_history_files (%zu) open files (%s has %zu): narrow "
+                     "the selection (namespace, pod, container)",
+                     h->max_files, c->dir, n);
+            free_paths(paths, n);
+            return -1;
+        }
         c->files = calloc(n ? n : 1, sizeof *c->files);
         if (!c->files) {
+            snprintf(err, errlen, "out of memory listing %s", c->dir);
             free_paths(paths, n);
             return -1;
         }
@@ -244,6 +281,14 @@ static int open_set(struct history_container *c)
         for (size_t i = 0; i < n; i++) {
             int fd = open(paths[i], O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
             struct stat st;
+            if (fd < 0 && errno != ENOENT) {
+                /* EMFILE, ENFILE, EACCES…: the history would lack this
+                 * file's lines, so the request fails saying so. */
+                snprintf(err, errlen, "cannot open %s: %s", paths[i], strerror(errno));
+                for (size_t k = i; k < n; k++) free(paths[k]);
+                free(paths);
+                return -1;
+            }
             if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
                 if (fd >= 0) close(fd);
                 free(paths[i]);
@@ -252,6 +297,7 @@ static int open_set(struct history_container *c)
             }
             size_t len = strlen(paths[i]);
             c->files[c->nfiles++] = (struct history_file){paths[i], fd, st.st_dev, st.st_ino, strip_gz(paths[i], len) != len};
+            h->open_files++;
         }
         free(paths);
         if (!vanished && set_unchanged(c)) return 0;
@@ -280,7 +326,82 @@ void history_free(struct history *h)
     free(h);
 }
 
-static int add_container(struct history *h, const char *dir, const struct parser_path_meta *meta)
+void history_container_free(struct history_container *c) { container_free(c); }
+
+/* An fd on (dev, ino) at `path`, or -1 with errno (ENOENT: not that file). */
+static int open_identified(const char *path, dev_t dev, ino_t ino)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) return -1;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_dev != dev || st.st_ino != ino) {
+        close(fd);
+        errno = ENOENT;
+        return -1;
+    }
+    return fd;
+}
+
+struct history_container *history_open_file(const struct config *cfg, const struct parser_path_meta *meta,
+                                            const char *path, const char *spool_dir, dev_t dev, ino_t ino,
+                                            char *err, size_t errlen)
+{
+    struct history_container *c = calloc(1, sizeof *c);
+    if (!c || !(c->dir = strdup(path)) || !(c->files = calloc(1, sizeof *c->files))) {
+        container_free(c);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    char *slash = strrchr(c->dir, '/');
+    if (slash) *slash = '\0';
+    c->cur = -1;
+    c->end_file = -1;
+    c->stop_at = UINT64_MAX;
+    c->meta = *meta;
+    c->line_max = (size_t)cfg->collection.max_line_bytes;
+    c->buf_max = history_buf_max(cfg);
+    char *found = NULL;
+    int fd = open_identified(path, dev, ino), open_errno = errno;
+    if (fd >= 0) {
+        found = strdup(path);
+    } else if (open_errno == ENOENT) {
+        /* Renamed by a rotation: the plain siblings (a compressed copy has
+         * other offsets, so it cannot make the gap up). */
+        char **paths;
+        size_t n;
+        if (list_dir(c->dir, &paths, &n) == 0) {
+            for (size_t i = 0; i < n && fd < 0; i++) {
+                size_t len = strlen(paths[i]);
+                if (strip_gz(paths[i], len) != len) continue;
+                fd = open_identified(paths[i], dev, ino);
+                if (fd >= 0) found = paths[i], paths[i] = NULL;
+                else if (errno != ENOENT) open_errno = errno;
+            }
+            free_paths(paths, n);
+        }
+        if (fd < 0 && spool_dir && asprintf(&found, "%s/%llx-%llx", spool_dir, (unsigned long long)dev,
+                                            (unsigned long long)ino) >= 0) {
+            fd = open_identified(found, dev, ino);
+            if (fd < 0 && errno != ENOENT) open_errno = errno;
+        }
+    }
+    if (fd < 0 || !found) {
+        free(found);
+        found = NULL;
+        if (fd >= 0) close(fd);
+        snprintf(err, errlen, "%s: %s", path,
+                 open_errno == ENOENT ? "gone (deleted or compressed) before its lines could be read"
+                                      : strerror(open_errno));
+        container_free(c);
+        return NULL;
+    }
+    c->files[0] = (struct history_file){found, fd, dev, ino, false};
+    c->nfiles = 1;
+    return c;
+}
+
+static int add_container(struct history *h, const char *dir, const struct parser_path_meta *meta, char *err,
+                         size_t errlen)
 {
     for (size_t i = 0; i < h->n; i++)
         if (strcmp(h->c[i]->dir, dir) == 0) return 0;
@@ -289,6 +410,7 @@ static int add_container(struct history *h, const char *dir, const struct parser
     if (g) h->c = g;
     if (!c || !g) {
         free(c);
+        snprintf(err, errlen, "out of memory reading the files of %s", dir);
         return -1;
     }
     c->cur = -1;
@@ -296,8 +418,11 @@ static int add_container(struct history *h, const char *dir, const struct parser
     c->stop_at = UINT64_MAX;
     c->meta = *meta;
     c->line_max = h->max_line;
+    c->buf_max = history_buf_max(h->cfg);
     c->dir = strdup(dir);
-    if (!c->dir || open_set(c) != 0) {
+    if (!c->dir) snprintf(err, errlen, "out of memory reading the files of %s", dir);
+    if (!c->dir || open_set(h, c, err, errlen) != 0) {
+        h->open_files -= c->nfiles;
         container_free(c);
         return -1;
     }
@@ -307,8 +432,8 @@ static int add_container(struct history *h, const char *dir, const struct parser
 }
 
 struct history *history_scan(const struct config *cfg, bool (*selects)(void *ctx, const struct parser_path_meta *m),
-                             bool (*allowed)(void *ctx, const char *dir), void *ctx, int64_t max_bytes, char *err,
-                             size_t errlen)
+                             bool (*allowed)(void *ctx, const char *dir), void *ctx, int64_t max_bytes,
+                             size_t max_files, char *err, size_t errlen)
 {
     struct history *h = calloc(1, sizeof *h);
     if (!h) {
@@ -317,6 +442,7 @@ struct history *history_scan(const struct config *cfg, bool (*selects)(void *ctx
     }
     h->cfg = cfg;
     h->max_bytes = max_bytes;
+    h->max_files = max_files;
     h->max_line = (size_t)cfg->collection.max_line_bytes;
     for (size_t p = 0; p < cfg->collection.paths.count; p++) {
         glob_t g;
@@ -336,8 +462,7 @@ struct history *history_scan(const struct config *cfg, bool (*selects)(void *ctx
             if (!slash) continue;
             *slash = '\0';
             if (allowed && !allowed(ctx, real)) continue;
-            if (add_container(h, real, &meta) != 0) {
-                snprintf(err, errlen, "out of memory reading the files of %s", real);
+            if (add_container(h, real, &meta, err, errlen) != 0) {
                 globfree(&g);
                 history_free(h);
                 return NULL;
@@ -373,6 +498,18 @@ bool history_end(const struct history_container *c, dev_t *dev, ino_t *ino, uint
     return true;
 }
 
+/* A container done with its buffers (grown for long lines, maybe) gives
+ * them back: a follower reads again only to make a gap up. */
+static void drop_buffers(struct history_container *c)
+{
+    free(c->buf);
+    free(c->line);
+    free(c->scratch);
+    c->buf = c->line = c->scratch = NULL;
+    c->buf_cap = c->line_cap = c->scratch_cap = 0;
+    c->pos = c->len = c->line_len = 0;
+}
+
 void history_finish(struct history *h)
 {
     for (size_t i = 0; i < h->n; i++) {
@@ -380,6 +517,7 @@ void history_finish(struct history *h)
         if (c->gz) gzclose(c->gz);
         c->gz = NULL;
         c->cur = -1;
+        drop_buffers(c);
         for (size_t k = 0; k + 1 < c->nfiles; k++) {
             if (c->files[k].fd >= 0) close(c->files[k].fd);
             c->files[k].fd = -1;
@@ -436,12 +574,17 @@ static void close_file(struct history_container *c)
     c->cur = -1;
 }
 
-/* Moves on to the next file of the set; false when none is left. */
-static bool open_next(struct history *h, struct history_container *c, size_t next)
+/* Moves on to the next file of the set: 1, 0 when none is left, -1 with
+ * err set (out of memory, or a .gz file that cannot be opened: its lines
+ * would be missing from a history said to be complete). */
+static int open_next(struct history *h, struct history_container *c, size_t next, char *err, size_t errlen)
 {
     if (c->cur >= 0) remember_read(h, c);
     close_file(c);
-    if (!c->buf && !(c->buf = malloc(HISTORY_READ_BYTES))) return false;
+    if (!c->buf && !(c->buf = malloc(c->buf_cap = HISTORY_READ_BYTES))) {
+        snprintf(err, errlen, "out of memory reading %s", c->dir);
+        return -1;
+    }
     for (; next < c->nfiles; next++) {
         struct history_file *hf = &c->files[next];
         if (hf->fd < 0) continue;
@@ -450,8 +593,9 @@ static bool open_next(struct history *h, struct history_container *c, size_t nex
              * rewound, since a second pass reads the file again. */
             int dup_fd = dup(hf->fd);
             if (dup_fd < 0 || lseek(dup_fd, 0, SEEK_SET) != 0 || !(c->gz = gzdopen(dup_fd, "rb"))) {
+                snprintf(err, errlen, "cannot read %s: %s", hf->path, strerror(errno ? errno : ENOMEM));
                 if (dup_fd >= 0) close(dup_fd);
-                continue;
+                return -1;
             }
         }
         c->cur = (long)next;
@@ -460,10 +604,10 @@ static bool open_next(struct history *h, struct history_container *c, size_t nex
         c->base = c->done = 0;
         c->line_len = 0;
         c->rest_len = 0;
-        c->rest_pending = c->pieces_out = false;
-        return true;
+        c->rest_pending = c->pieces_out = c->phys_cont = false;
+        return 1;
     }
-    return false;
+    return 0;
 }
 
 /* Fills buf after moving the unconsumed part to the front; returns bytes
@@ -476,7 +620,7 @@ static ssize_t fill(struct history *h, struct history_container *c, uint64_t lim
         c->base += c->pos;
         c->pos = 0;
     }
-    size_t room = HISTORY_READ_BYTES - c->len;
+    size_t room = c->buf_cap - c->len;
     uint64_t file_at = c->base + c->len;
     if (limit != UINT64_MAX) room = file_at >= limit ? 0 : (limit - file_at < room ? (size_t)(limit - file_at) : room);
     if (room == 0) return 0;
@@ -550,10 +694,15 @@ static void take_physical(struct history_container *c, const char *p, size_t n)
     struct parser_line pl;
     bool truncated;
     if (n > 0 && p[n - 1] == '\r') n--;
-    bool docker = n > 0 && p[0] == '{' && (c->scratch || (c->scratch = malloc(HISTORY_READ_BYTES)));
+    bool docker = n > 0 && p[0] == '{';
+    if (docker && c->scratch_cap < c->buf_cap) {
+        char *g = realloc(c->scratch, c->buf_cap);
+        if (g) c->scratch = g, c->scratch_cap = c->buf_cap;
+        docker = c->scratch != NULL; /* out of memory: a shorter scratch truncates, as the parser says */
+    }
     bool starts = c->line_len == 0 && !c->pieces_out;
     if (parser_cri_line(p, n, &pl) == 0 ||
-        (docker && parser_docker_line(p, n, c->scratch, HISTORY_READ_BYTES, &pl, &truncated) == 0)) {
+        (docker && parser_docker_line(p, n, c->scratch, c->scratch_cap, &pl, &truncated) == 0)) {
         if (starts) {
             c->line_ts = pl.ts_ns;
             c->line_stream = pl.stream;
@@ -616,25 +765,67 @@ static int read_line(struct history *h, struct history_container *c, uint64_t li
             c->rest_pending = false;
             if (!c->rest_partial) return yield(c, true);
         }
-        if (c->cur < 0 && !open_next(h, c, 0)) return 0;
+        if (c->cur < 0) {
+            int o = open_next(h, c, 0, err, errlen);
+            if (o <= 0) return o;
+        }
         char *nl = memchr(c->buf + c->pos, '\n', c->len - c->pos);
         if (!nl) {
-            if (c->len - c->pos == HISTORY_READ_BYTES) {
-                /* A physical line longer than the buffer: this piece alone. */
-                nl = c->buf + c->len - 1;
+            if (c->len - c->pos == c->buf_cap && c->buf_cap < c->buf_max) {
+                /* A physical line longer than the buffer: the buffer grows
+                 * (nothing points into it now: rest is consumed), so that
+                 * the line is parsed whole, as the collector parses it. */
+                size_t cap = c->buf_cap * 2 < c->buf_max ? c->buf_cap * 2 : c->buf_max;
+                char *g = realloc(c->buf, cap);
+                if (!g) {
+                    snprintf(err, errlen, "out of memory for a %zu-byte line in %s", cap, c->dir);
+                    return -1;
+                }
+                c->buf = g;
+                c->buf_cap = cap;
+                continue;
+            }
+            if (c->len - c->pos == c->buf_cap) {
+                /* Longer than any line the collector reads whole: its
+                 * content goes on into the logical line buffer by buffer,
+                 * cut into pieces of max_line_bytes as it fills. */
+                const char *p = c->buf + c->pos;
+                size_t n = c->len - c->pos;
+                if (!c->phys_cont) {
+                    take_physical(c, p, n);
+                    c->phys_partial = c->rest_partial;
+                    c->phys_cont = true;
+                } else {
+                    c->rest = p;
+                    c->rest_len = n;
+                    c->rest_pending = true;
+                }
+                c->rest_partial = true; /* the physical line goes on */
+                c->pos += n;
+                continue;
             } else {
                 ssize_t r = fill(h, c, c->is_last ? limit : UINT64_MAX, err, errlen);
                 if (r < 0) return -1;
                 if (r > 0) continue;
                 /* EOF. The last file stays open: a follower goes on from it. */
                 if (c->is_last || (size_t)c->cur + 1 >= c->nfiles) return 0;
-                if (!open_next(h, c, (size_t)c->cur + 1)) return 0;
+                int o = open_next(h, c, (size_t)c->cur + 1, err, errlen);
+                if (o <= 0) return o;
                 continue;
             }
         }
         size_t n = (size_t)(nl - (c->buf + c->pos));
         const char *p = c->buf + c->pos;
-        take_physical(c, p, *nl == '\n' ? n : n + 1);
+        if (c->phys_cont) {
+            /* The end of a physical line begun buffers ago: plain content. */
+            c->rest = p;
+            c->rest_len = n > 0 && p[n - 1] == '\r' ? n - 1 : n;
+            c->rest_partial = c->phys_partial;
+            c->rest_pending = true;
+            c->phys_cont = false;
+        } else {
+            take_physical(c, p, n);
+        }
         c->pos += n + 1; /* rest points into buf still: nothing is read until it is taken */
     }
 }
@@ -649,7 +840,7 @@ void history_rewind(struct history *h, const uint64_t *stop_at)
         c->last_ts = 0;
         c->line_len = 0;
         c->rest_len = 0;
-        c->rest_pending = c->pieces_out = c->yielded = false;
+        c->rest_pending = c->pieces_out = c->yielded = c->phys_cont = false;
         c->has_pending = c->done_all = false;
         c->stop_at = stop_at ? stop_at[i] : UINT64_MAX;
     }
@@ -695,7 +886,7 @@ long history_read_on(struct history_container *c, uint64_t from, uint64_t to,
     close_file(c);
     c->cur = (long)c->nfiles - 1;
     c->is_last = true;
-    if (!c->buf && !(c->buf = malloc(HISTORY_READ_BYTES))) {
+    if (!c->buf && !(c->buf = malloc(c->buf_cap = HISTORY_READ_BYTES))) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }

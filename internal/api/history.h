@@ -11,7 +11,10 @@
  *    restart (a new <n>.log beside the old) is one container. It opens every
  *    file of each container before anything is read (listing again when the
  *    set changed meanwhile), so a rotation, compression or deletion during
- *    the read can neither skip a file nor read one twice.
+ *    the read can neither skip a file nor read one twice. At most
+ *    `max_files` descriptors are held; needing more, or any open failing
+ *    (EMFILE, ENFILE, EACCES: anything but the file having gone), fails
+ *    the scan with a message saying which, never a history short of lines.
  *  - history_next() yields the containers' lines merged in timestamp order
  *    (ties: the order of the scan); only complete lines are yielded, a line
  *    longer than max_line_bytes as pieces of that size cut where the
@@ -54,8 +57,8 @@ struct history;
  * server passes the directories of the files the collector tails, so the
  * API reads nothing the collector would not (symlink_roots, exclusions). */
 struct history *history_scan(const struct config *cfg, bool (*selects)(void *ctx, const struct parser_path_meta *m),
-                             bool (*allowed)(void *ctx, const char *dir), void *ctx, int64_t max_bytes, char *err,
-                             size_t errlen);
+                             bool (*allowed)(void *ctx, const char *dir), void *ctx, int64_t max_bytes,
+                             size_t max_files, char *err, size_t errlen);
 void history_free(struct history *h);
 
 size_t history_count(const struct history *h);
@@ -92,6 +95,17 @@ size_t history_read_files(const struct history_container *c, const struct histor
 long history_read_on(struct history_container *c, uint64_t from, uint64_t to,
                      void (*emit)(void *ctx, struct history_container *c, const struct history_line *l), void *ctx,
                      char *err, size_t errlen);
+/* A container of the one file (dev, ino) for a follower to read a gap of
+ * the live tail from: opened at `path`, or, renamed by a rotation, found
+ * by its identity among the plain files of its directory, or, compressed
+ * or deleted since, through the collector's spool link (`spool_dir`, may
+ * be NULL), which lasts while the collector holds the file. NULL with err
+ * saying why (gone, compressed, the open failed: EMFILE included). Free
+ * it with history_container_free(). */
+struct history_container *history_open_file(const struct config *cfg, const struct parser_path_meta *meta,
+                                            const char *path, const char *spool_dir, dev_t dev, ino_t ino,
+                                            char *err, size_t errlen);
+void history_container_free(struct history_container *c);
 /* After the history is sent: only each container's current file stays open. */
 void history_finish(struct history *h);
 /* Whether c still holds its current file open; its link count (0: deleted),

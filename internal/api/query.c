@@ -166,7 +166,15 @@ static int set_param(struct api_query *q, enum param p, const char *v, int64_t n
     case P_TAIL_LINES:
         if (strcmp(v, "-1") == 0) return q->tail_lines = -1, 0;
         return parse_count(v, API_MAX_COUNT, &q->tail_lines, what, err, errlen);
-    case P_MAX_LINES: return parse_count(v, API_MAX_COUNT, &q->max_lines, what, err, errlen);
+    case P_MAX_LINES:
+        if (parse_count(v, API_MAX_COUNT, &q->max_lines, what, err, errlen) != 0) return -1;
+        if (q->max_lines == 0) {
+            /* 0 read as "no limit" would surprise whoever meant "none": the
+             * parameter left out is the way to say no limit. */
+            snprintf(err, errlen, "%s: 0 lines would send nothing; leave max_lines out for no limit", what);
+            return -1;
+        }
+        return 0;
     case P_FOLLOW: return parse_bool(v, &q->follow, what, err, errlen);
     default: return -1;
     }

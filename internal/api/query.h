@@ -16,7 +16,7 @@
  *    server refuses it with a clear error.
  *  - since/until: a duration (`5m`, `1h30m`: that long before `now_ns`) or
  *    an RFC 3339 time. tail_lines: last N lines per container (-1: all).
- *    max_lines: total, 0 = no limit. follow: true/false (1/0, yes/no).
+ *    max_lines: total, at least 1 (left out: no limit; 0 is refused). follow: true/false (1/0, yes/no).
  */
 #ifndef LOGLET_API_QUERY_H
 #define LOGLET_API_QUERY_H
@@ -35,7 +35,7 @@ struct api_query {
     int stream; /* -1: both; else enum parser_stream */
     int64_t since_ns, until_ns; /* [since, until]; 0 / INT64_MAX when absent */
     int64_t tail_lines;         /* -1: all */
-    int64_t max_lines;          /* 0: no limit */
+    int64_t max_lines;          /* 0: not given, no limit (0 in the query is refused) */
     bool follow;
     char store[API_QUERY_MAX + 16];
     size_t used;

@@ -5,7 +5,8 @@
  * when the request has nothing to send for a moment, so a burst of lines
  * costs a few syscalls, not one per line. Sends wait in poll(2) in steps of
  * FLUSH_STEP_MS so that shutdown is noticed; a client that does not read at
- * all for FLUSH_GIVE_UP_MS is dropped (its lines would only be missed).
+ * all for server.api.client_timeout is dropped: its lines would only be
+ * missed, and a request reading history holds files and buffers meanwhile.
  */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "api/request.h"
@@ -30,13 +31,13 @@
 
 #define OUT_BYTES (64 * 1024)
 #define FLUSH_STEP_MS 500
-#define FLUSH_GIVE_UP_MS 60000
 #define FOLLOW_WAIT_MS 250
 #define TOKEN_MAX 4096
 
 struct out {
     int fd;
     atomic_bool *stop;
+    int64_t give_up_ms; /* server.api.client_timeout */
     char buf[OUT_BYTES];
     size_t len;
     bool failed;
@@ -52,7 +53,7 @@ static int64_t now_ms(void)
 static bool out_flush(struct out *o)
 {
     size_t sent = 0;
-    int64_t give_up = now_ms() + FLUSH_GIVE_UP_MS;
+    int64_t give_up = now_ms() + o->give_up_ms;
     while (!o->failed && sent < o->len) {
         ssize_t w = send(o->fd, o->buf + sent, o->len - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w > 0) {
@@ -132,12 +133,27 @@ static void out_json(struct out *o, const char *s, size_t n)
     out_put(o, s + run, n - run);
 }
 
+/* A JSON string body of bytes that may not be valid UTF-8 (names taken
+ * from file names, paths): each invalid byte becomes U+FFFD, so the
+ * output stays valid JSON whatever the node's file names hold. */
+static void out_json_bytes(struct out *o, const char *s, size_t n)
+{
+    while (n > 0) {
+        size_t valid = parser_utf8_valid_prefix(s, n);
+        out_json(o, s, valid);
+        if (valid == n) return;
+        out_put(o, "\xEF\xBF\xBD", 3);
+        s += valid + 1;
+        n -= valid + 1;
+    }
+}
+
 static void out_status(struct out *o, const char *status, const char *message)
 {
     out_str(o, "{\"status\":\"");
     out_str(o, status);
     out_str(o, "\",\"message\":\"");
-    out_json(o, message, strlen(message));
+    out_json_bytes(o, message, strlen(message)); /* may name a file */
     out_str(o, "\"}\n");
 }
 
@@ -263,6 +279,8 @@ struct logs {
     pcre2_match_data *md;
     char *clean; /* UTF-8 sanitizing, 3 * max_line_bytes */
     uint64_t emitted;
+    uint64_t grep_failed; /* lines grep could not decide (PCRE2 limits): not sent */
+    uint64_t grep_said;   /* of them, already said to a follower */
     bool limit_hit;
     char **dirs; /* of the files the collector tails; NULL: no collector, all */
     size_t ndirs;
@@ -278,7 +296,12 @@ struct logs {
 static bool grep_ok(struct logs *lg, const char *s, size_t n)
 {
     if (!lg->re) return true;
-    return pcre2_match(lg->re, (PCRE2_SPTR)s, n, 0, 0, lg->md, NULL) >= 0;
+    int rc = pcre2_match(lg->re, (PCRE2_SPTR)s, n, 0, 0, lg->md, NULL);
+    /* Over PCRE2's match, depth or heap limit (a pattern that backtracks
+     * badly): treated as no match, as for the collector's filters, but
+     * counted and said in the final status, not silently dropped. */
+    if (rc < 0 && rc != PCRE2_ERROR_NOMATCH) lg->grep_failed++;
+    return rc >= 0;
 }
 
 /* Whether the line passes the query's filters (not the counts). */
@@ -318,11 +341,11 @@ format:;
     out_str(lg->o, ",\"time\":\"");
     out_put(lg->o, ts_text, 30);
     out_str(lg->o, "\",\"pod_name\":\"");
-    out_json(lg->o, m->pod, strlen(m->pod));
+    out_json_bytes(lg->o, m->pod, strlen(m->pod));
     out_str(lg->o, "\",\"namespace\":\"");
-    out_json(lg->o, m->namespace_, strlen(m->namespace_));
+    out_json_bytes(lg->o, m->namespace_, strlen(m->namespace_));
     out_str(lg->o, "\",\"container\":\"");
-    out_json(lg->o, m->container, strlen(m->container));
+    out_json_bytes(lg->o, m->container, strlen(m->container));
     out_str(lg->o, "\",\"stream\":\"");
     out_str(lg->o, stream_name(stream));
     out_str(lg->o, "\",\"line_number\":");
@@ -469,6 +492,7 @@ struct followed {
     uint64_t next_seq;         /* the live tail's number of the next record */
     bool started, seen;
     struct history_container *hc;
+    bool hc_owned; /* hc was opened for a gap (history_open_file), not the history's */
     uint64_t *number; /* the container's line counter */
 };
 
@@ -485,6 +509,8 @@ struct follow_state {
     struct counter **ctrs;
     size_t nctrs;
     uint64_t missed; /* to say in the next error object */
+    char missed_why[512]; /* why a gap could not be read from its file ("": the queue) */
+    uint64_t before; /* gaps opened before the entry with this order are ready (livetail_gap.order) */
 };
 
 static uint64_t *counter_for(struct follow_state *fs, const char *dir)
@@ -581,13 +607,16 @@ static int read_from_file(struct follow_state *fs, struct followed *f, uint64_t 
 static void let_go(struct follow_state *fs, struct followed *f)
 {
     if (!f->hc) return;
-    history_let_go(f->hc);
+    if (f->hc_owned) history_container_free(f->hc);
+    else history_let_go(f->hc);
     f->hc = NULL;
+    f->hc_owned = false;
     f->gen_to = livetail_generation(fs->lg->env->hub);
 }
 
-/* Entries of f's source that did not fit the queue: read from the file
- * while the history holds it, else counted as missed. */
+/* Entries of f's source that did not fit the queue: read from the file,
+ * the history's or, for any other file the collector tails, opened now by
+ * its identity; counted as missed (and why) only when it cannot be. */
 static int follow_gap(struct follow_state *fs, const struct livetail_gap *g, char *err, size_t errlen)
 {
     struct followed *f = followed_for(fs, g->source);
@@ -600,6 +629,19 @@ static int follow_gap(struct follow_state *fs, const struct livetail_gap *g, cha
     if (!f->started && g->end_offset <= f->upto) {
         f->next_seq = g->end_seq; /* the history sent them */
         return 0;
+    }
+    if (!(f->hc && history_holds(f->hc))) {
+        char why[512];
+        if (f->hc) let_go(fs, f);
+        struct source *src = g->source;
+        const char *spool = fs->lg->env->collector ? collector_spool_dir(fs->lg->env->collector) : NULL;
+        if ((f->hc = history_open_file(fs->lg->env->cfg, &src->meta, src->real_path, spool, src->dev, src->ino, why,
+                                       sizeof why))) {
+            f->hc_owned = true;
+            if (f->started || g->start_offset > f->upto) f->upto = g->start_offset;
+        } else {
+            snprintf(fs->missed_why, sizeof fs->missed_why, "%s", why);
+        }
     }
     if (f->hc && history_holds(f->hc)) {
         if (read_from_file(fs, f, g->end_offset, err, errlen) != 0) return -1;
@@ -664,7 +706,9 @@ static int follow_entry(struct follow_state *fs, const struct livetail_entry *e,
  * done: its source's next record is the gap's first. */
 static bool gap_ready(void *ctx, const struct livetail_gap *g)
 {
-    struct followed *f = find_bound(ctx, g->source);
+    struct follow_state *fs = ctx;
+    if (g->order < fs->before) return true;
+    struct followed *f = find_bound(fs, g->source);
     return f && f->seen && f->next_seq == g->first_seq;
 }
 
@@ -693,12 +737,24 @@ static void let_go_drained(struct follow_state *fs)
     }
 }
 
-/* Whether the client closed its side (a follower's only way to say stop). */
+/* Whether the client is gone (a follower's only way to say stop): its
+ * socket hung up (POLLHUP: closed both ways) or errs. Bytes it sends after
+ * its request are read and discarded, so that they can neither hide a hang
+ * up nor fill the socket; its end of input (a half-close: `curl -N`, a
+ * shell's `< /dev/null`) alone is no reason to stop sending to it: a failed
+ * write or a hang up is. */
 static bool client_gone(int fd)
 {
-    char b[256];
-    ssize_t r = recv(fd, b, sizeof b, MSG_DONTWAIT | MSG_PEEK);
-    return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+    struct pollfd p = {fd, POLLIN | POLLRDHUP, 0};
+    if (poll(&p, 1, 0) <= 0) return false;
+    if (p.revents & (POLLHUP | POLLERR | POLLNVAL)) return true;
+    char b[512];
+    for (int i = 0; i < 16 && (p.revents & POLLIN); i++) {
+        ssize_t r = recv(fd, b, sizeof b, MSG_DONTWAIT);
+        if (r == 0) break; /* half-closed: still listening, maybe */
+        if (r < 0) return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+    }
+    return false;
 }
 
 static int follow_setup(struct follow_state *fs, struct history *h, uint64_t gen_from, uint64_t gen_closed,
@@ -766,12 +822,27 @@ static int follow(struct logs *lg, struct history *h, struct livetail_sub *sub, 
         }
         fs.missed += livetail_take_missed(sub);
         if (fs.missed) {
-            char msg[256];
-            snprintf(msg, sizeof msg,
-                     "%llu lines missed: this follower read too slowly for its queue (server.api.subscriber_buffer)",
-                     (unsigned long long)fs.missed);
+            char msg[768];
+            if (fs.missed_why[0])
+                snprintf(msg, sizeof msg,
+                         "%llu lines missed: this follower read too slowly for its queue "
+                         "(server.api.subscriber_buffer) and they could not be read from the file: %s",
+                         (unsigned long long)fs.missed, fs.missed_why);
+            else
+                snprintf(msg, sizeof msg,
+                         "%llu lines missed: this follower read too slowly for its queue (server.api.subscriber_buffer)",
+                         (unsigned long long)fs.missed);
             out_status(lg->o, "error", msg);
             fs.missed = 0;
+            fs.missed_why[0] = '\0';
+        }
+        if (lg->grep_failed > lg->grep_said) {
+            char msg[256];
+            snprintf(msg, sizeof msg,
+                     "%llu lines not sent: grep hit PCRE2's match limit on them (simplify the pattern)",
+                     (unsigned long long)(lg->grep_failed - lg->grep_said));
+            out_status(lg->o, "error", msg);
+            lg->grep_said = lg->grep_failed;
         }
         const struct livetail_entry *e = livetail_next(sub, lg->o->len ? 0 : FOLLOW_WAIT_MS);
         if (!e) {
@@ -784,14 +855,20 @@ static int follow(struct logs *lg, struct history *h, struct livetail_sub *sub, 
             else if (client_gone(lg->o->fd)) break;
             continue;
         }
-        rc = follow_entry(&fs, e, err, errlen);
+        /* Gaps opened before this entry was offered come first: their
+         * files' earlier entries are all taken (the queue is in order). */
+        fs.before = e->order;
+        rc = take_gaps(&fs, sub, false, err, errlen);
+        if (rc == 0) rc = follow_entry(&fs, e, err, errlen);
         livetail_release(sub);
         if (rc == 0) rc = take_gaps(&fs, sub, false, err, errlen);
         if (rc != 0) break;
     }
 done:
-    for (size_t i = 0; i < fs.nfiles; i++)
+    for (size_t i = 0; i < fs.nfiles; i++) {
+        if (fs.files[i].hc_owned) history_container_free(fs.files[i].hc);
         if (fs.files[i].src) source_unref(fs.files[i].src);
+    }
     free(fs.files);
     for (size_t i = 0; i < fs.nctrs; i++) free(fs.ctrs[i]);
     free(fs.ctrs);
@@ -821,6 +898,7 @@ static void serve_logs(const struct api_request_env *env, struct out *o, const c
     }
     struct history *h = NULL;
     struct livetail_sub *sub = NULL;
+    bool history_held = false;
     if (api_query_parse(qs, qlen, (int64_t)now.tv_sec * 1000000000LL + now.tv_nsec, &lg->q, err, sizeof err) != 0) {
         respond(o, 400, "Bad Request", NULL, err);
         goto out;
@@ -877,26 +955,55 @@ static void serve_logs(const struct api_request_env *env, struct out *o, const c
     /* Files the history opens from now on: a source holding the same inode
      * later than this is the same file (livetail.h). */
     uint64_t gen_from = env->hub ? livetail_generation(env->hub) : 0;
-    h = history_scan(env->cfg, selects_meta, dir_allowed, lg, env->cfg->server.api.max_history_bytes, err,
-                     sizeof err);
+    /* History holds files and buffers for as long as its client takes to
+     * read it: only so many at once (the followers after it hold one file
+     * per container at most). */
+    int64_t max_hist = env->cfg->server.api.max_history_requests;
+    int64_t wait_until = now_ms() + env->cfg->server.request_timeout_ms;
+    bool got_slot;
+    /* Most history reads take moments (a follower's tail_lines=0 only
+     * scans): a newcomer waits up to request_timeout for a slot. */
+    while (!(got_slot = atomic_fetch_add(env->history_active, 1) < max_hist)) {
+        atomic_fetch_sub(env->history_active, 1);
+        if (now_ms() >= wait_until || atomic_load(env->stop)) break;
+        struct timespec pause = {0, 20 * 1000000L};
+        nanosleep(&pause, NULL);
+    }
+    if (!got_slot) {
+        snprintf(err, sizeof err,
+                 "too many history requests: server.api.max_history_requests (%lld) are reading history",
+                 (long long)max_hist);
+        respond(o, 503, "Service Unavailable", NULL, err);
+        goto out;
+    }
+    history_held = true;
+    h = history_scan(env->cfg, selects_meta, dir_allowed, lg, env->cfg->server.api.max_history_bytes,
+                     (size_t)env->cfg->server.api.max_history_files, err, sizeof err);
     if (!h) {
-        respond(o, 500, "Internal Server Error", NULL, err);
+        respond(o, 503, "Service Unavailable", NULL, err);
         goto out;
     }
     out_str(o, "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\n"
                "Connection: close\r\n\r\n");
     int rc = send_history(lg, h, err, sizeof err);
+    atomic_fetch_sub(env->history_active, 1);
+    history_held = false;
     if (rc == 0 && lg->q.follow && !lg->limit_hit) rc = follow(lg, h, sub, gen_from, err, sizeof err);
     if (rc < 0) {
         out_status(o, "error", err);
     } else if (!lg->q.follow || lg->limit_hit) {
-        char msg[256];
-        snprintf(msg, sizeof msg, "%llu lines from %zu containers%s", (unsigned long long)lg->emitted,
-                 history_count(h), lg->limit_hit ? " (max_lines reached)" : "");
+        char msg[512], grep_note[256] = "";
+        if (lg->grep_failed)
+            snprintf(grep_note, sizeof grep_note,
+                     "; %llu lines not sent: grep hit PCRE2's match limit on them (simplify the pattern)",
+                     (unsigned long long)lg->grep_failed);
+        snprintf(msg, sizeof msg, "%llu lines from %zu containers%s%s", (unsigned long long)lg->emitted,
+                 history_count(h), lg->limit_hit ? " (max_lines reached)" : "", grep_note);
         out_status(o, "completed", msg);
     }
     out_flush(o);
 out:
+    if (history_held) atomic_fetch_sub(env->history_active, 1);
     if (sub) livetail_unsubscribe(env->hub, sub);
     history_free(h);
     pcre2_match_data_free(lg->md);
@@ -918,7 +1025,7 @@ static void json_field(struct out *o, const char *name, const char *v, bool comm
     out_str(o, comma ? ",\"" : "\"");
     out_str(o, name);
     out_str(o, "\":\"");
-    out_json(o, v, strlen(v));
+    out_json_bytes(o, v, strlen(v));
     out_str(o, "\"");
 }
 
@@ -1002,6 +1109,7 @@ void api_request_serve(const struct api_request_env *env, int fd, const char *he
     }
     o->fd = fd;
     o->stop = env->stop;
+    o->give_up_ms = env->cfg->server.api.client_timeout_ms;
     struct httpd_request req;
     size_t len = head_len;
     if (head_len) {

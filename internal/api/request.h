@@ -20,6 +20,7 @@ struct api_request_env {
     atomic_bool *stop;
     bool tcp; /* needs the bearer token */
     atomic_int *active; /* logs requests being served, against max_subscribers */
+    atomic_int *history_active; /* of them reading history, against max_history_requests */
     struct collector *collector; /* for /api/v1/targets; may be NULL */
     /* A pod's job-name label, from a Kubernetes metadata provider; NULL
      * while there is none (then `job=` is refused with the reason). */

@@ -66,6 +66,7 @@ struct api {
     ino_t sock_ino;
     atomic_bool stop;
     atomic_int active;
+    atomic_int history_active;
     pthread_t thread;
     bool thread_started;
     size_t nslots;
@@ -109,6 +110,7 @@ static void *slot_main(void *arg)
                                   .stop = &s->api->stop,
                                   .tcp = s->tcp,
                                   .active = &s->api->active,
+                                  .history_active = &s->api->history_active,
                                   .collector = s->api->collector,
                                   .job_label = s->api->job_label,
                                   .job_ctx = s->api->job_ctx};

@@ -24,7 +24,9 @@ struct tail_opts {
     const char *names[16];
     const char *values[16];
     int n;
-    bool follow;
+    bool follow, all_namespaces;
+    const char *pod_query; /* the argument, as sent */
+    char pod_substring[512];
 };
 
 static void usage(FILE *out)
@@ -37,7 +39,8 @@ static void usage(FILE *out)
             "Flags follow stern's and kubectl's: the pod is the argument, as with stern\n"
             "(-p is kubectl's --previous; earlier files are always read here).\n"
             "\n"
-            "  POD, --pod GLOB          pods (globs, comma-separated)\n"
+            "  POD, --pod GLOB          pods (globs, comma-separated); a plain word as POD matches pods\n"
+            "                           containing it, as stern's query (web: *web*)\n"
             "  -n, --namespace GLOB     namespaces\n"
             "  -c, --container GLOB     containers\n"
             "      --exclude-pod GLOB   pods to leave out\n"
@@ -45,11 +48,13 @@ static void usage(FILE *out)
             "      --job NAME           a Job's pods (needs Kubernetes metadata)\n"
             "  -g, -i, --grep, --include REGEX  only lines matching this PCRE2 pattern\n"
             "      --stream stdout|stderr\n"
-            "  -s, --since DURATION|TIME  e.g. 10m or 2026-01-02T15:04:05Z\n"
+            "  -s, --since DURATION|TIME  e.g. 10m or 2026-01-02T15:04:05Z (also --since-time)\n"
             "      --until DURATION|TIME\n"
             "      --tail N             the last N lines of each container (-1: all, the default)\n"
             "      --max-lines N        stop after N lines in total\n"
-            "  -f, --follow             go on with new lines (across rotations and restarts)\n"
+            "  -f, --follow             go on with new lines (across rotations and restarts); --no-follow\n"
+            "  -t, --timestamps, -A, --all-namespaces  accepted (the time is always shown; all\n"
+            "                           namespaces are the default)\n"
             "  -o, --output text|json   text: TIME namespace/pod/container LINE; json: the API's NDJSON\n"
             "      --color auto|always|never\n"
             "      --socket PATH        the API's Unix socket (default %s)\n"
@@ -85,6 +90,7 @@ static const struct flag flags[] = {
     {NULL, "--stream", "stream"},
     {"-s", "--since", "since"},         {NULL, "--until", "until"},   {NULL, "--tail", "tail_lines"},
     {NULL, "--max-lines", "max_lines"}, {"-o", "--output", NULL},     {NULL, "--color", NULL},
+    {NULL, "--since-time", "since"},
     {NULL, "--socket", NULL},           {NULL, "--address", NULL},    {NULL, "--token-file", NULL},
 };
 
@@ -100,9 +106,31 @@ static int parse(int argc, char **argv, struct tail_opts *o)
             o->follow = true;
             continue;
         }
-        if (strcmp(arg, "--follow=false") == 0) {
+        if (strcmp(arg, "--follow=false") == 0 || strcmp(arg, "--no-follow") == 0) {
             o->follow = false;
             continue;
+        }
+        /* stern's -t prefixes the time, which the text output always does;
+         * -A: every namespace, which is the default here. */
+        if (strcmp(arg, "-t") == 0 || strcmp(arg, "--timestamps") == 0 || strcmp(arg, "--timestamps=true") == 0)
+            continue;
+        if (strcmp(arg, "-A") == 0 || strcmp(arg, "--all-namespaces") == 0 ||
+            strcmp(arg, "--all-namespaces=true") == 0) {
+            o->all_namespaces = true;
+            continue;
+        }
+        if (strcmp(arg, "-e") == 0 || (strncmp(arg, "--exclude", 9) == 0 && (arg[9] == '\0' || arg[9] == '='))) {
+            fprintf(stderr, "loglet tail: %s (stern's line exclusion) is not supported: select lines with -i/--grep "
+                            "and a PCRE2 pattern, e.g. -i '^(?!.*health)'\n", arg);
+            return -1;
+        }
+        if (strcmp(arg, "-l") == 0 || strncmp(arg, "--selector", 10) == 0 || strncmp(arg, "--limit-bytes", 13) == 0 ||
+            strncmp(arg, "--all-containers", 16) == 0 || strncmp(arg, "--prefix", 8) == 0) {
+            fprintf(stderr,
+                    "loglet tail: %s is not supported here: select pods by name (the argument or --pod, globs), "
+                    "containers with -c (every container is shown by default), see loglet tail --help\n",
+                    arg);
+            return -1;
         }
         if (strcmp(arg, "-p") == 0 || strncmp(arg, "--previous", 10) == 0) {
             fprintf(stderr,
@@ -120,6 +148,18 @@ static int parse(int argc, char **argv, struct tail_opts *o)
                         arg);
                 return -1;
             }
+            /* A plain word matches pods containing it, as stern's query
+             * does (`loglet tail web` finds web-7d9f-abc); a glob (with
+             * * ? [ or a comma list) is taken as it is. Not a regex. */
+            if (!strpbrk(arg, "*?[,")) {
+                if (snprintf(o->pod_substring, sizeof o->pod_substring, "*%s*", arg) >=
+                    (int)sizeof o->pod_substring) {
+                    fprintf(stderr, "loglet tail: pod query too long: %s\n", arg);
+                    return -1;
+                }
+                arg = o->pod_substring;
+            }
+            o->pod_query = arg;
             if (add_param(o, "pod", arg) != 0) return -1;
             continue;
         }
@@ -166,6 +206,12 @@ static int parse(int argc, char **argv, struct tail_opts *o)
             o->token_file = value;
         }
     }
+    if (o->all_namespaces)
+        for (int k = 0; k < o->n; k++)
+            if (strcmp(o->names[k], "namespace") == 0) {
+                fprintf(stderr, "loglet tail: -A/--all-namespaces and -n/--namespace contradict each other\n");
+                return -1;
+            }
     if (o->address && !o->token_file) {
         fprintf(stderr, "loglet tail: --address needs --token-file (the API on TCP requires a bearer token)\n");
         return -1;
@@ -339,7 +385,10 @@ static int print_line(char *line, bool json, bool colour)
             fprintf(stderr, "loglet tail: %s\n", ob.message ? ob.message : "error");
             return 1;
         }
-        return 0; /* completed */
+        /* completed: nothing selected is said, not left to an empty screen */
+        if (ob.message && strncmp(ob.message, "0 lines from 0 containers", 25) == 0)
+            fprintf(stderr, "loglet tail: no container on this node matches the selection\n");
+        return 0;
     }
     if (colour)
         printf("%s %s%s/%s\033[0m/%s%s\033[0m %s\n", ob.time ? ob.time : "", colour_of(ob.pod ? ob.pod : ""),

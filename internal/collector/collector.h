@@ -92,5 +92,9 @@ struct collector_target {
 /* Copies up to `cap` targets into out (may be NULL to count); returns how
  * many there are. Safe from any thread. */
 size_t collector_targets(struct collector *collector, struct collector_target *out, size_t cap);
+/* The spool directory, holding `<dev>-<ino>` (hex) hard links to the files
+ * the collector has open (spool.c); NULL: none. Set before the collector
+ * runs and unchanged until it is destroyed, so safe from any thread. */
+const char *collector_spool_dir(const struct collector *collector);
 
 #endif

@@ -246,6 +246,12 @@ struct collector {
     struct livetail *livetail;
     char *live_buf;
     size_t live_len, live_cap;
+    /* Entries go out at record boundaries in pieces of at most live_piece
+     * bytes (livetail_max_body: what a follower's queue always takes), a
+     * larger record alone; live_start is the file offset where the lines
+     * in live_buf begin. */
+    size_t live_piece;
+    uint64_t live_start;
     uint32_t live_records;
     bool live_on, live_alloc_failed;
 

@@ -160,6 +160,8 @@ void spool_keep(struct collector *c, struct tailed_file *f)
     }
 }
 
+const char *collector_spool_dir(const struct collector *c) { return c->spool_fd >= 0 ? c->spool_path : NULL; }
+
 void spool_forget(struct collector *c, struct source *src)
 {
     if (!src->spooled || c->spool_fd < 0) return;

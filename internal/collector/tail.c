@@ -74,7 +74,8 @@ static struct source_record *record_at_end(struct chunk_writer *w)
 static void live_publish(struct collector *c, struct tailed_file *f)
 {
     if (!c->live_records) return;
-    livetail_publish(c->livetail, f->src, c->writer.end_offset, c->live_buf, c->live_len, c->live_records);
+    livetail_publish(c->livetail, f->src, c->live_start, c->writer.end_offset, c->live_buf, c->live_len,
+                     c->live_records);
     c->live_len = 0;
     c->live_records = 0;
 }
@@ -92,6 +93,7 @@ static void live_begin(struct collector *c)
     c->live_on = livetail_wanted(c->livetail);
     if (!c->live_on || c->live_buf || c->live_alloc_failed) return;
     c->live_cap = tail_chunk_bytes(c);
+    c->live_piece = livetail_max_body(c->livetail);
     if (!(c->live_buf = malloc(c->live_cap))) {
         c->live_alloc_failed = true;
         log_error("out of memory for the live tail's buffer (%zu bytes): followers get no lines", c->live_cap);
@@ -104,7 +106,9 @@ static void live_append(struct collector *c, struct tailed_file *f, const struct
     if (!c->live_on || !c->live_buf) return;
     size_t size = SOURCE_RECORD_SIZE(rec->len);
     if (size > c->live_cap) return; /* cannot be: a record is at most 3 * max_line_bytes */
-    if (c->live_len + size > c->live_cap) live_publish(c, f); /* up to the last finished line */
+    /* Up to the last finished line: entries a follower's queue can take. */
+    if (c->live_len && (c->live_len + size > c->live_cap || c->live_len + size > c->live_piece)) live_publish(c, f);
+    if (c->live_len == 0) c->live_start = c->writer.end_offset; /* where this record's line starts */
     struct source_record *copy = (struct source_record *)(c->live_buf + c->live_len);
     *copy = *rec;
     copy->extra_len = 0;

@@ -76,6 +76,9 @@ struct config {
             int64_t max_subscribers;
             int64_t subscriber_buffer_bytes;
             int64_t max_history_bytes;
+            int64_t max_history_requests;
+            int64_t max_history_files;
+            int64_t client_timeout_ms;
         } api;
     } server;
 

@@ -50,16 +50,24 @@ struct livetail_entry {
     struct source *source; /* a reference owned by the entry */
     uint64_t end_offset;   /* where the line after the entry's last complete one starts */
     uint64_t first_seq;
+    uint64_t order; /* this subscriber's count of entries and gaps offered before it */
     uint32_t records;
     uint32_t reserved;
     /* followed by `records` struct source_record, as in a chunk */
 };
 
-/* Entries a subscriber's queue had no room for, of one source, contiguous. */
+/* Entries a subscriber's queue had no room for, of one source, contiguous:
+ * their lines are the file's bytes [start_offset, end_offset). */
 struct livetail_gap {
     struct source *source; /* a reference, the taker's to drop */
     uint64_t first_seq, end_seq;
-    uint64_t end_offset;
+    uint64_t start_offset, end_offset;
+    /* The subscriber's offer count when the gap opened: the queue is in
+     * order, so once an entry with a larger `order` is taken, every entry
+     * of the gap's source before the gap has been taken too, and the gap
+     * can be made up before that entry (keeping a container's files in
+     * the order the collector read them). */
+    uint64_t order;
 };
 
 static inline const struct source_record *livetail_entry_first(const struct livetail_entry *e)
@@ -75,9 +83,17 @@ void livetail_source_open(struct livetail *hub, struct source *src);
 void livetail_source_close(struct livetail *hub, struct source *src);
 /* Whether anyone follows (one atomic load): skip building entries if not. */
 bool livetail_wanted(const struct livetail *hub);
-/* `body` holds `records` records as in a chunk, `len` bytes. */
-void livetail_publish(struct livetail *hub, struct source *src, uint64_t end_offset, const void *body, size_t len,
-                      uint32_t records);
+/* `body` holds `records` records as in a chunk, `len` bytes: the lines
+ * that start at file offset `start_offset` and end at `end_offset`. An
+ * entry of more than livetail_max_body() bytes is never queued (every
+ * follower gets it as a gap): the collector publishes in pieces of at most
+ * that, at record boundaries, unless one record alone is larger. */
+void livetail_publish(struct livetail *hub, struct source *src, uint64_t start_offset, uint64_t end_offset,
+                      const void *body, size_t len, uint32_t records);
+/* The largest entry body that always fits an empty follower queue with
+ * room to spare: a quarter of it, so that a follower that keeps up (a few
+ * entries behind at most) is never given a gap. */
+size_t livetail_max_body(const struct livetail *hub);
 
 /* The generation counter now (see the contract). */
 uint64_t livetail_generation(const struct livetail *hub);

@@ -31,6 +31,7 @@ struct livetail_sub {
     uint64_t cached_id;
     bool cached_match, cached_valid;
     _Atomic uint64_t missed;
+    uint64_t offered; /* entries and gaps offered (under the hub lock): their `order` */
     struct livetail_gap gaps[LIVETAIL_GAPS]; /* under the hub lock; source NULL: free */
     const struct livetail_entry *peeked;
 };
@@ -170,7 +171,8 @@ static bool wants(struct livetail_sub *sub, const struct source *src)
 }
 
 /* Under the hub lock: records of `src` did not fit `sub`'s queue. */
-static void note_gap(struct livetail_sub *sub, struct source *src, uint64_t seq, uint32_t records, uint64_t end)
+static void note_gap(struct livetail_sub *sub, struct source *src, uint64_t seq, uint32_t records, uint64_t start,
+                     uint64_t end)
 {
     struct livetail_gap *free_gap = NULL;
     for (size_t i = 0; i < LIVETAIL_GAPS; i++) {
@@ -187,11 +189,18 @@ static void note_gap(struct livetail_sub *sub, struct source *src, uint64_t seq,
         return;
     }
     source_ref(src);
-    *free_gap = (struct livetail_gap){src, seq, seq + records, end};
+    *free_gap = (struct livetail_gap){src, seq, seq + records, start, end, sub->offered};
 }
 
-void livetail_publish(struct livetail *hub, struct source *src, uint64_t end_offset, const void *body, size_t len,
-                      uint32_t records)
+size_t livetail_max_body(const struct livetail *hub)
+{
+    size_t quarter = hub->queue_bytes / 4, max_block = ring_max_block_for(hub->queue_bytes);
+    size_t block = quarter < max_block ? quarter : max_block;
+    return block > sizeof(struct livetail_entry) ? block - sizeof(struct livetail_entry) : 0;
+}
+
+void livetail_publish(struct livetail *hub, struct source *src, uint64_t start_offset, uint64_t end_offset,
+                      const void *body, size_t len, uint32_t records)
 {
     uint64_t seq = src->published_records;
     src->published_records += records;
@@ -200,17 +209,19 @@ void livetail_publish(struct livetail *hub, struct source *src, uint64_t end_off
     for (size_t i = 0; i < hub->count; i++) {
         struct livetail_sub *sub = hub->subs[i];
         if (!wants(sub, src)) continue;
+        sub->offered++;
         bool gap_open = false;
         for (size_t k = 0; k < LIVETAIL_GAPS && !gap_open; k++) gap_open = sub->gaps[k].source == src;
         /* Behind an open gap nothing more is queued for that source: the
          * follower makes the gap up from the file, in order, up to its end. */
-        struct livetail_entry *e = gap_open ? NULL : ring_reserve(sub->queue, sizeof *e + len, 0);
+        struct livetail_entry *e =
+            gap_open || len > livetail_max_body(hub) ? NULL : ring_reserve(sub->queue, sizeof *e + len, 0);
         if (!e) {
-            note_gap(sub, src, seq, records, end_offset);
+            note_gap(sub, src, seq, records, start_offset, end_offset);
             continue;
         }
         source_ref(src);
-        *e = (struct livetail_entry){src, end_offset, seq, records, 0};
+        *e = (struct livetail_entry){src, end_offset, seq, sub->offered, records, 0};
         memcpy(e + 1, body, len);
         ring_commit(sub->queue, sizeof *e + len);
     }

@@ -85,6 +85,8 @@ void ring_destroy(struct ring *ring)
 
 size_t ring_max_block(const struct ring *ring) { return ring->capacity / 2 - HEADER_SIZE; }
 
+size_t ring_max_block_for(size_t capacity) { return (capacity & ~(size_t)7) / 2 - HEADER_SIZE; }
+
 static struct timespec deadline_after(int timeout_ms)
 {
     struct timespec ts;

@@ -33,6 +33,8 @@ void ring_destroy(struct ring *ring);
 
 /* The largest block ring_reserve() can ever grant. */
 size_t ring_max_block(const struct ring *ring);
+/* The same for a ring of `capacity` bytes (>= 4 KiB), before creating it. */
+size_t ring_max_block_for(size_t capacity);
 
 /* Reserves `size` contiguous bytes (size <= ring_max_block()). Returns NULL
  * when the timeout expired or the ring is closed (check ring_is_closed()). */

@@ -291,7 +291,7 @@ class FollowTest(ApiTestCase):
 
 
 class SlowFollowerTest(ApiTestCase):
-    def test_slow_follower_is_told_what_it_missed_and_loki_gets_everything(self):
+    def test_a_stalled_follower_gets_its_gaps_from_the_file_and_loki_gets_everything(self):
         receiver = lr.Receiver().start()
         self.addCleanup(receiver.stop)
         a = self.start(extra_api="    subscriber_buffer: 128KiB\n",
@@ -317,32 +317,18 @@ class SlowFollowerTest(ApiTestCase):
         r_missed = sum(int(o["message"].split()[0]) for o in reader.objects if o["status"] == "error")
         self.assertEqual(len(r_got) + r_missed, total)
         self.assertEqual([o["log_line"] for o in r_got], [f"{o['line_number'] - 1} {pad}" for o in r_got])
-        # Now read the stalled one: what it got plus what it was told it missed is everything.
+        # Now read the stalled one: what its queue had no room for is read from the file it
+        # still can open (the collector still tails it), so it gets every line, numbered.
         stalled.pump_thread = threading.Thread(target=stalled.pump, daemon=True)
         stalled.pump_thread.start()
-        # Its queue drains first; only then is there room for one more line.
-        seen, quiet_since = -1, time.time()
-        while time.time() - quiet_since < 1.0:
-            time.sleep(0.1)
-            if len(stalled.objects) != seen:
-                seen, quiet_since = len(stalled.objects), time.time()
         web.write("last")
-        deadline = time.time() + 30
+        deadline = time.time() + 60
         while time.time() < deadline and not any(o.get("log_line") == "last" for o in stalled.objects):
             time.sleep(0.1)
         got = [o for o in stalled.objects if o["status"] == "streaming"]
-        errors = [o for o in stalled.objects if o["status"] == "error"]
-        self.assertTrue(errors, "the slow follower was not told")
-        missed = sum(int(o["message"].split()[0]) for o in errors)
-        self.assertTrue(all("lines missed" in o["message"] for o in errors))
-        self.assertGreater(missed, 0)
-        self.assertEqual(len(got) + missed, total + 1)
-        numbers = [o["line_number"] for o in got]
-        self.assertEqual(numbers, sorted(numbers))
-        self.assertEqual(numbers[-1], total + 1, "line numbers count the missed lines")
-        for o in got:  # whatever it did get is intact and correctly numbered
-            if o["log_line"] != "last":
-                self.assertEqual(o["log_line"], f"{o['line_number'] - 1} {pad}")
+        self.assertEqual([o for o in stalled.objects if o["status"] != "streaming"], [])
+        self.assertEqual([(o["log_line"], o["line_number"]) for o in got],
+                         [(f"{i} {pad}", i + 1) for i in range(total)] + [("last", total + 1)])
         stalled.close()
         reader.close()
         self.assertEqual(a.stop(), 0)
@@ -745,8 +731,15 @@ class ReviewTest(ApiTestCase):
         time.sleep(1.0)
 
         def deleted():
-            fds = os.listdir(f"/proc/{a.proc.pid}/fd")
-            return [d for d in (os.readlink(f"/proc/{a.proc.pid}/fd/{x}") for x in fds) if "(deleted)" in d]
+            found = []
+            for x in os.listdir(f"/proc/{a.proc.pid}/fd"):
+                try:
+                    d = os.readlink(f"/proc/{a.proc.pid}/fd/{x}")
+                except FileNotFoundError:
+                    continue  # closed since the listing
+                if "(deleted)" in d:
+                    found.append(d)
+            return found
 
         for c in pods:
             c.remove()
@@ -799,6 +792,205 @@ class ReviewTest(ApiTestCase):
             out = run("-n", "shop", flag, "web-0")
             self.assertEqual(out.returncode, 2)
             self.assertIn("kubectl's --previous", out.stderr)
+
+
+def assert_same_lines(test, got, want):
+    """got == want, reporting the first difference (difflib is far too slow on thousands of long lines)."""
+    for i, (g, w) in enumerate(zip(got, want)):
+        if g != w:
+            test.fail(f"line {i} of {len(want)}: got {str(g)[:200]!r}, want {str(w)[:200]!r}; then got {[str(x)[:40] for x in got[i + 1:i + 4]]}, {len(got)} in all")
+    test.assertEqual(len(got), len(want), f"extra or missing at the end: {str(got[len(want):][:3])[:300]}")
+
+
+class Review12bTest(ApiTestCase):
+    """The second re-review of issue 12: a follower that keeps up never misses a line."""
+
+    def test_a_fast_follower_gets_every_line_of_bursts_rotations_and_long_lines(self):
+        import kubelet
+        self.start(extra_api="    subscriber_buffer: 128KiB\n")
+        self.tree.container("shop", "old-0", "app").write("x")
+        time.sleep(0.5)
+        f = Follower(self.sock, "namespace=shop&pod=burst-0&tail_lines=0")
+        time.sleep(0.5)
+        # A new pod's file full before its link appears: the collector's first reads are whole buffers.
+        c = kubelet.Container(self.tree, "shop", "burst-0", "app", "uid-burst")
+        want = []
+        for i in range(8000):
+            want.append(f"burst {i} " + "y" * 100)
+            c.write(want[-1])
+        c.link()
+        # Rotations with compression right behind, and lines longer than the queue's largest block.
+        for k in range(4):
+            for i in range(2500):
+                want.append(f"rot {k} {i} " + "r" * 40)
+                c.write(want[-1])
+            want.append(f"long {k} " + "L" * (90 * 1024))
+            c.write(want[-1])
+            c.rotate(compress=True, keep=3)
+            time.sleep(0.3)  # the collector opens the new file before the next rotation deletes it unseen
+        want.append("the end")
+        c.write(want[-1])
+        got = f.wait(len(want), timeout=60)
+        time.sleep(0.5)
+        f.close()
+        with f.lock:
+            errors = [o for o in f.objects if o["status"] != "streaming"]
+        self.assertEqual([o["message"] for o in errors], [])
+        assert_same_lines(self, [(o["log_line"], o["line_number"]) for o in f.lines()],
+                          [(line, n + 1) for n, line in enumerate(want)])
+
+    def test_history_reads_lines_up_to_max_line_bytes_as_the_collector_does(self):
+        c = self.tree.container("shop", "web-0", "app")
+        long_ascii = "".join(chr(0x41 + i % 26) for i in range(100_000))
+        longer = "é" * 150_000  # 300,000 bytes: over max_line_bytes (256KiB), cut between characters
+        lines = ["before", long_ascii, longer, "after"]
+        for i, line in enumerate(lines):
+            c.write(line, stream="stderr" if i == 1 else "stdout", ts_ns=T0 + i)
+        self.start()
+        hist, _ = self.logs("namespace=shop")
+        f = Follower(self.sock, "namespace=shop&tail_lines=0")
+        time.sleep(0.5)
+        for i, line in enumerate(lines):
+            c.write(line, stream="stderr" if i == 1 else "stdout", ts_ns=T0 + 10 + i)
+        live = f.wait(5)
+        time.sleep(0.5)
+        f.close()
+        cut = 256 * 1024 - (256 * 1024) % 2  # the collector's piece: whole characters of 2 bytes
+        want = [("before", "stdout", 1), (long_ascii, "stderr", 2),
+                (longer.encode()[:cut].decode(), "stdout", 3), (longer.encode()[cut:].decode(), "stdout", 3),
+                ("after", "stdout", 4)]
+        self.assertEqual([(o["log_line"], o["stream"], o["line_number"]) for o in hist], want)
+        self.assertEqual([(o["log_line"], o["stream"], o["line_number"] - 4) for o in live], want)
+        again, _ = self.logs("namespace=shop")
+        self.assertEqual([(o["log_line"], o["stream"], o["line_number"]) for o in again],
+                         want + [(l, s, n + 4) for l, s, n in want])
+
+    def test_history_requests_are_bounded_and_stalled_clients_dropped(self):
+        # A newcomer waits request_timeout for a history slot; stalled clients hold theirs until client_timeout.
+        self.start(extra_api="    max_history_requests: 2\n    max_history_files: 3\n    client_timeout: 3s\n"
+                             "  request_timeout: 500ms\n")
+        c = self.tree.container("shop", "web-0", "app")
+        pad = "p" * 200
+        for i in range(6000):  # far more than the socket buffers hold: a client that does not read stalls
+            c.write(f"{i} {pad}")
+        c.rotate(compress=False)
+        c.write("current")
+        time.sleep(1.0)
+        stalled = []
+        for _ in range(2):
+            s = socket.socket(socket.AF_UNIX)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(self.sock)
+            s.sendall(b"GET /api/v1/logs HTTP/1.1\r\nHost: x\r\n\r\n")
+            stalled.append(s)
+        time.sleep(0.5)
+        status, _, objs = request("/api/v1/logs", sock=self.sock)
+        self.assertEqual((status, objs[-1]["status"]), (503, "error"))
+        self.assertEqual(objs[-1]["message"],
+                         "too many history requests: server.api.max_history_requests (2) are reading history")
+        time.sleep(3.0)  # the stalled clients are dropped after client_timeout, with what they held
+        hist, _ = self.logs("namespace=shop")
+        self.assertEqual([o["log_line"] for o in hist], [f"{i} {pad}" for i in range(6000)] + ["current"])
+        for s in stalled:
+            s.close()
+        # Over max_history_files: a clear error, never a history short of a file said `completed`.
+        c.rotate(compress=False)
+        c.rotate(compress=False)
+        c.write("newest")
+        time.sleep(0.5)
+        status, _, objs = request("/api/v1/logs?namespace=shop", sock=self.sock)
+        self.assertEqual(status, 503)
+        self.assertRegex(objs[-1]["message"], r"^history needs more than server\.api\.max_history_files \(3\) "
+                         r"open files \(.*/shop_web-0_.*/app has 4\): narrow the selection")
+
+    def test_gone_clients_free_their_slot_and_a_half_close_keeps_the_follow(self):
+        c = self.tree.container("shop", "web-0", "app")
+        c.write("x")
+        self.start(extra_api="    max_subscribers: 1\n")
+        # Bytes after the head, then a close: the slot is freed although those bytes were never read.
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(self.sock)
+        s.sendall(b"GET /api/v1/logs?follow=true&tail_lines=0&grep=nomatch HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.5)
+        s.sendall(b"\r\n")
+        time.sleep(0.2)
+        s.close()
+        c.write("busy")  # entries the filter skips: only the gone check notices the client left
+        time.sleep(1.0)
+        hist, _ = self.logs("namespace=shop")
+        self.assertEqual([o["log_line"] for o in hist], ["x", "busy"])
+        # A client that half-closes after its request (shutdown(SHUT_WR), as `nc -N`) still follows.
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(self.sock)
+        s.sendall(b"GET /api/v1/logs?follow=true&tail_lines=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        time.sleep(1.0)
+        c.write("live line after half-close")
+        s.settimeout(5)
+        data = b""
+        while b"live line after half-close" not in data:
+            chunk = s.recv(65536)
+            self.assertTrue(chunk, f"the server ended the follow: {data!r}")
+            data += chunk
+        body = data.partition(b"\r\n\r\n")[2]
+        self.assertEqual([json.loads(l)["log_line"] for l in body.splitlines() if l], ["live line after half-close"])
+        s.close()
+
+    def test_invalid_utf8_in_names_is_replaced_so_the_json_stays_valid(self):
+        import kubelet
+        c = kubelet.Container(self.tree, "shop", "we\udcffb\"x", "app", "uid1", container_id="ab" * 32)
+        c.link()
+        c.write("hello", ts_ns=T0)
+        self.start()
+        time.sleep(1.0)
+        _, _, objs = request("/api/v1/logs", sock=self.sock)  # request() parses strictly as UTF-8 JSON
+        self.assertEqual([(o["pod_name"], o["namespace"], o["container"], o["log_line"]) for o in objs[:-1]],
+                         [("we\ufffdb\"x", "shop", "app", "hello")])
+        _, _, targets = request("/api/v1/targets", sock=self.sock)
+        self.assertEqual([t["pod_name"] for t in targets[0]["targets"]], ["we\ufffdb\"x"])
+        self.assertTrue(all("\ufffd" in t["path"] for t in targets[0]["targets"]))
+
+    def test_grep_over_pcre2s_match_limit_is_said_and_max_lines_0_refused(self):
+        c = self.tree.container("shop", "web-0", "app")
+        for i in range(5):
+            c.write("a" * 3000 + "!", ts_ns=T0 + i)
+        c.write("aa", ts_ns=T0 + 10)
+        self.start()
+        import urllib.parse
+        hist, done = self.logs("grep=" + urllib.parse.quote("^(a|aa)+$"))
+        self.assertEqual([o["log_line"] for o in hist], ["aa"])
+        self.assertEqual(done["message"], "1 lines from 1 containers; 5 lines not sent: grep hit PCRE2's match "
+                                          "limit on them (simplify the pattern)")
+        status, _, objs = request("/api/v1/logs?max_lines=0", sock=self.sock)
+        self.assertEqual((status, objs), (400, [{"status": "error", "message": "max_lines: 0 lines would send "
+                                                 "nothing; leave max_lines out for no limit"}]))
+
+    def test_tail_cli_matches_a_plain_pod_word_like_stern_and_says_when_nothing_matches(self):
+        a = self.start()
+        c = self.tree.container("shop", "web-7d9f-abc", "app")
+        c.write("hello 0")
+        c.write("hello 1", stream="stderr")
+        a.wait_lines(2)
+        time.sleep(0.6)
+
+        def run(*args):
+            return subprocess.run([LOGLET_BIN, "tail", "--socket", self.sock, *args], capture_output=True,
+                                  text=True, timeout=20)
+
+        for args in (["web"], ["-t", "web"], ["-A", "--no-follow", "7d9f"], ["--since-time", "2024-01-01T00:00:00Z"]):
+            out = run(*args)
+            self.assertEqual((out.returncode, out.stderr), (0, ""), args)
+            self.assertEqual([l.split(" ", 2)[1:] for l in out.stdout.splitlines()],
+                             [["shop/web-7d9f-abc/app", "hello 0"], ["shop/web-7d9f-abc/app", "hello 1"]], args)
+        out = run("-n", "nomatch")
+        self.assertEqual((out.returncode, out.stdout, out.stderr),
+                         (0, "", "loglet tail: no container on this node matches the selection\n"))
+        out = run("-e", "hello 1")
+        self.assertEqual(out.returncode, 2)
+        self.assertIn("-e (stern's line exclusion) is not supported", out.stderr)
+        out = run("-A", "-n", "shop")
+        self.assertEqual((out.returncode, out.stderr),
+                         (2, "loglet tail: -A/--all-namespaces and -n/--namespace contradict each other\n"))
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ static void test_query_errors(void **state)
         {"tail_lines=1&tail_lines=2", "tail_lines: given more than once"},
         {"tail_lines=1e3", "tail_lines: '1e3' is not a non-negative integer"},
         {"max_lines=100000001", "max_lines: 100000001 is over the limit of 100000000"},
+        {"max_lines=0", "max_lines: 0 lines would send nothing; leave max_lines out for no limit"},
         {"since=5 minutes", "since: '5 minutes' is neither"},
         {"pod=[abc", "pod: unbalanced '['"},
         {"pod=", "pod: empty pattern"},
@@ -164,11 +165,12 @@ static void test_livetail_bounded_and_gaps(void **state)
      * one gap per source, extended while contiguous, up to the last end. */
     for (int i = 0; i < 200; i++) {
         size_t size = make_records(buf, 100);
-        livetail_publish(hub, src, off += 100, buf, size, 100);
+        livetail_publish(hub, src, off, off + 100, buf, size, 100);
+        off += 100;
         published += 100;
     }
     size_t size = make_records(buf, 7);
-    livetail_publish(hub, other, 7, buf, size, 7);
+    livetail_publish(hub, other, 0, 7, buf, size, 7);
     uint64_t got = 0, next_seq = 0;
     const struct livetail_entry *e;
     while ((e = livetail_next(a, 0))) {
@@ -185,6 +187,7 @@ static void test_livetail_bounded_and_gaps(void **state)
         if (g.source == src) {
             assert_int_equal(g.first_seq, next_seq);
             assert_int_equal(g.end_seq, published);
+            assert_int_equal(g.start_offset, next_seq); /* offsets here are 1 per record */
             assert_int_equal(g.end_offset, off);
             gap_src += g.end_seq - g.first_seq;
         }
@@ -192,6 +195,17 @@ static void test_livetail_bounded_and_gaps(void **state)
     }
     assert_int_equal(got + gap_src, published);
     assert_int_equal(livetail_take_missed(a), 0);
+    /* An entry over livetail_max_body() is never queued, even to an empty
+     * queue: the collector splits below it, and a larger lone record is a
+     * gap with its file offsets. */
+    assert_true(livetail_max_body(hub) <= 32 * 1024);
+    livetail_publish(hub, other, 7, 9, buf, livetail_max_body(hub) + 8, 1);
+    while ((e = livetail_next(a, 0))) assert_ptr_not_equal(e->source, other);
+    assert_true(livetail_take_gap(hub, a, NULL, NULL, &g));
+    assert_ptr_equal(g.source, other);
+    assert_int_equal(g.start_offset, 7);
+    assert_int_equal(g.end_offset, 9);
+    source_unref(g.source);
     /* b's filter takes only src: `other` is neither queued nor a gap. */
     uint64_t got_b = 0;
     while ((e = livetail_next(b, 0))) {
