@@ -119,6 +119,10 @@ int64_t archive_backoff_ms(int attempt, int64_t min_ms, int64_t max_ms, int64_t 
 /* MD5 and SHA-256 of a whole file (from offset 0) and its size; -1 with
  * errno on a read error. */
 int archive_digest_fd(int fd, uint64_t *size, unsigned char md5[16], unsigned char sha256[32]);
+/* The same over `len` bytes from `offset` (UINT64_MAX: to the end); a file
+ * shorter than the range is an error (EIO). *size: the bytes read. */
+int archive_digest_range(int fd, uint64_t offset, uint64_t len, uint64_t *size, unsigned char md5[16],
+                         unsigned char sha256[32]);
 
 /* `loglet archive …`: returns the process exit status. */
 int archive_cli_main(int argc, char **argv);

@@ -1,5 +1,6 @@
 /* The store chosen by the URL's scheme, and what both stores share. */
 #include <errno.h>
+#include <stdbool.h>
 #include <openssl/evp.h>
 #include <stdarg.h>
 #include <unistd.h>
@@ -119,24 +120,32 @@ int64_t archive_backoff_ms(int attempt, int64_t min_ms, int64_t max_ms, int64_t 
     return wait;
 }
 
-int archive_digest_fd(int fd, uint64_t *size, unsigned char md5[16], unsigned char sha256[32])
+int archive_digest_range(int fd, uint64_t offset, uint64_t len, uint64_t *size, unsigned char md5[16],
+                         unsigned char sha256[32])
 {
     EVP_MD_CTX *a = EVP_MD_CTX_new(), *b = EVP_MD_CTX_new();
     char *buf = malloc(64 * 1024);
     int rc = -1;
+    bool to_end = len == UINT64_MAX;
     *size = 0;
     if (!a || !b || !buf || !EVP_DigestInit_ex(a, EVP_md5(), NULL) || !EVP_DigestInit_ex(b, EVP_sha256(), NULL)) {
         errno = ENOMEM;
         goto done;
     }
-    for (;;) {
-        ssize_t n = pread(fd, buf, 64 * 1024, (off_t)*size);
+    while (len) {
+        size_t want = len < 64 * 1024 ? (size_t)len : 64 * 1024;
+        ssize_t n = pread(fd, buf, want, (off_t)(offset + *size));
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) goto done;
-        if (n == 0) break;
+        if (n == 0) {
+            if (to_end) break;
+            errno = EIO; /* shorter than the range asked for */
+            goto done;
+        }
         EVP_DigestUpdate(a, buf, (size_t)n);
         EVP_DigestUpdate(b, buf, (size_t)n);
         *size += (uint64_t)n;
+        if (!to_end) len -= (uint64_t)n;
     }
     unsigned int l;
     EVP_DigestFinal_ex(a, md5, &l);
@@ -147,4 +156,9 @@ done:
     EVP_MD_CTX_free(b);
     free(buf);
     return rc;
+}
+
+int archive_digest_fd(int fd, uint64_t *size, unsigned char md5[16], unsigned char sha256[32])
+{
+    return archive_digest_range(fd, 0, UINT64_MAX, size, md5, sha256);
 }

@@ -413,35 +413,6 @@ static void perform(struct s3_store *s, struct request *rq, struct archive_outco
     free(err_body.data);
 }
 
-/* MD5 and SHA-256 of `len` bytes of fd from `offset`. */
-static int digest_range(int fd, uint64_t offset, uint64_t len, unsigned char md5[16], unsigned char sha[32])
-{
-    EVP_MD_CTX *a = EVP_MD_CTX_new(), *b = EVP_MD_CTX_new();
-    char *buf = malloc(64 * 1024);
-    int rc = -1;
-    if (!a || !b || !buf || !EVP_DigestInit_ex(a, EVP_md5(), NULL) || !EVP_DigestInit_ex(b, EVP_sha256(), NULL))
-        goto done;
-    while (len) {
-        size_t want = len < 64 * 1024 ? (size_t)len : 64 * 1024;
-        ssize_t n = pread(fd, buf, want, (off_t)offset);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) goto done;
-        EVP_DigestUpdate(a, buf, (size_t)n);
-        EVP_DigestUpdate(b, buf, (size_t)n);
-        offset += (uint64_t)n;
-        len -= (uint64_t)n;
-    }
-    unsigned int l;
-    EVP_DigestFinal_ex(a, md5, &l);
-    EVP_DigestFinal_ex(b, sha, &l);
-    rc = 0;
-done:
-    EVP_MD_CTX_free(a);
-    EVP_MD_CTX_free(b);
-    free(buf);
-    return rc;
-}
-
 static void put_range(struct s3_store *s, const char *key, const char *query, int fd, uint64_t offset, uint64_t len,
                       const unsigned char md5[16], const unsigned char sha[32], bool if_none_match,
                       struct archive_outcome *o, char *etag, size_t etag_cap)
@@ -492,7 +463,8 @@ static void multipart_put(struct s3_store *s, const char *key, int fd, uint64_t 
     for (size_t i = 0; i < parts; i++) {
         uint64_t off = (uint64_t)i * PART_BYTES, n = size - off < PART_BYTES ? size - off : PART_BYTES;
         unsigned char md5[16], sha[32];
-        if (digest_range(fd, off, n, md5, sha) != 0) {
+        uint64_t digested;
+        if (archive_digest_range(fd, off, n, &digested, md5, sha) != 0) {
             archive_outcome_set(o, ARCHIVE_RETRY, 0, "cannot read part %zu of %s: %s", i + 1, key, strerror(errno));
             goto abort;
         }

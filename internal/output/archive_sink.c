@@ -342,15 +342,7 @@ static bool wait_for_room_locked(struct archive_sink *s)
     const size_t max = (size_t)s->cfg->output.archive.max_sealed_objects;
     while (s->nsealed >= max) {
         if (s->stop || output_giving_up(s->lane)) return false;
-        struct timespec deadline;
-        clock_gettime(CLOCK_REALTIME, &deadline);
-        deadline.tv_nsec += 200000000L;
-        if (deadline.tv_nsec >= 1000000000L) {
-            deadline.tv_sec++;
-            deadline.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&s->changed, &s->lock, &deadline);
-        metrics_beat(METRICS_THREAD_OUTPUT);
+        output_wait_beating(&s->changed, &s->lock);
     }
     return true;
 }
@@ -534,15 +526,7 @@ static bool wait_for_spool(struct archive_sink *s)
             pthread_mutex_unlock(&s->lock);
             return false;
         }
-        struct timespec deadline;
-        clock_gettime(CLOCK_REALTIME, &deadline);
-        deadline.tv_nsec += 200000000L;
-        if (deadline.tv_nsec >= 1000000000L) {
-            deadline.tv_sec++;
-            deadline.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&s->changed, &s->lock, &deadline);
-        metrics_beat(METRICS_THREAD_OUTPUT);
+        output_wait_beating(&s->changed, &s->lock);
     }
     pthread_mutex_unlock(&s->lock);
     return true;
@@ -612,15 +596,7 @@ static bool uploads_done(struct archive_sink *s)
 {
     pthread_mutex_lock(&s->lock);
     while (s->sealed_head && !s->stop && !output_giving_up(s->lane)) {
-        struct timespec deadline;
-        clock_gettime(CLOCK_REALTIME, &deadline);
-        deadline.tv_nsec += 200000000L;
-        if (deadline.tv_nsec >= 1000000000L) {
-            deadline.tv_sec++;
-            deadline.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&s->changed, &s->lock, &deadline);
-        metrics_beat(METRICS_THREAD_OUTPUT);
+        output_wait_beating(&s->changed, &s->lock);
     }
     bool done = !s->sealed_head;
     pthread_mutex_unlock(&s->lock);

@@ -334,15 +334,7 @@ static bool wait_sender_idle(struct output_lane *out)
 {
     pthread_mutex_lock(&out->lock);
     while (out->in_flight && !output_giving_up(out)) {
-        struct timespec deadline;
-        clock_gettime(CLOCK_REALTIME, &deadline);
-        deadline.tv_nsec += 200000000L;
-        if (deadline.tv_nsec >= 1000000000L) {
-            deadline.tv_sec++;
-            deadline.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&out->changed, &out->lock, &deadline);
-        metrics_beat(METRICS_THREAD_OUTPUT);
+        output_wait_beating(&out->changed, &out->lock);
     }
     bool idle = !out->in_flight;
     pthread_mutex_unlock(&out->lock);

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log/log.h"
 #include "metrics/metrics.h"
@@ -32,6 +33,19 @@ void output_ack(struct output_lane *out, struct aggregator_ack *acks, size_t n)
 void output_forget(struct aggregator_ack *acks, size_t n)
 {
     for (size_t i = 0; i < n; i++) source_unref(acks[i].source);
+}
+
+void output_wait_beating(pthread_cond_t *cond, pthread_mutex_t *lock)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_nsec += 200000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(cond, lock, &deadline);
+    metrics_beat(METRICS_THREAD_OUTPUT);
 }
 
 static void *lane_main(void *arg)

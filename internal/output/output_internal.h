@@ -110,6 +110,10 @@ struct output {
 };
 
 bool output_giving_up(struct output_lane *out);
+/* Waits on `cond` (lock held) at most 200 ms, then beats the output thread's
+ * heartbeat: callers loop on their own condition and on output_giving_up(),
+ * and a long wait is never taken for a hung thread. */
+void output_wait_beating(pthread_cond_t *cond, pthread_mutex_t *lock);
 /* Records in each source's slot for this lane that the lines before
  * end_offset are delivered, and drops the acks' references. */
 void output_ack(struct output_lane *out, struct aggregator_ack *acks, size_t n);

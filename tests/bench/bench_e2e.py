@@ -49,6 +49,21 @@ ALNUM = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 POOL_BYTES = 16 << 20  # random filler drawn from here; far more than snappy's 64 KiB window
 
 
+
+def agent_config(root, port):
+    """The benchmarks' agent: the corpus tree, read from its beginning, into the receiver on `port`."""
+    return f"""server:
+  http_listen_address: 127.0.0.1
+  http_listen_port: 0
+collection:
+  paths: ["{root}/log/containers/*.log"]
+  read_from: beginning
+  positions_file: {root}/positions.yaml
+output:
+  loki:
+    url: http://127.0.0.1:{port}/loki/api/v1/push
+"""
+
 def _heads():
     return [f"{PREFIX}GET /api/v1/items/{i}?session=abcdef0123456789 200 ".encode() for i in range(BLOCK_LINES)]
 
@@ -235,17 +250,7 @@ def main():
             env = dict(os.environ, NODE_NAME="node-a")
         config = os.path.join(root, "loglet.yaml")
         with open(config, "w") as f:
-            f.write(f"""server:
-  http_listen_address: 127.0.0.1
-  http_listen_port: 0
-collection:
-  paths: ["{root}/log/containers/*.log"]
-  read_from: beginning
-  positions_file: {root}/positions.yaml
-output:
-  loki:
-    url: http://127.0.0.1:{port}/loki/api/v1/push
-""" + kube_yaml)
+            f.write(agent_config(root, port) + kube_yaml)
             if args.pipeline:
                 with open(args.pipeline) as p:
                     f.write(p.read())

@@ -39,17 +39,7 @@ import bench_e2e as e2e  # noqa: E402
 def write_config(root, port):
     path = os.path.join(root, "loglet.yaml")
     with open(path, "w") as f:
-        f.write(f"""server:
-  http_listen_address: 127.0.0.1
-  http_listen_port: 0
-collection:
-  paths: ["{root}/log/containers/*.log"]
-  read_from: beginning
-  positions_file: {root}/positions.yaml
-output:
-  loki:
-    url: http://127.0.0.1:{port}/loki/api/v1/push
-""")
+        f.write(e2e.agent_config(root, port))
     return path
 
 

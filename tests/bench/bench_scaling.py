@@ -85,17 +85,7 @@ def run_once(root, port, total):
             pass
     config = os.path.join(root, "loglet.yaml")
     with open(config, "w") as f:
-        f.write(f"""server:
-  http_listen_address: 127.0.0.1
-  http_listen_port: 0
-collection:
-  paths: ["{root}/log/containers/*.log"]
-  read_from: beginning
-  positions_file: {root}/positions.yaml
-output:
-  loki:
-    url: http://127.0.0.1:{port}/loki/api/v1/push
-""")
+        f.write(e2e.agent_config(root, port))
     before = e2e.stats(port)["entries"]
     t0 = time.time()
     agent = subprocess.Popen([e2e.LOGLET, "-config", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
